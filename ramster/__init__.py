@@ -1,0 +1,27 @@
+"""ramster: a memory cluster for ordinary Linux machines (frontswap, compressed pools, peers' RAM)."""
+
+from ramster.errors import (
+    CorruptPage,
+    InvalidPage,
+    RamsterError,
+)
+from ramster.frontswap import Frontswap, LocalFrontswap
+from ramster.pagestore import PagePool, PoolConfig, PoolStatistics
+from ramster.types import Area, Offset, Version
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Area",
+    "CorruptPage",
+    "Frontswap",
+    "InvalidPage",
+    "LocalFrontswap",
+    "Offset",
+    "PagePool",
+    "PoolConfig",
+    "PoolStatistics",
+    "RamsterError",
+    "Version",
+    "__version__",
+]

@@ -1,0 +1,167 @@
+"""The frontswap contract over the local compressed pool alone (the remote tier wraps it later)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ramster.errors import InvalidPage
+from ramster.frontswap.contract import PageLike
+from ramster.pagestore import MAX_OFFSET, PagePool, PoolConfig, PoolStatistics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_AREAS = 32
+"""Like the kernel's MAX_SWAPFILES: areas are few and numbered from 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrontswapStatistics:
+    """Contract-level counters on top of the pool's."""
+
+    pool: PoolStatistics
+    areas: tuple[int, ...]
+    reject_no_area: int
+    versions_issued: int
+
+
+class LocalFrontswap:
+    """frontswap over one PagePool: validation, areas and the owner's version counter."""
+
+    def __init__(self, config: PoolConfig | None = None, max_areas: int = DEFAULT_MAX_AREAS) -> None:
+        if not 1 <= max_areas <= 65536:
+            raise ValueError(f"max_areas must be within 1..65536, got {max_areas!r}")
+        self.pool = PagePool(config)
+        self.max_areas = max_areas
+        self._areas: set[int] = set()
+        self._version = 0
+        self._reject_no_area = 0
+
+    @property
+    def page_size(self) -> int:
+        """Bytes per page."""
+        return self.pool.config.page_size
+
+    # -- validation: everything is checked before anything changes ------------------------------
+
+    def _area(self, area: object) -> int:
+        if not isinstance(area, int) or isinstance(area, bool):
+            raise TypeError(f"area must be an int, got {type(area).__name__}")
+        if not 0 <= area < self.max_areas:
+            raise InvalidPage(f"area {area} out of range 0..{self.max_areas - 1}")
+        return area
+
+    def _offsets(self, offsets: object) -> list[int]:
+        if isinstance(offsets, (str, bytes, bytearray)) or not isinstance(offsets, Sequence):
+            raise TypeError(f"offsets must be a sequence of ints, got {type(offsets).__name__}")
+        out = list(offsets)
+        for off in out:
+            if not isinstance(off, int) or isinstance(off, bool):
+                raise TypeError(f"offset must be an int, got {type(off).__name__}")
+            if not 0 <= off <= MAX_OFFSET:
+                raise InvalidPage(f"offset {off} out of range 0..{MAX_OFFSET}")
+        return out
+
+    def _pages(self, pages: object, count: int) -> list[bytes | bytearray]:
+        if isinstance(pages, (str, bytes, bytearray)) or not isinstance(pages, Sequence):
+            raise TypeError(f"pages must be a sequence of pages, got {type(pages).__name__}")
+        if len(pages) != count:
+            raise InvalidPage(f"{count} offsets but {len(pages)} pages")
+        ps = self.page_size
+        out: list[bytes | bytearray] = []
+        for page in pages:
+            if isinstance(page, memoryview):
+                page = page.tobytes()
+            elif not isinstance(page, (bytes, bytearray)):
+                raise TypeError(f"a page must be bytes-like, got {type(page).__name__}")
+            if len(page) != ps:
+                raise InvalidPage(f"a page must be exactly {ps} bytes, got {len(page)}")
+            out.append(page)
+        return out
+
+    # -- the contract ----------------------------------------------------------------------------
+
+    async def init(self, area: int) -> None:
+        """Make an area usable (idempotent)."""
+        self._areas.add(self._area(area))
+
+    async def store(self, area: int, offset: int, page: PageLike) -> bool:
+        """Keep a page; False when refused (the old copy of the key is gone either way)."""
+        return (await self.store_many(area, [offset], [page]))[0]
+
+    async def load(self, area: int, offset: int, exclusive: bool = False) -> bytes | None:
+        """The newest stored page or None; CorruptPage rather than wrong bytes."""
+        return (await self.load_many(area, [offset], exclusive))[0]
+
+    async def invalidate_page(self, area: int, offset: int) -> None:
+        """Forget one page."""
+        await self.invalidate_many(area, [offset])
+
+    async def invalidate_area(self, area: int) -> None:
+        """Forget every page of an area; it must be initialised again before new stores."""
+        area = self._area(area)
+        dropped = self.pool.drop_area(area)
+        self._areas.discard(area)
+        log.debug("area %d invalidated: %d pages dropped", area, dropped)
+
+    async def store_many(
+        self, area: int, offsets: Sequence[int], pages: Sequence[PageLike]
+    ) -> list[bool]:
+        """`store` for many keys in one pass, as if stored one after another."""
+        area = self._area(area)
+        offs = self._offsets(offsets)
+        pgs = self._pages(pages, len(offs))
+        if area not in self._areas:
+            self._reject_no_area += len(offs)
+            return [False] * len(offs)
+        if len(set(offs)) != len(offs):
+            # Later stores of a key win: store in runs of distinct keys, in order.
+            results: list[bool] = []
+            start = 0
+            while start < len(offs):
+                seen: set[int] = set()
+                end = start
+                while end < len(offs) and offs[end] not in seen:
+                    seen.add(offs[end])
+                    end += 1
+                results += self._put(area, offs[start:end], pgs[start:end])
+                start = end
+            return results
+        return self._put(area, offs, pgs)
+
+    def _put(self, area: int, offs: list[int], pages: list[bytes | bytearray]) -> list[bool]:
+        first = self._version + 1
+        self._version += len(offs)
+        return self.pool.put_many(area, offs, pages, range(first, first + len(offs)))
+
+    async def load_many(
+        self, area: int, offsets: Sequence[int], exclusive: bool = False
+    ) -> list[bytes | None]:
+        """`load` for many keys in one pass."""
+        area = self._area(area)
+        offs = self._offsets(offsets)
+        if area not in self._areas:
+            return [None] * len(offs)
+        if exclusive and len(set(offs)) != len(offs):
+            # The second exclusive load of a key finds it gone, as one after another would.
+            out: list[bytes | None] = []
+            for off in offs:
+                out += self.pool.get_many(area, [off], exclusive=True)
+            return out
+        return self.pool.get_many(area, offs, exclusive)
+
+    async def invalidate_many(self, area: int, offsets: Sequence[int]) -> None:
+        """`invalidate_page` for many keys in one pass."""
+        area = self._area(area)
+        offs = self._offsets(offsets)
+        self.pool.drop_many(area, offs)
+
+    def statistics(self) -> FrontswapStatistics:
+        """Pool counters plus the contract's own."""
+        return FrontswapStatistics(
+            pool=self.pool.statistics(),
+            areas=tuple(sorted(self._areas)),
+            reject_no_area=self._reject_no_area,
+            versions_issued=self._version,
+        )

@@ -1,0 +1,111 @@
+"""Key index: (area, offset) -> slot, as a two-level radix table of int32 leaves.
+
+Dense offsets (what swap areas produce) cost about 4 bytes a page; a leaf is only allocated
+when a page lands in its range. Lookups and updates take whole batches (numpy arrays).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+LEAF_BITS = 6
+LEAF_SIZE = 1 << LEAF_BITS
+LEAF_MASK = LEAF_SIZE - 1
+DICT_ENTRY_BYTES = 100
+"""Rough cost of one top-level dict entry (entry, index slot, key int, row int)."""
+
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+
+
+class RadixIndex:
+    """Maps (area, offset) to a slot number; 0 means absent."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, int] = {}  # (area << 32 | offset >> LEAF_BITS) -> leaf row
+        self._leaves: I32 = np.zeros((16, LEAF_SIZE), dtype=np.int32)
+        self._leaf_live = np.zeros(16, dtype=np.int32)  # entries in use per row
+        self._row_top = np.zeros(16, dtype=np.int64)  # row -> its key in _rows
+        self._free_rows: list[int] = []
+        self._used_rows = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index, in bytes."""
+        arrays = self._leaves.nbytes + self._leaf_live.nbytes + self._row_top.nbytes
+        return int(arrays) + DICT_ENTRY_BYTES * len(self._rows)
+
+    def _rows_for(self, area: int, offsets: I64, create: bool) -> I64:
+        top = (area << 32) | (offsets >> LEAF_BITS)
+        rows = np.empty(len(offsets), dtype=np.int64)
+        if len(top) and top[0] == top[-1] and (len(top) < 3 or bool((top == top[0]).all())):
+            rows[:] = self._row(int(top[0]), create)
+            return rows
+        uniq, inverse = np.unique(top, return_inverse=True)
+        found = np.fromiter((self._row(int(t), create) for t in uniq), np.int64, len(uniq))
+        rows[:] = found[inverse]
+        return rows
+
+    def _row(self, top: int, create: bool) -> int:
+        row = self._rows.get(top, -1)
+        if row >= 0 or not create:
+            return row
+        if self._free_rows:
+            row = self._free_rows.pop()
+        else:
+            row = self._used_rows
+            self._used_rows += 1
+            if row >= len(self._leaves):
+                grow = max(16, len(self._leaves) // 4)
+                self._leaves = np.concatenate(
+                    [self._leaves, np.zeros((grow, LEAF_SIZE), dtype=np.int32)]
+                )
+                self._leaf_live = np.concatenate([self._leaf_live, np.zeros(grow, np.int32)])
+                self._row_top = np.concatenate([self._row_top, np.zeros(grow, np.int64)])
+        self._rows[top] = row
+        self._row_top[row] = top
+        return row
+
+    def lookup(self, area: int, offsets: I64) -> I32:
+        """Slots of the given keys (0 where absent)."""
+        rows = self._rows_for(area, offsets, create=False)
+        out = np.zeros(len(offsets), dtype=np.int32)
+        hit = rows >= 0
+        out[hit] = self._leaves[rows[hit], offsets[hit] & LEAF_MASK]
+        return out
+
+    def assign(self, area: int, offsets: I64, slots: I32) -> None:
+        """Point keys (absent before, distinct) at slots."""
+        rows = self._rows_for(area, offsets, create=True)
+        self._leaves[rows, offsets & LEAF_MASK] = slots
+        np.add.at(self._leaf_live, rows, 1)
+
+    def replace(self, area: int, offsets: I64, slots: I32) -> None:
+        """Point existing keys at other slots."""
+        rows = self._rows_for(area, offsets, create=False)
+        self._leaves[rows, offsets & LEAF_MASK] = slots
+
+    def remove(self, area: int, offsets: I64) -> None:
+        """Forget keys that are present (distinct); empty leaves are recycled."""
+        rows = self._rows_for(area, offsets, create=False)
+        self._leaves[rows, offsets & LEAF_MASK] = 0
+        np.subtract.at(self._leaf_live, rows, 1)
+        for row in np.unique(rows[self._leaf_live[rows] == 0]).tolist():
+            self._drop_row(int(row))
+
+    def _drop_row(self, row: int) -> None:
+        del self._rows[int(self._row_top[row])]
+        self._free_rows.append(row)
+
+    def area_offsets(self, area: int) -> I64:
+        """Every offset present in an area (unordered)."""
+        parts = []
+        for top, row in self._rows.items():
+            if top >> 32 != area:
+                continue
+            lo = np.flatnonzero(self._leaves[row])
+            parts.append(((top & 0xFFFFFFFF) << LEAF_BITS) + lo)
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate(parts).astype(np.int64)

@@ -1,0 +1,490 @@
+"""The compressed page pool: same-filled detection, lz4, slabs, budget, versions, checksums."""
+
+from __future__ import annotations
+
+import logging
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lz4.block
+import numpy as np
+import numpy.typing as npt
+import xxhash
+
+from ramster.errors import CorruptPage
+from ramster.pagestore.config import PoolConfig
+from ramster.pagestore.index import DICT_ENTRY_BYTES, LEAF_BITS, LEAF_SIZE, RadixIndex
+from ramster.pagestore.slab import SlabAllocator
+
+log = logging.getLogger(__name__)
+
+EMPTY, SAME, LZ4, RAW = 0, 1, 2, 3
+"""Slot kinds: free, same-filled (8-byte pattern in `handle`), lz4 blob, raw blob."""
+CHECKSUM_MASK = 0xFFFFFFFF
+TICK_LIMIT = (1 << 32) - 2
+INITIAL_SLOTS = 1024
+META_FIELDS: tuple[tuple[str, type[np.generic]], ...] = (
+    ("version", np.uint64),
+    ("handle", np.uint64),  # slab handle, or the 8-byte pattern of a same-filled page
+    ("checksum", np.uint32),  # low 32 bits of xxh3-64 of the uncompressed page
+    ("tick", np.uint32),  # last store or load, for cold-first order
+    ("offset", np.uint32),
+    ("length", np.uint16),  # lz4 length; raw blobs are a whole page
+    ("area", np.uint16),
+    ("kind", np.uint8),
+)
+SLOT_BYTES = sum(np.dtype(t).itemsize for _, t in META_FIELDS)
+
+I64 = npt.NDArray[np.int64]
+
+
+def checksum(page: bytes | bytearray | memoryview) -> int:
+    """The checksum every copy of a page carries (low 32 bits of xxh3-64)."""
+    return int(xxhash.xxh3_64_intdigest(page)) & CHECKSUM_MASK
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """Counters named after zswap and zram so that results compare."""
+
+    stored_pages: int
+    same_filled_pages: int
+    huge_pages: int
+    orig_data_size: int
+    compr_data_size: int
+    pool_total_size: int
+    pool_limit: int
+    metadata_size: int
+    reject_pool_limit: int
+    reject_compress_poor: int
+    succ_stores: int
+    failed_stores: int
+    loads: int
+    exclusive_loads: int
+    invalidates: int
+    checksum_failures: int
+    compactions: int
+    pages_compacted: int
+    full: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ColdPage:
+    """A stored page in its stored form, as handed to the spiller."""
+
+    area: int
+    offset: int
+    version: int
+    checksum: int
+    kind: int
+    payload: bytes
+    """lz4 block (LZ4), the raw page (RAW) or the 8-byte pattern (SAME)."""
+
+
+class PagePool:
+    """Pages by (area, offset), compressed in RAM within a byte budget; no I/O, not thread-safe."""
+
+    def __init__(self, config: PoolConfig | None = None) -> None:
+        self.config = config = config or PoolConfig()
+        self._ps = config.page_size
+        self._alloc = SlabAllocator(self._ps, max(16, self._ps // 128))
+        self._index = RadixIndex()
+        self._cap = 0
+        self._meta: dict[str, npt.NDArray[np.generic]] = {}
+        self._free_slots = array("I")
+        self._hw = 1  # slots below this were used at least once; slot 0 means "absent"
+        self._grow(INITIAL_SLOTS)
+        self._tick = 1
+        self._full = False
+        self._zero_page = bytes(self._ps)
+        self._stored = 0
+        self._same = 0
+        self._huge = 0
+        self._compr = 0
+        self._c: dict[str, int] = dict.fromkeys(
+            (
+                "reject_pool_limit",
+                "reject_compress_poor",
+                "succ_stores",
+                "failed_stores",
+                "loads",
+                "exclusive_loads",
+                "invalidates",
+                "checksum_failures",
+                "compactions",
+                "pages_compacted",
+            ),
+            0,
+        )
+
+    # -- accounting ----------------------------------------------------------------------------
+
+    def _meta_bytes(self) -> int:
+        return self._cap * SLOT_BYTES + 4 * len(self._free_slots) + self._index.nbytes
+
+    @property
+    def used_bytes(self) -> int:
+        """What the pool costs in RAM right now (the budgeted figure)."""
+        return self._meta_bytes() + self._alloc.resident_bytes
+
+    def _grow(self, want: int) -> None:
+        new_cap = max(want, self._cap + max(INITIAL_SLOTS, self._cap // 4))
+        for name, dtype in META_FIELDS:
+            arr = np.zeros(new_cap, dtype=dtype)
+            if self._cap:
+                arr[: self._cap] = self._meta[name]
+            self._meta[name] = arr
+        self._cap = new_cap
+
+    def _take_slots(self, n: int, headroom: int) -> list[int]:
+        """Up to n free slot numbers, growing the metadata only within `headroom` bytes."""
+        free = self._free_slots
+        take = free[-n:].tolist() if n <= len(free) else free.tolist()
+        del free[len(free) - len(take) :]
+        missing = n - len(take)
+        if missing:
+            if self._hw + missing > self._cap:
+                room = max(0, headroom) // SLOT_BYTES
+                target = min(self._hw + missing, self._cap + room)
+                if target > self._cap:
+                    self._grow(max(target, min(self._cap + room, self._cap * 5 // 4)))
+                missing = min(missing, self._cap - self._hw)
+            take.extend(range(self._hw, self._hw + missing))
+            self._hw += missing
+        return take
+
+    # -- stores --------------------------------------------------------------------------------
+
+    def put_many(
+        self,
+        area: int,
+        offsets: Sequence[int] | I64,
+        pages: Sequence[bytes | bytearray],
+        versions: Sequence[int],
+    ) -> list[bool]:
+        """Store pages (already validated: right length, distinct keys); False means refused.
+
+        An existing copy of a key is always dropped first, so a refused overwrite leaves no
+        stale data behind.
+        """
+        n = len(pages)
+        offs = np.asarray(offsets, dtype=np.int64)
+        self._drop_present(area, offs)
+        self._tick_once()
+        cfg = self.config
+        budget = cfg.budget_bytes
+        if self._full and self.used_bytes <= cfg.accept_bytes:
+            self._full = False
+            log.info("pool below accept threshold again: accepting stores")
+        if (
+            self.used_bytes > cfg.accept_bytes
+            and self._alloc.fragmented_bytes() >= max(256 << 10, budget // 20)
+        ):
+            self.compact()
+        if self._full:
+            self._c["reject_pool_limit"] += n
+            self._c["failed_stores"] += n
+            return [False] * n
+
+        headroom = budget - self.used_bytes
+        slots = self._take_slots(n, headroom - self._index_growth(area, offs))
+        base = self._meta_bytes() + self._index_growth(area, offs)
+        alloc = self._alloc
+        alloc_obj = alloc.alloc
+        alloc_cost = alloc.alloc_cost
+        compress = lz4.block.compress
+        digest = xxhash.xxh3_64_intdigest
+        limit = cfg.compress_limit
+        keep_raw = cfg.keep_incompressible
+        ok = [False] * n
+        done_i: list[int] = []
+        done_slot: list[int] = []
+        kinds: list[int] = []
+        handles: list[int] = []
+        lengths: list[int] = []
+        sums: list[int] = []
+        poor = 0
+        s = 0
+        for i, page in enumerate(pages):
+            if self._full or s == len(slots):
+                break
+            word = page[:8]
+            if page[8:16] == word and page[8:] == page[:-8]:
+                kind, handle, length = SAME, int.from_bytes(word, "little"), 0
+            else:
+                packed = compress(page, store_size=False)
+                if len(packed) <= limit:
+                    kind, data, length = LZ4, packed, len(packed)
+                elif keep_raw:
+                    kind, data, length = RAW, page, 0
+                else:
+                    poor += 1
+                    continue
+                if base + alloc.resident_bytes + alloc_cost(len(data)) > budget:
+                    self._full = True
+                    log.info("pool budget of %d bytes reached: refusing stores", budget)
+                    break
+                handle = alloc_obj(data, slots[s])
+            done_i.append(i)
+            done_slot.append(slots[s])
+            kinds.append(kind)
+            handles.append(handle)
+            lengths.append(length)
+            sums.append(digest(page) & CHECKSUM_MASK)
+            ok[i] = True
+            s += 1
+        self._free_slots.extend(slots[s:])
+        stored = len(done_i)
+        refused = n - stored - poor
+        self._c["reject_compress_poor"] += poor
+        self._c["reject_pool_limit"] += refused
+        self._c["failed_stores"] += n - stored
+        self._c["succ_stores"] += stored
+        if stored:
+            self._commit(area, offs, versions, done_i, done_slot, kinds, handles, lengths, sums)
+        return ok
+
+    def _index_growth(self, area: int, offs: I64) -> int:
+        """Upper bound on what indexing these keys adds to the index, in bytes."""
+        tops = np.unique(offs >> LEAF_BITS)
+        return int(len(tops)) * (LEAF_SIZE * 4 + 12 + DICT_ENTRY_BYTES)
+
+    def _commit(
+        self,
+        area: int,
+        offs: I64,
+        versions: Sequence[int],
+        done_i: list[int],
+        done_slot: list[int],
+        kinds: list[int],
+        handles: list[int],
+        lengths: list[int],
+        sums: list[int],
+    ) -> None:
+        m = self._meta
+        sl = np.asarray(done_slot, dtype=np.int64)
+        idx = np.asarray(done_i, dtype=np.int64)
+        key_offs = offs[idx]
+        kind_arr = np.asarray(kinds, dtype=np.uint8)
+        m["version"][sl] = np.asarray(versions, dtype=np.uint64)[idx]
+        m["handle"][sl] = np.asarray(handles, dtype=np.uint64)
+        m["checksum"][sl] = np.asarray(sums, dtype=np.uint32)
+        m["tick"][sl] = self._tick
+        m["offset"][sl] = key_offs
+        m["length"][sl] = np.asarray(lengths, dtype=np.uint16)
+        m["area"][sl] = area
+        m["kind"][sl] = kind_arr
+        self._index.assign(area, key_offs, sl.astype(np.int32))
+        same = int(np.count_nonzero(kind_arr == SAME))
+        raw = int(np.count_nonzero(kind_arr == RAW))
+        self._stored += len(sl)
+        self._same += same
+        self._huge += raw
+        self._compr += sum(lengths) + raw * self._ps
+
+    # -- loads ---------------------------------------------------------------------------------
+
+    def get_many(
+        self, area: int, offsets: Sequence[int] | I64, exclusive: bool = False
+    ) -> list[bytes | None]:
+        """Pages by key, None where absent; every copy is checked before it is returned.
+
+        Raises CorruptPage (and frees nothing) if any requested copy fails its check.
+        """
+        offs = np.asarray(offsets, dtype=np.int64)
+        slots = self._index.lookup(area, offs)
+        m = self._meta
+        kinds = m["kind"][slots].tolist()
+        handles = m["handle"][slots].tolist()
+        lengths = m["length"][slots].tolist()
+        sums = m["checksum"][slots].tolist()
+        views = self._alloc.views
+        ps = self._ps
+        blob_at = [i for i, k in enumerate(kinds) if k == LZ4 or k == RAW]
+        blobs = views(
+            [handles[i] for i in blob_at],
+            [lengths[i] if kinds[i] == LZ4 else ps for i in blob_at],
+        )
+        blob_of = dict(zip(blob_at, blobs, strict=True))
+        decompress = lz4.block.decompress
+        digest = xxhash.xxh3_64_intdigest
+        zero = self._zero_page
+        words = ps // 8
+        out: list[bytes | None] = []
+        bad: list[int] = []
+        for i, kind in enumerate(kinds):
+            if kind == LZ4:
+                try:
+                    page = decompress(blob_of[i], uncompressed_size=ps)
+                except lz4.block.LZ4BlockError:
+                    page = b""
+            elif kind == SAME:
+                h = handles[i]
+                page = zero if h == 0 else h.to_bytes(8, "little") * words
+            elif kind == RAW:
+                page = bytes(blob_of[i])
+            else:
+                out.append(None)
+                continue
+            if digest(page) & CHECKSUM_MASK != sums[i] or len(page) != ps:
+                bad.append(i)
+            out.append(page)
+        hits = len(blob_at) + kinds.count(SAME)
+        if bad:
+            self._c["checksum_failures"] += len(bad)
+            bad_offsets = [int(offs[i]) for i in bad]
+            log.error("checksum mismatch in area %d at offsets %s", area, bad_offsets[:8])
+            raise CorruptPage(
+                f"{len(bad)} stored page(s) in area {area} failed the checksum "
+                f"(first offset {bad_offsets[0]}); they are kept for inspection, never returned",
+                area=area,
+                offset=bad_offsets[0],
+            )
+        self._c["loads"] += hits
+        hit_slots = slots[slots > 0]
+        if exclusive:
+            self._c["exclusive_loads"] += hits
+            self._free(area, offs[slots > 0], hit_slots)
+        else:
+            self._tick_once()
+            m["tick"][hit_slots] = self._tick
+        return out
+
+    def versions(self, area: int, offsets: Sequence[int] | I64) -> list[int | None]:
+        """Stored version of each key, None where absent."""
+        offs = np.asarray(offsets, dtype=np.int64)
+        slots = self._index.lookup(area, offs)
+        vers = self._meta["version"][slots].tolist()
+        return [v if s else None for v, s in zip(vers, slots.tolist(), strict=True)]
+
+    # -- invalidation --------------------------------------------------------------------------
+
+    def drop_many(self, area: int, offsets: Sequence[int] | I64) -> int:
+        """Drop keys (absent ones are ignored); returns how many were dropped."""
+        offs = np.unique(np.asarray(offsets, dtype=np.int64))
+        dropped = self._drop_present(area, offs)
+        self._c["invalidates"] += dropped
+        return dropped
+
+    def drop_area(self, area: int) -> int:
+        """Drop every page of an area; returns how many were dropped."""
+        return self.drop_many(area, self._index.area_offsets(area))
+
+    def _drop_present(self, area: int, offs: I64) -> int:
+        slots = self._index.lookup(area, offs)
+        present = slots > 0
+        if not present.any():
+            return 0
+        self._free(area, offs[present], slots[present])
+        return int(np.count_nonzero(present))
+
+    def _free(self, area: int, offs: I64, slots: npt.NDArray[np.int32]) -> None:
+        m = self._meta
+        kinds = m["kind"][slots]
+        blob = (kinds == LZ4) | (kinds == RAW)
+        free = self._alloc.free
+        for h in m["handle"][slots[blob]].tolist():
+            free(h)
+        self._stored -= len(slots)
+        self._same -= int(np.count_nonzero(kinds == SAME))
+        raw = int(np.count_nonzero(kinds == RAW))
+        self._huge -= raw
+        self._compr -= int(m["length"][slots].sum(dtype=np.int64)) + raw * self._ps
+        m["kind"][slots] = EMPTY
+        self._index.remove(area, offs)
+        self._free_slots.extend(slots.tolist())
+
+    # -- cold-first order, compaction ----------------------------------------------------------
+
+    def coldest(self, n: int, include_same_filled: bool = False) -> list[ColdPage]:
+        """Up to n of the least recently stored or loaded pages, coldest first, left in place."""
+        m = self._meta
+        kinds = m["kind"][: self._hw]
+        live = np.flatnonzero(kinds >= (SAME if include_same_filled else LZ4))
+        if not len(live) or n <= 0:
+            return []
+        ticks = m["tick"][live]
+        if len(live) > n:
+            part = np.argpartition(ticks, n - 1)[:n]
+            chosen = live[part[np.argsort(ticks[part], kind="stable")]]
+        else:
+            chosen = live[np.argsort(ticks, kind="stable")]
+        out = []
+        for slot in chosen.tolist():
+            kind = int(m["kind"][slot])
+            handle = int(m["handle"][slot])
+            if kind == SAME:
+                payload = handle.to_bytes(8, "little")
+            else:
+                size = int(m["length"][slot]) if kind == LZ4 else self._ps
+                payload = bytes(self._alloc.view(handle, size))
+            out.append(
+                ColdPage(
+                    area=int(m["area"][slot]),
+                    offset=int(m["offset"][slot]),
+                    version=int(m["version"][slot]),
+                    checksum=int(m["checksum"][slot]),
+                    kind=kind,
+                    payload=payload,
+                )
+            )
+        return out
+
+    def compact(self) -> int:
+        """Move blobs out of sparse slabs so that those slabs return to the OS; returns moves."""
+        moves = self._alloc.compact()
+        if moves:
+            handle = self._meta["handle"]
+            for slot, new_handle in moves:
+                handle[slot] = new_handle
+            self._c["compactions"] += 1
+            self._c["pages_compacted"] += len(moves)
+        return len(moves)
+
+    def _tick_once(self) -> None:
+        self._tick += 1
+        if self._tick >= TICK_LIMIT:
+            # Keep the order, squeeze the values: ranks fit easily in 32 bits.
+            tick = self._meta["tick"][: self._hw]
+            _, ranks = np.unique(tick, return_inverse=True)
+            tick[:] = ranks.astype(np.uint32) + 1
+            self._tick = int(tick.max()) + 1
+
+    # -- test hooks and statistics -------------------------------------------------------------
+
+    def corrupt_for_test(self, area: int, offset: int) -> None:
+        """Flip a byte of a stored copy in place, to prove that loads detect it."""
+        slot = int(self._index.lookup(area, np.asarray([offset], dtype=np.int64))[0])
+        if not slot:
+            raise KeyError((area, offset))
+        m = self._meta
+        if int(m["kind"][slot]) == SAME:
+            m["handle"][slot] ^= np.uint64(0xFF)
+        else:
+            self._alloc.corrupt_for_test(int(m["handle"][slot]), 0)
+
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the pool's counters and sizes (bytes)."""
+        c = self._c
+        return PoolStatistics(
+            stored_pages=self._stored,
+            same_filled_pages=self._same,
+            huge_pages=self._huge,
+            orig_data_size=self._stored * self._ps,
+            compr_data_size=self._compr,
+            pool_total_size=self.used_bytes,
+            pool_limit=self.config.budget_bytes,
+            metadata_size=self._meta_bytes() + self._alloc.statistics().bookkeeping_bytes,
+            reject_pool_limit=c["reject_pool_limit"],
+            reject_compress_poor=c["reject_compress_poor"],
+            succ_stores=c["succ_stores"],
+            failed_stores=c["failed_stores"],
+            loads=c["loads"],
+            exclusive_loads=c["exclusive_loads"],
+            invalidates=c["invalidates"],
+            checksum_failures=c["checksum_failures"],
+            compactions=c["compactions"],
+            pages_compacted=c["pages_compacted"],
+            full=self._full,
+        )

@@ -1,0 +1,15 @@
+"""Identifiers shared by every layer; NewTypes keep them apart in signatures."""
+
+from typing import NewType
+
+Area = NewType("Area", int)
+"""frontswap's swap `type`: an independent page space (one per NBD export)."""
+
+Offset = NewType("Offset", int)
+"""Page index inside an area."""
+
+Version = NewType("Version", int)
+"""The owner's store counter for a key; a newer version always wins."""
+
+NodeId = NewType("NodeId", str)
+"""Stable identity of a node (kept in its state directory)."""
