@@ -1,4 +1,4 @@
-"""ramster: a memory cluster for ordinary Linux machines (frontswap, compressed pools, peers' RAM)."""
+"""ramster: a memory cluster for ordinary Linux machines built on frontswap and compressed pools."""
 
 from ramster.errors import (
     CorruptPage,

@@ -78,7 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ramster: {exc}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command!r}")
-    return 2
 
 
 if __name__ == "__main__":

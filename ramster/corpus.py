@@ -14,17 +14,51 @@ import numpy as np
 KINDS = ("zero", "same", "text", "heap", "random")
 MIX = (0.25, 0.05, 0.40, 0.15, 0.15)
 
-_WORDS = (
-    "the of and to in is that for it as was with be by on not he this are or his from at which "
-    "but have an they you were her she there been one all we their has would when if so no "
-    "will more out up into do any your what some can only other new time could about than "
-    "memory page cluster node swap kernel pool compress store load remote holder owner version "
-    "network socket buffer request reply error timeout process thread lock queue batch write read"
-).split()
+_WORDS = """
+the of and to in is that for it as was with be by on not he this are or his from at which
+but have an they you were her she there been one all we their has would when if so no will
+more out up into do any your what some can only other new time could about than memory
+page cluster node swap kernel pool compress store load remote holder owner version network
+socket buffer request reply error timeout process thread lock queue batch write read
+""".split()
 _CODE = (
-    "def", "return", "if", "else:", "for", "in", "self", "None", "import", "class", "while",
-    "int", "static", "const", "struct", "void", "unsigned", "char", "#include", "->", "==",
-    "!=", "+=", "(", ")", "{", "}", "[", "]", ";", ":", "0", "1", "NULL", "err", "len", "buf",
+    "def",
+    "return",
+    "if",
+    "else:",
+    "for",
+    "in",
+    "self",
+    "None",
+    "import",
+    "class",
+    "while",
+    "int",
+    "static",
+    "const",
+    "struct",
+    "void",
+    "unsigned",
+    "char",
+    "#include",
+    "->",
+    "==",
+    "!=",
+    "+=",
+    "(",
+    ")",
+    "{",
+    "}",
+    "[",
+    "]",
+    ";",
+    ":",
+    "0",
+    "1",
+    "NULL",
+    "err",
+    "len",
+    "buf",
 )
 
 

@@ -21,3 +21,67 @@ class CorruptPage(RamsterError):
         super().__init__(message)
         self.area = area
         self.offset = offset
+
+
+class RpcError(RamsterError):
+    """A call to a peer failed; subclasses say how. `code` is its number on the wire."""
+
+    code: int = 1
+
+
+class ProtocolError(RpcError, ValueError):
+    """Bytes or a message broke the wire protocol (framing, msgpack, schema); never retriable."""
+
+    code = 2
+
+
+class VersionMismatch(ProtocolError):
+    """The peer speaks another protocol version; the handshake was refused."""
+
+    code = 3
+
+
+class AuthError(RpcError, PermissionError):
+    """The handshake failed: wrong secret, replayed transcript or another cluster's name."""
+
+    code = 4
+
+
+class PeerTimeout(RpcError, TimeoutError):
+    """No answer from the peer within the call's timeout; the peer may still have acted."""
+
+    code = 5
+    retriable = True
+
+
+class PeerLost(RpcError, ConnectionError):
+    """The connection to the peer is gone (or could not be made); pending calls fail with this."""
+
+    code = 6
+    retriable = True
+
+
+class Busy(RpcError):
+    """The peer refused the call or connection because it is at its concurrency limit."""
+
+    code = 7
+    retriable = True
+
+
+class RemoteError(RpcError):
+    """The peer reported an error that has no more specific class."""
+
+    code = 8
+
+
+class NoSuchMethod(RemoteError):
+    """The peer has no handler for the called method."""
+
+    code = 9
+
+
+class CapacityError(RemoteError):
+    """The peer has no room for the pages it was asked to keep; another holder may have."""
+
+    code = 10
+    retriable = True

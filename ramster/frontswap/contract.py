@@ -31,7 +31,7 @@ class Frontswap(Protocol):
         ...
 
     async def load(self, area: int, offset: int, exclusive: bool = False) -> bytes | None:
-        """The newest stored page, or None if it is not here; CorruptPage rather than wrong bytes."""
+        """The newest stored page or None if absent; CorruptPage rather than wrong bytes."""
         ...
 
     async def invalidate_page(self, area: int, offset: int) -> None:

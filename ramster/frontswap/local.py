@@ -6,6 +6,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from ramster.errors import InvalidPage
 from ramster.frontswap.contract import PageLike
 from ramster.pagestore import MAX_OFFSET, PagePool, PoolConfig, PoolStatistics
@@ -29,7 +32,9 @@ class FrontswapStatistics:
 class LocalFrontswap:
     """frontswap over one PagePool: validation, areas and the owner's version counter."""
 
-    def __init__(self, config: PoolConfig | None = None, max_areas: int = DEFAULT_MAX_AREAS) -> None:
+    def __init__(
+        self, config: PoolConfig | None = None, max_areas: int = DEFAULT_MAX_AREAS
+    ) -> None:
         if not 1 <= max_areas <= 65536:
             raise ValueError(f"max_areas must be within 1..65536, got {max_areas!r}")
         self.pool = PagePool(config)
@@ -52,16 +57,30 @@ class LocalFrontswap:
             raise InvalidPage(f"area {area} out of range 0..{self.max_areas - 1}")
         return area
 
-    def _offsets(self, offsets: object) -> list[int]:
-        if isinstance(offsets, (str, bytes, bytearray)) or not isinstance(offsets, Sequence):
+    def _offsets(self, offsets: object) -> npt.NDArray[np.int64]:
+        if isinstance(offsets, (str, bytes, bytearray)) or not isinstance(
+            offsets, (Sequence, np.ndarray)
+        ):
             raise TypeError(f"offsets must be a sequence of ints, got {type(offsets).__name__}")
-        out = list(offsets)
-        for off in out:
-            if not isinstance(off, int) or isinstance(off, bool):
-                raise TypeError(f"offset must be an int, got {type(off).__name__}")
-            if not 0 <= off <= MAX_OFFSET:
-                raise InvalidPage(f"offset {off} out of range 0..{MAX_OFFSET}")
-        return out
+        try:
+            arr = np.asarray(offsets)
+        except (OverflowError, ValueError):
+            arr = np.asarray(offsets, dtype=object)
+        if arr.ndim != 1:
+            raise TypeError("offsets must be a flat sequence of ints")
+        if len(arr) and arr.dtype.kind not in "iu":
+            bad = next(
+                (o for o in arr.tolist() if not isinstance(o, int) or isinstance(o, bool)), None
+            )
+            if bad is not None:
+                raise TypeError(f"offset must be an int, got {type(bad).__name__}")
+            # Python ints too large for int64: report the first one out of range.
+            big = next(o for o in arr.tolist() if not 0 <= o <= MAX_OFFSET)
+            raise InvalidPage(f"offset {big} out of range 0..{MAX_OFFSET}")
+        if len(arr) and (int(arr.min()) < 0 or int(arr.max()) > MAX_OFFSET):
+            bad_off = next(o for o in arr.tolist() if not 0 <= o <= MAX_OFFSET)
+            raise InvalidPage(f"offset {bad_off} out of range 0..{MAX_OFFSET}")
+        return arr.astype(np.int64, copy=False)
 
     def _pages(self, pages: object, count: int) -> list[bytes | bytearray]:
         if isinstance(pages, (str, bytes, bytearray)) or not isinstance(pages, Sequence):
@@ -70,10 +89,9 @@ class LocalFrontswap:
             raise InvalidPage(f"{count} offsets but {len(pages)} pages")
         ps = self.page_size
         out: list[bytes | bytearray] = []
-        for page in pages:
-            if isinstance(page, memoryview):
-                page = page.tobytes()
-            elif not isinstance(page, (bytes, bytearray)):
+        for item in pages:
+            page = item.tobytes() if isinstance(item, memoryview) else item
+            if not isinstance(page, (bytes, bytearray)):
                 raise TypeError(f"a page must be bytes-like, got {type(page).__name__}")
             if len(page) != ps:
                 raise InvalidPage(f"a page must be exactly {ps} bytes, got {len(page)}")
@@ -115,22 +133,25 @@ class LocalFrontswap:
         if area not in self._areas:
             self._reject_no_area += len(offs)
             return [False] * len(offs)
-        if len(set(offs)) != len(offs):
+        if len(np.unique(offs)) != len(offs):
             # Later stores of a key win: store in runs of distinct keys, in order.
+            keys = offs.tolist()
             results: list[bool] = []
             start = 0
-            while start < len(offs):
+            while start < len(keys):
                 seen: set[int] = set()
                 end = start
-                while end < len(offs) and offs[end] not in seen:
-                    seen.add(offs[end])
+                while end < len(keys) and keys[end] not in seen:
+                    seen.add(keys[end])
                     end += 1
                 results += self._put(area, offs[start:end], pgs[start:end])
                 start = end
             return results
         return self._put(area, offs, pgs)
 
-    def _put(self, area: int, offs: list[int], pages: list[bytes | bytearray]) -> list[bool]:
+    def _put(
+        self, area: int, offs: npt.NDArray[np.int64], pages: list[bytes | bytearray]
+    ) -> list[bool]:
         first = self._version + 1
         self._version += len(offs)
         return self.pool.put_many(area, offs, pages, range(first, first + len(offs)))
@@ -143,11 +164,11 @@ class LocalFrontswap:
         offs = self._offsets(offsets)
         if area not in self._areas:
             return [None] * len(offs)
-        if exclusive and len(set(offs)) != len(offs):
+        if exclusive and len(np.unique(offs)) != len(offs):
             # The second exclusive load of a key finds it gone, as one after another would.
             out: list[bytes | None] = []
-            for off in offs:
-                out += self.pool.get_many(area, [off], exclusive=True)
+            for i in range(len(offs)):
+                out += self.pool.get_many(area, offs[i : i + 1], exclusive=True)
             return out
         return self.pool.get_many(area, offs, exclusive)
 

@@ -3,4 +3,12 @@
 from ramster.pagestore.config import MAX_AREA, MAX_OFFSET, PoolConfig
 from ramster.pagestore.pool import ColdPage, PagePool, PoolStatistics, checksum
 
-__all__ = ["MAX_AREA", "MAX_OFFSET", "ColdPage", "PagePool", "PoolConfig", "PoolStatistics", "checksum"]
+__all__ = [
+    "MAX_AREA",
+    "MAX_OFFSET",
+    "ColdPage",
+    "PagePool",
+    "PoolConfig",
+    "PoolStatistics",
+    "checksum",
+]

@@ -28,13 +28,15 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         ps = self.page_size
-        if not isinstance(ps, int) or ps < MIN_PAGE_SIZE or ps > MAX_PAGE_SIZE or ps & (ps - 1):
+        if ps < MIN_PAGE_SIZE or ps > MAX_PAGE_SIZE or ps & (ps - 1):
             raise ValueError(
                 f"page_size must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}, "
                 f"got {ps!r}"
             )
-        if not isinstance(self.budget_bytes, int) or self.budget_bytes < 0:
-            raise ValueError(f"budget_bytes must be a non-negative integer, got {self.budget_bytes!r}")
+        if self.budget_bytes < 0:
+            raise ValueError(
+                f"budget_bytes must be a non-negative integer, got {self.budget_bytes!r}"
+            )
         if not 0 <= self.accept_threshold_percent <= 100:
             raise ValueError(
                 "accept_threshold_percent must be within 0..100, "

@@ -15,6 +15,9 @@ LEAF_MASK = LEAF_SIZE - 1
 DICT_ENTRY_BYTES = 100
 """Rough cost of one top-level dict entry (entry, index slot, key int, row int)."""
 
+ROW_BYTES = LEAF_SIZE * 4 + 4 + 8
+"""A leaf row plus its live count and its reverse key."""
+
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 
@@ -36,16 +39,36 @@ class RadixIndex:
         arrays = self._leaves.nbytes + self._leaf_live.nbytes + self._row_top.nbytes
         return int(arrays) + DICT_ENTRY_BYTES * len(self._rows)
 
+    def growth_bytes(self, area: int, offsets: I64) -> int:
+        """Exactly how many bytes `assign(area, offsets, ...)` would add to `nbytes`."""
+        tops = np.unique((area << 32) | (offsets >> LEAF_BITS)).tolist()
+        new = sum(1 for t in tops if t not in self._rows)
+        if not new:
+            return 0
+        short = new - len(self._free_rows) - (len(self._leaves) - self._used_rows)
+        arrays = 0
+        if short > 0:
+            grow = max(16, len(self._leaves) // 4, short)
+            arrays = grow * ROW_BYTES
+        return arrays + new * DICT_ENTRY_BYTES
+
     def _rows_for(self, area: int, offsets: I64, create: bool) -> I64:
-        top = (area << 32) | (offsets >> LEAF_BITS)
-        rows = np.empty(len(offsets), dtype=np.int64)
-        if len(top) and top[0] == top[-1] and (len(top) < 3 or bool((top == top[0]).all())):
-            rows[:] = self._row(int(top[0]), create)
-            return rows
-        uniq, inverse = np.unique(top, return_inverse=True)
-        found = np.fromiter((self._row(int(t), create) for t in uniq), np.int64, len(uniq))
-        rows[:] = found[inverse]
-        return rows
+        tops = offsets >> LEAF_BITS
+        n = len(tops)
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        lo, hi = int(tops.min()), int(tops.max())
+        base = area << 32
+        if hi - lo <= 4 * n:
+            # Dense keys (the usual case): one dict probe per leaf in range, no sort.
+            table = np.fromiter(
+                (self._row(base | t, create) for t in range(lo, hi + 1)), np.int64, hi - lo + 1
+            )
+            out: I64 = table[tops - lo]
+            return out
+        uniq, inverse = np.unique(tops, return_inverse=True)
+        found = np.fromiter((self._row(base | int(t), create) for t in uniq), np.int64, len(uniq))
+        return found[inverse]
 
     def _row(self, top: int, create: bool) -> int:
         row = self._rows.get(top, -1)
@@ -70,10 +93,8 @@ class RadixIndex:
     def lookup(self, area: int, offsets: I64) -> I32:
         """Slots of the given keys (0 where absent)."""
         rows = self._rows_for(area, offsets, create=False)
-        out = np.zeros(len(offsets), dtype=np.int32)
-        hit = rows >= 0
-        out[hit] = self._leaves[rows[hit], offsets[hit] & LEAF_MASK]
-        return out
+        found = self._leaves[rows, offsets & LEAF_MASK]  # row -1 reads a real row: masked next
+        return np.where(rows >= 0, found, 0).astype(np.int32, copy=False)
 
     def assign(self, area: int, offsets: I64, slots: I32) -> None:
         """Point keys (absent before, distinct) at slots."""

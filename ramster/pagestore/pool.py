@@ -14,20 +14,19 @@ import xxhash
 
 from ramster.errors import CorruptPage
 from ramster.pagestore.config import PoolConfig
-from ramster.pagestore.index import DICT_ENTRY_BYTES, LEAF_BITS, LEAF_SIZE, RadixIndex
-from ramster.pagestore.slab import SlabAllocator
+from ramster.pagestore.index import RadixIndex
+from ramster.pagestore.slab import OBJ_BITS, OBJ_MASK, SlabAllocator
 
 log = logging.getLogger(__name__)
 
 EMPTY, SAME, LZ4, RAW = 0, 1, 2, 3
 """Slot kinds: free, same-filled (8-byte pattern in `handle`), lz4 blob, raw blob."""
-CHECKSUM_MASK = 0xFFFFFFFF
 TICK_LIMIT = (1 << 32) - 2
-INITIAL_SLOTS = 1024
+INITIAL_SLOTS = 64
 META_FIELDS: tuple[tuple[str, type[np.generic]], ...] = (
     ("version", np.uint64),
     ("handle", np.uint64),  # slab handle, or the 8-byte pattern of a same-filled page
-    ("checksum", np.uint32),  # low 32 bits of xxh3-64 of the uncompressed page
+    ("checksum", np.uint64),  # xxh3-64 of the uncompressed page
     ("tick", np.uint32),  # last store or load, for cold-first order
     ("offset", np.uint32),
     ("length", np.uint16),  # lz4 length; raw blobs are a whole page
@@ -40,8 +39,8 @@ I64 = npt.NDArray[np.int64]
 
 
 def checksum(page: bytes | bytearray | memoryview) -> int:
-    """The checksum every copy of a page carries (low 32 bits of xxh3-64)."""
-    return int(xxhash.xxh3_64_intdigest(page)) & CHECKSUM_MASK
+    """The checksum every copy of a page carries: xxh3-64 of its uncompressed bytes."""
+    return int(xxhash.xxh3_64_intdigest(page))
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +176,8 @@ class PagePool:
         if self._full and self.used_bytes <= cfg.accept_bytes:
             self._full = False
             log.info("pool below accept threshold again: accepting stores")
-        if (
-            self.used_bytes > cfg.accept_bytes
-            and self._alloc.fragmented_bytes() >= max(256 << 10, budget // 20)
+        if self.used_bytes > cfg.accept_bytes and self._alloc.fragmented_bytes() >= max(
+            256 << 10, budget // 20
         ):
             self.compact()
         if self._full:
@@ -187,12 +185,11 @@ class PagePool:
             self._c["failed_stores"] += n
             return [False] * n
 
-        headroom = budget - self.used_bytes
-        slots = self._take_slots(n, headroom - self._index_growth(area, offs))
-        base = self._meta_bytes() + self._index_growth(area, offs)
+        index_growth = self._index.growth_bytes(area, offs)
+        slots = self._take_slots(n, budget - self.used_bytes - index_growth)
+        base = self._meta_bytes() + index_growth
         alloc = self._alloc
         alloc_obj = alloc.alloc
-        alloc_cost = alloc.alloc_cost
         compress = lz4.block.compress
         digest = xxhash.xxh3_64_intdigest
         limit = cfg.compress_limit
@@ -207,10 +204,13 @@ class PagePool:
         poor = 0
         s = 0
         for i, page in enumerate(pages):
-            if self._full or s == len(slots):
+            if s == len(slots):
                 break
             word = page[:8]
             if page[8:16] == word and page[8:] == page[:-8]:
+                if base + alloc.resident_bytes > budget:
+                    self._full = True
+                    break
                 kind, handle, length = SAME, int.from_bytes(word, "little"), 0
             else:
                 packed = compress(page, store_size=False)
@@ -221,19 +221,20 @@ class PagePool:
                 else:
                     poor += 1
                     continue
-                if base + alloc.resident_bytes + alloc_cost(len(data)) > budget:
+                handle = alloc_obj(data, slots[s], budget - base)
+                if handle < 0:
                     self._full = True
-                    log.info("pool budget of %d bytes reached: refusing stores", budget)
                     break
-                handle = alloc_obj(data, slots[s])
             done_i.append(i)
             done_slot.append(slots[s])
             kinds.append(kind)
             handles.append(handle)
             lengths.append(length)
-            sums.append(digest(page) & CHECKSUM_MASK)
+            sums.append(digest(page))
             ok[i] = True
             s += 1
+        if self._full:
+            log.info("pool budget of %d bytes reached: refusing stores", budget)
         self._free_slots.extend(slots[s:])
         stored = len(done_i)
         refused = n - stored - poor
@@ -244,11 +245,6 @@ class PagePool:
         if stored:
             self._commit(area, offs, versions, done_i, done_slot, kinds, handles, lengths, sums)
         return ok
-
-    def _index_growth(self, area: int, offs: I64) -> int:
-        """Upper bound on what indexing these keys adds to the index, in bytes."""
-        tops = np.unique(offs >> LEAF_BITS)
-        return int(len(tops)) * (LEAF_SIZE * 4 + 12 + DICT_ENTRY_BYTES)
 
     def _commit(
         self,
@@ -269,7 +265,7 @@ class PagePool:
         kind_arr = np.asarray(kinds, dtype=np.uint8)
         m["version"][sl] = np.asarray(versions, dtype=np.uint64)[idx]
         m["handle"][sl] = np.asarray(handles, dtype=np.uint64)
-        m["checksum"][sl] = np.asarray(sums, dtype=np.uint32)
+        m["checksum"][sl] = np.asarray(sums, dtype=np.uint64)
         m["tick"][sl] = self._tick
         m["offset"][sl] = key_offs
         m["length"][sl] = np.asarray(lengths, dtype=np.uint16)
@@ -299,38 +295,36 @@ class PagePool:
         handles = m["handle"][slots].tolist()
         lengths = m["length"][slots].tolist()
         sums = m["checksum"][slots].tolist()
-        views = self._alloc.views
+        slabs = self._alloc.table()
         ps = self._ps
-        blob_at = [i for i, k in enumerate(kinds) if k == LZ4 or k == RAW]
-        blobs = views(
-            [handles[i] for i in blob_at],
-            [lengths[i] if kinds[i] == LZ4 else ps for i in blob_at],
-        )
-        blob_of = dict(zip(blob_at, blobs, strict=True))
         decompress = lz4.block.decompress
         digest = xxhash.xxh3_64_intdigest
         zero = self._zero_page
         words = ps // 8
         out: list[bytes | None] = []
         bad: list[int] = []
-        for i, kind in enumerate(kinds):
+        hits = 0
+        for i, (kind, h, length, s) in enumerate(zip(kinds, handles, lengths, sums, strict=True)):
             if kind == LZ4:
+                slab = slabs[h >> OBJ_BITS]
+                at = (h & OBJ_MASK) * slab.size
                 try:
-                    page = decompress(blob_of[i], uncompressed_size=ps)
+                    page = decompress(slab.buf[at : at + length], uncompressed_size=ps)
                 except lz4.block.LZ4BlockError:
                     page = b""
             elif kind == SAME:
-                h = handles[i]
                 page = zero if h == 0 else h.to_bytes(8, "little") * words
             elif kind == RAW:
-                page = bytes(blob_of[i])
+                slab = slabs[h >> OBJ_BITS]
+                at = (h & OBJ_MASK) * slab.size
+                page = slab.buf[at : at + ps].tobytes()
             else:
                 out.append(None)
                 continue
-            if digest(page) & CHECKSUM_MASK != sums[i] or len(page) != ps:
+            hits += 1
+            if digest(page) != s:  # also catches a short or failed decompression
                 bad.append(i)
             out.append(page)
-        hits = len(blob_at) + kinds.count(SAME)
         if bad:
             self._c["checksum_failures"] += len(bad)
             bad_offsets = [int(offs[i]) for i in bad]
@@ -342,13 +336,13 @@ class PagePool:
                 offset=bad_offsets[0],
             )
         self._c["loads"] += hits
-        hit_slots = slots[slots > 0]
         if exclusive:
+            present = slots > 0
             self._c["exclusive_loads"] += hits
-            self._free(area, offs[slots > 0], hit_slots)
+            self._free(area, offs[present], slots[present])
         else:
             self._tick_once()
-            m["tick"][hit_slots] = self._tick
+            m["tick"][slots] = self._tick  # slot 0 ("absent") is never live: writing it is harmless
         return out
 
     def versions(self, area: int, offsets: Sequence[int] | I64) -> list[int | None]:
@@ -400,7 +394,7 @@ class PagePool:
     def coldest(self, n: int, include_same_filled: bool = False) -> list[ColdPage]:
         """Up to n of the least recently stored or loaded pages, coldest first, left in place."""
         m = self._meta
-        kinds = m["kind"][: self._hw]
+        kinds = m["kind"][: self._hw].astype(np.uint8, copy=False)
         live = np.flatnonzero(kinds >= (SAME if include_same_filled else LZ4))
         if not len(live) or n <= 0:
             return []

@@ -1,6 +1,7 @@
 """Size-class slab allocator for compressed blobs, in the manner of zsmalloc.
 
-Blobs of similar size share fixed-size slabs carved from anonymous mmap chunks. A slab whose
+Blobs of similar size share fixed-size slabs carved from anonymous mmap chunks, faulted in
+whole when made (one madvise instead of a page fault per page). A slab whose
 last object is freed is handed back to the kernel with MADV_DONTNEED, so freeing pages really
 returns memory; `compact()` moves objects out of sparse slabs so that they can be released.
 No I/O, no locks: the pool that owns an allocator is its only user.
@@ -17,6 +18,8 @@ CHUNK_BYTES = 4 << 20
 """Address space is reserved in 4 MiB mappings; only touched pages cost RSS."""
 MAX_EXTRA_SLAB_PAGES = 8
 """A slab spans at most this many OS pages beyond the minimum: enough to make waste small."""
+MADV_POPULATE_WRITE = 23  # Linux 5.14+; not exported by the mmap module
+MIN_OBJS = 8
 OBJ_BITS = 16
 OBJ_MASK = (1 << OBJ_BITS) - 1
 
@@ -31,7 +34,7 @@ class SlabStatistics:
     object_bytes: int
     """Sum of the class sizes of live objects (payload plus rounding inside a class)."""
     resident_bytes: int
-    """OS pages touched in live slabs: what the slabs really cost in RAM."""
+    """Bytes of live slabs (faulted in whole when made): what the slabs really cost in RAM."""
     bookkeeping_bytes: int
     """Per-object owner records and free lists."""
     mapped_bytes: int
@@ -39,22 +42,24 @@ class SlabStatistics:
 
 
 class _SizeClass:
-    __slots__ = ("index", "objs_per_slab", "pages_per_slab", "partial", "size")
+    __slots__ = ("current", "index", "objs_per_slab", "pages_per_slab", "partial", "size")
 
     def __init__(self, index: int, size: int, pages_per_slab: int) -> None:
         self.index = index
         self.size = size
         self.pages_per_slab = pages_per_slab
         self.objs_per_slab = min(pages_per_slab * OS_PAGE // size, OBJ_MASK + 1)
-        self.partial: dict[int, _Slab] = {}  # slab id -> slab with a free object (insertion order)
+        self.current: _Slab | None = None  # where new objects go until it is full
+        self.partial: dict[int, _Slab] = {}  # other slabs with a free object
 
 
 class _Slab:
-    __slots__ = ("buf", "cls", "free", "hwm", "ident", "live", "owners", "range_start")
+    __slots__ = ("buf", "cls", "free", "hwm", "ident", "live", "owners", "range_start", "size")
 
     def __init__(self, ident: int, cls: _SizeClass, buf: memoryview, range_start: int) -> None:
         self.ident = ident
         self.cls = cls
+        self.size = cls.size
         self.buf = buf
         self.range_start = range_start
         self.free = array("H")  # freed object indices below hwm
@@ -63,13 +68,15 @@ class _Slab:
         self.owners = array("I", bytes(4 * cls.objs_per_slab))
 
     def resident_bytes(self) -> int:
-        touched = self.hwm * self.cls.size
-        return -(-touched // OS_PAGE) * OS_PAGE
+        # The whole span is faulted in when the slab is made (MADV_POPULATE_WRITE).
+        return self.cls.pages_per_slab * OS_PAGE
 
 
 def _pages_per_slab(size: int) -> int:
     """The slab length (in OS pages) that wastes the least space at its tail for `size` objects."""
-    least = -(-size // OS_PAGE)
+    # At least MIN_OBJS objects a slab: creating slabs is the slow path, and untouched pages
+    # at a slab's end cost no RAM.
+    least = -(-size * MIN_OBJS // OS_PAGE)
     best, best_waste = least, 1.0
     for pages in range(least, least + MAX_EXTRA_SLAB_PAGES + 1):
         span = pages * OS_PAGE
@@ -97,6 +104,7 @@ class SlabAllocator:
         self._chunk_views: list[memoryview] = []
         self._carve_at = CHUNK_BYTES  # next free byte in the newest chunk; starts "full"
         self._free_ranges: dict[int, list[tuple[int, int]]] = {}  # pages -> [(chunk, start)]
+        self._populate = True
         self._resident = 0
         self._objects = 0
         self._object_bytes = 0
@@ -108,18 +116,6 @@ class SlabAllocator:
         """Bytes an object of `nbytes` really occupies."""
         return self._classes[(nbytes - 1) // self.class_delta].size
 
-    def alloc_cost(self, nbytes: int) -> int:
-        """How many bytes of RAM allocating `nbytes` now would add (0 when it fits a touched page)."""
-        cls = self._classes[(nbytes - 1) // self.class_delta]
-        if not cls.partial:
-            return OS_PAGE * -(-cls.size // OS_PAGE) + 4 * cls.objs_per_slab
-        slab = next(reversed(cls.partial.values()))
-        if slab.free:
-            return 0
-        before = slab.resident_bytes()
-        after = -(-(slab.hwm + 1) * cls.size // OS_PAGE) * OS_PAGE
-        return after - before
-
     @property
     def resident_bytes(self) -> int:
         """RAM held by live slabs plus their bookkeeping."""
@@ -127,24 +123,29 @@ class SlabAllocator:
 
     # -- objects -------------------------------------------------------------------------------
 
-    def alloc(self, data: bytes | memoryview, owner: int) -> int:
-        """Copy `data` into a new object owned by slot `owner`; returns its handle."""
+    def alloc(self, data: bytes | memoryview, owner: int, limit: int = 1 << 62) -> int:
+        """Copy `data` into a new object owned by slot `owner`; returns its handle.
+
+        Returns -1, changing nothing, if `resident_bytes` would end above `limit`.
+        """
         n = len(data)
         cls = self._classes[(n - 1) // self.class_delta]
-        if cls.partial:
-            slab = next(reversed(cls.partial.values()))
-        else:
-            slab = self._new_slab(cls)
+        slab = cls.current
+        if slab is None or slab.live == cls.objs_per_slab:
+            if cls.partial:
+                _, slab = cls.partial.popitem()
+            else:
+                cost = cls.pages_per_slab * OS_PAGE + 4 * cls.objs_per_slab
+                if self._resident + self._bookkeeping + cost > limit:
+                    return -1
+                slab = self._new_slab(cls)
+            cls.current = slab
         if slab.free:
             idx = slab.free.pop()
         else:
-            before = slab.resident_bytes()
             idx = slab.hwm
-            slab.hwm += 1
-            self._resident += slab.resident_bytes() - before
+            slab.hwm = idx + 1
         slab.live += 1
-        if slab.live == cls.objs_per_slab:
-            del cls.partial[slab.ident]
         start = idx * cls.size
         slab.buf[start : start + n] = data
         slab.owners[idx] = owner
@@ -159,6 +160,10 @@ class SlabAllocator:
         start = (handle & OBJ_MASK) * slab.cls.size
         return slab.buf[start : start + nbytes]
 
+    def table(self) -> list[_Slab | None]:
+        """The slab table, for readers that resolve many handles in a tight loop."""
+        return self._slabs
+
     def views(self, handles: list[int], lengths: list[int]) -> list[memoryview]:
         """`view()` for many objects at once."""
         slabs = self._slabs
@@ -166,7 +171,7 @@ class SlabAllocator:
         for handle, n in zip(handles, lengths, strict=True):
             slab = slabs[handle >> OBJ_BITS]
             assert slab is not None
-            start = (handle & OBJ_MASK) * slab.cls.size
+            start = (handle & OBJ_MASK) * slab.size
             out.append(slab.buf[start : start + n])
         return out
 
@@ -180,11 +185,13 @@ class SlabAllocator:
         self._objects -= 1
         self._object_bytes -= cls.size
         if slab.live == 0:
+            if cls.current is slab:
+                cls.current = None
             cls.partial.pop(slab.ident, None)
             self._release(slab)
             return
         slab.free.append(handle & OBJ_MASK)
-        if was_full:
+        if was_full and cls.current is not slab:
             cls.partial[slab.ident] = slab
 
     def corrupt_for_test(self, handle: int, at: int) -> None:
@@ -201,36 +208,31 @@ class SlabAllocator:
         return max(0, self._resident - self._object_bytes)
 
     def compact(self) -> list[tuple[int, int]]:
-        """Move objects out of the sparsest slabs of each class; returns (owner, new handle) pairs."""
+        """Empty the sparsest slabs of each class; returns (owner, new handle) per move."""
         moves: list[tuple[int, int]] = []
         for cls in self._classes:
-            if len(cls.partial) < 2:
+            cands = list(cls.partial.values())
+            if cls.current is not None and cls.current.live < cls.objs_per_slab:
+                cands.append(cls.current)
+            if len(cands) < 2:
                 continue
-            free_objs = sum(cls.objs_per_slab - s.live for s in cls.partial.values())
-            if free_objs < cls.objs_per_slab:
-                continue  # not even one slab could be emptied
-            # Fill the fullest slabs from the emptiest ones; a donor emptied is released by free().
-            order = sorted(cls.partial.values(), key=lambda s: s.live)
-            donors, receivers = order, order[::-1]
-            for donor in donors:
-                if donor.ident not in cls.partial:
-                    continue
-                room = sum(
-                    cls.objs_per_slab - r.live
-                    for r in receivers
-                    if r is not donor and r.live >= donor.live
-                )
-                if room < donor.live:
+            free_objs = sum(cls.objs_per_slab - s.live for s in cands)
+            for donor in sorted(cands, key=lambda s: s.live):
+                free_elsewhere = free_objs - (cls.objs_per_slab - donor.live)
+                if free_elsewhere < donor.live:
                     break
                 moves.extend(self._drain_slab(donor, cls))
+                free_objs = free_elsewhere - donor.live
         return moves
 
     def _drain_slab(self, donor: _Slab, cls: _SizeClass) -> list[tuple[int, int]]:
         moves = []
         freed = set(donor.free)
         live_idx = [i for i in range(donor.hwm) if i not in freed]
-        # Keep donor out of the partial set so alloc() never picks it as a target.
+        # Keep the donor out of reach so that alloc() never moves an object into it.
         cls.partial.pop(donor.ident, None)
+        if cls.current is donor:
+            cls.current = None
         for idx in live_idx:
             start = idx * cls.size
             data = bytes(donor.buf[start : start + cls.size])
@@ -255,6 +257,12 @@ class SlabAllocator:
                 self._carve_at = 0
             chunk, start = len(self._chunks) - 1, self._carve_at
             self._carve_at += span
+        if self._populate:
+            # One syscall faults the slab in, instead of one page fault per page touched.
+            try:
+                self._chunks[chunk].madvise(MADV_POPULATE_WRITE, start, span)
+            except OSError:
+                self._populate = False
         ident = self._free_ids.pop() if self._free_ids else len(self._slabs)
         buf = self._chunk_views[chunk][start : start + span]
         slab = _Slab(ident, cls, buf, (chunk << 32) | start)
@@ -262,8 +270,8 @@ class SlabAllocator:
             self._slabs.append(slab)
         else:
             self._slabs[ident] = slab
-        cls.partial[ident] = slab
         self._bookkeeping += 4 * cls.objs_per_slab
+        self._resident += slab.resident_bytes()
         return slab
 
     def _release(self, slab: _Slab) -> None:

@@ -1,0 +1,86 @@
+"""The budget counts real cost and refusals follow zswap's accept-threshold hysteresis."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from ramster import corpus
+from ramster.pagestore import PagePool, PoolConfig
+
+
+def test_flood_of_incompressible_pages_never_exceeds_budget() -> None:
+    budget = 4 << 20
+    pool = PagePool(PoolConfig(budget_bytes=budget, accept_threshold_percent=80))
+    refused_at = None
+    results: list[bool] = []
+    for i in range(0, 4000, 16):
+        pages = [os.urandom(4096) for _ in range(16)]
+        results += pool.put_many(0, list(range(i, i + 16)), pages, [1] * 16)
+        assert pool.statistics().pool_total_size <= budget
+        if refused_at is None and not all(results):
+            refused_at = len(results)
+    assert refused_at is not None
+    st = pool.statistics()
+    assert st.full
+    assert st.reject_pool_limit == results.count(False)
+    # Everything past the first refusal is refused: the pool stays full until it drains.
+    assert not any(results[refused_at:])
+    assert st.pool_total_size > budget * 0.9
+
+
+def test_hysteresis_accepts_again_only_below_threshold() -> None:
+    budget = 2 << 20
+    cfg = PoolConfig(budget_bytes=budget, accept_threshold_percent=50)
+    pool = PagePool(cfg)
+
+    def page() -> bytes:
+        return os.urandom(4096)
+
+    n = 0
+    while pool.put_many(0, [n], [page()], [1])[0]:
+        n += 1
+    assert pool.statistics().full
+    # Free a little: still above the threshold, so still refused.
+    pool.drop_many(0, list(range(n // 10)))
+    assert pool.used_bytes > cfg.accept_bytes
+    assert pool.put_many(0, [n + 1], [page()], [1]) == [False]
+    # Free enough to fall below the threshold: accepted again.
+    pool.drop_many(0, list(range(n // 10, n * 6 // 10)))
+    assert pool.used_bytes <= cfg.accept_bytes
+    assert pool.put_many(0, [n + 2], [page()], [1]) == [True]
+    assert not pool.statistics().full
+
+
+def test_failed_overwrite_drops_the_old_copy() -> None:
+    pool = PagePool(PoolConfig(budget_bytes=1 << 20))
+    n = 0
+    while pool.put_many(0, [n], [os.urandom(4096)], [1])[0]:
+        n += 1
+    assert pool.put_many(0, [0], [os.urandom(4096)], [2]) == [False]
+    assert pool.get_many(0, [0]) == [None]
+
+
+def test_zero_budget_refuses_everything() -> None:
+    pool = PagePool(PoolConfig(budget_bytes=0))
+    assert pool.put_many(0, [0, 1], [bytes(4096), os.urandom(4096)], [1, 2]) == [False, False]
+    assert pool.statistics().stored_pages == 0
+
+
+def test_freed_memory_goes_back_to_the_os() -> None:
+    proc = psutil.Process()
+    pool = PagePool(PoolConfig(budget_bytes=1 << 30))
+    pages = corpus.pages(4096, seed=8)
+    base = proc.memory_info().rss
+    n = 16384  # 64 MiB of corpus, compressed to about half
+    for i in range(0, n, 512):
+        pool.put_many(
+            0, list(range(i, i + 512)), [pages[j % 4096] for j in range(i, i + 512)], [1] * 512
+        )
+    grown = proc.memory_info().rss - base
+    assert grown > 16 << 20
+    pool.drop_many(0, list(range(n)))
+    assert pool.statistics().stored_pages == 0
+    after = proc.memory_info().rss - base
+    assert after < grown * 0.3, (grown, after)

@@ -1,0 +1,56 @@
+"""The `ramster` command as a user runs it: a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ramster import __version__
+
+
+def ramster(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ramster", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_version() -> None:
+    out = ramster("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"ramster {__version__}"
+
+
+def test_help_lists_commands_and_units() -> None:
+    out = ramster("--help")
+    assert out.returncode == 0
+    assert "demo" in out.stdout
+    demo = ramster("demo", "--help")
+    assert "MiB" in demo.stdout
+
+
+def test_demo_round_trips_the_corpus() -> None:
+    out = ramster("demo", "--mib", "4")
+    assert out.returncode == 0, out.stderr
+    assert "compression ratio" in out.stdout
+    assert "1,024 ok, 0 bad" in out.stdout
+
+
+def test_demo_with_a_small_budget_refuses_but_stays_correct() -> None:
+    out = ramster("demo", "--mib", "8", "--budget-mib", "1")
+    assert out.returncode == 0, out.stderr
+    refused = next(line for line in out.stdout.splitlines() if line.startswith("refused"))
+    assert int(refused.split()[-1].replace(",", "")) > 0
+
+
+def test_bad_arguments_give_a_clear_error() -> None:
+    out = ramster("demo", "--mib", "-3")
+    assert out.returncode == 2
+    assert "positive" in out.stderr
+    out = ramster("demo", "--page-size", "1000")
+    assert out.returncode == 2
+    assert "power of two" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,29 @@
+"""The benchmark corpus is deterministic and has the advertised mix."""
+
+from __future__ import annotations
+
+import lz4.block
+
+from ramster import corpus
+
+
+def test_same_seed_same_pages() -> None:
+    assert corpus.pages(200, seed=7) == corpus.pages(200, seed=7)
+    assert corpus.pages(200, seed=7) != corpus.pages(200, seed=8)
+
+
+def test_mix_is_roughly_as_documented() -> None:
+    pages = corpus.pages(4000, seed=1)
+    zero = sum(p == bytes(4096) for p in pages) / len(pages)
+    same = sum(p[:8] * 512 == p for p in pages) / len(pages)
+    assert 0.22 < zero < 0.28
+    assert 0.27 < same < 0.33
+    sizes = [len(lz4.block.compress(p, store_size=False)) for p in pages if p[:8] * 512 != p]
+    incompressible = sum(s >= 4096 for s in sizes) / len(pages)
+    assert 0.12 < incompressible < 0.18
+    ratio = len(pages) * 4096 / sum(len(lz4.block.compress(p, store_size=False)) for p in pages)
+    assert 1.6 < ratio < 2.6
+
+
+def test_page_size_is_respected() -> None:
+    assert {len(p) for p in corpus.pages(100, page_size=512)} == {512}
