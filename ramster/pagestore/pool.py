@@ -97,6 +97,7 @@ class PagePool:
         self._tick = 1
         self._full = False
         self._zero_page = bytes(self._ps)
+        self._zero_sum = checksum(self._zero_page)
         self._stored = 0
         self._same = 0
         self._huge = 0
@@ -303,8 +304,8 @@ class PagePool:
         words = ps // 8
         out: list[bytes | None] = []
         bad: list[int] = []
-        hits = 0
-        for i, (kind, h, length, s) in enumerate(zip(kinds, handles, lengths, sums, strict=True)):
+        zero_sum = self._zero_sum
+        for kind, h, length, s in zip(kinds, handles, lengths, sums, strict=True):
             if kind == LZ4:
                 slab = slabs[h >> OBJ_BITS]
                 at = (h & OBJ_MASK) * slab.size
@@ -313,7 +314,10 @@ class PagePool:
                 except lz4.block.LZ4BlockError:
                     page = b""
             elif kind == SAME:
-                page = zero if h == 0 else h.to_bytes(8, "little") * words
+                if h == 0 and s == zero_sum:
+                    out.append(zero)  # the pattern and its checksum agree: nothing to hash
+                    continue
+                page = h.to_bytes(8, "little") * words
             elif kind == RAW:
                 slab = slabs[h >> OBJ_BITS]
                 at = (h & OBJ_MASK) * slab.size
@@ -321,10 +325,10 @@ class PagePool:
             else:
                 out.append(None)
                 continue
-            hits += 1
             if digest(page) != s:  # also catches a short or failed decompression
-                bad.append(i)
+                bad.append(len(out))
             out.append(page)
+        hits = len(out) - out.count(None)
         if bad:
             self._c["checksum_failures"] += len(bad)
             bad_offsets = [int(offs[i]) for i in bad]
