@@ -1,7 +1,14 @@
 """The local tier: a compressed page pool (lz4, same-filled pages, slabs, budget). No I/O."""
 
 from ramster.pagestore.config import MAX_AREA, MAX_OFFSET, PoolConfig
-from ramster.pagestore.pool import ColdPage, PagePool, PoolStatistics, checksum
+from ramster.pagestore.pool import (
+    ColdPage,
+    PagePool,
+    PoolStatistics,
+    checksum,
+    expand,
+    stored_kind,
+)
 
 __all__ = [
     "MAX_AREA",
@@ -11,4 +18,6 @@ __all__ = [
     "PoolConfig",
     "PoolStatistics",
     "checksum",
+    "expand",
+    "stored_kind",
 ]

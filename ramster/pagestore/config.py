@@ -42,15 +42,16 @@ class PoolConfig:
                 "accept_threshold_percent must be within 0..100, "
                 f"got {self.accept_threshold_percent!r}"
             )
-        if not 0 < self.compress_threshold <= 1:
+        if not 0 < self.compress_threshold < 1:
+            # Below 1 so that an lz4 payload is never a whole page long (see stored_kind).
             raise ValueError(
-                f"compress_threshold must be within (0, 1], got {self.compress_threshold!r}"
+                f"compress_threshold must be within (0, 1), got {self.compress_threshold!r}"
             )
 
     @property
     def compress_limit(self) -> int:
-        """Largest lz4 form, in bytes, that is kept compressed."""
-        return int(self.page_size * self.compress_threshold)
+        """Largest lz4 form, in bytes, that is kept compressed (never a whole page)."""
+        return min(int(self.page_size * self.compress_threshold), self.page_size - 1)
 
     @property
     def accept_bytes(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lz4.block
 import numpy as np
@@ -41,6 +41,43 @@ I64 = npt.NDArray[np.int64]
 def checksum(page: bytes | bytearray | memoryview) -> int:
     """The checksum every copy of a page carries: xxh3-64 of its uncompressed bytes."""
     return int(xxhash.xxh3_64_intdigest(page))
+
+
+def stored_kind(length: int, page_size: int) -> int:
+    """How a stored payload is encoded, from its length: 8 bytes is a same-filled pattern, a
+    whole page is raw, anything else is an lz4 block (never 8 bytes or a whole page long)."""
+    if length == 8:
+        return SAME
+    if length == page_size:
+        return RAW
+    return LZ4
+
+
+def expand(payload: bytes | bytearray | memoryview, page_size: int) -> bytes:
+    """The page a stored payload stands for (checksum not verified here)."""
+    kind = stored_kind(len(payload), page_size)
+    if kind == SAME:
+        return bytes(payload) * (page_size // 8)
+    if kind == RAW:
+        return bytes(payload)
+    try:
+        page: bytes = lz4.block.decompress(payload, uncompressed_size=page_size)
+    except lz4.block.LZ4BlockError:
+        return b""
+    return page
+
+
+@dataclass(slots=True)
+class _Put:
+    """One store batch in progress: reserved slots and what has been kept so far."""
+
+    slots: list[int]
+    base: int  # metadata and index bytes once the batch is committed
+    done_i: list[int] = field(default_factory=list)
+    kinds: list[int] = field(default_factory=list)
+    handles: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    sums: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,20 +193,9 @@ class PagePool:
 
     # -- stores --------------------------------------------------------------------------------
 
-    def put_many(
-        self,
-        area: int,
-        offsets: Sequence[int] | I64,
-        pages: Sequence[bytes | bytearray],
-        versions: Sequence[int],
-    ) -> list[bool]:
-        """Store pages (already validated: right length, distinct keys); False means refused.
-
-        An existing copy of a key is always dropped first, so a refused overwrite leaves no
-        stale data behind.
-        """
-        n = len(pages)
-        offs = np.asarray(offsets, dtype=np.int64)
+    def _begin_put(self, area: int, offs: I64) -> _Put | None:
+        """Drop old copies, apply the hysteresis, reserve slots; None when the pool is full."""
+        n = len(offs)
         self._drop_present(area, offs)
         self._tick_once()
         cfg = self.config
@@ -184,24 +210,60 @@ class PagePool:
         if self._full:
             self._c["reject_pool_limit"] += n
             self._c["failed_stores"] += n
-            return [False] * n
-
+            return None
         index_growth = self._index.growth_bytes(area, offs)
         slots = self._take_slots(n, budget - self.used_bytes - index_growth)
-        base = self._meta_bytes() + index_growth
+        return _Put(slots, self._meta_bytes() + index_growth)
+
+    def _finish_put(
+        self, area: int, offs: I64, versions: Sequence[int], put: _Put, poor: int
+    ) -> None:
+        if self._full:
+            log.info("pool budget of %d bytes reached: refusing stores", self.config.budget_bytes)
+        used = len(put.done_i)
+        self._free_slots.extend(put.slots[used:])
+        n = len(offs)
+        self._c["reject_compress_poor"] += poor
+        self._c["reject_pool_limit"] += n - used - poor
+        self._c["failed_stores"] += n - used
+        self._c["succ_stores"] += used
+        if used:
+            self._commit(area, offs, versions, put)
+
+    def put_many(
+        self,
+        area: int,
+        offsets: Sequence[int] | I64,
+        pages: Sequence[bytes | bytearray],
+        versions: Sequence[int],
+    ) -> list[bool]:
+        """Store pages (already validated: right length, distinct keys); False means refused.
+
+        An existing copy of a key is always dropped first, so a refused overwrite leaves no
+        stale data behind.
+        """
+        offs = np.asarray(offsets, dtype=np.int64)
+        ok = [False] * len(pages)
+        put = self._begin_put(area, offs)
+        if put is None:
+            return ok
+        cfg = self.config
+        budget = cfg.budget_bytes
+        base = put.base
+        slots = put.slots
         alloc = self._alloc
         alloc_obj = alloc.alloc
         compress = lz4.block.compress
         digest = xxhash.xxh3_64_intdigest
         limit = cfg.compress_limit
         keep_raw = cfg.keep_incompressible
-        ok = [False] * n
-        done_i: list[int] = []
-        done_slot: list[int] = []
-        kinds: list[int] = []
-        handles: list[int] = []
-        lengths: list[int] = []
-        sums: list[int] = []
+        done_i, kinds, handles, lengths, sums = (
+            put.done_i,
+            put.kinds,
+            put.handles,
+            put.lengths,
+            put.sums,
+        )
         poor = 0
         s = 0
         for i, page in enumerate(pages):
@@ -227,49 +289,105 @@ class PagePool:
                     self._full = True
                     break
             done_i.append(i)
-            done_slot.append(slots[s])
             kinds.append(kind)
             handles.append(handle)
             lengths.append(length)
             sums.append(digest(page))
             ok[i] = True
             s += 1
-        if self._full:
-            log.info("pool budget of %d bytes reached: refusing stores", budget)
-        self._free_slots.extend(slots[s:])
-        stored = len(done_i)
-        refused = n - stored - poor
-        self._c["reject_compress_poor"] += poor
-        self._c["reject_pool_limit"] += refused
-        self._c["failed_stores"] += n - stored
-        self._c["succ_stores"] += stored
-        if stored:
-            self._commit(area, offs, versions, done_i, done_slot, kinds, handles, lengths, sums)
+        self._finish_put(area, offs, versions, put, poor)
         return ok
 
-    def _commit(
+    def put_stored_many(
         self,
         area: int,
-        offs: I64,
+        offsets: Sequence[int] | I64,
+        payloads: Sequence[bytes | bytearray | memoryview],
         versions: Sequence[int],
-        done_i: list[int],
-        done_slot: list[int],
-        kinds: list[int],
-        handles: list[int],
-        lengths: list[int],
-        sums: list[int],
-    ) -> None:
+        checksums: Sequence[int],
+    ) -> list[bool]:
+        """Keep pages already in stored form (see `stored_kind`), as a holder does for peers.
+
+        Nothing is recompressed here; the checksum travels with the payload and is verified by
+        whoever expands the page. Same budget, hysteresis and old-copy rules as `put_many`.
+        """
+        offs = np.asarray(offsets, dtype=np.int64)
+        ok = [False] * len(payloads)
+        put = self._begin_put(area, offs)
+        if put is None:
+            return ok
+        budget = self.config.budget_bytes
+        base = put.base
+        slots = put.slots
+        alloc = self._alloc
+        ps = self._ps
+        for i, payload in enumerate(payloads):
+            s = len(put.done_i)
+            if s == len(slots):
+                break
+            kind = stored_kind(len(payload), ps)
+            if kind == SAME:
+                if base + alloc.resident_bytes > budget:
+                    self._full = True
+                    break
+                handle, length = int.from_bytes(payload, "little"), 0
+            else:
+                handle = alloc.alloc(payload, slots[s], budget - base)
+                if handle < 0:
+                    self._full = True
+                    break
+                length = len(payload) if kind == LZ4 else 0
+            put.done_i.append(i)
+            put.kinds.append(kind)
+            put.handles.append(handle)
+            put.lengths.append(length)
+            put.sums.append(checksums[i])
+            ok[i] = True
+        self._finish_put(area, offs, versions, put, 0)
+        return ok
+
+    def get_stored_many(
+        self, area: int, offsets: Sequence[int] | I64
+    ) -> list[tuple[int, int, bytes] | None]:
+        """(version, checksum, stored payload) per key, None where absent; nothing is expanded."""
+        offs = np.asarray(offsets, dtype=np.int64)
+        slots = self._index.lookup(area, offs)
         m = self._meta
-        sl = np.asarray(done_slot, dtype=np.int64)
-        idx = np.asarray(done_i, dtype=np.int64)
+        rows = zip(
+            m["kind"][slots].tolist(),
+            m["handle"][slots].tolist(),
+            m["length"][slots].tolist(),
+            m["version"][slots].tolist(),
+            m["checksum"][slots].tolist(),
+            strict=True,
+        )
+        out: list[tuple[int, int, bytes] | None] = []
+        for kind, handle, length, version, checksum_ in rows:
+            if kind == EMPTY:
+                out.append(None)
+            elif kind == SAME:
+                out.append((version, checksum_, handle.to_bytes(8, "little")))
+            else:
+                size = length if kind == LZ4 else self._ps
+                out.append((version, checksum_, bytes(self._alloc.view(handle, size))))
+        self._c["loads"] += len(out) - out.count(None)
+        self._tick_once()
+        m["tick"][slots] = self._tick
+        return out
+
+    def _commit(self, area: int, offs: I64, versions: Sequence[int], put: _Put) -> None:
+        m = self._meta
+        used = len(put.done_i)
+        sl = np.asarray(put.slots[:used], dtype=np.int64)
+        idx = np.asarray(put.done_i, dtype=np.int64)
         key_offs = offs[idx]
-        kind_arr = np.asarray(kinds, dtype=np.uint8)
+        kind_arr = np.asarray(put.kinds, dtype=np.uint8)
         m["version"][sl] = np.asarray(versions, dtype=np.uint64)[idx]
-        m["handle"][sl] = np.asarray(handles, dtype=np.uint64)
-        m["checksum"][sl] = np.asarray(sums, dtype=np.uint64)
+        m["handle"][sl] = np.asarray(put.handles, dtype=np.uint64)
+        m["checksum"][sl] = np.asarray(put.sums, dtype=np.uint64)
         m["tick"][sl] = self._tick
         m["offset"][sl] = key_offs
-        m["length"][sl] = np.asarray(lengths, dtype=np.uint16)
+        m["length"][sl] = np.asarray(put.lengths, dtype=np.uint16)
         m["area"][sl] = area
         m["kind"][sl] = kind_arr
         self._index.assign(area, key_offs, sl.astype(np.int32))
@@ -278,7 +396,7 @@ class PagePool:
         self._stored += len(sl)
         self._same += same
         self._huge += raw
-        self._compr += sum(lengths) + raw * self._ps
+        self._compr += sum(put.lengths) + raw * self._ps
 
     # -- loads ---------------------------------------------------------------------------------
 

@@ -123,7 +123,7 @@ class SlabAllocator:
 
     # -- objects -------------------------------------------------------------------------------
 
-    def alloc(self, data: bytes | memoryview, owner: int, limit: int = 1 << 62) -> int:
+    def alloc(self, data: bytes | bytearray | memoryview, owner: int, limit: int = 1 << 62) -> int:
         """Copy `data` into a new object owned by slot `owner`; returns its handle.
 
         Returns -1, changing nothing, if `resident_bytes` would end above `limit`.
