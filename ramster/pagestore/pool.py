@@ -19,8 +19,9 @@ from ramster.pagestore.slab import OBJ_BITS, OBJ_MASK, SlabAllocator
 
 log = logging.getLogger(__name__)
 
-EMPTY, SAME, LZ4, RAW = 0, 1, 2, 3
-"""Slot kinds: free, same-filled (8-byte pattern in `handle`), lz4 blob, raw blob."""
+EMPTY, SAME, LZ4, RAW, REMOTE = 0, 1, 2, 3, 4
+"""Slot kinds: free, same-filled (8-byte pattern in `handle`), lz4 blob, raw blob, and a page
+that lives on remote holders only (`handle` is the caller's holder-set number)."""
 TICK_LIMIT = (1 << 32) - 2
 INITIAL_SLOTS = 64
 META_FIELDS: tuple[tuple[str, type[np.generic]], ...] = (
@@ -85,6 +86,9 @@ class PoolStatistics:
     """Counters named after zswap and zram so that results compare."""
 
     stored_pages: int
+    """Pages kept in this pool (not counting those recorded as remote)."""
+    remote_pages: int
+    """Pages whose only copies are on remote holders (metadata kept here)."""
     same_filled_pages: int
     huge_pages: int
     orig_data_size: int
@@ -139,6 +143,8 @@ class PagePool:
         self._same = 0
         self._huge = 0
         self._compr = 0
+        self._remote = 0
+        self._remote_drops: list[tuple[int, int, int, int]] = []
         self._c: dict[str, int] = dict.fromkeys(
             (
                 "reject_pool_limit",
@@ -375,7 +381,9 @@ class PagePool:
         m["tick"][slots] = self._tick
         return out
 
-    def _commit(self, area: int, offs: I64, versions: Sequence[int], put: _Put) -> None:
+    def _commit(
+        self, area: int, offs: I64, versions: Sequence[int], put: _Put, remote: bool = False
+    ) -> None:
         m = self._meta
         used = len(put.done_i)
         sl = np.asarray(put.slots[:used], dtype=np.int64)
@@ -391,6 +399,9 @@ class PagePool:
         m["area"][sl] = area
         m["kind"][sl] = kind_arr
         self._index.assign(area, key_offs, sl.astype(np.int32))
+        if remote:
+            self._remote += len(sl)
+            return
         same = int(np.count_nonzero(kind_arr == SAME))
         raw = int(np.count_nonzero(kind_arr == RAW))
         self._stored += len(sl)
@@ -459,7 +470,8 @@ class PagePool:
             )
         self._c["loads"] += hits
         if exclusive:
-            present = slots > 0
+            # Remote entries stay: the caller fetches them and then drops them itself.
+            present = (slots > 0) & (m["kind"][slots] != REMOTE)
             self._c["exclusive_loads"] += hits
             self._free(area, offs[present], slots[present])
         else:
@@ -483,9 +495,18 @@ class PagePool:
         self._c["invalidates"] += dropped
         return dropped
 
-    def drop_area(self, area: int) -> int:
-        """Drop every page of an area; returns how many were dropped."""
-        return self.drop_many(area, self._index.area_offsets(area))
+    def drop_area(self, area: int, record_remote: bool = True) -> int:
+        """Drop every page of an area; returns how many were dropped.
+
+        With record_remote=False, remote entries are forgotten without queueing per-page drops
+        (the caller drops the whole area on every holder instead).
+        """
+        offs = self._index.area_offsets(area)
+        slots = self._index.lookup(area, offs)
+        if len(offs):
+            self._free(area, offs, slots, record_remote)
+        self._c["invalidates"] += len(offs)
+        return len(offs)
 
     def _drop_present(self, area: int, offs: I64) -> int:
         slots = self._index.lookup(area, offs)
@@ -495,21 +516,136 @@ class PagePool:
         self._free(area, offs[present], slots[present])
         return int(np.count_nonzero(present))
 
-    def _free(self, area: int, offs: I64, slots: npt.NDArray[np.int32]) -> None:
+    def _free(
+        self, area: int, offs: I64, slots: npt.NDArray[np.int32], record_remote: bool = True
+    ) -> None:
         m = self._meta
         kinds = m["kind"][slots]
         blob = (kinds == LZ4) | (kinds == RAW)
         free = self._alloc.free
         for h in m["handle"][slots[blob]].tolist():
             free(h)
-        self._stored -= len(slots)
+        remote = kinds == REMOTE
+        n_remote = int(np.count_nonzero(remote))
+        if n_remote:
+            self._remote -= n_remote
+            if record_remote:
+                self._remote_drops.extend(
+                    zip(
+                        m["handle"][slots[remote]].tolist(),
+                        [area] * n_remote,
+                        offs[remote].tolist(),
+                        m["version"][slots[remote]].tolist(),
+                        strict=True,
+                    )
+                )
+            keep = ~remote
+            slots_local = slots[keep]
+        else:
+            slots_local = slots
+        kinds = m["kind"][slots_local]
+        self._stored -= len(slots_local)
         self._same -= int(np.count_nonzero(kinds == SAME))
         raw = int(np.count_nonzero(kinds == RAW))
         self._huge -= raw
-        self._compr -= int(m["length"][slots].sum(dtype=np.int64)) + raw * self._ps
+        self._compr -= int(m["length"][slots_local].sum(dtype=np.int64)) + raw * self._ps
         m["kind"][slots] = EMPTY
         self._index.remove(area, offs)
         self._free_slots.extend(slots.tolist())
+
+    # -- pages that live on remote holders ------------------------------------------------------
+
+    def mark_remote(
+        self, area: int, offsets: Sequence[int] | I64, versions: Sequence[int], holder_set: int
+    ) -> list[bool]:
+        """Free the local copies of pages now held remotely, where the version still matches.
+
+        A key stored again since it was handed out keeps its newer local copy (False).
+        """
+        offs = np.asarray(offsets, dtype=np.int64)
+        slots = self._index.lookup(area, offs)
+        m = self._meta
+        kinds = m["kind"][slots].astype(np.uint8, copy=False)
+        same_version = m["version"][slots] == np.asarray(versions, dtype=np.uint64)
+        ok = (slots > 0) & (kinds >= SAME) & (kinds <= RAW) & same_version
+        if not ok.any():
+            return ok.tolist()  # type: ignore[no-any-return]
+        sl = slots[ok]
+        k = kinds[ok]
+        for h in m["handle"][sl[(k == LZ4) | (k == RAW)]].tolist():
+            self._alloc.free(h)
+        raw = int(np.count_nonzero(k == RAW))
+        self._stored -= len(sl)
+        self._same -= int(np.count_nonzero(k == SAME))
+        self._huge -= raw
+        self._compr -= int(m["length"][sl].sum(dtype=np.int64)) + raw * self._ps
+        self._remote += len(sl)
+        m["kind"][sl] = REMOTE
+        m["handle"][sl] = holder_set
+        return ok.tolist()  # type: ignore[no-any-return]
+
+    def put_remote(
+        self,
+        area: int,
+        offsets: Sequence[int] | I64,
+        versions: Sequence[int],
+        checksums: Sequence[int],
+        holder_set: int,
+    ) -> list[bool]:
+        """Record pages stored straight on remote holders (metadata only, within the budget).
+
+        Not subject to the accept hysteresis: a full pool still records where its pages went,
+        as long as the metadata itself fits.
+        """
+        offs = np.asarray(offsets, dtype=np.int64)
+        self._drop_present(area, offs)
+        self._tick_once()
+        budget = self.config.budget_bytes
+        index_growth = self._index.growth_bytes(area, offs)
+        slots = self._take_slots(len(offs), budget - self.used_bytes - index_growth)
+        base = self._meta_bytes() + index_growth
+        if base + self._alloc.resident_bytes > budget:
+            slots = []
+        put = _Put(slots, base)
+        for i in range(len(slots)):
+            put.done_i.append(i)
+            put.kinds.append(REMOTE)
+            put.handles.append(holder_set)
+            put.lengths.append(0)
+            put.sums.append(checksums[i])
+        self._free_slots.extend(slots[len(put.done_i) :])
+        if put.done_i:
+            self._commit(area, offs, versions, put, remote=True)
+        ok = [False] * len(offs)
+        for i in put.done_i:
+            ok[i] = True
+        return ok
+
+    def remote_entries(
+        self, area: int, offsets: Sequence[int] | I64
+    ) -> list[tuple[int, int, int, int]]:
+        """(index in offsets, version, checksum, holder set) of the keys held remotely only."""
+        offs = np.asarray(offsets, dtype=np.int64)
+        slots = self._index.lookup(area, offs)
+        m = self._meta
+        where = np.flatnonzero(m["kind"][slots] == REMOTE)
+        if not len(where):
+            return []
+        sl = slots[where]
+        return list(
+            zip(
+                where.tolist(),
+                m["version"][sl].tolist(),
+                m["checksum"][sl].tolist(),
+                m["handle"][sl].tolist(),
+                strict=True,
+            )
+        )
+
+    def drain_remote_drops(self) -> list[tuple[int, int, int, int]]:
+        """(holder set, area, offset, version) of remote copies forgotten since the last call."""
+        drops, self._remote_drops = self._remote_drops, []
+        return drops
 
     # -- cold-first order, compaction ----------------------------------------------------------
 
@@ -517,7 +653,7 @@ class PagePool:
         """Up to n of the least recently stored or loaded pages, coldest first, left in place."""
         m = self._meta
         kinds = m["kind"][: self._hw].astype(np.uint8, copy=False)
-        live = np.flatnonzero(kinds >= (SAME if include_same_filled else LZ4))
+        live = np.flatnonzero((kinds >= (SAME if include_same_filled else LZ4)) & (kinds <= RAW))
         if not len(live) or n <= 0:
             return []
         ticks = m["tick"][live]
@@ -585,6 +721,7 @@ class PagePool:
         c = self._c
         return PoolStatistics(
             stored_pages=self._stored,
+            remote_pages=self._remote,
             same_filled_pages=self._same,
             huge_pages=self._huge,
             orig_data_size=self._stored * self._ps,
