@@ -1,0 +1,165 @@
+"""The node's configuration: one frozen, validated object from flags, RAMSTER_* variables and an
+optional TOML file (flags win over variables, variables over the file)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ramster.units import parse_address, parse_size
+
+ENV_PREFIX = "RAMSTER_"
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/ramster, else ~/.local/state/ramster."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ramster"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a node needs to start; sizes in bytes, times in seconds."""
+
+    node_id: str | None = None
+    """Stable identity; generated once and kept in state_dir when not given."""
+    cluster: str = "ramster"
+    secret_file: Path | None = None
+    """File holding the cluster secret; else $RAMSTER_CLUSTER_SECRET."""
+    listen: str = "127.0.0.1:7070"
+    """RPC address (host:port; port 0 picks a free one)."""
+    local_budget: int = 256 << 20
+    """RAM for this node's own pages (compressed), in bytes."""
+    lent_budget: int = 256 << 20
+    """RAM offered to other nodes' pages, in bytes."""
+    replicas: int = 2
+    """R: remote holders per spilled page."""
+    high_watermark: float = 0.85
+    """Share of the local budget above which the spiller moves cold pages out."""
+    low_watermark: float = 0.70
+    """Share of the local budget below which the spiller stops."""
+    peers: tuple[str, ...] = ()
+    """Static peers, host:port each."""
+    state_dir: Path = field(default_factory=default_state_dir)
+    page_size: int = 4096
+    heartbeat: float = 0.5
+    """Seconds between heartbeats to each peer."""
+    dead_after: float = 3.0
+    """Seconds without an answer after which a peer is treated as gone."""
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        parse_address(self.listen)
+        for peer in self.peers:
+            parse_address(peer)
+        if not 0 < len(self.cluster) <= 64:
+            raise ValueError("cluster must be a name of 1 to 64 characters")
+        if self.node_id is not None and not 0 < len(self.node_id) <= 64:
+            raise ValueError("node id must be 1 to 64 characters")
+        if self.local_budget < 0 or self.lent_budget < 0:
+            raise ValueError("budgets cannot be negative")
+        if not 1 <= self.replicas <= 8:
+            raise ValueError(f"replicas must be within 1..8, got {self.replicas}")
+        if not 0 < self.low_watermark < self.high_watermark <= 1:
+            raise ValueError(
+                "watermarks must satisfy 0 < low < high <= 1, "
+                f"got low={self.low_watermark} high={self.high_watermark}"
+            )
+        if not 0 < self.heartbeat < self.dead_after:
+            raise ValueError("heartbeat must be positive and shorter than dead_after")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError(f"log level must be debug, info, warning or error: {self.log_level}")
+
+    @property
+    def host(self) -> str:
+        """Host part of `listen`."""
+        return parse_address(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """Port part of `listen`."""
+        return parse_address(self.listen)[1]
+
+
+_SIZES = {"local_budget", "lent_budget", "page_size"}
+_FLOATS = {"high_watermark", "low_watermark", "heartbeat", "dead_after"}
+_INTS = {"replicas"}
+_PATHS = {"secret_file", "state_dir"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _SIZES:
+        return parse_size(value)
+    if name in _FLOATS:
+        return float(value)
+    if name in _INTS:
+        return int(value)
+    if name in _PATHS:
+        return Path(value).expanduser()
+    if name == "peers":
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return tuple(str(p) for p in value)
+    return str(value)
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    file: Path | None = None,
+) -> NodeConfig:
+    """Merge the TOML file, then RAMSTER_* variables, then flags (None means not given)."""
+    env = os.environ if env is None else env
+    names = {f.name for f in fields(NodeConfig)}
+    merged: dict[str, Any] = {}
+    if file is not None:
+        with file.open("rb") as fh:
+            data = tomllib.load(fh)
+        section = data.get("node", data)
+        unknown = set(section) - names
+        if unknown:
+            raise ValueError(f"{file}: unknown setting(s) {', '.join(sorted(unknown))}")
+        merged.update(section)
+    for name in names:
+        text = env.get(ENV_PREFIX + name.upper())
+        if text is not None and text != "":
+            merged[name] = text
+    merged.update(
+        {n: v for n, v in flags.items() if n in names and v is not None and v != ()}
+    )
+    try:
+        return NodeConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"invalid configuration: {exc}") from None
+
+
+def new_incarnation() -> str:
+    """A fresh id for one run of a node: start time (hex ns, so newer sorts higher) and random."""
+    return f"{time.time_ns():x}-{secrets.token_hex(4)}"
+
+
+def node_id_for(config: NodeConfig) -> str:
+    """The configured id, or the one kept in state_dir (created on first use)."""
+    if config.node_id:
+        return config.node_id
+    path = config.state_dir / "node-id"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        return text
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    text = f"node-{secrets.token_hex(4)}"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+    return text
