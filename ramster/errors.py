@@ -85,3 +85,14 @@ class CapacityError(RemoteError):
 
     code = 10
     retriable = True
+
+
+class PageUnavailable(RamsterError, LookupError):
+    """A spilled page could not be read back from any of its holders (all gone or all bad)."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, area: int, offset: int) -> None:
+        super().__init__(message)
+        self.area = area
+        self.offset = offset

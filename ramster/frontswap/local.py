@@ -119,9 +119,12 @@ class LocalFrontswap:
     async def invalidate_area(self, area: int) -> None:
         """Forget every page of an area; it must be initialised again before new stores."""
         area = self._area(area)
-        dropped = self.pool.drop_area(area)
         self._areas.discard(area)
+        dropped = await self._drop_area(area)
         log.debug("area %d invalidated: %d pages dropped", area, dropped)
+
+    async def _drop_area(self, area: int) -> int:
+        return self.pool.drop_area(area)
 
     async def store_many(
         self, area: int, offsets: Sequence[int], pages: Sequence[PageLike]
@@ -144,17 +147,21 @@ class LocalFrontswap:
                 while end < len(keys) and keys[end] not in seen:
                     seen.add(keys[end])
                     end += 1
-                results += self._put(area, offs[start:end], pgs[start:end])
+                results += await self._put(area, offs[start:end], pgs[start:end])
                 start = end
             return results
-        return self._put(area, offs, pgs)
+        return await self._put(area, offs, pgs)
 
-    def _put(
+    def _new_versions(self, count: int) -> range:
+        first = self._version + 1
+        self._version += count
+        return range(first, first + count)
+
+    async def _put(
         self, area: int, offs: npt.NDArray[np.int64], pages: list[bytes | bytearray]
     ) -> list[bool]:
-        first = self._version + 1
-        self._version += len(offs)
-        return self.pool.put_many(area, offs, pages, range(first, first + len(offs)))
+        """Store distinct keys (validated)."""
+        return self.pool.put_many(area, offs, pages, self._new_versions(len(offs)))
 
     async def load_many(
         self, area: int, offsets: Sequence[int], exclusive: bool = False
@@ -168,14 +175,23 @@ class LocalFrontswap:
             # The second exclusive load of a key finds it gone, as one after another would.
             out: list[bytes | None] = []
             for i in range(len(offs)):
-                out += self.pool.get_many(area, offs[i : i + 1], exclusive=True)
+                out += await self._get(area, offs[i : i + 1], True)
             return out
+        return await self._get(area, offs, exclusive)
+
+    async def _get(
+        self, area: int, offs: npt.NDArray[np.int64], exclusive: bool
+    ) -> list[bytes | None]:
+        """Load keys (validated; distinct when exclusive)."""
         return self.pool.get_many(area, offs, exclusive)
 
     async def invalidate_many(self, area: int, offsets: Sequence[int]) -> None:
         """`invalidate_page` for many keys in one pass."""
         area = self._area(area)
         offs = self._offsets(offsets)
+        await self._drop(area, offs)
+
+    async def _drop(self, area: int, offs: npt.NDArray[np.int64]) -> None:
         self.pool.drop_many(area, offs)
 
     def statistics(self) -> FrontswapStatistics:

@@ -6,6 +6,7 @@ from ramster.pagestore.pool import (
     PagePool,
     PoolStatistics,
     checksum,
+    encode,
     expand,
     stored_kind,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "PoolConfig",
     "PoolStatistics",
     "checksum",
+    "encode",
     "expand",
     "stored_kind",
 ]

@@ -68,6 +68,15 @@ def expand(payload: bytes | bytearray | memoryview, page_size: int) -> bytes:
     return page
 
 
+def encode(page: bytes | bytearray, config: PoolConfig) -> bytes:
+    """A page in stored form, as the pool would keep it: pattern, lz4 block or raw page."""
+    word = bytes(page[:8])
+    if page[8:16] == word and page[8:] == page[:-8]:
+        return word
+    packed: bytes = lz4.block.compress(page, store_size=False)
+    return packed if len(packed) <= config.compress_limit else bytes(page)
+
+
 @dataclass(slots=True)
 class _Put:
     """One store batch in progress: reserved slots and what has been kept so far."""
@@ -165,6 +174,11 @@ class PagePool:
 
     def _meta_bytes(self) -> int:
         return self._cap * SLOT_BYTES + 4 * len(self._free_slots) + self._index.nbytes
+
+    @property
+    def full(self) -> bool:
+        """True while the pool refuses stores (budget hit, not yet below the threshold)."""
+        return self._full
 
     @property
     def used_bytes(self) -> int:

@@ -1,0 +1,63 @@
+"""An in-process twin of the holder transport: real lent pools, no sockets.
+
+Used by unit tests of the remote tier and by anything that wants a cluster inside one process;
+`down` makes a holder behave like a crashed peer (PeerLost), as the RPC transport would.
+"""
+
+from __future__ import annotations
+
+from ramster.cluster.placement import Candidate
+from ramster.errors import PeerLost
+from ramster.pagestore.lent import LentPool, Stored
+
+
+class InProcessHolders:
+    """Holders for one owner, backed by LentPool objects in this process."""
+
+    def __init__(self, owner: str, incarnation: str, lents: dict[str, LentPool]) -> None:
+        self.owner = owner
+        self.incarnation = incarnation
+        self.lents = lents
+        self.down: set[str] = set()
+
+    def _lent(self, node: str) -> LentPool:
+        if node in self.down:
+            raise PeerLost(f"{node} is down")
+        return self.lents[node]
+
+    def candidates(self) -> list[Candidate]:
+        """Live peers with their free lent bytes."""
+        return [
+            Candidate(n, lent.free_bytes()) for n, lent in self.lents.items() if n not in self.down
+        ]
+
+    def all_holders(self) -> list[str]:
+        """Every peer."""
+        return list(self.lents)
+
+    async def put(
+        self,
+        node: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+        payloads: list[bytes],
+    ) -> list[bool]:
+        """Keep pages on node."""
+        lent = self._lent(node)
+        return lent.put(self.owner, self.incarnation, areas, offsets, versions, checksums, payloads)
+
+    async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
+        """Pages node holds."""
+        return self._lent(node).get(self.owner, self.incarnation, areas, offsets)
+
+    async def drop(
+        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
+    ) -> None:
+        """Forget copies on node."""
+        self._lent(node).drop(self.owner, self.incarnation, areas, offsets, versions)
+
+    async def drop_area(self, node: str, area: int) -> None:
+        """Forget an area on node."""
+        self._lent(node).drop_area(self.owner, self.incarnation, area)

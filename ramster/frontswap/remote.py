@@ -1,0 +1,435 @@
+"""The remote tier: frontswap whose cold pages spill to peers' RAM, R copies each.
+
+The local pool stays the one source of truth for the owner: a page is either kept locally or
+recorded as REMOTE with its version, checksum and holder set. The spiller copies the coldest
+pages to R holders and frees the local copy only after all R acknowledged; loads of remote
+pages try the holders one after another and verify version and checksum before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ramster.cluster.placement import Candidate, choose_holders
+from ramster.errors import PageUnavailable, RamsterError
+from ramster.frontswap.local import DEFAULT_MAX_AREAS, LocalFrontswap
+from ramster.pagestore import PoolConfig, checksum, encode, expand
+
+log = logging.getLogger(__name__)
+
+Stored = tuple[int, int, bytes | memoryview]
+"""(version, checksum, payload) as a holder returns it."""
+
+I64 = npt.NDArray[np.int64]
+
+
+class Holders(Protocol):
+    """What the remote tier needs from the cluster: who can hold pages, and calls to them."""
+
+    def candidates(self) -> list[Candidate]:
+        """Live peers with the lent capacity they last reported."""
+        ...
+
+    def all_holders(self) -> list[str]:
+        """Every peer that may hold pages of this node."""
+        ...
+
+    async def put(
+        self,
+        node: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+        payloads: list[bytes],
+    ) -> list[bool]:
+        """Ask `node` to keep pages; True for each page it kept."""
+        ...
+
+    async def get(
+        self, node: str, areas: list[int], offsets: list[int]
+    ) -> Sequence[Stored | None]:
+        """The pages `node` holds among the keys, None where it holds none."""
+        ...
+
+    async def drop(
+        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
+    ) -> None:
+        """Ask `node` to forget copies no newer than the given versions."""
+
+    async def drop_area(self, node: str, area: int) -> None:
+        """Ask `node` to forget every page of one area of this node."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpillConfig:
+    """How the remote tier behaves; fractions are of the local budget, times in seconds."""
+
+    replicas: int = 2
+    high_watermark: float = 0.85
+    low_watermark: float = 0.70
+    batch_pages: int = 256
+    """Pages per spill call: enough to amortise a round trip, small enough to stay responsive."""
+    retry_delay: float = 0.2
+    """Pause before trying again when no holder could take a batch."""
+
+
+class ClusterFrontswap(LocalFrontswap):
+    """frontswap over the local pool and, behind it, R remote holders per spilled page."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        holders: Holders,
+        spill: SpillConfig | None = None,
+        max_areas: int = DEFAULT_MAX_AREAS,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(config, max_areas)
+        self.holders = holders
+        self.spill_config = spill or SpillConfig()
+        self._rng = rng or random.Random()
+        self._sets: list[tuple[str, ...]] = []
+        self._set_ids: dict[tuple[str, ...], int] = {}
+        self._spill_wanted = asyncio.Event()
+        self._c = dict.fromkeys(
+            (
+                "spilled_pages",
+                "spill_batches",
+                "spill_refused",
+                "spill_no_holders",
+                "direct_remote_stores",
+                "direct_remote_refused",
+                "remote_loads",
+                "remote_bad_copies",
+                "remote_unreachable",
+                "remote_unavailable",
+                "drops_sent",
+                "drop_failures",
+            ),
+            0,
+        )
+
+    # -- holder sets ---------------------------------------------------------------------------
+
+    def _set_id(self, nodes: Sequence[str]) -> int:
+        key = tuple(nodes)
+        ident = self._set_ids.get(key)
+        if ident is None:
+            ident = len(self._sets)
+            self._sets.append(key)
+            self._set_ids[key] = ident
+        return ident
+
+    def holder_set(self, ident: int) -> tuple[str, ...]:
+        """The nodes of a holder-set number."""
+        return self._sets[ident]
+
+    # -- stores --------------------------------------------------------------------------------
+
+    async def _put(self, area: int, offs: I64, pages: list[bytes | bytearray]) -> list[bool]:
+        versions = self._new_versions(len(offs))
+        ok = self.pool.put_many(area, offs, pages, versions)
+        missing = [i for i, flag in enumerate(ok) if not flag]
+        if missing:
+            stored = await self._store_remote(
+                area,
+                offs[missing],
+                [pages[i] for i in missing],
+                [versions[i] for i in missing],
+            )
+            for i, flag in zip(missing, stored, strict=True):
+                ok[i] = flag
+        self.wake_spiller()
+        await self._flush_drops()
+        return ok
+
+    async def _store_remote(
+        self, area: int, offs: I64, pages: list[bytes | bytearray], versions: list[int]
+    ) -> list[bool]:
+        """Store pages the local pool refused straight on R holders."""
+        n = len(pages)
+        payloads = [encode(p, self.pool.config) for p in pages]
+        sums = [checksum(p) for p in pages]
+        need = sum(len(p) for p in payloads)
+        nodes = choose_holders(
+            self.holders.candidates(), self.spill_config.replicas, need, self._rng
+        )
+        if not nodes:
+            self._c["direct_remote_refused"] += n
+            return [False] * n
+        keys = offs.tolist()
+        acked = await self._put_everywhere(nodes, area, keys, versions, sums, payloads)
+        placed = [i for i in range(n) if acked[i]]
+        # Only where the key is still absent: a newer store may have landed meanwhile.
+        current = self.pool.versions(area, [keys[i] for i in placed])
+        placed = [i for i, v in zip(placed, current, strict=True) if v is None]
+        recorded = self.pool.put_remote(
+            area,
+            [keys[i] for i in placed],
+            [versions[i] for i in placed],
+            [sums[i] for i in placed],
+            self._set_id(nodes),
+        )
+        ok = [False] * n
+        for i, flag in zip(placed, recorded, strict=True):
+            ok[i] = flag
+        stray = [i for i in range(n) if not ok[i]]
+        if stray:
+            await self._drop_on(nodes, area, [keys[i] for i in stray], [versions[i] for i in stray])
+        self._c["direct_remote_stores"] += n - len(stray)
+        self._c["direct_remote_refused"] += len(stray)
+        return ok
+
+    async def _put_everywhere(
+        self,
+        nodes: Sequence[str],
+        area: int,
+        offsets: list[int],
+        versions: list[int],
+        sums: list[int],
+        payloads: list[bytes],
+    ) -> list[bool]:
+        """Send one batch to every node at once; True where all of them kept the page."""
+        areas = [area] * len(offsets)
+
+        async def one(node: str) -> list[bool]:
+            try:
+                return await self.holders.put(node, areas, offsets, versions, sums, payloads)
+            except RamsterError as exc:
+                log.info("holder %s refused a batch of %d pages: %s", node, len(offsets), exc)
+                return [False] * len(offsets)
+
+        results = await asyncio.gather(*(one(n) for n in nodes))
+        return [all(r[i] for r in results) for i in range(len(offsets))]
+
+    # -- the spiller -----------------------------------------------------------------------------
+
+    def _above(self, share: float) -> bool:
+        return self.pool.full or self.pool.used_bytes > share * self.pool.config.budget_bytes
+
+    def wake_spiller(self) -> None:
+        """Ask the spiller to look at the pool's usage now."""
+        if self._above(self.spill_config.high_watermark):
+            self._spill_wanted.set()
+
+    async def spill_forever(self) -> None:
+        """Run the spiller until cancelled (owned by the node's TaskGroup)."""
+        while True:
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._spill_wanted.wait()
+            except TimeoutError:
+                pass
+            self._spill_wanted.clear()
+            if not self._above(self.spill_config.high_watermark):
+                continue
+            moved = await self.spill_once()
+            if self._above(self.spill_config.high_watermark) and not moved:
+                await asyncio.sleep(self.spill_config.retry_delay)
+            if self._above(self.spill_config.high_watermark):
+                self._spill_wanted.set()
+
+    async def spill_once(self) -> int:
+        """Move cold pages out until usage is below the low watermark; returns pages moved."""
+        cfg = self.spill_config
+        moved = 0
+        while self._above(cfg.low_watermark):
+            cold = self.pool.coldest(cfg.batch_pages)
+            if not cold:
+                break
+            payloads = [c.payload for c in cold]
+            nodes = choose_holders(
+                self.holders.candidates(),
+                cfg.replicas,
+                sum(len(p) for p in payloads),
+                self._rng,
+            )
+            if not nodes:
+                self._c["spill_no_holders"] += 1
+                break
+            set_id = self._set_id(nodes)
+            by_area: dict[int, list[int]] = defaultdict(list)
+            for i, c in enumerate(cold):
+                by_area[c.area].append(i)
+            batch_moved = 0
+            for area, idx in by_area.items():
+                offsets = [cold[i].offset for i in idx]
+                versions = [cold[i].version for i in idx]
+                acked = await self._put_everywhere(
+                    nodes,
+                    area,
+                    offsets,
+                    versions,
+                    [cold[i].checksum for i in idx],
+                    [payloads[i] for i in idx],
+                )
+                # Copy before drop: only pages every holder acknowledged lose their local copy,
+                # and only if nobody stored them again while they were on the wire.
+                marked = self.pool.mark_remote(
+                    area,
+                    [o for o, a in zip(offsets, acked, strict=True) if a],
+                    [v for v, a in zip(versions, acked, strict=True) if a],
+                    set_id,
+                )
+                it = iter(marked)
+                kept = [a and next(it) for a in acked]
+                stray = [j for j, k in enumerate(kept) if not k]
+                if stray:
+                    self._c["spill_refused"] += len(stray)
+                    await self._drop_on(
+                        nodes, area, [offsets[j] for j in stray], [versions[j] for j in stray]
+                    )
+                batch_moved += len(kept) - len(stray)
+            self._c["spill_batches"] += 1
+            self._c["spilled_pages"] += batch_moved
+            moved += batch_moved
+            if not batch_moved:
+                break
+            await self._flush_drops()
+        return moved
+
+    # -- loads -----------------------------------------------------------------------------------
+
+    async def _get(self, area: int, offs: I64, exclusive: bool) -> list[bytes | None]:
+        pages = self.pool.get_many(area, offs, exclusive)
+        if None not in pages:
+            return pages
+        entries = self.pool.remote_entries(area, offs)
+        if not entries:
+            return pages
+        fetched = await self._fetch(area, offs, entries)
+        for i, page in fetched.items():
+            pages[i] = page
+        if exclusive:
+            # Free what was read, unless it was stored again while we were fetching.
+            wanted = {i: v for i, v, _, _ in entries}
+            now = self.pool.versions(area, offs[list(fetched)])
+            done = [i for i, v in zip(fetched, now, strict=True) if v == wanted[i]]
+            if done:
+                self.pool.drop_many(area, offs[done])
+                await self._flush_drops()
+        return pages
+
+    async def _fetch(
+        self, area: int, offs: I64, entries: list[tuple[int, int, int, int]]
+    ) -> dict[int, bytes]:
+        """Pages of the entries from their holders, each verified; PageUnavailable if none is."""
+        groups: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        for i, version, sum_, set_id in entries:
+            groups[set_id].append((i, version, sum_))
+        out: dict[int, bytes] = {}
+        results = await asyncio.gather(
+            *(self._fetch_group(area, offs, self._sets[s], g) for s, g in groups.items())
+        )
+        for part in results:
+            out.update(part)
+        return out
+
+    async def _fetch_group(
+        self,
+        area: int,
+        offs: I64,
+        nodes: tuple[str, ...],
+        wanted: list[tuple[int, int, int]],
+    ) -> dict[int, bytes]:
+        ps = self.page_size
+        out: dict[int, bytes] = {}
+        left = wanted
+        for node in nodes:
+            if not left:
+                break
+            keys = [int(offs[i]) for i, _, _ in left]
+            try:
+                got = await self.holders.get(node, [area] * len(keys), keys)
+            except RamsterError as exc:
+                self._c["remote_unreachable"] += 1
+                log.info("holder %s unreachable for %d pages: %s", node, len(keys), exc)
+                continue
+            still = []
+            for (i, version, sum_), item in zip(left, got, strict=True):
+                if item is not None and item[0] == version:
+                    page = expand(item[2], ps)
+                    if checksum(page) == sum_:
+                        out[i] = page
+                        continue
+                if item is not None:
+                    self._c["remote_bad_copies"] += 1
+                    log.warning(
+                        "holder %s returned a stale or corrupt copy of area %d offset %d",
+                        node,
+                        area,
+                        int(offs[i]),
+                    )
+                still.append((i, version, sum_))
+            left = still
+        self._c["remote_loads"] += len(out)
+        if left:
+            self._c["remote_unavailable"] += len(left)
+            i = left[0][0]
+            raise PageUnavailable(
+                f"{len(left)} page(s) of area {area} (first offset {int(offs[i])}) have no good "
+                f"copy on their holders {', '.join(nodes)}",
+                area=area,
+                offset=int(offs[i]),
+            )
+        return out
+
+    # -- invalidation ----------------------------------------------------------------------------
+
+    async def _drop(self, area: int, offs: I64) -> None:
+        self.pool.drop_many(area, offs)
+        await self._flush_drops()
+
+    async def _drop_area(self, area: int) -> int:
+        dropped = self.pool.drop_area(area, record_remote=False)
+        nodes = self.holders.all_holders()
+
+        async def one(node: str) -> None:
+            try:
+                await self.holders.drop_area(node, area)
+            except RamsterError as exc:
+                self._c["drop_failures"] += 1
+                log.warning("could not drop area %d on %s: %s", area, node, exc)
+
+        await asyncio.gather(*(one(n) for n in nodes))
+        return dropped
+
+    async def _flush_drops(self) -> None:
+        drops = self.pool.drain_remote_drops()
+        if not drops:
+            return
+        per_node: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+        for set_id, area, offset, version in drops:
+            for node in self._sets[set_id]:
+                offsets, versions = per_node.setdefault((node, area), ([], []))
+                offsets.append(offset)
+                versions.append(version)
+        await asyncio.gather(
+            *(self._drop_on([node], area, o, v) for (node, area), (o, v) in per_node.items())
+        )
+
+    async def _drop_on(
+        self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
+    ) -> None:
+        for node in nodes:
+            try:
+                await self.holders.drop(node, [area] * len(offsets), offsets, versions)
+                self._c["drops_sent"] += len(offsets)
+            except RamsterError as exc:
+                # The copies stay on that holder until it reclaims this incarnation's pages.
+                self._c["drop_failures"] += len(offsets)
+                log.warning("could not drop %d pages on %s: %s", len(offsets), node, exc)
+
+    def remote_statistics(self) -> dict[str, int]:
+        """Counters of the remote tier."""
+        return dict(self._c)

@@ -1,0 +1,131 @@
+"""The remote tier over real lent pools in one process (the in-process holder transport)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ramster import corpus
+from ramster.cluster.inproc import InProcessHolders
+from ramster.errors import PageUnavailable
+from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.pagestore import PoolConfig
+from ramster.pagestore.lent import LentPool
+
+INC = "00000001-test"
+LOCAL = 2 << 20
+LENT = 8 << 20
+
+
+def cluster(
+    peers: int = 3, lent: int = LENT, local: int = LOCAL
+) -> tuple[ClusterFrontswap, InProcessHolders]:
+    lents = {f"peer{i}": LentPool(PoolConfig(budget_bytes=lent)) for i in range(peers)}
+    holders = InProcessHolders("owner", INC, lents)
+    fs = ClusterFrontswap(
+        PoolConfig(budget_bytes=local),
+        holders,
+        SpillConfig(replicas=2, batch_pages=64),
+        rng=random.Random(5),
+    )
+    return fs, holders
+
+
+async def store_corpus(fs: ClusterFrontswap, n: int, seed: int = 1) -> list[bytes]:
+    await fs.init(0)
+    pages = corpus.pages(n, seed=seed)
+    for i in range(0, n, 128):
+        ok = await fs.store_many(0, list(range(i, min(n, i + 128))), pages[i : i + 128])
+        assert all(ok)
+        await fs.spill_once()
+    return pages
+
+
+def lent_pages(holders: InProcessHolders) -> int:
+    return sum(lent.statistics().pool.stored_pages for lent in holders.lents.values())
+
+
+@pytest.mark.asyncio
+async def test_four_times_the_local_budget_round_trips() -> None:
+    fs, holders = cluster()
+    n = 4 * LOCAL // 4096
+    pages = await store_corpus(fs, n)
+    st = fs.statistics().pool
+    assert st.remote_pages > 0
+    assert st.pool_total_size <= LOCAL
+    for lent in holders.lents.values():
+        assert lent.statistics().pool.pool_total_size <= LENT
+    # Every spilled page has two copies on two different holders.
+    assert lent_pages(holders) == 2 * st.remote_pages
+    got = []
+    for i in range(0, n, 256):
+        got += await fs.load_many(0, list(range(i, min(n, i + 256))))
+    assert got == pages
+    assert fs.remote_statistics()["remote_loads"] == st.remote_pages
+
+
+@pytest.mark.asyncio
+async def test_one_holder_down_loses_nothing() -> None:
+    fs, holders = cluster()
+    n = 3 * LOCAL // 4096
+    pages = await store_corpus(fs, n)
+    holders.down.add("peer1")
+    got = await fs.load_many(0, list(range(n)))
+    assert got == pages
+    assert fs.remote_statistics()["remote_unreachable"] > 0
+
+
+@pytest.mark.asyncio
+async def test_a_corrupt_or_stale_copy_is_skipped_and_counted() -> None:
+    fs, holders = cluster(peers=2)
+    n = 3 * LOCAL // 4096
+    pages = await store_corpus(fs, n)
+    entries = fs.pool.remote_entries(0, list(range(n)))
+    index, _, _, set_id = entries[0]
+    first = fs.holder_set(set_id)[0]
+    lent = holders.lents[first]
+    area_id = lent._ids[("owner", INC, 0)]
+    lent.pool.corrupt_for_test(area_id, index)
+    assert await fs.load(0, index) == pages[index]
+    assert fs.remote_statistics()["remote_bad_copies"] == 1
+    # Both copies bad: a clear error, never the bad bytes.
+    second = holders.lents[fs.holder_set(set_id)[1]]
+    second.pool.corrupt_for_test(second._ids[("owner", INC, 0)], index)
+    with pytest.raises(PageUnavailable):
+        await fs.load(0, index)
+
+
+@pytest.mark.asyncio
+async def test_invalidations_reach_the_holders() -> None:
+    fs, holders = cluster()
+    n = 3 * LOCAL // 4096
+    await store_corpus(fs, n)
+    remote = [e[0] for e in fs.pool.remote_entries(0, list(range(n)))]
+    before = lent_pages(holders)
+    await fs.invalidate_many(0, remote[:10])
+    assert lent_pages(holders) == before - 20
+    await fs.load_many(0, remote[10:20], exclusive=True)
+    assert lent_pages(holders) == before - 40
+    await fs.store_many(0, remote[20:30], [bytes(4096)] * 10)  # overwrite: old copies go too
+    assert lent_pages(holders) == before - 60
+    await fs.invalidate_area(0)
+    assert lent_pages(holders) == 0
+    for lent in holders.lents.values():
+        assert lent.statistics().pool.compr_data_size == 0
+
+
+@pytest.mark.asyncio
+async def test_everything_full_refuses_cleanly_and_keeps_serving() -> None:
+    fs, _ = cluster(peers=2, lent=512 << 10)
+    await fs.init(0)
+    pages = corpus.pages(4000, seed=9)
+    results: list[bool] = []
+    for i in range(0, 4000, 100):
+        results += await fs.store_many(0, list(range(i, i + 100)), pages[i : i + 100])
+        await fs.spill_once()
+    assert False in results
+    assert True in results
+    got = await fs.load_many(0, list(range(4000)))
+    for ok, page, original in zip(results, got, pages, strict=True):
+        assert page == (original if ok else None)
