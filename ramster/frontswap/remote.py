@@ -26,7 +26,7 @@ from ramster.pagestore import PoolConfig, checksum, encode, expand
 
 log = logging.getLogger(__name__)
 
-Stored = tuple[int, int, bytes | memoryview]
+Stored = tuple[int, int, bytes | bytearray | memoryview]
 """(version, checksum, payload) as a holder returns it."""
 
 I64 = npt.NDArray[np.int64]
@@ -101,6 +101,7 @@ class ClusterFrontswap(LocalFrontswap):
         self._sets: list[tuple[str, ...]] = []
         self._set_ids: dict[tuple[str, ...], int] = {}
         self._spill_wanted = asyncio.Event()
+        self._spill_lock = asyncio.Lock()
         self._c = dict.fromkeys(
             (
                 "spilled_pages",
@@ -140,6 +141,14 @@ class ClusterFrontswap(LocalFrontswap):
         versions = self._new_versions(len(offs))
         ok = self.pool.put_many(area, offs, pages, versions)
         missing = [i for i, flag in enumerate(ok) if not flag]
+        if missing and await self.spill_once():
+            # Direct reclaim: the writer waits while cold pages move out, then tries again.
+            again = self.pool.put_many(
+                area, offs[missing], [pages[i] for i in missing], [versions[i] for i in missing]
+            )
+            for i, flag in zip(missing, again, strict=True):
+                ok[i] = flag
+            missing = [i for i, flag in enumerate(ok) if not flag]
         if missing:
             stored = await self._store_remote(
                 area,
@@ -241,6 +250,10 @@ class ClusterFrontswap(LocalFrontswap):
 
     async def spill_once(self) -> int:
         """Move cold pages out until usage is below the low watermark; returns pages moved."""
+        async with self._spill_lock:  # one spiller at a time: both would pick the same pages
+            return await self._spill()
+
+    async def _spill(self) -> int:
         cfg = self.spill_config
         moved = 0
         while self._above(cfg.low_watermark):

@@ -196,6 +196,8 @@ class PagePool:
 
     def _take_slots(self, n: int, headroom: int) -> list[int]:
         """Up to n free slot numbers, growing the metadata only within `headroom` bytes."""
+        if n <= 0:
+            return []
         free = self._free_slots
         take = free[-n:].tolist() if n <= len(free) else free.tolist()
         del free[len(free) - len(take) :]

@@ -72,3 +72,12 @@ def test_put_remote_records_pages_stored_straight_on_holders() -> None:
     # A full budget refuses even metadata.
     tiny = PagePool(PoolConfig(budget_bytes=0))
     assert tiny.put_remote(0, [1], [1], [1], holder_set=0) == [False]
+
+
+def test_empty_batches_change_nothing() -> None:
+    pool, _ = spilled_pool()
+    before = pool.statistics()
+    assert pool.put_remote(0, [], [], [], holder_set=1) == []
+    assert pool.put_many(0, [], [], []) == []
+    assert pool.put_stored_many(0, [], [], [], []) == []
+    assert pool.statistics() == before
