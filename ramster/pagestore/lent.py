@@ -188,6 +188,14 @@ class LentPool:
         self._free_ids.append(ident)
         return dropped
 
+    def damage_for_test(self, owner: str, area: int, offset: int, stale: bool) -> None:
+        """Corrupt (or make stale) the copy held for an owner's current incarnation."""
+        ident = self._ids[(owner, self._current[owner], area)]
+        if stale:
+            self.pool.age_for_test(ident, offset)
+        else:
+            self.pool.corrupt_for_test(ident, offset)
+
     def free_bytes(self) -> int:
         """Room left in the lent budget, in bytes (0 while the pool refuses stores)."""
         st = self.pool.statistics()

@@ -185,8 +185,8 @@ class PagePool:
         """What the pool costs in RAM right now (the budgeted figure)."""
         return self._meta_bytes() + self._alloc.resident_bytes
 
-    def _grow(self, want: int) -> None:
-        new_cap = max(want, self._cap + max(INITIAL_SLOTS, self._cap // 4))
+    def _grow(self, new_cap: int) -> None:
+        """Resize the slot arrays to exactly new_cap slots (callers check the budget)."""
         for name, dtype in META_FIELDS:
             arr = np.zeros(new_cap, dtype=dtype)
             if self._cap:
@@ -204,10 +204,13 @@ class PagePool:
         missing = n - len(take)
         if missing:
             if self._hw + missing > self._cap:
-                room = max(0, headroom) // SLOT_BYTES
-                target = min(self._hw + missing, self._cap + room)
+                # A new slot may end up on the free list (4 more bytes) if its page is refused.
+                room = max(0, headroom) // (SLOT_BYTES + 4)
+                # Grow by a quarter at least (amortised copies), never past the budget.
+                step = max(self._hw + missing - self._cap, INITIAL_SLOTS, self._cap // 4)
+                target = self._cap + min(step, room)
                 if target > self._cap:
-                    self._grow(max(target, min(self._cap + room, self._cap * 5 // 4)))
+                    self._grow(target)
                 missing = min(missing, self._cap - self._hw)
             take.extend(range(self._hw, self._hw + missing))
             self._hw += missing
@@ -235,7 +238,8 @@ class PagePool:
             return None
         index_growth = self._index.growth_bytes(area, offs)
         slots = self._take_slots(n, budget - self.used_bytes - index_growth)
-        return _Put(slots, self._meta_bytes() + index_growth)
+        # Unused slots go back on the free list (4 bytes each): count them as if they had.
+        return _Put(slots, self._meta_bytes() + index_growth + 4 * len(slots))
 
     def _finish_put(
         self, area: int, offs: I64, versions: Sequence[int], put: _Put, poor: int
@@ -619,8 +623,9 @@ class PagePool:
         budget = self.config.budget_bytes
         index_growth = self._index.growth_bytes(area, offs)
         slots = self._take_slots(len(offs), budget - self.used_bytes - index_growth)
-        base = self._meta_bytes() + index_growth
+        base = self._meta_bytes() + index_growth + 4 * len(slots)
         if base + self._alloc.resident_bytes > budget:
+            self._free_slots.extend(slots)
             slots = []
         put = _Put(slots, base)
         for i in range(len(slots)):
@@ -731,6 +736,13 @@ class PagePool:
             m["handle"][slot] ^= np.uint64(0xFF)
         else:
             self._alloc.corrupt_for_test(int(m["handle"][slot]), 0)
+
+    def age_for_test(self, area: int, offset: int) -> None:
+        """Make a stored copy look one version older (a stale replica), for tests."""
+        slot = int(self._index.lookup(area, np.asarray([offset], dtype=np.int64))[0])
+        if not slot:
+            raise KeyError((area, offset))
+        self._meta["version"][slot] -= np.uint64(1)
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's counters and sizes (bytes)."""

@@ -84,3 +84,16 @@ def test_freed_memory_goes_back_to_the_os() -> None:
     assert pool.statistics().stored_pages == 0
     after = proc.memory_info().rss - base
     assert after < grown * 0.3, (grown, after)
+
+
+def test_metadata_growth_stays_within_budget() -> None:
+    # Same-filled pages cost metadata only: the slot arrays must not grow past the budget.
+    budget = 64 << 10
+    pool = PagePool(PoolConfig(budget_bytes=budget))
+    zero = bytes(4096)
+    results: list[bool] = []
+    for i in range(0, 8000, 100):
+        results += pool.put_many(0, list(range(i, i + 100)), [zero] * 100, [1] * 100)
+        assert pool.used_bytes <= budget
+    assert False in results
+    assert results.count(True) > 1000
