@@ -1,0 +1,57 @@
+"""Protocol and timing constants of the peer RPC, each with the reason for its value."""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change of framing, handshake or method schemas."""
+
+HEADER_BYTES = 4
+"""Each frame starts with its msgpack body length as a 4-byte big-endian unsigned integer:
+the reader learns a frame's size before buffering any of it."""
+
+REQUEST = 0
+RESPONSE = 1
+NOTIFICATION = 2
+"""msgpack-RPC message types (the first element of every message)."""
+
+MAX_MSGID = (1 << 32) - 1
+"""msgpack-RPC message ids are 32-bit unsigned."""
+
+MAX_METHOD_CHARS = 128
+"""Method names are short identifiers; a long one is garbage, not a method."""
+
+MAX_ERROR_MESSAGE_CHARS = 1024
+"""Error texts sent to a peer are truncated to this, so an error reply stays small."""
+
+NONCE_BYTES = 32
+"""Handshake nonces: 256 random bits each, so a transcript never repeats."""
+
+MIN_SECRET_BYTES = 16
+"""A cluster secret shorter than 128 bits is refused as too guessable."""
+
+SCRATCH_BYTES = 64 * 1024
+"""Per-connection read buffer: small frames are parsed in place from it; a frame larger than
+this is read straight into a buffer of its own exact size (one allocation, no regrowth)."""
+
+RETAIN_BYTES = 512 * 1024
+"""A connection keeps its large-frame buffer for the next frame if it is at most this big
+(a 64-page batch is ~260 KiB); a bigger one is freed after use."""
+
+HELLO = "ramster.hello"
+CHALLENGE = "ramster.challenge"
+AUTH = "ramster.auth"
+READY = "ramster.ready"
+REFUSED = "ramster.refused"
+"""Handshake notifications; no request is served on a connection before READY."""
+
+PING = "rpc.ping"
+PUT_PAGES = "pages.put"
+GET_PAGES = "pages.get"
+DROP_PAGES = "pages.drop"
+"""Method names known to the RPC layer itself; later features register their own."""
+
+MAX_AREA = (1 << 16) - 1
+MAX_OFFSET = (1 << 32) - 1
+MAX_VERSION = (1 << 63) - 1
+MAX_CHECKSUM = (1 << 64) - 1  # xxh3-64 of the uncompressed page
+"""Ranges of the page batch fields (they match the page store's key space)."""
