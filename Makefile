@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast lint typecheck bench venv clean
+.PHONY: run demo test test-fast lint bench venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-## run: the main job: a working local demo on loopback with defaults that need nothing else
+## run: the main job: a local 3-node cluster on loopback, benched, kept running until Ctrl-C
 run: $(STAMP)
+	$(BIN)/ramster up
+
+## demo: the local pool alone on the realistic corpus
+demo: $(STAMP)
 	$(BIN)/ramster demo
 
 ## test: lint, type-check and the whole suite
@@ -35,6 +39,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pagestore.py --quick
+	$(BIN)/python benchmarks/rpc.py --quick
+	$(BIN)/python benchmarks/spill.py --quick
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build dist
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .ramster-dev build dist

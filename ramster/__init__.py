@@ -1,5 +1,6 @@
 """ramster: a memory cluster for ordinary Linux machines built on frontswap and compressed pools."""
 
+from ramster.client import Client, SyncClient
 from ramster.errors import (
     CorruptPage,
     InvalidPage,
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Area",
+    "Client",
     "CorruptPage",
     "Frontswap",
     "InvalidPage",
@@ -22,6 +24,7 @@ __all__ = [
     "PoolConfig",
     "PoolStatistics",
     "RamsterError",
+    "SyncClient",
     "Version",
     "__version__",
 ]

@@ -1,12 +1,24 @@
-"""The `ramster` command line. Signals and process exit codes are handled here and only here."""
+"""The `ramster` command line. Signals and process exit codes are handled here and only here.
+
+Exit codes: 0 success, 1 the operation failed (refused, not found, verification failed),
+2 bad usage or configuration, 3 the node could not be reached.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ramster import __version__
+
+if TYPE_CHECKING:
+    from ramster.rpc import Secret
+
+NODE_HELP = "RPC address of the node, host:port (default: $RAMSTER_NODE or 127.0.0.1:7070)"
 
 
 def _positive_int(text: str) -> int:
@@ -17,6 +29,91 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+def _size(text: str) -> int:
+    from ramster.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--node", default=os.environ.get("RAMSTER_NODE", "127.0.0.1:7070"), help=NODE_HELP
+    )
+    p.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        help="file holding the cluster secret (default: $RAMSTER_SECRET_FILE, "
+        "else the secret itself in $RAMSTER_CLUSTER_SECRET)",
+    )
+
+
+def _node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "node",
+        help="run a node in the foreground",
+        description=(
+            "Run a ramster node: a frontswap backend that compresses pages into a local pool, "
+            "spills cold pages to peers (R copies each) and lends RAM to peers. Every option "
+            "can also come from a RAMSTER_<NAME> environment variable (e.g. RAMSTER_LOCAL_BUDGET) "
+            "or from a TOML file (--config); flags win over variables, variables over the file. "
+            "Sizes take K, M, G suffixes (powers of 1024: 64MiB, 1G); times are seconds."
+        ),
+    )
+    p.add_argument("--config", type=Path, help="TOML file with node settings ([node] table)")
+    p.add_argument(
+        "--node-id", help="stable node id (default: generated once, kept in --state-dir)"
+    )
+    p.add_argument(
+        "--cluster", help="cluster name; only nodes of the same name talk (default: ramster)"
+    )
+    p.add_argument(
+        "--secret-file",
+        type=Path,
+        help="file with the cluster secret, mode 600 (default: $RAMSTER_CLUSTER_SECRET)",
+    )
+    p.add_argument("--listen", help="RPC address host:port (default: 127.0.0.1:7070; port 0 = any)")
+    p.add_argument(
+        "--local-budget", type=_size, help="RAM for this node's own pages (default: 256MiB)"
+    )
+    p.add_argument(
+        "--lent-budget", type=_size, help="RAM lent to other nodes' pages (default: 256MiB)"
+    )
+    p.add_argument(
+        "--replicas", type=_positive_int, help="remote copies per spilled page, R (default: 2)"
+    )
+    p.add_argument(
+        "--high-watermark",
+        type=float,
+        help="share of the local budget above which cold pages spill (default: 0.85)",
+    )
+    p.add_argument(
+        "--low-watermark",
+        type=float,
+        help="share of the local budget below which spilling stops (default: 0.70)",
+    )
+    p.add_argument(
+        "--peer",
+        dest="peers",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a static peer's RPC address (repeatable)",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, help="where the node id is kept (default: ~/.local/state/ramster)"
+    )
+    p.add_argument("--page-size", type=_size, help="bytes per page (default: 4096)")
+    p.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default: 0.5)")
+    p.add_argument(
+        "--dead-after", type=float, help="seconds of silence before a peer is gone (default: 3)"
+    )
+    p.add_argument("--log-level", help="debug, info, warning or error (default: info)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +128,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ramster {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _node_parser(sub)
+
+    up = sub.add_parser(
+        "up",
+        help="run a local cluster of node processes on loopback (what `make run` does)",
+        description="Start N nodes on 127.0.0.1 with small budgets, bench them, keep them running.",
+    )
+    up.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes (default: 3)")
+    up.add_argument(
+        "--base-port", type=_positive_int, default=7101, help="first RPC port (default: 7101)"
+    )
+    up.add_argument(
+        "--local-budget", default="16MiB", help="each node's local pool (default: 16MiB)"
+    )
+    up.add_argument("--lent-budget", default="64MiB", help="each node's lent pool (default: 64MiB)")
+    up.add_argument(
+        "--bench-mib", type=int, default=64, help="MiB to bench through node 1 (0: none)"
+    )
+    up.add_argument("--state-dir", type=Path, default=Path(".ramster-dev"), help="logs and secret")
+    up.add_argument(
+        "--no-stay", action="store_true", help="stop after the bench instead of waiting"
+    )
+
+    bench = sub.add_parser(
+        "bench",
+        help="store MiB of a realistic corpus through a node, load it back, verify every byte",
+    )
+    _client_args(bench)
+    bench.add_argument("--mib", type=_positive_int, default=64, help="MiB to store (default: 64)")
+    bench.add_argument(
+        "--batch", type=_positive_int, default=256, help="pages per call (default: 256)"
+    )
+    bench.add_argument("--seed", type=int, default=1, help="corpus seed (default: 1)")
+    bench.add_argument("--area", type=int, default=0, help="area to use (default: 0)")
+
+    store = sub.add_parser("store", help="store one page (from a file or stdin)")
+    _client_args(store)
+    store.add_argument("area", type=int)
+    store.add_argument("offset", type=int, help="page index within the area")
+    store.add_argument("file", nargs="?", type=Path, help="page contents (default: stdin)")
+
+    load = sub.add_parser("load", help="write one page to stdout")
+    _client_args(load)
+    load.add_argument("area", type=int)
+    load.add_argument("offset", type=int)
+    load.add_argument(
+        "--page-size", type=_size, default=4096, help="bytes per page (default: 4096)"
+    )
+
+    inval = sub.add_parser(
+        "invalidate", help="forget pages, or a whole area when no offset is given"
+    )
+    _client_args(inval)
+    inval.add_argument("area", type=int)
+    inval.add_argument("offsets", type=int, nargs="*")
+
+    stats = sub.add_parser("stats", help="a node's pools, peers and counters")
+    _client_args(stats)
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = sub.add_parser(
         "demo",
@@ -57,27 +214,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _secret(path: Path | None) -> Secret:
+    from ramster.rpc import load_secret
+
+    env_file = os.environ.get("RAMSTER_SECRET_FILE")
+    return load_secret(path or (Path(env_file) if env_file else None))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "demo":
+        from ramster.demo import run_demo
+
+        return run_demo(
+            mib=args.mib, budget_mib=args.budget_mib, seed=args.seed, page_size=args.page_size
+        )
+    if cmd == "node":
+        from ramster import logs
+        from ramster.config import load_config
+        from ramster.run_node import run_node
+
+        flags = {k: v for k, v in vars(args).items() if k not in {"command", "config"}}
+        flags["peers"] = tuple(args.peers)
+        config = load_config(flags, file=args.config)
+        logs.setup(config.log_level)
+        return run_node(config, _secret(config.secret_file))
+    if cmd == "up":
+        from ramster import logs
+        from ramster.devcluster import up
+
+        logs.setup("warning")
+        return up(
+            args.nodes,
+            args.base_port,
+            args.state_dir,
+            args.local_budget,
+            args.lent_budget,
+            args.bench_mib,
+            stay=not args.no_stay,
+        )
+    from ramster import logs, tools
+
+    logs.setup("error")  # the command reports failures itself, in one line
+    secret = _secret(args.secret_file)
+    if cmd == "bench":
+        return tools.bench(args.node, secret, args.mib, args.batch, args.seed, args.area)
+    if cmd == "store":
+        data = args.file.read_bytes() if args.file else sys.stdin.buffer.read()
+        return tools.store(args.node, secret, args.area, args.offset, data)
+    if cmd == "load":
+        return tools.load(args.node, secret, args.area, args.offset, args.page_size)
+    if cmd == "invalidate":
+        return tools.invalidate(args.node, secret, args.area, args.offsets)
+    if cmd == "stats":
+        return tools.stats(args.node, secret, args.json)
+    raise AssertionError(f"unhandled command {cmd}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ramster` console script."""
+    from ramster.errors import PeerLost, PeerTimeout, RamsterError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        if args.command == "demo":
-            from ramster.demo import run_demo
-
-            return run_demo(
-                mib=args.mib, budget_mib=args.budget_mib, seed=args.seed, page_size=args.page_size
-            )
+        return _dispatch(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except ValueError as exc:
+    except (PeerLost, PeerTimeout, ConnectionError) as exc:
+        print(f"ramster: cannot reach the node: {exc}", file=sys.stderr)
+        return 3
+    except (ValueError, LookupError, PermissionError, FileNotFoundError, RuntimeError) as exc:
         print(f"ramster: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")
+    except RamsterError as exc:
+        print(f"ramster: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

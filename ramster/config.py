@@ -132,9 +132,7 @@ def load_config(
         text = env.get(ENV_PREFIX + name.upper())
         if text is not None and text != "":
             merged[name] = text
-    merged.update(
-        {n: v for n, v in flags.items() if n in names and v is not None and v != ()}
-    )
+    merged.update({n: v for n, v in flags.items() if n in names and v is not None and v != ()})
     try:
         return NodeConfig(**{k: _coerce(k, v) for k, v in merged.items()})
     except (TypeError, ValueError) as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,21 +136,78 @@ class LocalFrontswap:
         if area not in self._areas:
             self._reject_no_area += len(offs)
             return [False] * len(offs)
-        if len(np.unique(offs)) != len(offs):
-            # Later stores of a key win: store in runs of distinct keys, in order.
-            keys = offs.tolist()
-            results: list[bool] = []
-            start = 0
-            while start < len(keys):
-                seen: set[int] = set()
-                end = start
-                while end < len(keys) and keys[end] not in seen:
-                    seen.add(keys[end])
-                    end += 1
-                results += await self._put(area, offs[start:end], pgs[start:end])
-                start = end
-            return results
-        return await self._put(area, offs, pgs)
+        return await self._in_runs(offs, lambda i, j: self._put(area, offs[i:j], pgs[i:j]))
+
+    async def store_encoded_many(
+        self,
+        area: int,
+        offsets: Sequence[int],
+        payloads: Sequence[PageLike],
+        checksums: Sequence[int],
+    ) -> list[bool]:
+        """Store pages already in stored form (see pagestore.encode) with their checksums.
+
+        This is what ramster.Client sends: the client compresses, the node keeps the bytes as
+        they are. A payload that does not expand to its checksum fails on load (CorruptPage).
+        """
+        area = self._area(area)
+        offs = self._offsets(offsets)
+        pls = self._payloads(payloads, len(offs))
+        if len(checksums) != len(offs) or any(
+            type(c) is not int or not 0 <= c < 1 << 64 for c in checksums
+        ):
+            raise InvalidPage("one checksum (an unsigned 64-bit int) per page")
+        sums = list(checksums)
+        if area not in self._areas:
+            self._reject_no_area += len(offs)
+            return [False] * len(offs)
+        return await self._in_runs(
+            offs, lambda i, j: self._put_encoded(area, offs[i:j], pls[i:j], sums[i:j])
+        )
+
+    async def _in_runs(
+        self, offs: npt.NDArray[np.int64], put: Callable[[int, int], Awaitable[list[bool]]]
+    ) -> list[bool]:
+        """put(i, j) over runs of distinct keys, in order: a later store of a key wins."""
+        if len(np.unique(offs)) == len(offs):
+            return await put(0, len(offs))
+        keys = offs.tolist()
+        results: list[bool] = []
+        start = 0
+        while start < len(keys):
+            seen: set[int] = set()
+            end = start
+            while end < len(keys) and keys[end] not in seen:
+                seen.add(keys[end])
+                end += 1
+            results += await put(start, end)
+            start = end
+        return results
+
+    def _payloads(self, payloads: object, count: int) -> list[bytes | memoryview]:
+        if isinstance(payloads, (str, bytes, bytearray)) or not isinstance(payloads, Sequence):
+            raise TypeError(f"payloads must be a sequence, got {type(payloads).__name__}")
+        if len(payloads) != count:
+            raise InvalidPage(f"{count} offsets but {len(payloads)} payloads")
+        ps = self.page_size
+        out: list[bytes | memoryview] = []
+        for item in payloads:
+            if not isinstance(item, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a payload must be bytes-like, got {type(item).__name__}")
+            if not 0 < len(item) <= ps:
+                raise InvalidPage(f"a stored payload is 1 to {ps} bytes, got {len(item)}")
+            out.append(item if isinstance(item, (bytes, memoryview)) else bytes(item))
+        return out
+
+    async def _put_encoded(
+        self,
+        area: int,
+        offs: npt.NDArray[np.int64],
+        payloads: list[bytes | memoryview],
+        sums: list[int],
+    ) -> list[bool]:
+        """Store distinct keys in stored form (validated)."""
+        return self.pool.put_stored_many(area, offs, payloads, self._new_versions(len(offs)), sums)
 
     def _new_versions(self, count: int) -> range:
         first = self._version + 1

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import defaultdict
-from collections.abc import Sequence
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +23,7 @@ import numpy.typing as npt
 from ramster.cluster.placement import Candidate, choose_holders
 from ramster.errors import PageUnavailable, RamsterError
 from ramster.frontswap.local import DEFAULT_MAX_AREAS, LocalFrontswap
-from ramster.pagestore import PoolConfig, checksum, encode, expand
+from ramster.pagestore import ColdPage, PoolConfig, checksum, encode, expand
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ Stored = tuple[int, int, bytes | bytearray | memoryview]
 """(version, checksum, payload) as a holder returns it."""
 
 I64 = npt.NDArray[np.int64]
+NO_HOLDER_WARN_EVERY = 30.0
+"""Seconds between warnings that no R holders can be found (one line, not a flood)."""
+LATENCY_SAMPLES = 8192
+"""Remote fetch latencies kept for percentiles: the recent past, bounded."""
 
 
 class Holders(Protocol):
@@ -55,9 +60,7 @@ class Holders(Protocol):
         """Ask `node` to keep pages; True for each page it kept."""
         ...
 
-    async def get(
-        self, node: str, areas: list[int], offsets: list[int]
-    ) -> Sequence[Stored | None]:
+    async def get(self, node: str, areas: list[int], offsets: list[int]) -> Sequence[Stored | None]:
         """The pages `node` holds among the keys, None where it holds none."""
         ...
 
@@ -79,8 +82,14 @@ class SpillConfig:
     low_watermark: float = 0.70
     batch_pages: int = 256
     """Pages per spill call: enough to amortise a round trip, small enough to stay responsive."""
+    depth: int = 4
+    """Spill batches in flight at once."""
     retry_delay: float = 0.2
     """Pause before trying again when no holder could take a batch."""
+
+
+def _rotated(nodes: tuple[str, ...], first: int) -> tuple[str, ...]:
+    return nodes[first:] + nodes[:first]
 
 
 class ClusterFrontswap(LocalFrontswap):
@@ -102,6 +111,8 @@ class ClusterFrontswap(LocalFrontswap):
         self._set_ids: dict[tuple[str, ...], int] = {}
         self._spill_wanted = asyncio.Event()
         self._spill_lock = asyncio.Lock()
+        self._fetch_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._warned_at = -NO_HOLDER_WARN_EVERY
         self._c = dict.fromkeys(
             (
                 "spilled_pages",
@@ -138,23 +149,51 @@ class ClusterFrontswap(LocalFrontswap):
     # -- stores --------------------------------------------------------------------------------
 
     async def _put(self, area: int, offs: I64, pages: list[bytes | bytearray]) -> list[bool]:
-        versions = self._new_versions(len(offs))
-        ok = self.pool.put_many(area, offs, pages, versions)
+        cfg = self.pool.config
+
+        def local(idx: list[int], versions: list[int]) -> list[bool]:
+            return self.pool.put_many(area, offs[idx], [pages[i] for i in idx], versions)
+
+        def encoded(idx: list[int]) -> tuple[list[bytes], list[int]]:
+            return [encode(pages[i], cfg) for i in idx], [checksum(pages[i]) for i in idx]
+
+        return await self._put_with(area, offs, local, encoded)
+
+    async def _put_encoded(
+        self, area: int, offs: I64, payloads: list[bytes | memoryview], sums: list[int]
+    ) -> list[bool]:
+        def local(idx: list[int], versions: list[int]) -> list[bool]:
+            return self.pool.put_stored_many(
+                area, offs[idx], [payloads[i] for i in idx], versions, [sums[i] for i in idx]
+            )
+
+        def encoded(idx: list[int]) -> tuple[list[bytes], list[int]]:
+            return [bytes(payloads[i]) for i in idx], [sums[i] for i in idx]
+
+        return await self._put_with(area, offs, local, encoded)
+
+    async def _put_with(
+        self,
+        area: int,
+        offs: I64,
+        local: Callable[[list[int], list[int]], list[bool]],
+        encoded: Callable[[list[int]], tuple[list[bytes], list[int]]],
+    ) -> list[bool]:
+        """Store locally; if refused, reclaim by spilling and retry; else straight to holders."""
+        n = len(offs)
+        versions = list(self._new_versions(n))
+        ok = local(list(range(n)), versions)
         missing = [i for i, flag in enumerate(ok) if not flag]
         if missing and await self.spill_once():
             # Direct reclaim: the writer waits while cold pages move out, then tries again.
-            again = self.pool.put_many(
-                area, offs[missing], [pages[i] for i in missing], [versions[i] for i in missing]
-            )
-            for i, flag in zip(missing, again, strict=True):
+            retried = local(missing, [versions[i] for i in missing])
+            for i, flag in zip(missing, retried, strict=True):
                 ok[i] = flag
             missing = [i for i, flag in enumerate(ok) if not flag]
         if missing:
+            payloads, sums = encoded(missing)
             stored = await self._store_remote(
-                area,
-                offs[missing],
-                [pages[i] for i in missing],
-                [versions[i] for i in missing],
+                area, offs[missing], payloads, sums, [versions[i] for i in missing]
             )
             for i, flag in zip(missing, stored, strict=True):
                 ok[i] = flag
@@ -163,18 +202,17 @@ class ClusterFrontswap(LocalFrontswap):
         return ok
 
     async def _store_remote(
-        self, area: int, offs: I64, pages: list[bytes | bytearray], versions: list[int]
+        self, area: int, offs: I64, payloads: list[bytes], sums: list[int], versions: list[int]
     ) -> list[bool]:
-        """Store pages the local pool refused straight on R holders."""
-        n = len(pages)
-        payloads = [encode(p, self.pool.config) for p in pages]
-        sums = [checksum(p) for p in pages]
+        """Store pages (in stored form) the local pool refused straight on R holders."""
+        n = len(payloads)
         need = sum(len(p) for p in payloads)
         nodes = choose_holders(
             self.holders.candidates(), self.spill_config.replicas, need, self._rng
         )
         if not nodes:
             self._c["direct_remote_refused"] += n
+            self._warn_no_holders()
             return [False] * n
         keys = offs.tolist()
         acked = await self._put_everywhere(nodes, area, keys, versions, sums, payloads)
@@ -219,9 +257,24 @@ class ClusterFrontswap(LocalFrontswap):
                 return [False] * len(offsets)
 
         results = await asyncio.gather(*(one(n) for n in nodes))
-        return [all(r[i] for r in results) for i in range(len(offsets))]
+        return [all(flags) for flags in zip(*results, strict=True)]
 
     # -- the spiller -----------------------------------------------------------------------------
+
+    def _warn_no_holders(self) -> None:
+        now = time.monotonic()
+        if now - self._warned_at < NO_HOLDER_WARN_EVERY:
+            return
+        self._warned_at = now
+        live = self.holders.candidates()
+        roomy = sum(1 for c in live if c.free_bytes > 0)
+        log.warning(
+            "cannot place %d copies of spilled pages: %d live peer(s), %d with free lent room; "
+            "stores beyond the local budget are refused",
+            self.spill_config.replicas,
+            len(live),
+            roomy,
+        )
 
     def _above(self, share: float) -> bool:
         return self.pool.full or self.pool.used_bytes > share * self.pool.config.budget_bytes
@@ -257,58 +310,65 @@ class ClusterFrontswap(LocalFrontswap):
         cfg = self.spill_config
         moved = 0
         while self._above(cfg.low_watermark):
-            cold = self.pool.coldest(cfg.batch_pages)
+            cold = self.pool.coldest(cfg.batch_pages * cfg.depth)
             if not cold:
                 break
-            payloads = [c.payload for c in cold]
-            nodes = choose_holders(
-                self.holders.candidates(),
-                cfg.replicas,
-                sum(len(p) for p in payloads),
-                self._rng,
-            )
-            if not nodes:
-                self._c["spill_no_holders"] += 1
-                break
-            set_id = self._set_id(nodes)
-            by_area: dict[int, list[int]] = defaultdict(list)
-            for i, c in enumerate(cold):
-                by_area[c.area].append(i)
-            batch_moved = 0
-            for area, idx in by_area.items():
-                offsets = [cold[i].offset for i in idx]
-                versions = [cold[i].version for i in idx]
-                acked = await self._put_everywhere(
-                    nodes,
-                    area,
-                    offsets,
-                    versions,
-                    [cold[i].checksum for i in idx],
-                    [payloads[i] for i in idx],
-                )
-                # Copy before drop: only pages every holder acknowledged lose their local copy,
-                # and only if nobody stored them again while they were on the wire.
-                marked = self.pool.mark_remote(
-                    area,
-                    [o for o, a in zip(offsets, acked, strict=True) if a],
-                    [v for v, a in zip(versions, acked, strict=True) if a],
-                    set_id,
-                )
-                it = iter(marked)
-                kept = [a and next(it) for a in acked]
-                stray = [j for j, k in enumerate(kept) if not k]
-                if stray:
-                    self._c["spill_refused"] += len(stray)
-                    await self._drop_on(
-                        nodes, area, [offsets[j] for j in stray], [versions[j] for j in stray]
-                    )
-                batch_moved += len(kept) - len(stray)
-            self._c["spill_batches"] += 1
-            self._c["spilled_pages"] += batch_moved
+            # Several batches on the wire at once: a round trip each would otherwise idle us.
+            batches = [cold[i : i + cfg.batch_pages] for i in range(0, len(cold), cfg.batch_pages)]
+            results = await asyncio.gather(*(self._spill_batch(b) for b in batches))
+            batch_moved = sum(m for m in results if m > 0)
             moved += batch_moved
             if not batch_moved:
                 break
             await self._flush_drops()
+        return moved
+
+    async def _spill_batch(self, cold: list[ColdPage]) -> int:
+        """Copy one batch to R holders and free what they all kept; pages moved, -1 if no room."""
+        cfg = self.spill_config
+        payloads = [c.payload for c in cold]
+        nodes = choose_holders(
+            self.holders.candidates(), cfg.replicas, sum(len(p) for p in payloads), self._rng
+        )
+        if not nodes:
+            self._c["spill_no_holders"] += 1
+            self._warn_no_holders()
+            return -1
+        set_id = self._set_id(nodes)
+        by_area: dict[int, list[int]] = defaultdict(list)
+        for i, c in enumerate(cold):
+            by_area[c.area].append(i)
+        moved = 0
+        for area, idx in by_area.items():
+            offsets = [cold[i].offset for i in idx]
+            versions = [cold[i].version for i in idx]
+            acked = await self._put_everywhere(
+                nodes,
+                area,
+                offsets,
+                versions,
+                [cold[i].checksum for i in idx],
+                [payloads[i] for i in idx],
+            )
+            # Copy before drop: only pages every holder acknowledged lose their local copy,
+            # and only if nobody stored them again while they were on the wire.
+            marked = self.pool.mark_remote(
+                area,
+                [o for o, a in zip(offsets, acked, strict=True) if a],
+                [v for v, a in zip(versions, acked, strict=True) if a],
+                set_id,
+            )
+            it = iter(marked)
+            kept = [a and next(it) for a in acked]
+            stray = [j for j, k in enumerate(kept) if not k]
+            if stray:
+                self._c["spill_refused"] += len(stray)
+                await self._drop_on(
+                    nodes, area, [offsets[j] for j in stray], [versions[j] for j in stray]
+                )
+            moved += len(kept) - len(stray)
+        self._c["spill_batches"] += 1
+        self._c["spilled_pages"] += moved
         return moved
 
     # -- loads -----------------------------------------------------------------------------------
@@ -333,16 +393,54 @@ class ClusterFrontswap(LocalFrontswap):
                 await self._flush_drops()
         return pages
 
+    async def load_encoded_many(
+        self, area: int, offsets: Sequence[int]
+    ) -> list[tuple[int, bytes] | None]:
+        """(checksum, stored payload) per key, None where not stored; nothing is expanded here.
+
+        The caller must check each payload against its checksum and, for any that fails, load
+        it again with `load_many`, which verifies every copy and tries every holder.
+        """
+        area = self._area(area)
+        offs = self._offsets(offsets)
+        if area not in self._areas:
+            return [None] * len(offs)
+        local = self.pool.get_stored_many(area, offs)
+        out: list[tuple[int, bytes] | None] = [
+            None if item is None else (item[1], item[2]) for item in local
+        ]
+        if None not in out:
+            return out
+        entries = self.pool.remote_entries(area, offs)
+        if entries:
+            sums = {i: sum_ for i, _, sum_, _ in entries}
+            for i, payload in (await self._fetch(area, offs, entries, verify=False)).items():
+                out[i] = (sums[i], payload)
+        return out
+
     async def _fetch(
-        self, area: int, offs: I64, entries: list[tuple[int, int, int, int]]
+        self,
+        area: int,
+        offs: I64,
+        entries: list[tuple[int, int, int, int]],
+        verify: bool = True,
     ) -> dict[int, bytes]:
-        """Pages of the entries from their holders, each verified; PageUnavailable if none is."""
-        groups: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        """Pages of the entries from their holders, each verified; PageUnavailable if none is.
+
+        With verify=False only the version is checked and the stored form is returned, for a
+        caller that checks the checksum itself (and comes back with verify=True if it fails).
+        """
+        # Spread reads over every holder of a set (by offset), so that they work in parallel;
+        # each key still falls back on the other holders in turn.
+        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
         for i, version, sum_, set_id in entries:
-            groups[set_id].append((i, version, sum_))
+            groups[(set_id, int(offs[i]) % len(self._sets[set_id]))].append((i, version, sum_))
         out: dict[int, bytes] = {}
         results = await asyncio.gather(
-            *(self._fetch_group(area, offs, self._sets[s], g) for s, g in groups.items())
+            *(
+                self._fetch_group(area, offs, _rotated(self._sets[s], first), g, verify)
+                for (s, first), g in groups.items()
+            )
         )
         for part in results:
             out.update(part)
@@ -354,6 +452,7 @@ class ClusterFrontswap(LocalFrontswap):
         offs: I64,
         nodes: tuple[str, ...],
         wanted: list[tuple[int, int, int]],
+        verify: bool,
     ) -> dict[int, bytes]:
         ps = self.page_size
         out: dict[int, bytes] = {}
@@ -362,8 +461,10 @@ class ClusterFrontswap(LocalFrontswap):
             if not left:
                 break
             keys = [int(offs[i]) for i, _, _ in left]
+            started = time.perf_counter()
             try:
                 got = await self.holders.get(node, [area] * len(keys), keys)
+                self._fetch_us.append((time.perf_counter() - started) * 1e6)
             except RamsterError as exc:
                 self._c["remote_unreachable"] += 1
                 log.info("holder %s unreachable for %d pages: %s", node, len(keys), exc)
@@ -371,6 +472,9 @@ class ClusterFrontswap(LocalFrontswap):
             still = []
             for (i, version, sum_), item in zip(left, got, strict=True):
                 if item is not None and item[0] == version:
+                    if not verify:
+                        out[i] = bytes(item[2])
+                        continue
                     page = expand(item[2], ps)
                     if checksum(page) == sum_:
                         out[i] = page
@@ -443,6 +547,12 @@ class ClusterFrontswap(LocalFrontswap):
                 self._c["drop_failures"] += len(offsets)
                 log.warning("could not drop %d pages on %s: %s", len(offsets), node, exc)
 
-    def remote_statistics(self) -> dict[str, int]:
-        """Counters of the remote tier."""
-        return dict(self._c)
+    def remote_statistics(self) -> dict[str, float]:
+        """Counters of the remote tier, and fetch latency percentiles (microseconds)."""
+        out: dict[str, float] = dict(self._c)
+        samples = sorted(self._fetch_us)
+        for name, q in (("fetch_p50_us", 0.50), ("fetch_p99_us", 0.99)):
+            out[name] = (
+                round(samples[min(len(samples) - 1, int(q * len(samples)))], 1) if samples else 0.0
+            )
+        return out

@@ -375,7 +375,7 @@ class PagePool:
     def get_stored_many(
         self, area: int, offsets: Sequence[int] | I64
     ) -> list[tuple[int, int, bytes] | None]:
-        """(version, checksum, stored payload) per key, None where absent; nothing is expanded."""
+        """(version, checksum, stored payload) per key, None where absent or only remote."""
         offs = np.asarray(offsets, dtype=np.int64)
         slots = self._index.lookup(area, offs)
         m = self._meta
@@ -389,7 +389,7 @@ class PagePool:
         )
         out: list[tuple[int, int, bytes] | None] = []
         for kind, handle, length, version, checksum_ in rows:
-            if kind == EMPTY:
+            if kind in (EMPTY, REMOTE):
                 out.append(None)
             elif kind == SAME:
                 out.append((version, checksum_, handle.to_bytes(8, "little")))

@@ -81,3 +81,12 @@ def test_empty_batches_change_nothing() -> None:
     assert pool.put_many(0, [], [], []) == []
     assert pool.put_stored_many(0, [], [], [], []) == []
     assert pool.statistics() == before
+
+
+def test_stored_form_reads_skip_remote_entries() -> None:
+    pool, _ = spilled_pool()
+    cold = pool.coldest(5)
+    pool.mark_remote(0, [c.offset for c in cold], [c.version for c in cold], holder_set=2)
+    got = pool.get_stored_many(0, [*(c.offset for c in cold), 99])
+    assert got[:5] == [None] * 5
+    assert got[5] is not None

@@ -1,0 +1,213 @@
+"""Static peers over the RPC: heartbeats that learn each peer's identity and free capacity, and
+the holder calls the remote tier makes (the RPC form of `frontswap.remote.Holders`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ramster.cluster.placement import Candidate
+from ramster.errors import PeerLost, ProtocolError, RamsterError
+from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
+from ramster.rpc.pages import flags_from_wire
+from ramster.service import HELLO, HOLD_DROP, HOLD_DROP_AREA, HOLD_GET, HOLD_PUT
+from ramster.units import parse_address
+
+log = logging.getLogger(__name__)
+
+Stored = tuple[int, int, bytes | bytearray | memoryview]
+
+
+@dataclass(slots=True)
+class Peer:
+    """What this node knows of one configured peer."""
+
+    address: str
+    client: RpcClient
+    node_id: str | None = None
+    incarnation: str | None = None
+    lent_free: int = 0
+    lent_budget: int = 0
+    alive: bool = False
+    last_ok: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Peers:
+    """The peers this node talks to, kept fresh by heartbeats."""
+
+    def __init__(
+        self,
+        me: str,
+        incarnation: str,
+        secret: Secret,
+        rpc_config: RpcConfig,
+        addresses: Sequence[str],
+        heartbeat: float,
+        dead_after: float,
+    ) -> None:
+        self.me = me
+        self.incarnation = incarnation
+        self.heartbeat = heartbeat
+        self.dead_after = dead_after
+        self._peers: list[Peer] = []
+        for address in addresses:
+            host, port = parse_address(address)
+            self._peers.append(Peer(address, RpcClient(host, port, secret, rpc_config)))
+        self._by_id: dict[str, Peer] = {}
+        self._ever: set[str] = set()
+
+    # -- heartbeats ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Heartbeat every peer until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for peer in self._peers:
+                tg.create_task(self._beat(peer))
+
+    async def _beat(self, peer: Peer) -> None:
+        while True:
+            await self.beat_once(peer)
+            await asyncio.sleep(self.heartbeat)
+
+    async def beat_once(self, peer: Peer) -> None:
+        """One heartbeat: learn the peer's identity and capacity, or note its silence."""
+        try:
+            result = await peer.client.call(
+                HELLO, [self.me, self.incarnation], timeout=max(self.heartbeat * 2, 0.5)
+            )
+            info = _hello_result(result)
+        except RamsterError as exc:
+            if peer.alive and time.monotonic() - peer.last_ok > self.dead_after:
+                peer.alive = False
+                log.warning("peer %s (%s) is gone: %s", peer.address, peer.node_id, exc)
+            return
+        node_id = info["node"]
+        if node_id == self.me:
+            if peer.node_id is None:
+                log.warning("peer %s is this node itself; ignoring it", peer.address)
+            peer.node_id = node_id
+            return
+        if not peer.alive or peer.incarnation != info["incarnation"]:
+            log.info(
+                "peer %s is %s (incarnation %s), lending %d bytes",
+                peer.address,
+                node_id,
+                info["incarnation"],
+                info["lent_budget"],
+            )
+        peer.node_id = node_id
+        peer.incarnation = info["incarnation"]
+        peer.lent_free = info["lent_free"]
+        peer.lent_budget = info["lent_budget"]
+        peer.info = info
+        peer.alive = True
+        peer.last_ok = time.monotonic()
+        self._by_id[node_id] = peer
+        self._ever.add(node_id)
+
+    # -- what the remote tier asks -------------------------------------------------------------
+
+    def peers(self) -> list[Peer]:
+        """Every configured peer."""
+        return list(self._peers)
+
+    def candidates(self) -> list[Candidate]:
+        """Live peers (not this node) with the lent capacity they last reported."""
+        return [
+            Candidate(p.node_id, p.lent_free)
+            for p in self._peers
+            if p.alive and p.node_id is not None and p.node_id != self.me
+        ]
+
+    def all_holders(self) -> list[str]:
+        """Every peer ever seen alive."""
+        return sorted(self._ever)
+
+    def _client(self, node: str) -> RpcClient:
+        peer = self._by_id.get(node)
+        if peer is None:
+            raise PeerLost(f"no address known for node {node}")
+        return peer.client
+
+    def _spent(self, node: str, nbytes: int) -> None:
+        # Until the next heartbeat, assume the peer's room shrank by what we just sent.
+        peer = self._by_id.get(node)
+        if peer is not None:
+            peer.lent_free = max(0, peer.lent_free - nbytes)
+
+    async def put(
+        self,
+        node: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+        payloads: list[bytes],
+    ) -> list[bool]:
+        """hold.put on node."""
+        batch = PageBatch(areas, offsets, versions, checksums, payloads)
+        result = await self._client(node).call(
+            HOLD_PUT, [self.me, self.incarnation, batch.to_wire()]
+        )
+        self._spent(node, sum(len(p) for p in payloads))
+        return flags_from_wire(result, len(offsets))
+
+    async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
+        """hold.get on node, answers in the order of the keys."""
+        result = await self._client(node).call(
+            HOLD_GET, [self.me, self.incarnation, Keys(areas, offsets).to_wire()]
+        )
+        batch = PageBatch.from_wire(result)
+        found = {(p.area, p.offset): (p.version, p.checksum, p.payload) for p in batch}
+        return [found.get(key) for key in zip(areas, offsets, strict=True)]
+
+    async def drop(
+        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
+    ) -> None:
+        """hold.drop on node (versioned: newer copies stay)."""
+        result = await self._client(node).call(
+            HOLD_DROP, [self.me, self.incarnation, Keys(areas, offsets).to_wire(), versions]
+        )
+        flags_from_wire(result, len(offsets))
+
+    async def drop_area(self, node: str, area: int) -> None:
+        """hold.drop_area on node."""
+        await self._client(node).call(HOLD_DROP_AREA, [self.me, self.incarnation, area])
+
+    async def close(self) -> None:
+        """Close every client."""
+        for peer in self._peers:
+            await peer.client.close()
+
+    def statistics(self) -> list[dict[str, Any]]:
+        """One row per peer."""
+        return [
+            {
+                "address": p.address,
+                "node": p.node_id,
+                "incarnation": p.incarnation,
+                "alive": p.alive,
+                "lent_free": p.lent_free,
+                "lent_budget": p.lent_budget,
+            }
+            for p in self._peers
+        ]
+
+
+def _hello_result(result: object) -> dict[str, Any]:
+    if type(result) is not dict:
+        raise ProtocolError("node.hello must answer a map")
+    for key, kind in (
+        ("node", str),
+        ("incarnation", str),
+        ("lent_free", int),
+        ("lent_budget", int),
+    ):
+        if type(result.get(key)) is not kind:
+            raise ProtocolError(f"node.hello answer lacks {key}")
+    return result

@@ -1,0 +1,150 @@
+"""The composition root: one node builds and owns every subsystem.
+
+Node ─┬─ RpcServer (node.*, hold.*, fs.* methods; see ramster.service)
+      ├─ ClusterFrontswap (local pool + spiller + remote loads) ── Peers (heartbeats, holder calls)
+      └─ LentPool (other owners' pages)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from ramster import __version__
+from ramster.cluster.peers import Peers
+from ramster.config import NodeConfig, new_incarnation, node_id_for
+from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.pagestore import PoolConfig
+from ramster.pagestore.lent import LentPool
+from ramster.rpc import RpcConfig, RpcServer, Secret
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One ramster node; `start()` returns when it serves, `close()` is idempotent."""
+
+    def __init__(self, config: NodeConfig, secret: Secret) -> None:
+        from ramster import service
+
+        self.config = config
+        self.node_id = node_id_for(config)
+        self.incarnation = new_incarnation()
+        self.started_at = time.time()
+        rpc_config = RpcConfig(cluster=config.cluster)
+        self.server = RpcServer(secret, rpc_config, host=config.host, port=config.port)
+        self.lent = LentPool(
+            PoolConfig(page_size=config.page_size, budget_bytes=config.lent_budget)
+        )
+        self.peers = Peers(
+            self.node_id,
+            self.incarnation,
+            secret,
+            rpc_config,
+            config.peers,
+            config.heartbeat,
+            config.dead_after,
+        )
+        self.frontswap = ClusterFrontswap(
+            PoolConfig(page_size=config.page_size, budget_bytes=config.local_budget),
+            self.peers,
+            SpillConfig(
+                replicas=config.replicas,
+                high_watermark=config.high_watermark,
+                low_watermark=config.low_watermark,
+            ),
+        )
+        service.register(self)
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        """host:port the RPC server really listens on."""
+        return f"{self.server.host}:{self.server.port}"
+
+    async def start(self) -> None:
+        """Listen, start heartbeats and the spiller; returns when the node serves."""
+        await self.server.start()
+        self._runner = asyncio.create_task(self._run(), name=f"node-{self.node_id}")
+        log.info(
+            "node ready node=%s incarnation=%s rpc=%s cluster=%s local_budget=%d lent_budget=%d "
+            "replicas=%d peers=%s",
+            self.node_id,
+            self.incarnation,
+            self.address,
+            self.config.cluster,
+            self.config.local_budget,
+            self.config.lent_budget,
+            self.config.replicas,
+            ",".join(self.config.peers) or "-",
+        )
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.peers.run(), name="heartbeats")
+            tg.create_task(self.frontswap.spill_forever(), name="spiller")
+
+    async def wait_closed(self) -> None:
+        """Return when the background tasks end (they only end on close or on a bug)."""
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+    async def close(self) -> None:
+        """Stop serving: background tasks first, then the server and the peer connections."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        await self.server.close()
+        await self.peers.close()
+        log.info("node stopped node=%s", self.node_id)
+
+    # -- what peers and operators see --------------------------------------------------------------
+
+    def hello_info(self) -> dict[str, Any]:
+        """Identity and capacity, as heartbeats carry them."""
+        pool = self.frontswap.pool
+        return {
+            "node": self.node_id,
+            "incarnation": self.incarnation,
+            "cluster": self.config.cluster,
+            "version": __version__,
+            "lent_free": self.lent.free_bytes(),
+            "lent_budget": self.config.lent_budget,
+            "local_used": pool.used_bytes,
+            "local_budget": self.config.local_budget,
+            "page_size": self.config.page_size,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Everything worth knowing about this node, as plain data."""
+        fs = self.frontswap.statistics()
+        pool = dataclasses.asdict(fs.pool)
+        lent = self.lent.statistics()
+        remote_pages = fs.pool.remote_pages
+        return {
+            **self.hello_info(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "address": self.address,
+            "areas": list(fs.areas),
+            "pool": pool,
+            "metadata_bytes_per_page": round(
+                fs.pool.metadata_size / max(1, fs.pool.stored_pages + remote_pages), 1
+            ),
+            "lent": {
+                **dataclasses.asdict(lent.pool),
+                "owners": lent.owners,
+                "reclaimed_pages": lent.reclaimed_pages,
+            },
+            "remote": self.frontswap.remote_statistics(),
+            "peers": self.peers.statistics(),
+        }

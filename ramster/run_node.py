@@ -1,0 +1,44 @@
+"""`ramster node`: run one node in the foreground until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from ramster.config import NodeConfig
+from ramster.node import Node
+from ramster.rpc import Secret
+from ramster.rpc.loop import run
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: NodeConfig, secret: Secret) -> None:
+    """Start a node, wait for a stop signal, shut it down gracefully."""
+    node = Node(config, secret)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        waiter = asyncio.create_task(stop.wait())
+        runner = asyncio.create_task(node.wait_closed())
+        done, _ = await asyncio.wait({waiter, runner}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiter, runner):
+            task.cancel()
+        if runner in done and not stop.is_set():
+            log.error("node background tasks ended unexpectedly; shutting down")
+        else:
+            log.info("stop signal received; shutting down")
+    finally:
+        await node.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run_node(config: NodeConfig, secret: Secret) -> int:
+    """Run until stopped; the exit code."""
+    run(serve(config, secret))
+    return 0

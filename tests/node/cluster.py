@@ -1,0 +1,146 @@
+"""A cluster of real `ramster node` processes on loopback, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ramster.client import Client
+from ramster.errors import RamsterError
+from ramster.rpc import Secret
+
+SECRET = b"test-secret-0123456789abcdef0123"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class NodeProc:
+    """One node process and how to start it again."""
+
+    index: int
+    port: int
+    args: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def node_id(self) -> str:
+        return f"n{self.index}"
+
+
+@dataclass
+class Cluster:
+    """Nodes n0..n(N-1); node 0 is the usual owner in tests."""
+
+    tmp: Path
+    secret: Secret
+    nodes: list[NodeProc] = field(default_factory=list)
+
+    def start(self, i: int) -> None:
+        node = self.nodes[i]
+        env = {**os.environ, "RAMSTER_TEST_HOOKS": "1"}
+        with node.log.open("ab") as log:
+            node.proc = subprocess.Popen(
+                [sys.executable, "-m", "ramster", "node", *node.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+
+    def kill(self, i: int) -> None:
+        """kill -9."""
+        proc = self.nodes[i].proc
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            if node.proc is not None:
+                try:
+                    node.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    node.proc.wait()
+
+    def client(self, i: int = 0) -> Client:
+        return Client(self.nodes[i].address, self.secret)
+
+    async def stats(self, i: int) -> dict[str, Any]:
+        async with self.client(i) as client:
+            return await client.stats()
+
+    async def wait_ready(self, indices: list[int] | None = None, within: float = 20) -> None:
+        """Every named node answers and sees every other live node of the cluster."""
+        indices = list(range(len(self.nodes))) if indices is None else indices
+        deadline = time.monotonic() + within
+        for i in indices:
+            while True:
+                try:
+                    st = await self.stats(i)
+                    alive = {p["node"] for p in st["peers"] if p["alive"]}
+                    if {f"n{j}" for j in indices if j != i} <= alive:
+                        break
+                except (RamsterError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    log = self.nodes[i].log.read_text()[-2000:]
+                    raise TimeoutError(f"node n{i} not ready; log tail:\n{log}")
+                await asyncio.sleep(0.1)
+
+    def log_tail(self, i: int) -> str:
+        return self.nodes[i].log.read_text()[-3000:]
+
+
+def make_cluster(
+    tmp: Path,
+    n: int,
+    local_budget: str = "4MiB",
+    lent_budget: str = "32MiB",
+    replicas: int = 2,
+    extra: list[str] | None = None,
+) -> Cluster:
+    tmp.mkdir(parents=True, exist_ok=True)
+    secret_file = tmp / "secret"
+    secret_file.write_bytes(SECRET)
+    secret_file.chmod(0o600)
+    cluster = Cluster(tmp, Secret(SECRET))
+    ports = [free_port() for _ in range(n)]
+    for i, port in enumerate(ports):
+        args = [
+            f"--node-id=n{i}",
+            f"--listen=127.0.0.1:{port}",
+            f"--secret-file={secret_file}",
+            f"--state-dir={tmp / f'n{i}'}",
+            f"--local-budget={local_budget}",
+            f"--lent-budget={lent_budget}",
+            f"--replicas={replicas}",
+            "--heartbeat=0.2",
+            "--dead-after=1.5",
+            *[f"--peer=127.0.0.1:{p}" for p in ports if p != port],
+            *(extra or []),
+        ]
+        cluster.nodes.append(NodeProc(i, port, args, tmp / f"n{i}.log"))
+    return cluster

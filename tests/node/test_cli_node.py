@@ -1,0 +1,94 @@
+"""The command line against real nodes: store, load, invalidate, stats, bench, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.node.cluster import SECRET, free_port
+from tests.node.conftest import ClusterFactory
+
+
+def ramster(
+    *args: str, secret: Path | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ)
+    if secret is not None:
+        env["RAMSTER_SECRET_FILE"] = str(secret)
+    return subprocess.run(
+        [sys.executable, "-m", "ramster", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+@pytest.mark.asyncio
+async def test_store_load_invalidate_stats_bench(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    c = cluster_factory(3, local_budget="1MiB", lent_budget="16MiB")
+    for i in range(3):
+        c.start(i)
+    await c.wait_ready()
+    secret = c.tmp / "secret"
+    node = ["--node", c.nodes[0].address]
+    page = bytes(range(256)) * 16
+    (tmp_path / "page").write_bytes(page)
+    out = ramster("store", *node, "0", "5", str(tmp_path / "page"), secret=secret)
+    assert out.returncode == 0, out.stderr
+    out = ramster("load", *node, "0", "5", secret=secret)
+    assert out.returncode == 0
+    assert out.stdout == page
+    assert ramster("invalidate", *node, "0", "5", secret=secret).returncode == 0
+    out = ramster("load", *node, "0", "5", secret=secret)
+    assert out.returncode == 1
+    assert b"not stored" in out.stderr
+    out = ramster("bench", *node, "--mib", "4", secret=secret)
+    assert out.returncode == 0, out.stderr
+    assert b"0 wrong, 0 missing" in out.stdout
+    out = ramster("stats", *node, "--json", secret=secret)
+    stats = json.loads(out.stdout)
+    assert stats["node"] == "n0"
+    assert stats["pool"]["remote_pages"] > 0
+    assert {p["node"] for p in stats["peers"]} == {"n1", "n2"}
+    out = ramster("stats", *node, secret=secret)
+    assert b"remote pages" in out.stdout
+
+
+def test_unreachable_node_is_one_clear_line(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    out = ramster("stats", "--node", f"127.0.0.1:{free_port()}", secret=secret)
+    assert out.returncode == 3
+    assert out.stderr.count(b"\n") == 1
+    assert b"cannot reach the node" in out.stderr
+    assert b"Traceback" not in out.stderr
+
+
+def test_missing_secret_is_a_usage_error() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAMSTER_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "ramster", "stats"],
+        capture_output=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert b"RAMSTER_CLUSTER_SECRET" in out.stderr
+
+
+def test_node_help_explains_units() -> None:
+    out = ramster("node", "--help")
+    text = out.stdout.decode()
+    for word in ("--local-budget", "--lent-budget", "--replicas", "--peer", "MiB", "seconds"):
+        assert word in text

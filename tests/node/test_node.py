@@ -1,0 +1,194 @@
+"""Real node processes on loopback: spilling, replication, holder loss, corruption, reclaim."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from ramster import corpus
+from ramster.errors import RemoteError
+from ramster.service import DEBUG_DAMAGE
+from tests.node.conftest import ClusterFactory
+
+MiB = 1 << 20
+
+
+async def store_all(client, pages: list[bytes], area: int = 0, batch: int = 128) -> list[bool]:  # type: ignore[no-untyped-def]
+    await client.init(area)
+    ok: list[bool] = []
+    for i in range(0, len(pages), batch):
+        ok += await client.store_many(
+            area, list(range(i, min(len(pages), i + batch))), pages[i : i + batch]
+        )
+    return ok
+
+
+async def load_all(client, n: int, area: int = 0, batch: int = 128) -> list[bytes | None]:  # type: ignore[no-untyped-def]
+    out: list[bytes | None] = []
+    for i in range(0, n, batch):
+        out += await client.load_many(area, list(range(i, min(n, i + batch))))
+    return out
+
+
+@pytest.mark.asyncio
+async def test_four_times_the_local_budget_spills_and_comes_back(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(3, local_budget="4MiB", lent_budget="32MiB")
+    for i in range(3):
+        c.start(i)
+    await c.wait_ready()
+    pages = corpus.pages(16 * MiB // 4096, seed=3)
+    async with c.client(0) as client:
+        assert all(await store_all(client, pages))
+        assert await load_all(client, len(pages)) == pages
+    owner = await c.stats(0)
+    assert owner["pool"]["remote_pages"] > 0
+    assert owner["pool"]["pool_total_size"] <= 4 * MiB
+    held = 0
+    for i in (1, 2):
+        st = await c.stats(i)
+        assert st["lent"]["pool_total_size"] <= 32 * MiB
+        held += st["lent"]["stored_pages"]
+    assert held == 2 * owner["pool"]["remote_pages"]  # R = 2 copies of every spilled page
+
+
+@pytest.mark.asyncio
+async def test_kill_9_of_a_holder_during_a_workload_loses_nothing(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(4):
+        c.start(i)
+    await c.wait_ready()
+    rng = random.Random(7)
+    pages = corpus.pages(2048, seed=5)
+    acked: dict[int, bytes] = {}
+    async with c.client(0) as client:
+        await client.init(0)
+
+        async def workload(rounds: int) -> None:
+            for _ in range(rounds):
+                offs = rng.sample(range(3000), 64)
+                batch = [pages[rng.randrange(len(pages))] for _ in offs]
+                for off, page, ok in zip(
+                    offs, batch, await client.store_many(0, offs, batch), strict=True
+                ):
+                    if ok:
+                        acked[off] = page
+                    else:
+                        acked.pop(off, None)
+                probe = rng.sample(sorted(acked), min(32, len(acked)))
+                got = await client.load_many(0, probe)
+                assert got == [acked[o] for o in probe]
+
+        await workload(60)
+        assert (await c.stats(0))["pool"]["remote_pages"] > 0
+        c.kill(2)
+        await workload(60)
+        keys = sorted(acked)
+        got = await load_all_keys(client, keys)
+        assert got == [acked[k] for k in keys]
+
+
+async def load_all_keys(client, keys: list[int]) -> list[bytes | None]:  # type: ignore[no-untyped-def]
+    out: list[bytes | None] = []
+    for i in range(0, len(keys), 128):
+        out += await client.load_many(0, keys[i : i + 128])
+    return out
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stale", [False, True], ids=["corrupt", "stale"])
+async def test_a_bad_copy_on_a_holder_is_never_returned(
+    cluster_factory: ClusterFactory, stale: bool
+) -> None:
+    c = cluster_factory(3, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(3):
+        c.start(i)
+    await c.wait_ready()
+    pages = [p for p in corpus.pages(3000, seed=8) if p[:8] * 512 != p][:1500]
+    async with c.client(0) as client:
+        assert all(await store_all(client, pages))
+        await asyncio.sleep(0.5)
+        st = await c.stats(0)
+        assert st["pool"]["remote_pages"] > 0
+        got = await load_all(client, len(pages))  # all good before any damage
+        assert got == pages
+        # Damage the coldest page (offset 0 was spilled first) on both holders in turn.
+        for i in (1, 2):
+            async with c.client(i) as holder:
+                await holder._rpc.call(DEBUG_DAMAGE, ["n0", 0, 0, stale])
+            if i == 1:
+                assert await client.load(0, 0) == pages[0]
+        with pytest.raises(RemoteError, match="PageUnavailable"):
+            await client.load(0, 0)
+        assert await client.load(0, 1) == pages[1]
+    remote = (await c.stats(0))["remote"]
+    assert remote["remote_bad_copies"] >= 2
+
+
+@pytest.mark.asyncio
+async def test_invalidate_area_empties_the_holders(cluster_factory: ClusterFactory) -> None:
+    c = cluster_factory(3, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(3):
+        c.start(i)
+    await c.wait_ready()
+    pages = corpus.pages(2048, seed=9)
+    async with c.client(0) as client:
+        assert all(await store_all(client, pages))
+        assert sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2)]) > 0
+        await client.invalidate_area(0)
+        for i in (1, 2):
+            lent = (await c.stats(i))["lent"]
+            assert lent["stored_pages"] == 0
+            assert lent["compr_data_size"] == 0
+        assert await client.load(0, 5) is None
+
+
+@pytest.mark.asyncio
+async def test_an_owner_restart_reclaims_its_old_pages_everywhere(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(3, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(3):
+        c.start(i)
+    await c.wait_ready()
+    async with c.client(0) as client:
+        assert all(await store_all(client, corpus.pages(2048, seed=10)))
+    assert sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2)]) > 0
+    c.kill(0)
+    c.start(0)
+    await c.wait_ready()
+    for _ in range(50):
+        lent = [(await c.stats(i))["lent"] for i in (1, 2)]
+        if all(x["stored_pages"] == 0 for x in lent):
+            break
+        await asyncio.sleep(0.1)
+    assert all(x["stored_pages"] == 0 for x in lent)
+    assert all(x["reclaimed_pages"] > 0 for x in lent)
+
+
+@pytest.mark.asyncio
+async def test_all_budgets_full_refuses_cleanly_and_keeps_serving(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(3, local_budget="1MiB", lent_budget="1MiB")
+    for i in range(3):
+        c.start(i)
+    await c.wait_ready()
+    pages = corpus.pages(4096, seed=11)
+    async with c.client(0) as client:
+        ok = await store_all(client, pages)
+        assert True in ok
+        assert False in ok
+        got = await load_all(client, len(pages))
+        for flag, page, original in zip(ok, got, pages, strict=True):
+            if flag:
+                assert page == original
+        for i in range(3):
+            st = await c.stats(i)
+            assert st["pool"]["pool_total_size"] <= 1 * MiB
+            assert st["lent"]["pool_total_size"] <= 1 * MiB
