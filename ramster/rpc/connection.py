@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ramster.rpc")
 
+WRITELINES_MAX = 8
+"""Above this many buffers a frame is joined before writing (see Endpoint._send)."""
+
 _DISCARD = memoryview(bytearray(4096))
 """Where bytes go after a connection failed and before the transport stops reading."""
 
@@ -138,8 +141,11 @@ class Endpoint(asyncio.BufferedProtocol):
             raise PeerLost(f"connection to {self.peer} is closed")
         if len(buffers) == 1:
             transport.write(buffers[0])
-        else:
+        elif len(buffers) <= WRITELINES_MAX:
             transport.writelines(buffers)
+        else:
+            # One copy beats one send() per page: transports write each buffer in turn.
+            transport.write(b"".join(buffers))
 
     def _notify(self, method: str, params: list[object]) -> None:
         self._send(self._encoder.notification(method, params))
