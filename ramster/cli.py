@@ -243,7 +243,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ramster import logs
         from ramster.devcluster import up
 
-        logs.setup("warning")
+        logs.setup("error")  # waiting for nodes to come up is not worth a warning per try
         return up(
             args.nodes,
             args.base_port,
