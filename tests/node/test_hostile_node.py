@@ -1,0 +1,95 @@
+"""Garbage parameters to every node method: a typed error reply, nothing stored, still serving."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ramster import service
+from ramster.client import Client
+from ramster.config import NodeConfig
+from ramster.errors import ProtocolError, RemoteError, RpcError
+from ramster.node import Node
+from ramster.rpc import RpcClient, Secret
+
+SECRET = Secret(b"hostile-test-secret-0123456789")
+METHODS = [
+    service.HELLO,
+    service.STATS,
+    service.HOLD_PUT,
+    service.HOLD_GET,
+    service.HOLD_DROP,
+    service.HOLD_DROP_AREA,
+    service.FS_INIT,
+    service.FS_STORE,
+    service.FS_STORE_ENCODED,
+    service.FS_LOAD,
+    service.FS_LOAD_ENCODED,
+    service.FS_INVALIDATE,
+    service.FS_INVALIDATE_AREA,
+]
+
+plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1)
+    | st.text(max_size=20)
+    | st.binary(max_size=64),
+    lambda children: st.lists(children, max_size=6),
+    max_leaves=20,
+)
+
+
+@pytest_asyncio.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    config = NodeConfig(
+        node_id="target", listen="127.0.0.1:0", state_dir=tmp_path, local_budget=1 << 20
+    )
+    node = Node(config, SECRET)
+    await node.start()
+    yield node
+    await node.close()
+
+
+@pytest.mark.asyncio
+async def test_garbage_params_get_errors_and_harm_nothing(node: Node) -> None:
+    address = node.address
+    host, port = address.rsplit(":", 1)
+    async with RpcClient(host, int(port), SECRET) as rpc, Client(address, SECRET) as client:
+        await client.init(0)
+        page = bytes(range(256)) * 16
+        assert await client.store(0, 1, page)
+
+        @settings(
+            max_examples=300,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )
+        @given(method=st.sampled_from(METHODS), params=st.lists(plain, max_size=6))
+        def one(method: str, params: list[object]) -> None:
+            async def call() -> None:
+                try:
+                    await rpc.call(method, params, timeout=5)
+                except (ProtocolError, RemoteError):
+                    pass
+                except RpcError as exc:  # anything else would be a transport failure
+                    raise AssertionError(f"{method} {params!r}: {exc!r}") from exc
+
+            pending.append(call())
+
+        pending: list[object] = []
+        one()
+        for coro in pending:
+            await coro  # type: ignore[misc]
+        # Still serving. Garbage may happen to be a valid invalidation, never a corruption.
+        assert await client.load(0, 1) in (page, None)
+        await client.init(3)
+        assert await client.store(3, 9, page)
+        assert await client.load(3, 9) == page
+        st_ = await client.stats()
+        assert st_["pool"]["pool_total_size"] <= 1 << 20
