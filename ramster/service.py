@@ -151,9 +151,14 @@ def register(node: Node) -> None:
             held = lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
-        found = [(a, o, item) for a, o, item in zip(keys.areas, keys.offsets, held, strict=True)]
-        return PageBatch.of(
-            (a, o, item[0], item[1], item[2]) for a, o, item in found if item is not None
+        idx = [i for i, item in enumerate(held) if item is not None]
+        found = [item for item in held if item is not None]
+        return PageBatch(
+            [keys.areas[i] for i in idx],
+            [keys.offsets[i] for i in idx],
+            [f[0] for f in found],
+            [f[1] for f in found],
+            [f[2] for f in found],
         ).to_wire()
 
     def hold_drop(req: Owned) -> list[bool]:

@@ -163,7 +163,13 @@ class Peers:
             HOLD_GET, [self.me, self.incarnation, Keys(areas, offsets).to_wire()]
         )
         batch = PageBatch.from_wire(result)
-        found = {(p.area, p.offset): (p.version, p.checksum, p.payload) for p in batch}
+        found = dict(
+            zip(
+                zip(batch.areas, batch.offsets, strict=True),
+                zip(batch.versions, batch.checksums, batch.payloads, strict=True),
+                strict=True,
+            )
+        )
         return [found.get(key) for key in zip(areas, offsets, strict=True)]
 
     async def drop(

@@ -27,7 +27,8 @@ from ramster.pagestore import ColdPage, PoolConfig, checksum, encode, expand
 
 log = logging.getLogger(__name__)
 
-Stored = tuple[int, int, bytes | bytearray | memoryview]
+Buffer = bytes | bytearray | memoryview
+Stored = tuple[int, int, Buffer]
 """(version, checksum, payload) as a holder returns it."""
 
 I64 = npt.NDArray[np.int64]
@@ -382,7 +383,7 @@ class ClusterFrontswap(LocalFrontswap):
             return pages
         fetched = await self._fetch(area, offs, entries)
         for i, page in fetched.items():
-            pages[i] = page
+            pages[i] = bytes(page)  # verified pages are bytes already: no copy
         if exclusive:
             # Free what was read, unless it was stored again while we were fetching.
             wanted = {i: v for i, v, _, _ in entries}
@@ -395,7 +396,7 @@ class ClusterFrontswap(LocalFrontswap):
 
     async def load_encoded_many(
         self, area: int, offsets: Sequence[int]
-    ) -> list[tuple[int, bytes] | None]:
+    ) -> list[tuple[int, Buffer] | None]:
         """(checksum, stored payload) per key, None where not stored; nothing is expanded here.
 
         The caller must check each payload against its checksum and, for any that fails, load
@@ -406,7 +407,7 @@ class ClusterFrontswap(LocalFrontswap):
         if area not in self._areas:
             return [None] * len(offs)
         local = self.pool.get_stored_many(area, offs)
-        out: list[tuple[int, bytes] | None] = [
+        out: list[tuple[int, Buffer] | None] = [
             None if item is None else (item[1], item[2]) for item in local
         ]
         if None not in out:
@@ -424,7 +425,7 @@ class ClusterFrontswap(LocalFrontswap):
         offs: I64,
         entries: list[tuple[int, int, int, int]],
         verify: bool = True,
-    ) -> dict[int, bytes]:
+    ) -> dict[int, Buffer]:
         """Pages of the entries from their holders, each verified; PageUnavailable if none is.
 
         With verify=False only the version is checked and the stored form is returned, for a
@@ -435,7 +436,7 @@ class ClusterFrontswap(LocalFrontswap):
         groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
         for i, version, sum_, set_id in entries:
             groups[(set_id, int(offs[i]) % len(self._sets[set_id]))].append((i, version, sum_))
-        out: dict[int, bytes] = {}
+        out: dict[int, Buffer] = {}
         results = await asyncio.gather(
             *(
                 self._fetch_group(area, offs, _rotated(self._sets[s], first), g, verify)
@@ -453,9 +454,9 @@ class ClusterFrontswap(LocalFrontswap):
         nodes: tuple[str, ...],
         wanted: list[tuple[int, int, int]],
         verify: bool,
-    ) -> dict[int, bytes]:
+    ) -> dict[int, Buffer]:
         ps = self.page_size
-        out: dict[int, bytes] = {}
+        out: dict[int, Buffer] = {}
         left = wanted
         for node in nodes:
             if not left:
@@ -473,7 +474,7 @@ class ClusterFrontswap(LocalFrontswap):
             for (i, version, sum_), item in zip(left, got, strict=True):
                 if item is not None and item[0] == version:
                     if not verify:
-                        out[i] = bytes(item[2])
+                        out[i] = item[2]  # a view into the holder's reply: no copy
                         continue
                     page = expand(item[2], ps)
                     if checksum(page) == sum_:
