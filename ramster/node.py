@@ -88,6 +88,26 @@ class Node:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.peers.run(), name="heartbeats")
             tg.create_task(self.frontswap.spill_forever(), name="spiller")
+            tg.create_task(self._repair_forever(), name="repair")
+
+    async def _repair_forever(self) -> None:
+        """Re-replicate pages that lost a copy when a holder went silent."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            gone = self.peers.gone()
+            if not gone or not self.frontswap.under_replicated(gone):
+                continue
+            started = time.monotonic()
+            todo = self.frontswap.under_replicated(gone)
+            log.warning("holder(s) %s gone: re-replicating %d pages", ",".join(sorted(gone)), todo)
+            done = await self.frontswap.repair(gone)
+            log.info(
+                "re-replicated %d of %d pages in %.2f s; %d still under-replicated",
+                done,
+                todo,
+                time.monotonic() - started,
+                self.frontswap.under_replicated(gone),
+            )
 
     async def wait_closed(self) -> None:
         """Return when the background tasks end (they only end on close or on a bug)."""
@@ -146,5 +166,7 @@ class Node:
                 "reclaimed_pages": lent.reclaimed_pages,
             },
             "remote": self.frontswap.remote_statistics(),
+            "gone_peers": sorted(self.peers.gone()),
+            "under_replicated_pages": self.frontswap.under_replicated(self.peers.gone()),
             "peers": self.peers.statistics(),
         }

@@ -124,6 +124,11 @@ class Peers:
             if p.alive and p.node_id is not None and p.node_id != self.me
         ]
 
+    def gone(self) -> set[str]:
+        """Peers seen alive once and silent for longer than dead_after since."""
+        alive = {p.node_id for p in self._peers if p.alive and p.node_id is not None}
+        return self._ever - alive - {self.me}
+
     def all_holders(self) -> list[str]:
         """Every peer ever seen alive."""
         return sorted(self._ever)

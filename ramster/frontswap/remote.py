@@ -86,6 +86,8 @@ class SpillConfig:
     depth: int = 4
     """Spill batches in flight at once."""
     retry_delay: float = 0.2
+    repair_pause: float = 0.002
+    """Pause between re-replication batches, so that foreground calls get their turn."""
     """Pause before trying again when no holder could take a batch."""
 
 
@@ -128,6 +130,8 @@ class ClusterFrontswap(LocalFrontswap):
                 "remote_unavailable",
                 "drops_sent",
                 "drop_failures",
+                "repaired_pages",
+                "pages_lost",
             ),
             0,
         )
@@ -501,6 +505,95 @@ class ClusterFrontswap(LocalFrontswap):
                 offset=int(offs[i]),
             )
         return out
+
+    # -- re-replication after a holder is lost --------------------------------------------------
+
+    def under_replicated(self, gone: set[str]) -> int:
+        """Remote pages with a copy on a gone holder (what repair still has to do)."""
+        sets = [i for i, nodes in enumerate(self._sets) if gone.intersection(nodes)]
+        if not sets:
+            return 0
+        return len(self.pool.remote_in_sets(sets))
+
+    async def repair(self, gone: set[str]) -> int:
+        """Give every page that lost a copy on a gone holder a new copy; returns pages repaired.
+
+        Copy before drop: a surviving copy is read and verified, written to a new holder, and
+        only once that holder acknowledged does the page's record point at the new set.
+        Batches are paced by `repair_pause` so that foreground loads keep their latency.
+        """
+        cfg = self.spill_config
+        sets = [i for i, nodes in enumerate(self._sets) if gone.intersection(nodes)]
+        if not sets:
+            return 0
+        entries = self.pool.remote_in_sets(sets)
+        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+        for area, offset, version, sum_, set_id in entries:
+            groups[(set_id, area)].append((offset, version, sum_))
+        repaired = 0
+        for (set_id, area), pages in groups.items():
+            for start in range(0, len(pages), cfg.batch_pages):
+                done = await self._repair_batch(
+                    set_id, area, pages[start : start + cfg.batch_pages], gone
+                )
+                if done < 0:
+                    return repaired  # nowhere to copy to now: try again later
+                repaired += done
+                self._c["repaired_pages"] += done
+                await asyncio.sleep(cfg.repair_pause)
+        return repaired
+
+    async def _repair_batch(
+        self, set_id: int, area: int, pages: list[tuple[int, int, int]], gone: set[str]
+    ) -> int:
+        old = self._sets[set_id]
+        survivors = [n for n in old if n not in gone]
+        if not survivors:
+            self._c["pages_lost"] += len(pages)
+            log.error(
+                "%d pages of area %d lost every holder (%s); they cannot be recovered",
+                len(pages),
+                area,
+                ", ".join(old),
+            )
+            return 0
+        missing = self.spill_config.replicas - len(survivors)
+        offs = np.asarray([p[0] for p in pages], dtype=np.int64)
+        wanted = [(i, p[1], p[2]) for i, p in enumerate(pages)]
+        try:
+            copies = await self._fetch_group(area, offs, tuple(survivors), wanted, verify=True)
+        except PageUnavailable:
+            self._c["pages_lost"] += len(pages)
+            return 0
+        cfg = self.pool.config
+        payloads = [encode(bytes(copies[i]), cfg) for i in range(len(pages))]
+        new = choose_holders(
+            self.holders.candidates(),
+            max(missing, 1),
+            sum(len(p) for p in payloads),
+            self._rng,
+            exclude=frozenset(old) | frozenset(gone),
+        )
+        if not new:
+            self._warn_no_holders()
+            return -1
+        offsets = offs.tolist()
+        versions = [p[1] for p in pages]
+        acked = await self._put_everywhere(
+            new, area, offsets, versions, [p[2] for p in pages], payloads
+        )
+        keep = [i for i, a in enumerate(acked) if a]
+        new_set = self._set_id([*survivors, *new])
+        moved = self.pool.move_remote(
+            area, [offsets[i] for i in keep], [versions[i] for i in keep], set_id, new_set
+        )
+        moved_idx = [i for i, m in zip(keep, moved, strict=True) if m]
+        stray = [i for i in range(len(pages)) if i not in set(moved_idx)]
+        if stray:
+            await self._drop_on(
+                new, area, [offsets[i] for i in stray], [versions[i] for i in stray]
+            )
+        return len(moved_idx)
 
     # -- invalidation ----------------------------------------------------------------------------
 

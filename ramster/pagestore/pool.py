@@ -663,6 +663,45 @@ class PagePool:
             )
         )
 
+    def remote_in_sets(self, set_ids: Sequence[int]) -> list[tuple[int, int, int, int, int]]:
+        """(area, offset, version, checksum, holder set) of remote pages in any of the sets."""
+        m = self._meta
+        kinds = m["kind"][: self._hw].astype(np.uint8, copy=False)
+        handles = m["handle"][: self._hw]
+        hit = (kinds == REMOTE) & np.isin(handles, np.asarray(set_ids, dtype=np.uint64))
+        sl = np.flatnonzero(hit)
+        return list(
+            zip(
+                m["area"][sl].tolist(),
+                m["offset"][sl].tolist(),
+                m["version"][sl].tolist(),
+                m["checksum"][sl].tolist(),
+                m["handle"][sl].tolist(),
+                strict=True,
+            )
+        )
+
+    def move_remote(
+        self,
+        area: int,
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        old_set: int,
+        new_set: int,
+    ) -> list[bool]:
+        """Point remote pages at a new holder set, where version and old set still match."""
+        offs = np.asarray(offsets, dtype=np.int64)
+        slots = self._index.lookup(area, offs)
+        m = self._meta
+        ok = (
+            (slots > 0)
+            & (m["kind"][slots] == REMOTE)
+            & (m["handle"][slots] == np.uint64(old_set))
+            & (m["version"][slots] == np.asarray(versions, dtype=np.uint64))
+        )
+        m["handle"][slots[ok]] = new_set
+        return ok.tolist()  # type: ignore[no-any-return]
+
     def drain_remote_drops(self) -> list[tuple[int, int, int, int]]:
         """(holder set, area, offset, version) of remote copies forgotten since the last call."""
         drops, self._remote_drops = self._remote_drops, []

@@ -129,3 +129,38 @@ async def test_everything_full_refuses_cleanly_and_keeps_serving() -> None:
     got = await fs.load_many(0, list(range(4000)))
     for ok, page, original in zip(results, got, pages, strict=True):
         assert page == (original if ok else None)
+
+
+@pytest.mark.asyncio
+async def test_repair_restores_r_copies_and_survives_a_second_loss() -> None:
+    fs, holders = cluster(peers=4)
+    n = 3 * LOCAL // 4096
+    pages = await store_corpus(fs, n)
+    remote = fs.statistics().pool.remote_pages
+    assert remote > 0
+    holders.down.add("peer1")
+    assert fs.under_replicated({"peer1"}) > 0
+    repaired = await fs.repair({"peer1"})
+    assert repaired == fs.remote_statistics()["repaired_pages"] > 0
+    assert fs.under_replicated({"peer1"}) == 0
+    # Every remote page again has two live holders, and each of them really holds it.
+    entries = fs.pool.remote_entries(0, list(range(n)))
+    assert len(entries) == remote
+    for _, _, _, set_id in entries:
+        nodes = fs.holder_set(set_id)
+        assert len(set(nodes)) == 2
+        assert "peer1" not in nodes
+    # Lose a second holder: with R=2 restored, nothing is lost.
+    holders.down.add("peer2")
+    assert await fs.load_many(0, list(range(n))) == pages
+
+
+@pytest.mark.asyncio
+async def test_repair_without_room_waits_and_loses_nothing() -> None:
+    fs, holders = cluster(peers=2)
+    n = 3 * LOCAL // 4096
+    pages = await store_corpus(fs, n)
+    holders.down.add("peer0")
+    assert await fs.repair({"peer0"}) == 0  # no third holder to copy to
+    assert fs.under_replicated({"peer0"}) > 0
+    assert await fs.load_many(0, list(range(n))) == pages

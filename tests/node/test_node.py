@@ -192,3 +192,27 @@ async def test_all_budgets_full_refuses_cleanly_and_keeps_serving(
             st = await c.stats(i)
             assert st["pool"]["pool_total_size"] <= 1 * MiB
             assert st["lent"]["pool_total_size"] <= 1 * MiB
+
+
+@pytest.mark.asyncio
+async def test_redundancy_is_restored_after_a_holder_dies(cluster_factory: ClusterFactory) -> None:
+    c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(4):
+        c.start(i)
+    await c.wait_ready()
+    pages = corpus.pages(3000, seed=12)
+    async with c.client(0) as client:
+        assert all(await store_all(client, pages))
+        assert (await c.stats(0))["pool"]["remote_pages"] > 0
+        c.kill(1)
+        for _ in range(100):
+            st = await c.stats(0)
+            if st["gone_peers"] == ["n1"] and st["under_replicated_pages"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert st["gone_peers"] == ["n1"]
+        assert st["under_replicated_pages"] == 0
+        assert st["remote"]["repaired_pages"] > 0
+        # A second holder loss after repair: still nothing lost.
+        c.kill(2)
+        assert await load_all(client, len(pages)) == pages
