@@ -113,6 +113,11 @@ def _node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--dead-after", type=float, help="seconds of silence before a peer is gone (default: 3)"
     )
+    p.add_argument(
+        "--owner-grace",
+        type=float,
+        help="seconds a silent owner's pages are kept before they are reclaimed (default: 300)",
+    )
     p.add_argument("--log-level", help="debug, info, warning or error (default: info)")
 
 

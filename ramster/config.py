@@ -52,6 +52,8 @@ class NodeConfig:
     """Seconds between heartbeats to each peer."""
     dead_after: float = 3.0
     """Seconds without an answer after which a peer is treated as gone."""
+    owner_grace: float = 300.0
+    """Seconds a silent owner's pages are kept before they are reclaimed (survives partitions)."""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -71,6 +73,8 @@ class NodeConfig:
                 "watermarks must satisfy 0 < low < high <= 1, "
                 f"got low={self.low_watermark} high={self.high_watermark}"
             )
+        if self.owner_grace <= self.dead_after:
+            raise ValueError("owner_grace must be longer than dead_after")
         if not 0 < self.heartbeat < self.dead_after:
             raise ValueError("heartbeat must be positive and shorter than dead_after")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
@@ -88,7 +92,7 @@ class NodeConfig:
 
 
 _SIZES = {"local_budget", "lent_budget", "page_size"}
-_FLOATS = {"high_watermark", "low_watermark", "heartbeat", "dead_after"}
+_FLOATS = {"high_watermark", "low_watermark", "heartbeat", "dead_after", "owner_grace"}
 _INTS = {"replicas"}
 _PATHS = {"secret_file", "state_dir"}
 

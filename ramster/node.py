@@ -89,6 +89,13 @@ class Node:
             tg.create_task(self.peers.run(), name="heartbeats")
             tg.create_task(self.frontswap.spill_forever(), name="spiller")
             tg.create_task(self._repair_forever(), name="repair")
+            tg.create_task(self._reclaim_forever(), name="reclaim")
+
+    async def _reclaim_forever(self) -> None:
+        """Drop the pages of owners silent for longer than owner_grace."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            self.lent.reclaim_silent(time.monotonic(), self.config.owner_grace)
 
     async def _repair_forever(self) -> None:
         """Re-replicate pages that lost a copy when a holder went silent."""

@@ -19,6 +19,7 @@ Parameters are checked here (ProtocolError when off, never a crash) before anyth
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -118,7 +119,7 @@ def register(node: Node) -> None:
         _arity(params, 2, "[node_id, incarnation]")
         peer, inc = _text(params[0], "node_id"), _text(params[1], "incarnation")
         try:
-            lent.note_owner(peer, inc)
+            lent.note_owner(peer, inc, time.monotonic())
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
         return node.hello_info()

@@ -48,6 +48,7 @@ class LentPool:
     def __init__(self, config: PoolConfig) -> None:
         self.pool = PagePool(config)
         self._current: dict[str, str] = {}  # owner -> newest incarnation seen
+        self._last_seen: dict[str, float] = {}  # owner -> when it last spoke (caller's clock)
         self._ids: dict[tuple[str, str, int], int] = {}
         self._free_ids: list[int] = []
         self._next_id = 0
@@ -56,12 +57,19 @@ class LentPool:
 
     # -- owners and incarnations ---------------------------------------------------------------
 
-    def note_owner(self, owner: str, incarnation: str) -> int:
+    def note_owner(self, owner: str, incarnation: str, now: float | None = None) -> int:
         """Learn an owner's incarnation; pages of an older one are reclaimed (returns how many).
 
-        Raises StaleIncarnation for an incarnation older than the newest seen.
+        Raises StaleIncarnation for an incarnation older than the newest seen. `now` (any
+        monotonic clock) records that the owner is alive, for `reclaim_silent`.
         """
         known = self._current.get(owner)
+        if now is not None and (
+            known is None
+            or known == incarnation
+            or incarnation_order(incarnation) >= incarnation_order(known)
+        ):
+            self._last_seen[owner] = now
         if known == incarnation:
             return 0
         if known is not None and incarnation_order(incarnation) < incarnation_order(known):
@@ -88,7 +96,23 @@ class LentPool:
             self._free_ids.append(ident)
         if keep is None:
             self._current.pop(owner, None)
+            self._last_seen.pop(owner, None)
         self._reclaimed += dropped
+        return dropped
+
+    def reclaim_silent(self, now: float, grace: float) -> dict[str, int]:
+        """Drop every page of owners not heard from for `grace` seconds; {owner: pages}."""
+        dropped: dict[str, int] = {}
+        for owner, seen in list(self._last_seen.items()):
+            if now - seen > grace:
+                dropped[owner] = self.forget(owner)
+                log.warning(
+                    "owner %s silent for %.0f s (grace %.0f s): reclaimed %d pages",
+                    owner,
+                    now - seen,
+                    grace,
+                    dropped[owner],
+                )
         return dropped
 
     def _area_id(self, owner: str, inc: str, area: int, create: bool) -> int | None:

@@ -216,3 +216,25 @@ async def test_redundancy_is_restored_after_a_holder_dies(cluster_factory: Clust
         # A second holder loss after repair: still nothing lost.
         c.kill(2)
         assert await load_all(client, len(pages)) == pages
+
+
+@pytest.mark.asyncio
+async def test_a_dead_owners_pages_are_reclaimed_after_the_grace(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(3, local_budget="2MiB", lent_budget="32MiB", extra=["--owner-grace=2"])
+    for i in range(3):
+        c.start(i)
+    await c.wait_ready()
+    async with c.client(0) as client:
+        assert all(await store_all(client, corpus.pages(2048, seed=13)))
+    assert sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2)]) > 0
+    c.kill(0)
+    await asyncio.sleep(1.0)
+    assert sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2)]) > 0  # within grace
+    for _ in range(60):
+        lent = [(await c.stats(i))["lent"] for i in (1, 2)]
+        if all(x["stored_pages"] == 0 for x in lent):
+            break
+        await asyncio.sleep(0.1)
+    assert all(x["stored_pages"] == 0 and x["reclaimed_pages"] > 0 for x in lent)

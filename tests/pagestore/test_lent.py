@@ -61,3 +61,17 @@ def test_full_lent_pool_refuses_and_reports_no_room() -> None:
     assert lent.free_bytes() == 0
     lent.forget("a")
     assert lent.statistics().pool.stored_pages == 0
+
+
+def test_silent_owners_are_reclaimed_after_the_grace() -> None:
+    lent = LentPool(PoolConfig(budget_bytes=8 << 20))
+    lent.note_owner("a", OLD, now=100.0)
+    lent.note_owner("b", OLD, now=100.0)
+    lent.put("a", OLD, [0] * 10, list(range(10)), [1] * 10, [0] * 10, blobs(10))
+    lent.put("b", OLD, [0] * 10, list(range(10)), [1] * 10, [0] * 10, blobs(10))
+    lent.note_owner("b", OLD, now=150.0)
+    assert lent.reclaim_silent(now=170.0, grace=60.0) == {"a": 10}
+    assert lent.statistics().pool.stored_pages == 10
+    assert lent.reclaim_silent(now=200.0, grace=60.0) == {}
+    assert lent.reclaim_silent(now=211.0, grace=60.0) == {"b": 10}
+    assert lent.statistics().pool.stored_pages == 0
