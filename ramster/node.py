@@ -58,6 +58,7 @@ class Node:
                 low_watermark=config.low_watermark,
             ),
         )
+        self.peers.on_restart = self.frontswap.holder_restarted
         service.register(self)
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
@@ -102,7 +103,7 @@ class Node:
         while True:
             await asyncio.sleep(self.config.heartbeat)
             gone = self.peers.gone()
-            if not gone or not self.frontswap.under_replicated(gone):
+            if not self.frontswap.under_replicated(gone):
                 continue
             started = time.monotonic()
             todo = self.frontswap.under_replicated(gone)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ramster.cluster.membership import Membership, MembershipConfig, State, Transition
 from ramster.cluster.placement import Candidate
 from ramster.errors import PeerLost, ProtocolError, RamsterError
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
@@ -60,19 +61,45 @@ class Peers:
             self._peers.append(Peer(address, RpcClient(host, port, secret, rpc_config)))
         self._by_id: dict[str, Peer] = {}
         self._ever: set[str] = set()
+        self.membership = Membership(
+            MembershipConfig(suspect_after=dead_after / 2, dead_after=dead_after)
+        )
+        self.on_restart: Callable[[str, str], None] | None = None
+        """Called with (node, old incarnation) when a peer restarted: its copies are gone."""
 
     # -- heartbeats ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Heartbeat every peer until cancelled."""
+        """Heartbeat every peer and watch the silence, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             for peer in self._peers:
                 tg.create_task(self._beat(peer))
+            tg.create_task(self._watch())
 
     async def _beat(self, peer: Peer) -> None:
         while True:
             await self.beat_once(peer)
             await asyncio.sleep(self.heartbeat)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat / 2)
+            self._apply(self.membership.tick(time.monotonic()))
+
+    def _apply(self, transitions: list[Transition]) -> None:
+        for t in transitions:
+            peer = self._by_id.get(t.node)
+            address = peer.address if peer else "?"
+            if t.new is State.DEAD:
+                log.warning("peer %s at %s is dead (%s)", t.node, address, t.reason)
+                if t.reason == "restarted" and self.on_restart is not None:
+                    self.on_restart(t.node, t.incarnation)
+            elif t.new is State.SUSPECT:
+                log.info("peer %s at %s is suspect (silent)", t.node, address)
+            else:
+                log.info("peer %s at %s is alive (%s)", t.node, address, t.reason)
+            if peer is not None:
+                peer.alive = t.new is State.ALIVE
 
     async def beat_once(self, peer: Peer) -> None:
         """One heartbeat: learn the peer's identity and capacity, or note its silence."""
@@ -81,34 +108,23 @@ class Peers:
                 HELLO, [self.me, self.incarnation], timeout=max(self.heartbeat * 2, 0.5)
             )
             info = _hello_result(result)
-        except RamsterError as exc:
-            if peer.alive and time.monotonic() - peer.last_ok > self.dead_after:
-                peer.alive = False
-                log.warning("peer %s (%s) is gone: %s", peer.address, peer.node_id, exc)
-            return
+        except RamsterError:
+            return  # silence: the membership's timers decide what it means
         node_id = info["node"]
         if node_id == self.me:
             if peer.node_id is None:
                 log.warning("peer %s is this node itself; ignoring it", peer.address)
             peer.node_id = node_id
             return
-        if not peer.alive or peer.incarnation != info["incarnation"]:
-            log.info(
-                "peer %s is %s (incarnation %s), lending %d bytes",
-                peer.address,
-                node_id,
-                info["incarnation"],
-                info["lent_budget"],
-            )
         peer.node_id = node_id
         peer.incarnation = info["incarnation"]
         peer.lent_free = info["lent_free"]
         peer.lent_budget = info["lent_budget"]
         peer.info = info
-        peer.alive = True
         peer.last_ok = time.monotonic()
         self._by_id[node_id] = peer
         self._ever.add(node_id)
+        self._apply(self.membership.heartbeat_ok(node_id, info["incarnation"], peer.last_ok))
 
     # -- what the remote tier asks -------------------------------------------------------------
 
@@ -125,9 +141,8 @@ class Peers:
         ]
 
     def gone(self) -> set[str]:
-        """Peers seen alive once and silent for longer than dead_after since."""
-        alive = {p.node_id for p in self._peers if p.alive and p.node_id is not None}
-        return self._ever - alive - {self.me}
+        """Peers seen alive once and dead now (silent for longer than dead_after)."""
+        return set(self.membership.members(State.DEAD)) - {self.me}
 
     def all_holders(self) -> list[str]:
         """Every peer ever seen alive."""
@@ -203,6 +218,11 @@ class Peers:
                 "node": p.node_id,
                 "incarnation": p.incarnation,
                 "alive": p.alive,
+                "state": (
+                    st.value
+                    if p.node_id and (st := self.membership.state(p.node_id)) is not None
+                    else "unknown"
+                ),
                 "lent_free": p.lent_free,
                 "lent_budget": p.lent_budget,
             }

@@ -116,6 +116,7 @@ class ClusterFrontswap(LocalFrontswap):
         self._spill_lock = asyncio.Lock()
         self._fetch_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._warned_at = -NO_HOLDER_WARN_EVERY
+        self._tombstones: set[str] = set()
         self._c = dict.fromkeys(
             (
                 "spilled_pages",
@@ -508,8 +509,21 @@ class ClusterFrontswap(LocalFrontswap):
 
     # -- re-replication after a holder is lost --------------------------------------------------
 
+    def holder_restarted(self, node: str, old_incarnation: str) -> None:
+        """A holder came back as a new incarnation: the copies its old one held are gone."""
+        tomb = f"{node}~{old_incarnation}"
+        self._tombstones.add(tomb)
+        for i, nodes in enumerate(self._sets):
+            if node in nodes:
+                renamed = tuple(tomb if n == node else n for n in nodes)
+                del self._set_ids[nodes]
+                self._sets[i] = renamed
+                self._set_ids.setdefault(renamed, i)
+        log.warning("holder %s restarted: its copies count as lost", node)
+
     def under_replicated(self, gone: set[str]) -> int:
         """Remote pages with a copy on a gone holder (what repair still has to do)."""
+        gone = gone | self._tombstones
         sets = [i for i, nodes in enumerate(self._sets) if gone.intersection(nodes)]
         if not sets:
             return 0
@@ -523,6 +537,7 @@ class ClusterFrontswap(LocalFrontswap):
         Batches are paced by `repair_pause` so that foreground loads keep their latency.
         """
         cfg = self.spill_config
+        gone = gone | self._tombstones
         sets = [i for i, nodes in enumerate(self._sets) if gone.intersection(nodes)]
         if not sets:
             return 0

@@ -238,3 +238,27 @@ async def test_a_dead_owners_pages_are_reclaimed_after_the_grace(
             break
         await asyncio.sleep(0.1)
     assert all(x["stored_pages"] == 0 and x["reclaimed_pages"] > 0 for x in lent)
+
+
+@pytest.mark.asyncio
+async def test_a_holder_restarted_quickly_counts_as_lost_and_is_repaired(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(4):
+        c.start(i)
+    await c.wait_ready()
+    pages = corpus.pages(3000, seed=14)
+    async with c.client(0) as client:
+        assert all(await store_all(client, pages))
+        c.kill(1)
+        c.start(1)  # back before anyone could call it dead: its lent pool is empty now
+        for _ in range(100):
+            st = await c.stats(0)
+            if st["remote"]["repaired_pages"] > 0 and st["under_replicated_pages"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert st["remote"]["repaired_pages"] > 0
+        assert st["under_replicated_pages"] == 0
+        c.kill(2)
+        assert await load_all(client, len(pages)) == pages
