@@ -114,6 +114,12 @@ def _node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--dead-after", type=float, help="seconds of silence before a peer is gone (default: 3)"
     )
     p.add_argument(
+        "--mdns-interface",
+        metavar="ADDRESS",
+        help="find peers with mDNS on the interface with this IPv4 address (or 'all'); "
+        "default: no multicast, static --peer seeds only",
+    )
+    p.add_argument(
         "--owner-grace",
         type=float,
         help="seconds a silent owner's pages are kept before they are reclaimed (default: 300)",

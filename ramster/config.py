@@ -52,6 +52,9 @@ class NodeConfig:
     """Seconds between heartbeats to each peer."""
     dead_after: float = 3.0
     """Seconds without an answer after which a peer is treated as gone."""
+    mdns_interface: str | None = None
+    """Announce and browse with mDNS on this interface address (e.g. 127.0.0.1) or "all";
+    None: no multicast, static peers only."""
     owner_grace: float = 300.0
     """Seconds a silent owner's pages are kept before they are reclaimed (survives partitions)."""
     log_level: str = "info"

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ramster import __version__
+from ramster.cluster.mdns import MdnsDiscovery
 from ramster.cluster.peers import Peers
 from ramster.config import NodeConfig, new_incarnation, node_id_for
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
@@ -60,6 +61,7 @@ class Node:
         )
         self.peers.on_restart = self.frontswap.holder_restarted
         service.register(self)
+        self.discovery: MdnsDiscovery | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -72,6 +74,18 @@ class Node:
         """Listen, start heartbeats and the spiller; returns when the node serves."""
         await self.server.start()
         self._runner = asyncio.create_task(self._run(), name=f"node-{self.node_id}")
+        if self.config.mdns_interface:
+            self.discovery = MdnsDiscovery(
+                self.config.cluster,
+                self.node_id,
+                self.incarnation,
+                self.server.host,
+                self.server.port,
+                self.config.mdns_interface,
+                on_found=lambda _node, host, port: self._found(f"{host}:{port}"),
+            )
+            if not await self.discovery.start():
+                self.discovery = None
         log.info(
             "node ready node=%s incarnation=%s rpc=%s cluster=%s local_budget=%d lent_budget=%d "
             "replicas=%d peers=%s",
@@ -84,6 +98,10 @@ class Node:
             self.config.replicas,
             ",".join(self.config.peers) or "-",
         )
+
+    def _found(self, address: str) -> None:
+        if address != self.address and self.peers.add_peer(address):
+            log.info("discovered peer %s", address)
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -128,6 +146,8 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        if self.discovery is not None:
+            await self.discovery.close()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):

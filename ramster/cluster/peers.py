@@ -21,6 +21,8 @@ from ramster.units import parse_address
 log = logging.getLogger(__name__)
 
 Stored = tuple[int, int, bytes | bytearray | memoryview]
+MAX_PEERS = 256
+"""Bound on the peer table: discovery cannot grow it without limit."""
 
 
 @dataclass(slots=True)
@@ -64,6 +66,9 @@ class Peers:
         self.membership = Membership(
             MembershipConfig(suspect_after=dead_after / 2, dead_after=dead_after)
         )
+        self._secret = secret
+        self._rpc_config = rpc_config
+        self._tg: asyncio.TaskGroup | None = None
         self.on_restart: Callable[[str, str], None] | None = None
         """Called with (node, old incarnation) when a peer restarted: its copies are gone."""
 
@@ -72,9 +77,24 @@ class Peers:
     async def run(self) -> None:
         """Heartbeat every peer and watch the silence, until cancelled."""
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             for peer in self._peers:
                 tg.create_task(self._beat(peer))
             tg.create_task(self._watch())
+
+    def add_peer(self, address: str) -> bool:
+        """Start heartbeating a newly discovered address (False if it is known already)."""
+        if any(p.address == address for p in self._peers):
+            return False
+        if len(self._peers) >= MAX_PEERS:
+            log.warning("ignoring peer %s: already %d peers", address, MAX_PEERS)
+            return False
+        host, port = parse_address(address)
+        peer = Peer(address, RpcClient(host, port, self._secret, self._rpc_config))
+        self._peers.append(peer)
+        if self._tg is not None:
+            self._tg.create_task(self._beat(peer))
+        return True
 
     async def _beat(self, peer: Peer) -> None:
         while True:

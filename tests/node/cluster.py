@@ -15,7 +15,7 @@ from typing import Any
 
 from ramster.client import Client
 from ramster.errors import RamsterError
-from ramster.rpc import Secret
+from ramster.rpc import RpcConfig, Secret
 
 SECRET = b"test-secret-0123456789abcdef0123"
 
@@ -52,6 +52,7 @@ class Cluster:
 
     tmp: Path
     secret: Secret
+    name: str = "ramster"
     nodes: list[NodeProc] = field(default_factory=list)
 
     def start(self, i: int) -> None:
@@ -86,7 +87,7 @@ class Cluster:
                     node.proc.wait()
 
     def client(self, i: int = 0) -> Client:
-        return Client(self.nodes[i].address, self.secret)
+        return Client(self.nodes[i].address, self.secret, RpcConfig(cluster=self.name))
 
     async def stats(self, i: int) -> dict[str, Any]:
         async with self.client(i) as client:
@@ -121,12 +122,14 @@ def make_cluster(
     lent_budget: str = "32MiB",
     replicas: int = 2,
     extra: list[str] | None = None,
+    static_peers: bool = True,
+    cluster_name: str = "ramster",
 ) -> Cluster:
     tmp.mkdir(parents=True, exist_ok=True)
     secret_file = tmp / "secret"
     secret_file.write_bytes(SECRET)
     secret_file.chmod(0o600)
-    cluster = Cluster(tmp, Secret(SECRET))
+    cluster = Cluster(tmp, Secret(SECRET), cluster_name)
     ports = [free_port() for _ in range(n)]
     for i, port in enumerate(ports):
         args = [
@@ -139,7 +142,8 @@ def make_cluster(
             f"--replicas={replicas}",
             "--heartbeat=0.2",
             "--dead-after=1.5",
-            *[f"--peer=127.0.0.1:{p}" for p in ports if p != port],
+            f"--cluster={cluster_name}",
+            *[f"--peer=127.0.0.1:{p}" for p in ports if p != port and static_peers],
             *(extra or []),
         ]
         cluster.nodes.append(NodeProc(i, port, args, tmp / f"n{i}.log"))

@@ -1,0 +1,169 @@
+"""mDNS discovery (the only module that imports zeroconf): announce this node, find peers.
+
+Found peers are only *hints*: they are handed to `on_found(node_id, host, port)`, and the
+peer table admits them only through the authenticated RPC handshake and heartbeats. mDNS
+goodbyes are ignored for liveness (after kill -9 a record lingers for ~19 minutes).
+Multicast goes only to the interfaces named: announcing on every interface of a host is the
+operator's decision, not a default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from ramster.rpc.const import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE = "_ramster._tcp.local."
+LOOKUP_MS = 3000
+"""How long to wait for a found service's records (ms); probing takes about 1.2 s."""
+
+
+def _txt(props: dict[bytes, bytes | None], key: bytes) -> str:
+    value = props.get(key)
+    return value.decode("utf-8", "replace") if value else ""
+
+
+class MdnsDiscovery:
+    """Announce `node_id` of `cluster` at host:port and report other members as they appear."""
+
+    def __init__(
+        self,
+        cluster: str,
+        node_id: str,
+        incarnation: str,
+        host: str,
+        port: int,
+        interface: str,
+        on_found: Callable[[str, str, int], None],
+        admin_port: int = 0,
+    ) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.host = host
+        self.port = port
+        self.interface = interface
+        self.on_found = on_found
+        self.admin_port = admin_port
+        self._azc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: AsyncServiceInfo | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.found: dict[str, tuple[str, int]] = {}
+
+    def _interfaces(self) -> list[str] | None:
+        if self.interface == "all":
+            return None
+        return [self.interface]
+
+    def _address(self) -> str:
+        if self.host not in ("0.0.0.0", ""):
+            return self.host
+        if self.interface not in ("all",) and self.interface.replace(".", "").isdigit():
+            return self.interface
+        return socket.gethostbyname(socket.gethostname())
+
+    async def start(self) -> bool:
+        """Announce and browse; False (one clear log line) when multicast is unavailable."""
+        try:
+            interfaces = self._interfaces()
+            self._azc = (
+                AsyncZeroconf(ip_version=IPVersion.V4Only)
+                if interfaces is None
+                else AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+            )
+            self._info = AsyncServiceInfo(
+                SERVICE_TYPE,
+                f"{self.cluster}-{self.node_id}.{SERVICE_TYPE}",
+                addresses=[socket.inet_aton(self._address())],
+                port=self.port,
+                properties={
+                    "cluster": self.cluster,
+                    "node": self.node_id,
+                    "inc": self.incarnation,
+                    "rpc": str(self.port),
+                    "admin": str(self.admin_port),
+                    "proto": str(PROTOCOL_VERSION),
+                },
+            )
+            announced = await self._azc.async_register_service(self._info)
+            await announced  # probing done: the name is ours
+            self._browser = AsyncServiceBrowser(
+                self._azc.zeroconf,
+                SERVICE_TYPE,
+                handlers=[self._on_change],
+                question_type=DNSQuestionType.QM,
+            )
+        except (OSError, RuntimeError) as exc:
+            log.warning(
+                "mDNS unavailable on %s (%s): discovery off, static --peer seeds still work",
+                self.interface,
+                exc,
+            )
+            await self.close()
+            return False
+        log.info("mDNS: announcing %s on %s", self._info.name, self.interface)
+        return True
+
+    def _on_change(
+        self,
+        zeroconf: Zeroconf,
+        service_type: str,
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
+        if state_change is ServiceStateChange.Removed:
+            return  # a hint only: liveness comes from heartbeats
+        task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, service_type: str, name: str) -> None:
+        if self._azc is None:
+            return
+        info = AsyncServiceInfo(service_type, name)
+        if not await info.async_request(
+            self._azc.zeroconf, LOOKUP_MS, question_type=DNSQuestionType.QM
+        ):
+            return
+        props = info.properties
+        cluster, node = _txt(props, b"cluster"), _txt(props, b"node")
+        if cluster != self.cluster or not node or node == self.node_id:
+            return
+        if _txt(props, b"proto") != str(PROTOCOL_VERSION):
+            log.warning("mDNS: %s speaks protocol %s; ignored", node, _txt(props, b"proto"))
+            return
+        addresses = info.parsed_addresses(IPVersion.V4Only)
+        if not addresses or not info.port:
+            return
+        where = (addresses[0], info.port)
+        if self.found.get(node) == where:
+            return
+        self.found[node] = where
+        log.info("mDNS: found %s at %s:%d", node, *where)
+        self.on_found(node, *where)
+
+    async def close(self) -> None:
+        """Say goodbye and stop browsing (idempotent)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._browser is not None:
+            await self._browser.async_cancel()
+            self._browser = None
+        if self._azc is not None:
+            if self._info is not None:
+                try:
+                    goodbye = await self._azc.async_unregister_service(self._info)
+                    await goodbye
+                except (OSError, RuntimeError) as exc:
+                    log.debug("mDNS goodbye failed: %s", exc)
+            await self._azc.async_close()
+            self._azc = None
