@@ -121,6 +121,8 @@ class Node:
         while True:
             await asyncio.sleep(self.config.heartbeat)
             gone = self.peers.gone()
+            if self.frontswap.orphans_pending():
+                await self.frontswap.drop_orphans(self.peers.alive())
             if not self.frontswap.under_replicated(gone):
                 continue
             started = time.monotonic()
@@ -196,5 +198,6 @@ class Node:
             "remote": self.frontswap.remote_statistics(),
             "gone_peers": sorted(self.peers.gone()),
             "under_replicated_pages": self.frontswap.under_replicated(self.peers.gone()),
+            "orphans_pending": self.frontswap.orphans_pending(),
             "peers": self.peers.statistics(),
         }

@@ -160,6 +160,10 @@ class Peers:
             if p.alive and p.node_id is not None and p.node_id != self.me
         ]
 
+    def alive(self) -> set[str]:
+        """Peers alive now."""
+        return set(self.membership.members(State.ALIVE)) - {self.me}
+
     def gone(self) -> set[str]:
         """Peers seen alive once and dead now (silent for longer than dead_after)."""
         return set(self.membership.members(State.DEAD)) - {self.me}

@@ -117,6 +117,7 @@ class ClusterFrontswap(LocalFrontswap):
         self._fetch_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._warned_at = -NO_HOLDER_WARN_EVERY
         self._tombstones: set[str] = set()
+        self._orphans: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
         self._c = dict.fromkeys(
             (
                 "spilled_pages",
@@ -132,6 +133,7 @@ class ClusterFrontswap(LocalFrontswap):
                 "drops_sent",
                 "drop_failures",
                 "repaired_pages",
+                "orphans_dropped",
                 "pages_lost",
             ),
             0,
@@ -521,6 +523,28 @@ class ClusterFrontswap(LocalFrontswap):
                 self._set_ids.setdefault(renamed, i)
         log.warning("holder %s restarted: its copies count as lost", node)
 
+    async def drop_orphans(self, alive: set[str]) -> int:
+        """Drop, on holders that answer again, the copies re-replicated away from them."""
+        sent = 0
+        for (node, area), (offsets, versions) in list(self._orphans.items()):
+            if node not in alive:
+                continue
+            try:
+                await self.holders.drop(node, [area] * len(offsets), offsets, versions)
+            except RamsterError as exc:
+                log.info("orphan drop on %s failed, will retry: %s", node, exc)
+                continue
+            del self._orphans[(node, area)]
+            sent += len(offsets)
+            self._c["orphans_dropped"] += len(offsets)
+        if sent:
+            log.info("dropped %d orphaned copies on holders that came back", sent)
+        return sent
+
+    def orphans_pending(self) -> int:
+        """Copies known to be orphaned on holders that have not answered since."""
+        return sum(len(o) for o, _ in self._orphans.values())
+
     def under_replicated(self, gone: set[str]) -> int:
         """Remote pages with a copy on a gone holder (what repair still has to do)."""
         gone = gone | self._tombstones
@@ -603,6 +627,13 @@ class ClusterFrontswap(LocalFrontswap):
             area, [offsets[i] for i in keep], [versions[i] for i in keep], set_id, new_set
         )
         moved_idx = [i for i, m in zip(keep, moved, strict=True) if m]
+        # A gone holder may come back with its copies (a partition, a pause): they are
+        # orphans now, to be dropped when it answers again.
+        for node in old:
+            if node in gone and node not in self._tombstones and moved_idx:
+                pending = self._orphans.setdefault((node, area), ([], []))
+                pending[0].extend(offsets[i] for i in moved_idx)
+                pending[1].extend(versions[i] for i in moved_idx)
         stray = [i for i in range(len(pages)) if i not in set(moved_idx)]
         if stray:
             await self._drop_on(

@@ -164,3 +164,19 @@ async def test_repair_without_room_waits_and_loses_nothing() -> None:
     assert await fs.repair({"peer0"}) == 0  # no third holder to copy to
     assert fs.under_replicated({"peer0"}) > 0
     assert await fs.load_many(0, list(range(n))) == pages
+
+
+@pytest.mark.asyncio
+async def test_copies_orphaned_by_repair_are_dropped_when_the_holder_returns() -> None:
+    fs, holders = cluster(peers=4)
+    n = 3 * LOCAL // 4096
+    pages = await store_corpus(fs, n)
+    holders.down.add("peer1")  # a partition: peer1 keeps its copies
+    await fs.repair({"peer1"})
+    assert fs.orphans_pending() > 0
+    holders.down.discard("peer1")
+    assert await fs.drop_orphans({"peer0", "peer1", "peer2", "peer3"}) > 0
+    assert fs.orphans_pending() == 0
+    # Nothing leaked: every held copy is one the owner references.
+    assert lent_pages(holders) == 2 * fs.statistics().pool.remote_pages
+    assert await fs.load_many(0, list(range(n))) == pages

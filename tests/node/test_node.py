@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 
 import pytest
 
@@ -261,4 +262,39 @@ async def test_a_holder_restarted_quickly_counts_as_lost_and_is_repaired(
         assert st["remote"]["repaired_pages"] > 0
         assert st["under_replicated_pages"] == 0
         c.kill(2)
+        assert await load_all(client, len(pages)) == pages
+
+
+@pytest.mark.asyncio
+async def test_a_paused_holder_is_repaired_around_and_its_orphans_reclaimed(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(4):
+        c.start(i)
+    await c.wait_ready()
+    pages = corpus.pages(3000, seed=16)
+    async with c.client(0) as client:
+        assert all(await store_all(client, pages))
+        proc = c.nodes[1].proc
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(100):
+                st = await c.stats(0)
+                if st["under_replicated_pages"] == 0 and st["orphans_pending"] > 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert st["gone_peers"] == ["n1"]
+            assert st["under_replicated_pages"] == 0
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        for _ in range(100):
+            st = await c.stats(0)
+            if st["orphans_pending"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert st["orphans_pending"] == 0
+        held = sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2, 3)])
+        assert held == 2 * st["pool"]["remote_pages"]  # nothing leaked
         assert await load_all(client, len(pages)) == pages
