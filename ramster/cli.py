@@ -196,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     inval.add_argument("area", type=int)
     inval.add_argument("offsets", type=int, nargs="*")
 
+    drain = sub.add_parser(
+        "drain",
+        help="move every page a node holds for others elsewhere, then report it may stop",
+        description="The node refuses new pages; its owners copy theirs to other holders "
+        "(copy, verify, then drop). Shows progress until the node holds nothing.",
+    )
+    _client_args(drain)
+    drain.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="give up after this many seconds (default: 600)",
+    )
+
     stats = sub.add_parser("stats", help="a node's pools, peers and counters")
     _client_args(stats)
     stats.add_argument("--json", action="store_true", help="machine-readable output")
@@ -279,6 +293,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return tools.invalidate(args.node, secret, args.area, args.offsets)
     if cmd == "stats":
         return tools.stats(args.node, secret, args.json)
+    if cmd == "drain":
+        return tools.drain(args.node, secret, args.timeout)
     raise AssertionError(f"unhandled command {cmd}")
 
 

@@ -13,6 +13,7 @@ from ramster.rpc.frames import Chunks
 from ramster.rpc.loop import new_event_loop
 from ramster.rpc.pages import flags_from_wire
 from ramster.service import (
+    DRAIN,
     FS_INIT,
     FS_INVALIDATE,
     FS_INVALIDATE_AREA,
@@ -65,6 +66,13 @@ class Client:
         result = await self._rpc.call(HELLO, ["client", "00-client"])
         if type(result) is not dict:
             raise ProtocolError("node.hello must answer a map")
+        return result
+
+    async def drain(self) -> dict[str, Any]:
+        """Ask the node to take no new pages, so that owners move theirs away."""
+        result = await self._rpc.call(DRAIN, [])
+        if type(result) is not dict:
+            raise ProtocolError("node.drain must answer a map")
         return result
 
     async def stats(self) -> dict[str, Any]:

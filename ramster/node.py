@@ -121,20 +121,26 @@ class Node:
         while True:
             await asyncio.sleep(self.config.heartbeat)
             gone = self.peers.gone()
+            leaving = self.peers.leaving()
             if self.frontswap.orphans_pending():
                 await self.frontswap.drop_orphans(self.peers.alive())
-            if not self.frontswap.under_replicated(gone):
+            if not self.frontswap.under_replicated(gone, leaving):
                 continue
             started = time.monotonic()
-            todo = self.frontswap.under_replicated(gone)
-            log.warning("holder(s) %s gone: re-replicating %d pages", ",".join(sorted(gone)), todo)
-            done = await self.frontswap.repair(gone)
+            todo = self.frontswap.under_replicated(gone, leaving)
+            log.warning(
+                "holder(s) gone: %s, leaving: %s; re-replicating %d pages",
+                ",".join(sorted(gone)) or "-",
+                ",".join(sorted(leaving)) or "-",
+                todo,
+            )
+            done = await self.frontswap.repair(gone, leaving)
             log.info(
                 "re-replicated %d of %d pages in %.2f s; %d still under-replicated",
                 done,
                 todo,
                 time.monotonic() - started,
-                self.frontswap.under_replicated(gone),
+                self.frontswap.under_replicated(gone, leaving),
             )
 
     async def wait_closed(self) -> None:
@@ -173,7 +179,17 @@ class Node:
             "local_used": pool.used_bytes,
             "local_budget": self.config.local_budget,
             "page_size": self.config.page_size,
+            "draining": self.lent.draining,
         }
+
+    def start_drain(self) -> None:
+        """Take no new pages; owners see it in heartbeats and move their pages away."""
+        if not self.lent.draining:
+            self.lent.draining = True
+            log.warning(
+                "draining: refusing new pages; %d held pages to move",
+                self.lent.statistics().pool.stored_pages,
+            )
 
     def stats(self) -> dict[str, Any]:
         """Everything worth knowing about this node, as plain data."""

@@ -3,6 +3,7 @@
 Parameters are checked here (ProtocolError when off, never a crash) before anything runs:
 - node.hello      [node_id, incarnation]                      -> {node, incarnation, ...}
 - node.stats      []                                          -> {...}
+- node.drain      []                                          -> {...}  (stop taking pages)
 - hold.put        [owner, incarnation, page batch]            -> [kept?]  (CapacityError if none)
 - hold.get        [owner, incarnation, keys]                  -> page batch of held pages
 - hold.drop       [owner, incarnation, keys, versions]        -> [dropped?]
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from ramster.node import Node
 
 HELLO = "node.hello"
+DRAIN = "node.drain"
 STATS = "node.stats"
 HOLD_PUT = "hold.put"
 HOLD_GET = "hold.get"
@@ -127,6 +129,11 @@ def register(node: Node) -> None:
     def stats(params: list[object]) -> dict[str, Any]:
         _arity(params, 0, "[]")
         return node.stats()
+
+    def drain(params: list[object]) -> dict[str, Any]:
+        _arity(params, 0, "[]")
+        node.start_drain()
+        return node.hello_info()
 
     def hold_put(req: Owned) -> list[bool]:
         batch = PageBatch.from_wire(req.rest[0])
@@ -253,6 +260,7 @@ def register(node: Node) -> None:
 
     server.register(HELLO, hello)
     server.register(STATS, stats)
+    server.register(DRAIN, drain)
     server.register(HOLD_PUT, hold_put, decode=_owned(3, "[owner, incarnation, batch]"))
     server.register(HOLD_GET, hold_get, decode=_owned(3, "[owner, incarnation, keys]"))
     server.register(HOLD_DROP, hold_drop, decode=_owned(4, "[owner, incarnation, keys, versions]"))

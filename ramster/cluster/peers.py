@@ -157,12 +157,20 @@ class Peers:
         return [
             Candidate(p.node_id, p.lent_free)
             for p in self._peers
-            if p.alive and p.node_id is not None and p.node_id != self.me
+            if p.alive
+            and p.node_id is not None
+            and p.node_id != self.me
+            and not p.info.get("draining")
         ]
 
     def alive(self) -> set[str]:
         """Peers alive now."""
         return set(self.membership.members(State.ALIVE)) - {self.me}
+
+    def leaving(self) -> set[str]:
+        """Live peers that are draining."""
+        alive = self.alive()
+        return {p.node_id for p in self._peers if p.node_id in alive and p.info.get("draining")}
 
     def gone(self) -> set[str]:
         """Peers seen alive once and dead now (silent for longer than dead_after)."""

@@ -545,15 +545,15 @@ class ClusterFrontswap(LocalFrontswap):
         """Copies known to be orphaned on holders that have not answered since."""
         return sum(len(o) for o, _ in self._orphans.values())
 
-    def under_replicated(self, gone: set[str]) -> int:
-        """Remote pages with a copy on a gone holder (what repair still has to do)."""
-        gone = gone | self._tombstones
-        sets = [i for i, nodes in enumerate(self._sets) if gone.intersection(nodes)]
+    def under_replicated(self, gone: set[str], leaving: set[str] | None = None) -> int:
+        """Remote pages with a copy on a gone or leaving holder (what repair still has to do)."""
+        away = gone | self._tombstones | (leaving or set())
+        sets = [i for i, nodes in enumerate(self._sets) if away.intersection(nodes)]
         if not sets:
             return 0
         return len(self.pool.remote_in_sets(sets))
 
-    async def repair(self, gone: set[str]) -> int:
+    async def repair(self, gone: set[str], leaving: set[str] | None = None) -> int:
         """Give every page that lost a copy on a gone holder a new copy; returns pages repaired.
 
         Copy before drop: a surviving copy is read and verified, written to a new holder, and
@@ -562,7 +562,8 @@ class ClusterFrontswap(LocalFrontswap):
         """
         cfg = self.spill_config
         gone = gone | self._tombstones
-        sets = [i for i, nodes in enumerate(self._sets) if gone.intersection(nodes)]
+        leaving = leaving or set()
+        sets = [i for i, nodes in enumerate(self._sets) if (gone | leaving).intersection(nodes)]
         if not sets:
             return 0
         entries = self.pool.remote_in_sets(sets)
@@ -573,7 +574,7 @@ class ClusterFrontswap(LocalFrontswap):
         for (set_id, area), pages in groups.items():
             for start in range(0, len(pages), cfg.batch_pages):
                 done = await self._repair_batch(
-                    set_id, area, pages[start : start + cfg.batch_pages], gone
+                    set_id, area, pages[start : start + cfg.batch_pages], gone, leaving
                 )
                 if done < 0:
                     return repaired  # nowhere to copy to now: try again later
@@ -583,11 +584,19 @@ class ClusterFrontswap(LocalFrontswap):
         return repaired
 
     async def _repair_batch(
-        self, set_id: int, area: int, pages: list[tuple[int, int, int]], gone: set[str]
+        self,
+        set_id: int,
+        area: int,
+        pages: list[tuple[int, int, int]],
+        gone: set[str],
+        leaving: set[str],
     ) -> int:
         old = self._sets[set_id]
-        survivors = [n for n in old if n not in gone]
-        if not survivors:
+        away = gone | leaving
+        # Read from any holder still there (a draining one too, staying ones first).
+        readable = sorted((n for n in old if n not in gone), key=lambda n: n in leaving)
+        staying = [n for n in old if n not in away]
+        if not readable:
             self._c["pages_lost"] += len(pages)
             log.error(
                 "%d pages of area %d lost every holder (%s); they cannot be recovered",
@@ -596,11 +605,11 @@ class ClusterFrontswap(LocalFrontswap):
                 ", ".join(old),
             )
             return 0
-        missing = self.spill_config.replicas - len(survivors)
+        missing = self.spill_config.replicas - len(staying)
         offs = np.asarray([p[0] for p in pages], dtype=np.int64)
         wanted = [(i, p[1], p[2]) for i, p in enumerate(pages)]
         try:
-            copies = await self._fetch_group(area, offs, tuple(survivors), wanted, verify=True)
+            copies = await self._fetch_group(area, offs, tuple(readable), wanted, verify=True)
         except PageUnavailable:
             self._c["pages_lost"] += len(pages)
             return 0
@@ -611,7 +620,7 @@ class ClusterFrontswap(LocalFrontswap):
             max(missing, 1),
             sum(len(p) for p in payloads),
             self._rng,
-            exclude=frozenset(old) | frozenset(gone),
+            exclude=frozenset(old) | frozenset(away),
         )
         if not new:
             self._warn_no_holders()
@@ -622,15 +631,15 @@ class ClusterFrontswap(LocalFrontswap):
             new, area, offsets, versions, [p[2] for p in pages], payloads
         )
         keep = [i for i, a in enumerate(acked) if a]
-        new_set = self._set_id([*survivors, *new])
+        new_set = self._set_id([*staying, *new])
         moved = self.pool.move_remote(
             area, [offsets[i] for i in keep], [versions[i] for i in keep], set_id, new_set
         )
         moved_idx = [i for i, m in zip(keep, moved, strict=True) if m]
-        # A gone holder may come back with its copies (a partition, a pause): they are
-        # orphans now, to be dropped when it answers again.
+        # A gone holder may come back with its copies (a partition, a pause), and a leaving
+        # one still has them: they are orphans now, dropped when the holder answers.
         for node in old:
-            if node in gone and node not in self._tombstones and moved_idx:
+            if node in away and node not in self._tombstones and moved_idx:
                 pending = self._orphans.setdefault((node, area), ([], []))
                 pending[0].extend(offsets[i] for i in moved_idx)
                 pending[1].extend(versions[i] for i in moved_idx)

@@ -54,6 +54,8 @@ class LentPool:
         self._next_id = 0
         self._reclaimed = 0
         self._stale = 0
+        self.draining = False
+        """While draining, new pages are refused; owners move theirs elsewhere."""
 
     # -- owners and incarnations ---------------------------------------------------------------
 
@@ -144,6 +146,8 @@ class LentPool:
         """Keep pages for an owner; False for each page refused (the lent budget is full)."""
         self.note_owner(owner, inc)
         ok = [False] * len(offsets)
+        if self.draining:
+            return ok
         for area, idx in _by_area(areas):
             ident = self._area_id(owner, inc, area, create=True)
             if ident is None:
@@ -223,7 +227,7 @@ class LentPool:
     def free_bytes(self) -> int:
         """Room left in the lent budget, in bytes (0 while the pool refuses stores)."""
         st = self.pool.statistics()
-        if st.full:
+        if st.full or self.draining:
             return 0
         return max(0, st.pool_limit - st.pool_total_size)
 

@@ -92,3 +92,28 @@ def test_node_help_explains_units() -> None:
     text = out.stdout.decode()
     for word in ("--local-budget", "--lent-budget", "--replicas", "--peer", "MiB", "seconds"):
         assert word in text
+
+
+@pytest.mark.asyncio
+async def test_drain_moves_everything_off_a_node(cluster_factory: ClusterFactory) -> None:
+    from ramster import corpus
+    from tests.node.test_node import load_all, store_all
+
+    c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(4):
+        c.start(i)
+    await c.wait_ready()
+    pages = corpus.pages(3000, seed=17)
+    async with c.client(0) as client:
+        assert all(await store_all(client, pages))
+        assert (await c.stats(1))["lent"]["stored_pages"] > 0
+        out = ramster(
+            "drain", "--node", c.nodes[1].address, "--timeout", "60", secret=c.tmp / "secret"
+        )
+        assert out.returncode == 0, out.stderr
+        assert b"holds nothing" in out.stdout
+        assert (await c.stats(1))["lent"]["stored_pages"] == 0
+        owner = await c.stats(0)
+        held = sum([(await c.stats(i))["lent"]["stored_pages"] for i in (2, 3)])
+        assert held == 2 * owner["pool"]["remote_pages"]
+        assert await load_all(client, len(pages)) == pages
