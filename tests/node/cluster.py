@@ -16,6 +16,7 @@ from typing import Any
 from ramster.client import Client
 from ramster.errors import RamsterError
 from ramster.rpc import RpcConfig, Secret
+from ramster.testing.netns import NetnsLab
 
 SECRET = b"test-secret-0123456789abcdef0123"
 
@@ -36,10 +37,13 @@ class NodeProc:
     args: list[str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    prefix: list[str] = field(default_factory=list)
+    """What runs the node (e.g. `ip netns exec NS`), before the interpreter."""
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def node_id(self) -> str:
@@ -60,7 +64,7 @@ class Cluster:
         env = {**os.environ, "RAMSTER_TEST_HOOKS": "1"}
         with node.log.open("ab") as log:
             node.proc = subprocess.Popen(
-                [sys.executable, "-m", "ramster", "node", *node.args],
+                [*node.prefix, sys.executable, "-m", "ramster", "node", *node.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -124,17 +128,23 @@ def make_cluster(
     extra: list[str] | None = None,
     static_peers: bool = True,
     cluster_name: str = "ramster",
+    lab: NetnsLab | None = None,
 ) -> Cluster:
     tmp.mkdir(parents=True, exist_ok=True)
     secret_file = tmp / "secret"
     secret_file.write_bytes(SECRET)
     secret_file.chmod(0o600)
     cluster = Cluster(tmp, Secret(SECRET), cluster_name)
-    ports = [free_port() for _ in range(n)]
-    for i, port in enumerate(ports):
+    hosts = [lab.addr(i) if lab else "127.0.0.1" for i in range(n)]
+    ports = [7070 if lab else free_port() for _ in range(n)]
+    for i, (host, port) in enumerate(zip(hosts, ports, strict=True)):
+        mdns = [f"--mdns-interface={host}"] if lab else []
+        peers = [
+            f"--peer={h}:{p}" for h, p in zip(hosts, ports, strict=True) if (h, p) != (host, port)
+        ]
         args = [
             f"--node-id=n{i}",
-            f"--listen=127.0.0.1:{port}",
+            f"--listen={host}:{port}",
             f"--secret-file={secret_file}",
             f"--state-dir={tmp / f'n{i}'}",
             f"--local-budget={local_budget}",
@@ -143,8 +153,10 @@ def make_cluster(
             "--heartbeat=0.2",
             "--dead-after=1.5",
             f"--cluster={cluster_name}",
-            *[f"--peer=127.0.0.1:{p}" for p in ports if p != port and static_peers],
+            *mdns,
+            *(peers if static_peers else []),
             *(extra or []),
         ]
-        cluster.nodes.append(NodeProc(i, port, args, tmp / f"n{i}.log"))
+        prefix = lab.exec_args(i, []) if lab else []
+        cluster.nodes.append(NodeProc(i, port, args, tmp / f"n{i}.log", host=host, prefix=prefix))
     return cluster
