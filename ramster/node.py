@@ -119,7 +119,7 @@ class Node:
     async def _repair_forever(self) -> None:
         """Re-replicate pages that lost a copy when a holder went silent."""
         while True:
-            await asyncio.sleep(self.config.heartbeat)
+            await asyncio.sleep(min(0.1, self.config.heartbeat))  # start soon after a death
             gone = self.peers.gone()
             leaving = self.peers.leaving()
             if self.frontswap.orphans_pending():

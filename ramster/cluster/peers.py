@@ -103,7 +103,8 @@ class Peers:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat / 2)
+            # Ticks finer than heartbeats: death is declared within 0.1 s of dead_after.
+            await asyncio.sleep(min(0.1, self.heartbeat / 2))
             self._apply(self.membership.tick(time.monotonic()))
 
     def _apply(self, transitions: list[Transition]) -> None:

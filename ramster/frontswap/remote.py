@@ -461,6 +461,7 @@ class ClusterFrontswap(LocalFrontswap):
         nodes: tuple[str, ...],
         wanted: list[tuple[int, int, int]],
         verify: bool,
+        want_stored: bool = False,
     ) -> dict[int, Buffer]:
         ps = self.page_size
         out: dict[int, Buffer] = {}
@@ -485,7 +486,7 @@ class ClusterFrontswap(LocalFrontswap):
                         continue
                     page = expand(item[2], ps)
                     if checksum(page) == sum_:
-                        out[i] = page
+                        out[i] = item[2] if want_stored else page
                         continue
                 if item is not None:
                     self._c["remote_bad_copies"] += 1
@@ -571,16 +572,24 @@ class ClusterFrontswap(LocalFrontswap):
         for area, offset, version, sum_, set_id in entries:
             groups[(set_id, area)].append((offset, version, sum_))
         repaired = 0
-        for (set_id, area), pages in groups.items():
-            for start in range(0, len(pages), cfg.batch_pages):
-                done = await self._repair_batch(
-                    set_id, area, pages[start : start + cfg.batch_pages], gone, leaving
+        jobs = [
+            (set_id, area, pages[start : start + cfg.batch_pages])
+            for (set_id, area), pages in groups.items()
+            for start in range(0, len(pages), cfg.batch_pages)
+        ]
+        for wave in range(0, len(jobs), cfg.depth):
+            results = await asyncio.gather(
+                *(
+                    self._repair_batch(set_id, area, chunk, gone, leaving)
+                    for set_id, area, chunk in jobs[wave : wave + cfg.depth]
                 )
-                if done < 0:
-                    return repaired  # nowhere to copy to now: try again later
-                repaired += done
-                self._c["repaired_pages"] += done
-                await asyncio.sleep(cfg.repair_pause)
+            )
+            done = sum(r for r in results if r > 0)
+            repaired += done
+            self._c["repaired_pages"] += done
+            if any(r < 0 for r in results):
+                return repaired  # nowhere to copy to now: try again later
+            await asyncio.sleep(cfg.repair_pause)
         return repaired
 
     async def _repair_batch(
@@ -609,12 +618,14 @@ class ClusterFrontswap(LocalFrontswap):
         offs = np.asarray([p[0] for p in pages], dtype=np.int64)
         wanted = [(i, p[1], p[2]) for i, p in enumerate(pages)]
         try:
-            copies = await self._fetch_group(area, offs, tuple(readable), wanted, verify=True)
+            # Verified against the owner's checksum, but kept in stored form: no recompression.
+            copies = await self._fetch_group(
+                area, offs, tuple(readable), wanted, verify=True, want_stored=True
+            )
         except PageUnavailable:
             self._c["pages_lost"] += len(pages)
             return 0
-        cfg = self.pool.config
-        payloads = [encode(bytes(copies[i]), cfg) for i in range(len(pages))]
+        payloads = [bytes(copies[i]) for i in range(len(pages))]
         new = choose_holders(
             self.holders.candidates(),
             max(missing, 1),

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from ramster import corpus
+from ramster.testing.cluster import Cluster, make_cluster
 from ramster.testing.netns import NetnsLab, available
 from tests.conftest import REQUIRE_ALL
-from tests.node.cluster import Cluster, make_cluster
 from tests.node.test_node import load_all, store_all
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from tests.node.cluster import Cluster, make_cluster
+from ramster.testing.cluster import Cluster, make_cluster
 
 ClusterFactory = Callable[..., Cluster]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.cluster import SECRET, free_port
+from ramster.testing.cluster import SECRET, free_port
 from tests.node.conftest import ClusterFactory
 
 

@@ -1,4 +1,4 @@
-"""A cluster of real `ramster node` processes on loopback, for tests."""
+"""A cluster of real `ramster node` processes, on loopback or one per network namespace."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ SECRET = b"test-secret-0123456789abcdef0123"
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -43,10 +44,12 @@ class NodeProc:
 
     @property
     def address(self) -> str:
+        """host:port of its RPC."""
         return f"{self.host}:{self.port}"
 
     @property
     def node_id(self) -> str:
+        """Its node id."""
         return f"n{self.index}"
 
 
@@ -60,6 +63,7 @@ class Cluster:
     nodes: list[NodeProc] = field(default_factory=list)
 
     def start(self, i: int) -> None:
+        """Start node i (again), logging to its file."""
         node = self.nodes[i]
         env = {**os.environ, "RAMSTER_TEST_HOOKS": "1"}
         with node.log.open("ab") as log:
@@ -72,13 +76,14 @@ class Cluster:
             )
 
     def kill(self, i: int) -> None:
-        """kill -9."""
+        """kill -9 node i."""
         proc = self.nodes[i].proc
         assert proc is not None
         proc.kill()
         proc.wait()
 
     def stop_all(self) -> None:
+        """SIGTERM every node, then SIGKILL what is left after 10 s."""
         for node in self.nodes:
             if node.proc is not None and node.proc.poll() is None:
                 node.proc.send_signal(signal.SIGTERM)
@@ -91,9 +96,11 @@ class Cluster:
                     node.proc.wait()
 
     def client(self, i: int = 0) -> Client:
+        """A client of node i."""
         return Client(self.nodes[i].address, self.secret, RpcConfig(cluster=self.name))
 
     async def stats(self, i: int) -> dict[str, Any]:
+        """node.stats of node i."""
         async with self.client(i) as client:
             return await client.stats()
 
@@ -116,6 +123,7 @@ class Cluster:
                 await asyncio.sleep(0.1)
 
     def log_tail(self, i: int) -> str:
+        """The end of node i's log."""
         return self.nodes[i].log.read_text()[-3000:]
 
 
