@@ -111,7 +111,7 @@ def _node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--page-size", type=_size, help="bytes per page (default: 4096)")
     p.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default: 0.5)")
     p.add_argument(
-        "--dead-after", type=float, help="seconds of silence before a peer is gone (default: 3)"
+        "--dead-after", type=float, help="seconds of silence before a peer is gone (default: 2.5)"
     )
     p.add_argument(
         "--mdns-interface",

@@ -50,7 +50,7 @@ class NodeConfig:
     page_size: int = 4096
     heartbeat: float = 0.5
     """Seconds between heartbeats to each peer."""
-    dead_after: float = 3.0
+    dead_after: float = 2.5
     """Seconds without an answer after which a peer is treated as gone."""
     mdns_interface: str | None = None
     """Announce and browse with mDNS on this interface address (e.g. 127.0.0.1) or "all";

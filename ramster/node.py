@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ramster import __version__
+from ramster.cluster.coordinator import Aggregates, Election, View
 from ramster.cluster.mdns import MdnsDiscovery
 from ramster.cluster.peers import Peers
 from ramster.config import NodeConfig, new_incarnation, node_id_for
@@ -62,6 +63,9 @@ class Node:
         self.peers.on_restart = self.frontswap.holder_restarted
         service.register(self)
         self.discovery: MdnsDiscovery | None = None
+        self.election = Election(self.node_id)
+        self._inventory_at = -1e9
+        self._inventory_cache: dict[str, Any] = {}
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -109,6 +113,21 @@ class Node:
             tg.create_task(self.frontswap.spill_forever(), name="spiller")
             tg.create_task(self._repair_forever(), name="repair")
             tg.create_task(self._reclaim_forever(), name="reclaim")
+            tg.create_task(self._elect_forever(), name="election")
+
+    async def _elect_forever(self) -> None:
+        """Follow who coordinates: the lowest live node id, with terms that only rise."""
+        while True:
+            await asyncio.sleep(min(0.1, self.config.heartbeat))
+            alive = self.peers.alive()
+            views = {
+                p.node_id: View(str(p.info["coordinator"]), int(p.info["term"]))
+                for p in self.peers.peers()
+                if p.node_id in alive and "coordinator" in p.info and "term" in p.info
+            }
+            new = self.election.update(alive, views)
+            if new is not None:
+                log.info("coordinator=%s term=%d", new.coordinator, new.term)
 
     async def _reclaim_forever(self) -> None:
         """Drop the pages of owners silent for longer than owner_grace."""
@@ -180,7 +199,21 @@ class Node:
             "local_budget": self.config.local_budget,
             "page_size": self.config.page_size,
             "draining": self.lent.draining,
+            "coordinator": self.election.view.coordinator,
+            "term": self.election.view.term,
+            **self._inventory(),
         }
+
+    def _inventory(self) -> dict[str, Any]:
+        # Heartbeats ask for this several times a second: scan the pool at most once a beat.
+        now = time.monotonic()
+        if now - self._inventory_at >= self.config.heartbeat:
+            self._inventory_at = now
+            self._inventory_cache = {
+                "inventory": self.frontswap.inventory(),
+                "under_replicated": self.frontswap.under_replicated(self.peers.gone()),
+            }
+        return self._inventory_cache
 
     def start_drain(self) -> None:
         """Take no new pages; owners see it in heartbeats and move their pages away."""
@@ -216,4 +249,14 @@ class Node:
             "under_replicated_pages": self.frontswap.under_replicated(self.peers.gone()),
             "orphans_pending": self.frontswap.orphans_pending(),
             "peers": self.peers.statistics(),
+            "aggregates": self._aggregates(),
         }
+
+    def _aggregates(self) -> dict[str, Any] | None:
+        """The coordinator's picture of the cluster (None on other nodes)."""
+        if not self.election.is_coordinator:
+            return None
+        alive = self.peers.alive()
+        reports = {p.node_id: p.info for p in self.peers.peers() if p.node_id in alive}
+        reports[self.node_id] = self.hello_info()
+        return dataclasses.asdict(Aggregates.build(reports))

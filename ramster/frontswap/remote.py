@@ -542,6 +542,14 @@ class ClusterFrontswap(LocalFrontswap):
             log.info("dropped %d orphaned copies on holders that came back", sent)
         return sent
 
+    def inventory(self) -> dict[str, int]:
+        """Pages this owner keeps on each holder (what the coordinator aggregates)."""
+        out: dict[str, int] = {}
+        for set_id, count in self.pool.remote_set_counts().items():
+            for node in self._sets[set_id]:
+                out[node] = out.get(node, 0) + count
+        return out
+
     def orphans_pending(self) -> int:
         """Copies known to be orphaned on holders that have not answered since."""
         return sum(len(o) for o, _ in self._orphans.values())

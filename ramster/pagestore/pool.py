@@ -681,6 +681,16 @@ class PagePool:
             )
         )
 
+    def remote_set_counts(self) -> dict[int, int]:
+        """Remote pages per holder-set number."""
+        m = self._meta
+        kinds = m["kind"][: self._hw].astype(np.uint8, copy=False)
+        handles = m["handle"][: self._hw][kinds == REMOTE]
+        if not len(handles):
+            return {}
+        sets, counts = np.unique(handles, return_counts=True)
+        return dict(zip(sets.tolist(), counts.tolist(), strict=True))
+
     def move_remote(
         self,
         area: int,

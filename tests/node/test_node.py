@@ -298,3 +298,45 @@ async def test_a_paused_holder_is_repaired_around_and_its_orphans_reclaimed(
         held = sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2, 3)])
         assert held == 2 * st["pool"]["remote_pages"]  # nothing leaked
         assert await load_all(client, len(pages)) == pages
+
+
+@pytest.mark.asyncio
+async def test_the_coordinator_is_replaced_within_seconds_with_a_higher_term(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
+    for i in range(4):
+        c.start(i)
+    await c.wait_ready()
+    async with c.client(3) as client:
+        assert all(await store_all(client, corpus.pages(1500, seed=18)))
+
+    async def views(nodes: list[int]) -> set[tuple[str, int]]:
+        return {((st := await c.stats(i))["coordinator"], st["term"]) for i in nodes}
+
+    for _ in range(50):
+        seen = await views([0, 1, 2, 3])
+        if len(seen) == 1:
+            break
+        await asyncio.sleep(0.1)
+    ((coordinator, term),) = seen
+    assert coordinator == "n0"
+    for _ in range(50):
+        agg = (await c.stats(0))["aggregates"]
+        if agg["pages"].get("n3"):
+            break
+        await asyncio.sleep(0.1)
+    assert agg["pages"]["n3"]  # the owner's pages per holder, as its heartbeats report them
+    assert (await c.stats(1))["aggregates"] is None
+    c.kill(0)
+    started = asyncio.get_running_loop().time()
+    for _ in range(100):
+        seen = await views([1, 2, 3])
+        if seen and all(v[0] == "n1" for v in seen) and len(seen) == 1:
+            break
+        await asyncio.sleep(0.1)
+    failover = asyncio.get_running_loop().time() - started
+    ((new, new_term),) = seen
+    assert new == "n1"
+    assert new_term > term
+    assert failover < 5
