@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,23 @@ class Cluster:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
+
+    async def start_all(self, within: float = 20) -> None:
+        """Start every node and wait until they all see each other."""
+        for i in range(len(self.nodes)):
+            self.start(i)
+        await self.wait_ready(within=within)
+
+    async def wait_stats(
+        self, i: int, check: Callable[[dict[str, Any]], bool], within: float = 10.0
+    ) -> dict[str, Any]:
+        """Poll node i's stats until check(stats) holds or time is up; the last stats."""
+        deadline = time.monotonic() + within
+        while True:
+            st = await self.stats(i)
+            if check(st) or time.monotonic() > deadline:
+                return st
+            await asyncio.sleep(0.1)
 
     def kill(self, i: int) -> None:
         """kill -9 node i."""

@@ -35,9 +35,7 @@ async def test_store_load_invalidate_stats_bench(
     cluster_factory: ClusterFactory, tmp_path: Path
 ) -> None:
     c = cluster_factory(3, local_budget="1MiB", lent_budget="16MiB")
-    for i in range(3):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     secret = c.tmp / "secret"
     node = ["--node", c.nodes[0].address]
     page = bytes(range(256)) * 16
@@ -100,9 +98,7 @@ async def test_drain_moves_everything_off_a_node(cluster_factory: ClusterFactory
     from tests.node.test_node import load_all, store_all
 
     c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(4):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     pages = corpus.pages(3000, seed=17)
     async with c.client(0) as client:
         assert all(await store_all(client, pages))

@@ -38,9 +38,7 @@ async def test_four_times_the_local_budget_spills_and_comes_back(
     cluster_factory: ClusterFactory,
 ) -> None:
     c = cluster_factory(3, local_budget="4MiB", lent_budget="32MiB")
-    for i in range(3):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     pages = corpus.pages(16 * MiB // 4096, seed=3)
     async with c.client(0) as client:
         assert all(await store_all(client, pages))
@@ -61,9 +59,7 @@ async def test_kill_9_of_a_holder_during_a_workload_loses_nothing(
     cluster_factory: ClusterFactory,
 ) -> None:
     c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(4):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     rng = random.Random(7)
     pages = corpus.pages(2048, seed=5)
     acked: dict[int, bytes] = {}
@@ -107,9 +103,7 @@ async def test_a_bad_copy_on_a_holder_is_never_returned(
     cluster_factory: ClusterFactory, stale: bool
 ) -> None:
     c = cluster_factory(3, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(3):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     pages = [p for p in corpus.pages(3000, seed=8) if p[:8] * 512 != p][:1500]
     async with c.client(0) as client:
         assert all(await store_all(client, pages))
@@ -134,9 +128,7 @@ async def test_a_bad_copy_on_a_holder_is_never_returned(
 @pytest.mark.asyncio
 async def test_invalidate_area_empties_the_holders(cluster_factory: ClusterFactory) -> None:
     c = cluster_factory(3, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(3):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     pages = corpus.pages(2048, seed=9)
     async with c.client(0) as client:
         assert all(await store_all(client, pages))
@@ -154,9 +146,7 @@ async def test_an_owner_restart_reclaims_its_old_pages_everywhere(
     cluster_factory: ClusterFactory,
 ) -> None:
     c = cluster_factory(3, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(3):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     async with c.client(0) as client:
         assert all(await store_all(client, corpus.pages(2048, seed=10)))
     assert sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2)]) > 0
@@ -177,9 +167,7 @@ async def test_all_budgets_full_refuses_cleanly_and_keeps_serving(
     cluster_factory: ClusterFactory,
 ) -> None:
     c = cluster_factory(3, local_budget="1MiB", lent_budget="1MiB")
-    for i in range(3):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     pages = corpus.pages(4096, seed=11)
     async with c.client(0) as client:
         ok = await store_all(client, pages)
@@ -198,19 +186,15 @@ async def test_all_budgets_full_refuses_cleanly_and_keeps_serving(
 @pytest.mark.asyncio
 async def test_redundancy_is_restored_after_a_holder_dies(cluster_factory: ClusterFactory) -> None:
     c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(4):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     pages = corpus.pages(3000, seed=12)
     async with c.client(0) as client:
         assert all(await store_all(client, pages))
         assert (await c.stats(0))["pool"]["remote_pages"] > 0
         c.kill(1)
-        for _ in range(100):
-            st = await c.stats(0)
-            if st["gone_peers"] == ["n1"] and st["under_replicated_pages"] == 0:
-                break
-            await asyncio.sleep(0.1)
+        st = await c.wait_stats(
+            0, lambda st: st["gone_peers"] == ["n1"] and st["under_replicated_pages"] == 0
+        )
         assert st["gone_peers"] == ["n1"]
         assert st["under_replicated_pages"] == 0
         assert st["remote"]["repaired_pages"] > 0
@@ -224,9 +208,7 @@ async def test_a_dead_owners_pages_are_reclaimed_after_the_grace(
     cluster_factory: ClusterFactory,
 ) -> None:
     c = cluster_factory(3, local_budget="2MiB", lent_budget="32MiB", extra=["--owner-grace=2"])
-    for i in range(3):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     async with c.client(0) as client:
         assert all(await store_all(client, corpus.pages(2048, seed=13)))
     assert sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2)]) > 0
@@ -246,19 +228,15 @@ async def test_a_holder_restarted_quickly_counts_as_lost_and_is_repaired(
     cluster_factory: ClusterFactory,
 ) -> None:
     c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(4):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     pages = corpus.pages(3000, seed=14)
     async with c.client(0) as client:
         assert all(await store_all(client, pages))
         c.kill(1)
         c.start(1)  # back before anyone could call it dead: its lent pool is empty now
-        for _ in range(100):
-            st = await c.stats(0)
-            if st["remote"]["repaired_pages"] > 0 and st["under_replicated_pages"] == 0:
-                break
-            await asyncio.sleep(0.1)
+        st = await c.wait_stats(
+            0, lambda st: st["remote"]["repaired_pages"] > 0 and st["under_replicated_pages"] == 0
+        )
         assert st["remote"]["repaired_pages"] > 0
         assert st["under_replicated_pages"] == 0
         c.kill(2)
@@ -270,9 +248,7 @@ async def test_a_paused_holder_is_repaired_around_and_its_orphans_reclaimed(
     cluster_factory: ClusterFactory,
 ) -> None:
     c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(4):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     pages = corpus.pages(3000, seed=16)
     async with c.client(0) as client:
         assert all(await store_all(client, pages))
@@ -280,20 +256,14 @@ async def test_a_paused_holder_is_repaired_around_and_its_orphans_reclaimed(
         assert proc is not None
         proc.send_signal(signal.SIGSTOP)
         try:
-            for _ in range(100):
-                st = await c.stats(0)
-                if st["under_replicated_pages"] == 0 and st["orphans_pending"] > 0:
-                    break
-                await asyncio.sleep(0.1)
+            st = await c.wait_stats(
+                0, lambda st: st["under_replicated_pages"] == 0 and st["orphans_pending"] > 0
+            )
             assert st["gone_peers"] == ["n1"]
             assert st["under_replicated_pages"] == 0
         finally:
             proc.send_signal(signal.SIGCONT)
-        for _ in range(100):
-            st = await c.stats(0)
-            if st["orphans_pending"] == 0:
-                break
-            await asyncio.sleep(0.1)
+        st = await c.wait_stats(0, lambda st: st["orphans_pending"] == 0)
         assert st["orphans_pending"] == 0
         held = sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2, 3)])
         assert held == 2 * st["pool"]["remote_pages"]  # nothing leaked
@@ -305,9 +275,7 @@ async def test_the_coordinator_is_replaced_within_seconds_with_a_higher_term(
     cluster_factory: ClusterFactory,
 ) -> None:
     c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")
-    for i in range(4):
-        c.start(i)
-    await c.wait_ready()
+    await c.start_all()
     async with c.client(3) as client:
         assert all(await store_all(client, corpus.pages(1500, seed=18)))
 
