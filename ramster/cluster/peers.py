@@ -57,6 +57,9 @@ class Peers:
         self.incarnation = incarnation
         self.heartbeat = heartbeat
         self.dead_after = dead_after
+        # A holder that cannot answer a batch within the dead timeout is as good as gone for
+        # that batch: never hold a writer longer than that behind a paused or cut-off peer.
+        self.call_timeout = dead_after
         self._peers: list[Peer] = []
         for address in addresses:
             host, port = parse_address(address)
@@ -205,7 +208,7 @@ class Peers:
         """hold.put on node."""
         batch = PageBatch(areas, offsets, versions, checksums, payloads)
         result = await self._client(node).call(
-            HOLD_PUT, [self.me, self.incarnation, batch.to_wire()]
+            HOLD_PUT, [self.me, self.incarnation, batch.to_wire()], timeout=self.call_timeout
         )
         self._spent(node, sum(len(p) for p in payloads))
         return flags_from_wire(result, len(offsets))
@@ -213,7 +216,9 @@ class Peers:
     async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
         """hold.get on node, answers in the order of the keys."""
         result = await self._client(node).call(
-            HOLD_GET, [self.me, self.incarnation, Keys(areas, offsets).to_wire()]
+            HOLD_GET,
+            [self.me, self.incarnation, Keys(areas, offsets).to_wire()],
+            timeout=self.call_timeout,
         )
         batch = PageBatch.from_wire(result)
         found = dict(
@@ -230,13 +235,17 @@ class Peers:
     ) -> None:
         """hold.drop on node (versioned: newer copies stay)."""
         result = await self._client(node).call(
-            HOLD_DROP, [self.me, self.incarnation, Keys(areas, offsets).to_wire(), versions]
+            HOLD_DROP,
+            [self.me, self.incarnation, Keys(areas, offsets).to_wire(), versions],
+            timeout=self.call_timeout,
         )
         flags_from_wire(result, len(offsets))
 
     async def drop_area(self, node: str, area: int) -> None:
         """hold.drop_area on node."""
-        await self._client(node).call(HOLD_DROP_AREA, [self.me, self.incarnation, area])
+        await self._client(node).call(
+            HOLD_DROP_AREA, [self.me, self.incarnation, area], timeout=self.call_timeout
+        )
 
     async def close(self) -> None:
         """Close every client."""

@@ -120,3 +120,72 @@ async def test_link_cut_pause_and_kill_lose_nothing(cluster: Cluster, lab: Netns
                 held += (await cluster.stats(i))["lent"]["stored_pages"]
         owner = await cluster.stats(0)
         assert held == 2 * owner["pool"]["remote_pages"]
+
+
+@pytest.mark.asyncio
+async def test_twenty_random_single_node_faults(cluster: Cluster, lab: NetnsLab) -> None:
+    """kill -9 and restart, pause and resume, cut and heal: 20 times, checked after each."""
+    await cluster.start_all()
+    rng = random.Random(20)
+    acked: dict[int, bytes] = {}
+    corpus_pages = corpus.pages(1500, seed=22)
+    timings: list[tuple[str, float]] = []
+    async with cluster.client(0) as client:
+        await client.init(0)
+
+        async def write(count: int) -> None:
+            offs = rng.sample(range(3000), count)
+            batch = [corpus_pages[rng.randrange(len(corpus_pages))] for _ in offs]
+            for off, page, ok in zip(
+                offs, batch, await client.store_many(0, offs, batch), strict=True
+            ):
+                if ok:
+                    acked[off] = page
+                else:
+                    acked.pop(off, None)
+
+        async def verify() -> None:
+            keys = sorted(acked)
+            for i in range(0, len(keys), 256):
+                chunk = keys[i : i + 256]
+                assert await client.load_many(0, chunk) == [acked[k] for k in chunk]
+
+        for _ in range(8):
+            await write(200)
+        for n in range(20):
+            victim = rng.choice([1, 2, 3, 4])
+            fault = rng.choice(["kill", "pause", "cut"])
+            proc = cluster.nodes[victim].proc
+            assert proc is not None
+            t0 = time.monotonic()
+            if fault == "kill":
+                cluster.kill(victim)
+            elif fault == "pause":
+                proc.send_signal(signal.SIGSTOP)
+            else:
+                lab.link(victim, up=False)
+            await write(100)  # the workload goes on during the fault
+            st = await cluster.wait_stats(
+                0,
+                lambda st, v=victim: (
+                    f"n{v}" in st["gone_peers"]  # type: ignore[misc]
+                    and st["under_replicated_pages"] == 0
+                ),
+                within=30,
+            )
+            assert st["under_replicated_pages"] == 0, (n, fault, victim, st)
+            timings.append((fault, time.monotonic() - t0))
+            await verify()
+            if fault == "kill":
+                cluster.start(victim)
+            elif fault == "pause":
+                proc.send_signal(signal.SIGCONT)
+            else:
+                lab.link(victim, up=True)
+            await cluster.wait_ready(within=30)
+            st = await cluster.wait_stats(0, lambda st: st["orphans_pending"] == 0, within=30)
+            assert st["orphans_pending"] == 0
+            await write(100)
+            await verify()
+    worst = max(t for _, t in timings)
+    print(f"20 faults survived; slowest detect-and-restore {worst:.2f} s")
