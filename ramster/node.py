@@ -144,6 +144,9 @@ class Node:
             if self.frontswap.orphans_pending():
                 await self.frontswap.drop_orphans(self.peers.alive())
             if not self.frontswap.under_replicated(gone, leaving):
+                # Healthy: even out the holders (a joining node gets its share).
+                if not gone:
+                    await self.frontswap.rebalance_once()
                 continue
             started = time.monotonic()
             todo = self.frontswap.under_replicated(gone, leaving)

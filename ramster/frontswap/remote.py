@@ -86,6 +86,8 @@ class SpillConfig:
     depth: int = 4
     """Spill batches in flight at once."""
     retry_delay: float = 0.2
+    rebalance_gap: float = 0.25
+    """Move copies while the fullest holder's free room is below (1 - gap) of the emptiest's."""
     repair_pause: float = 0.002
     """Pause between re-replication batches, so that foreground calls get their turn."""
     """Pause before trying again when no holder could take a batch."""
@@ -134,6 +136,7 @@ class ClusterFrontswap(LocalFrontswap):
                 "drop_failures",
                 "repaired_pages",
                 "orphans_dropped",
+                "rebalanced_pages",
                 "pages_lost",
             ),
             0,
@@ -542,6 +545,41 @@ class ClusterFrontswap(LocalFrontswap):
             log.info("dropped %d orphaned copies on holders that came back", sent)
         return sent
 
+    async def rebalance_once(self) -> int:
+        """Move one batch of copies from the fullest live holder to the emptiest; pages moved.
+
+        Runs only when their free room differs by more than `rebalance_gap` of the roomier
+        one's, so a joining node fills up and then the moves stop. Copy, verify, then drop:
+        the fullest holder's copy goes only after the new one is acknowledged.
+        """
+        cfg = self.spill_config
+        live = self.holders.candidates()
+        if len(live) < 2:
+            return 0
+        fullest = min(live, key=lambda c: c.free_bytes)
+        emptiest = max(live, key=lambda c: c.free_bytes)
+        if emptiest.free_bytes - fullest.free_bytes <= cfg.rebalance_gap * emptiest.free_bytes:
+            return 0
+        sets = [
+            i
+            for i, nodes in enumerate(self._sets)
+            if fullest.node in nodes and emptiest.node not in nodes
+        ]
+        entries = self.pool.remote_in_sets(sets)[: cfg.batch_pages] if sets else []
+        if not entries:
+            return 0
+        moved = 0
+        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+        for area, offset, version, sum_, set_id in entries:
+            groups[(set_id, area)].append((offset, version, sum_))
+        for (set_id, area), pages in groups.items():
+            done = await self._repair_batch(
+                set_id, area, pages, set(), {fullest.node}, target=emptiest.node
+            )
+            moved += max(done, 0)
+        self._c["rebalanced_pages"] += moved
+        return moved
+
     def inventory(self) -> dict[str, int]:
         """Pages this owner keeps on each holder (what the coordinator aggregates)."""
         out: dict[str, int] = {}
@@ -607,6 +645,7 @@ class ClusterFrontswap(LocalFrontswap):
         pages: list[tuple[int, int, int]],
         gone: set[str],
         leaving: set[str],
+        target: str | None = None,
     ) -> int:
         old = self._sets[set_id]
         away = gone | leaving
@@ -634,12 +673,16 @@ class ClusterFrontswap(LocalFrontswap):
             self._c["pages_lost"] += len(pages)
             return 0
         payloads = [bytes(copies[i]) for i in range(len(pages))]
-        new = choose_holders(
-            self.holders.candidates(),
-            max(missing, 1),
-            sum(len(p) for p in payloads),
-            self._rng,
-            exclude=frozenset(old) | frozenset(away),
+        new = (
+            [target]
+            if target is not None
+            else choose_holders(
+                self.holders.candidates(),
+                max(missing, 1),
+                sum(len(p) for p in payloads),
+                self._rng,
+                exclude=frozenset(old) | frozenset(away),
+            )
         )
         if not new:
             self._warn_no_holders()

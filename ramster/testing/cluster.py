@@ -93,6 +93,24 @@ class Cluster:
                 return st
             await asyncio.sleep(0.1)
 
+    async def settle_copies(
+        self, owner: int, holders: list[int], replicas: int = 2, within: float = 20.0
+    ) -> tuple[int, int]:
+        """Wait until the holders keep exactly `replicas` copies of the owner's remote pages
+        (moves and orphan drops finished); (copies held, the owner's remote pages)."""
+        deadline = time.monotonic() + within
+        while True:
+            held = 0
+            for i in holders:
+                held += (await self.stats(i))["lent"]["stored_pages"]
+            st = await self.stats(owner)
+            remote = int(st["pool"]["remote_pages"])
+            if held == replicas * remote and st["orphans_pending"] == 0:
+                return held, remote
+            if time.monotonic() > deadline:
+                return held, remote
+            await asyncio.sleep(0.2)
+
     def kill(self, i: int) -> None:
         """kill -9 node i."""
         proc = self.nodes[i].proc

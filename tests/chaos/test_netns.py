@@ -114,12 +114,8 @@ async def test_link_cut_pause_and_kill_lose_nothing(cluster: Cluster, lab: Netns
         assert await wait_for(repaired, 20), await cluster.stats(0)
         assert await load_all(client, len(pages)) == pages
         # Nothing leaked: what the live holders keep is what the owner references.
-        held = 0
-        for i in range(1, 5):
-            if i != victim:
-                held += (await cluster.stats(i))["lent"]["stored_pages"]
-        owner = await cluster.stats(0)
-        assert held == 2 * owner["pool"]["remote_pages"]
+        held, remote = await cluster.settle_copies(0, [i for i in range(1, 5) if i != victim])
+        assert held == 2 * remote
 
 
 @pytest.mark.asyncio

@@ -109,7 +109,6 @@ async def test_drain_moves_everything_off_a_node(cluster_factory: ClusterFactory
         assert out.returncode == 0, out.stderr
         assert b"holds nothing" in out.stdout
         assert (await c.stats(1))["lent"]["stored_pages"] == 0
-        owner = await c.stats(0)
-        held = sum([(await c.stats(i))["lent"]["stored_pages"] for i in (2, 3)])
-        assert held == 2 * owner["pool"]["remote_pages"]
+        held, remote = await c.settle_copies(0, [2, 3])
+        assert held == 2 * remote
         assert await load_all(client, len(pages)) == pages

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+from typing import Any
 
 import pytest
 
@@ -265,8 +266,8 @@ async def test_a_paused_holder_is_repaired_around_and_its_orphans_reclaimed(
             proc.send_signal(signal.SIGCONT)
         st = await c.wait_stats(0, lambda st: st["orphans_pending"] == 0)
         assert st["orphans_pending"] == 0
-        held = sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2, 3)])
-        assert held == 2 * st["pool"]["remote_pages"]  # nothing leaked
+        held, remote = await c.settle_copies(0, [1, 2, 3])
+        assert held == 2 * remote  # nothing leaked
         assert await load_all(client, len(pages)) == pages
 
 
@@ -308,3 +309,27 @@ async def test_the_coordinator_is_replaced_within_seconds_with_a_higher_term(
     assert new == "n1"
     assert new_term > term
     assert failover < 5
+
+
+@pytest.mark.asyncio
+async def test_a_joining_node_receives_its_share(cluster_factory: ClusterFactory) -> None:
+    c = cluster_factory(4, local_budget="2MiB", lent_budget="16MiB")
+    for i in range(3):
+        c.start(i)
+    await c.wait_ready([0, 1, 2])
+    pages = corpus.pages(4000, seed=19)
+    async with c.client(0) as client:
+        assert all(await store_all(client, pages))
+        c.start(3)  # joins: copies move to it from the fullest holders
+        await c.wait_ready()
+
+        def settled(st: dict[str, Any]) -> bool:
+            return bool(st["remote"]["rebalanced_pages"] > 0 and st["orphans_pending"] == 0)
+
+        st = await c.wait_stats(0, settled, within=20)
+        assert settled(st), st["remote"]
+        # Moves go on in batches until the holders are even: then nothing is left over.
+        held, remote = await c.settle_copies(0, [1, 2, 3])
+        assert held == 2 * remote  # nothing lost, nothing leaked
+        assert (await c.stats(3))["lent"]["stored_pages"] > 0
+        assert await load_all(client, len(pages)) == pages
