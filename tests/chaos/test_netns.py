@@ -185,3 +185,40 @@ async def test_twenty_random_single_node_faults(cluster: Cluster, lab: NetnsLab)
             await verify()
     worst = max(t for _, t in timings)
     print(f"20 faults survived; slowest detect-and-restore {worst:.2f} s")
+
+
+@pytest.mark.asyncio
+async def test_killing_the_coordinator_loses_nothing(cluster: Cluster) -> None:
+    """The coordinator (n0, lowest id) dies while it holds pages of another owner (n4)."""
+    await cluster.start_all()
+    pages = corpus.pages(4000, seed=23)
+    async with cluster.client(4) as client:
+        assert all(await store_all(client, pages))
+
+        async def views() -> set[tuple[str, int]]:
+            return {
+                ((st := await cluster.stats(i))["coordinator"], st["term"]) for i in (1, 2, 3, 4)
+            }
+
+        before = await views()
+        assert {v[0] for v in before} == {"n0"}
+        term = max(v[1] for v in before)
+        t0 = time.monotonic()
+        cluster.kill(0)
+        after: set[tuple[str, int]] = set()
+        while time.monotonic() - t0 < 20:
+            after = await views()
+            if len(after) == 1 and next(iter(after))[0] == "n1":
+                break
+            await asyncio.sleep(0.1)
+        failover = time.monotonic() - t0
+        ((coordinator, new_term),) = after
+        assert coordinator == "n1"
+        assert new_term > term
+        assert failover < 5
+        st = await cluster.wait_stats(
+            4, lambda st: "n0" in st["gone_peers"] and st["under_replicated_pages"] == 0, 20
+        )
+        assert st["under_replicated_pages"] == 0
+        assert await load_all(client, len(pages)) == pages
+        print(f"coordinator failover {failover:.2f} s")
