@@ -102,11 +102,6 @@ class RadixIndex:
         self._leaves[rows, offsets & LEAF_MASK] = slots
         np.add.at(self._leaf_live, rows, 1)
 
-    def replace(self, area: int, offsets: I64, slots: I32) -> None:
-        """Point existing keys at other slots."""
-        rows = self._rows_for(area, offsets, create=False)
-        self._leaves[rows, offsets & LEAF_MASK] = slots
-
     def remove(self, area: int, offsets: I64) -> None:
         """Forget keys that are present (distinct); empty leaves are recycled."""
         rows = self._rows_for(area, offsets, create=False)

@@ -164,17 +164,6 @@ class SlabAllocator:
         """The slab table, for readers that resolve many handles in a tight loop."""
         return self._slabs
 
-    def views(self, handles: list[int], lengths: list[int]) -> list[memoryview]:
-        """`view()` for many objects at once."""
-        slabs = self._slabs
-        out = []
-        for handle, n in zip(handles, lengths, strict=True):
-            slab = slabs[handle >> OBJ_BITS]
-            assert slab is not None
-            start = (handle & OBJ_MASK) * slab.size
-            out.append(slab.buf[start : start + n])
-        return out
-
     def free(self, handle: int) -> None:
         """Release an object; its slab goes back to the kernel when it empties."""
         slab = self._slabs[handle >> OBJ_BITS]

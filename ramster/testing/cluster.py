@@ -158,10 +158,6 @@ class Cluster:
                     raise TimeoutError(f"node n{i} not ready; log tail:\n{log}")
                 await asyncio.sleep(0.1)
 
-    def log_tail(self, i: int) -> str:
-        """The end of node i's log."""
-        return self.nodes[i].log.read_text()[-3000:]
-
 
 def make_cluster(
     tmp: Path,
