@@ -35,7 +35,9 @@ from ramster.errors import (
 )
 from ramster.pagestore.lent import StaleIncarnation
 from ramster.rpc import Keys, PageBatch
+from ramster.rpc.const import MAX_CHECKSUM, MAX_OFFSET, MAX_VERSION
 from ramster.rpc.frames import Chunks
+from ramster.rpc.pages import int_list
 
 if TYPE_CHECKING:
     from ramster.node import Node
@@ -72,12 +74,6 @@ def _text(obj: object, name: str) -> str:
 def _int(obj: object, name: str, maximum: int = (1 << 63) - 1) -> int:
     if type(obj) is not int or not 0 <= obj <= maximum:
         raise ProtocolError(f"{name} must be an integer within 0..{maximum}")
-    return obj
-
-
-def _ints(obj: object, name: str) -> list[int]:
-    if type(obj) is not list or any(type(x) is not int or x < 0 for x in obj):
-        raise ProtocolError(f"{name} must be an array of non-negative integers")
     return obj
 
 
@@ -171,7 +167,7 @@ def register(node: Node) -> None:
 
     def hold_drop(req: Owned) -> list[bool]:
         keys = Keys.from_wire(req.rest[0])
-        versions = _ints(req.rest[1], "versions")
+        versions = int_list(req.rest[1], "versions", MAX_VERSION, None)
         if len(versions) != len(keys):
             raise ProtocolError("one version per key")
         try:
@@ -192,15 +188,15 @@ def register(node: Node) -> None:
 
     async def fs_store(params: list[object]) -> list[bool]:
         _arity(params, 3, "[area, offsets, pages]")
-        offsets = _ints(params[1], "offsets")
+        offsets = int_list(params[1], "offsets", MAX_OFFSET, None)
         pages = _pages_blob(params[2], len(offsets), ps)
         return await _checked(fs.store_many(_int(params[0], "area", 65535), offsets, pages))
 
     async def fs_store_encoded(params: list[object]) -> list[bool]:
         _arity(params, 5, "[area, offsets, checksums, lengths, blob]")
-        offsets = _ints(params[1], "offsets")
-        sums = _ints(params[2], "checksums")
-        lengths = _ints(params[3], "lengths")
+        offsets = int_list(params[1], "offsets", MAX_OFFSET, None)
+        sums = int_list(params[2], "checksums", MAX_CHECKSUM, None)
+        lengths = int_list(params[3], "lengths", ps, None)
         blob = params[4]
         if not len(offsets) == len(sums) == len(lengths):
             raise ProtocolError("offsets, checksums and lengths must have the same length")
@@ -219,14 +215,14 @@ def register(node: Node) -> None:
         _arity(params, 3, "[area, offsets, exclusive]")
         if type(params[2]) is not bool:
             raise ProtocolError("exclusive must be a boolean")
-        offsets = _ints(params[1], "offsets")
+        offsets = int_list(params[1], "offsets", MAX_OFFSET, None)
         pages = await _checked(fs.load_many(_int(params[0], "area", 65535), offsets, params[2]))
         present = [p is not None for p in pages]
         return [present, Chunks([p for p in pages if p is not None])]
 
     async def fs_load_encoded(params: list[object]) -> list[object]:
         _arity(params, 2, "[area, offsets]")
-        offsets = _ints(params[1], "offsets")
+        offsets = int_list(params[1], "offsets", MAX_OFFSET, None)
         items = await _checked(fs.load_encoded_many(_int(params[0], "area", 65535), offsets))
         held = [item for item in items if item is not None]
         return [
@@ -238,7 +234,7 @@ def register(node: Node) -> None:
 
     async def fs_invalidate(params: list[object]) -> None:
         _arity(params, 2, "[area, offsets]")
-        offsets = _ints(params[1], "offsets")
+        offsets = int_list(params[1], "offsets", MAX_OFFSET, None)
         await _checked(fs.invalidate_many(_int(params[0], "area", 65535), offsets))
 
     async def fs_invalidate_area(params: list[object]) -> None:

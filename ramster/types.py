@@ -1,6 +1,9 @@
 """Identifiers shared by every layer; NewTypes keep them apart in signatures."""
 
-from typing import NewType
+from typing import NewType, TypeAlias
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+"""Bytes-like values: pages, payloads, frames."""
 
 Area = NewType("Area", int)
 """frontswap's swap `type`: an independent page space (one per NBD export)."""

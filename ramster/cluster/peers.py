@@ -13,6 +13,7 @@ from typing import Any
 from ramster.cluster.membership import Membership, MembershipConfig, State, Transition
 from ramster.cluster.placement import Candidate
 from ramster.errors import PeerLost, ProtocolError, RamsterError
+from ramster.pagestore.lent import Stored
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.rpc.pages import flags_from_wire
 from ramster.service import HELLO, HOLD_DROP, HOLD_DROP_AREA, HOLD_GET, HOLD_PUT
@@ -20,7 +21,6 @@ from ramster.units import parse_address
 
 log = logging.getLogger(__name__)
 
-Stored = tuple[int, int, bytes | bytearray | memoryview]
 MAX_PEERS = 256
 """Bound on the peer table: discovery cannot grow it without limit."""
 

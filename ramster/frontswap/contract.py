@@ -10,9 +10,12 @@ Every implementation (local pool only, or local plus the cluster) keeps exactly 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
-PageLike = bytes | bytearray | memoryview
+from ramster.types import Buffer
+
+PageLike: TypeAlias = Buffer
+"""A page as callers hand it in."""
 
 
 class Frontswap(Protocol):

@@ -24,11 +24,11 @@ from ramster.cluster.placement import Candidate, choose_holders
 from ramster.errors import PageUnavailable, RamsterError
 from ramster.frontswap.local import DEFAULT_MAX_AREAS, LocalFrontswap
 from ramster.pagestore import ColdPage, PoolConfig, checksum, encode, expand
+from ramster.pagestore.lent import Stored
+from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
 
-Buffer = bytes | bytearray | memoryview
-Stored = tuple[int, int, Buffer]
 """(version, checksum, payload) as a holder returns it."""
 
 I64 = npt.NDArray[np.int64]

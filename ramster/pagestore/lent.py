@@ -11,11 +11,12 @@ import numpy as np
 
 from ramster.pagestore.config import MAX_AREA, PoolConfig
 from ramster.pagestore.pool import PagePool, PoolStatistics
+from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
 
-Stored = tuple[int, int, bytes]
-"""(version, checksum, payload) of one held page."""
+Stored = tuple[int, int, Buffer]
+"""(version, checksum, stored payload) of one held page, wherever it travels."""
 
 
 def incarnation_order(incarnation: str) -> int:

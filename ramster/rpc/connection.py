@@ -17,7 +17,6 @@ from ramster.rpc.codes import error_from_wire
 from ramster.rpc.config import RpcConfig
 from ramster.rpc.const import AUTH, CHALLENGE, HELLO, MAX_MSGID, READY, REFUSED
 from ramster.rpc.frames import (
-    Buffer,
     FrameDecoder,
     FrameEncoder,
     Message,
@@ -25,6 +24,7 @@ from ramster.rpc.frames import (
     Response,
     WireError,
 )
+from ramster.types import Buffer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn, TypeAlias
+from typing import NoReturn
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -26,14 +26,12 @@ from ramster.rpc.const import (
     RETAIN_BYTES,
     SCRATCH_BYTES,
 )
+from ramster.types import Buffer
 
 _HEADER = struct.Struct(">I")
 _BIN8 = struct.Struct(">BB")
 _BIN16 = struct.Struct(">BH")
 _BIN32 = struct.Struct(">BI")
-
-Buffer: TypeAlias = bytes | bytearray | memoryview
-"""What frames are read from and written as (collections.abc.Buffer arrives in 3.12)."""
 
 
 @dataclass(slots=True)

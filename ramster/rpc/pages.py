@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 from ramster.errors import ProtocolError
 from ramster.rpc.const import MAX_AREA, MAX_CHECKSUM, MAX_OFFSET, MAX_VERSION
-from ramster.rpc.frames import Buffer, Chunks
+from ramster.rpc.frames import Chunks
+from ramster.types import Buffer
 
 
 class Page(NamedTuple):
@@ -29,7 +30,8 @@ class Page(NamedTuple):
 _INT_ONLY = {int}
 
 
-def _int_list(obj: object, name: str, maximum: int, count: int | None) -> list[int]:
+def int_list(obj: object, name: str, maximum: int, count: int | None) -> list[int]:
+    """obj as an array of ints within 0..maximum (of `count` items if given); ProtocolError."""
     if type(obj) is not list:
         raise ProtocolError(f"{name} must be an array of integers")
     if count is not None and len(obj) != count:
@@ -79,10 +81,10 @@ class Keys:
         """Check and convert the msgpack form; ProtocolError when it is off."""
         if type(obj) is not list or len(obj) != 2:
             raise ProtocolError("keys must be [areas, offsets]")
-        areas = _int_list(obj[0], "areas", MAX_AREA, None)
+        areas = int_list(obj[0], "areas", MAX_AREA, None)
         keys = object.__new__(cls)  # columns already checked: skip __post_init__
         keys.areas = areas
-        keys.offsets = _int_list(obj[1], "offsets", MAX_OFFSET, len(areas))
+        keys.offsets = int_list(obj[1], "offsets", MAX_OFFSET, len(areas))
         return keys
 
 
@@ -175,12 +177,12 @@ class PageBatch:
         blob = obj[5]
         if type(blob) is not bytes:
             raise ProtocolError("the page batch blob must be a bin")
-        areas = _int_list(obj[0], "areas", MAX_AREA, None)
+        areas = int_list(obj[0], "areas", MAX_AREA, None)
         n = len(areas)
-        offsets = _int_list(obj[1], "offsets", MAX_OFFSET, n)
-        versions = _int_list(obj[2], "versions", MAX_VERSION, n)
-        checksums = _int_list(obj[3], "checksums", MAX_CHECKSUM, n)
-        lengths = _int_list(obj[4], "lengths", len(blob), n)
+        offsets = int_list(obj[1], "offsets", MAX_OFFSET, n)
+        versions = int_list(obj[2], "versions", MAX_VERSION, n)
+        checksums = int_list(obj[3], "checksums", MAX_CHECKSUM, n)
+        lengths = int_list(obj[4], "lengths", len(blob), n)
         if sum(lengths) != len(blob):
             raise ProtocolError("page lengths do not add up to the blob's size")
         view = memoryview(blob)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ramster.rpc.frames import Buffer
 from ramster.rpc.pages import Keys, PageBatch
+from ramster.types import Buffer
 
 
 class DictPageStore:
