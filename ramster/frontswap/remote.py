@@ -561,9 +561,7 @@ class ClusterFrontswap(LocalFrontswap):
         if emptiest.free_bytes - fullest.free_bytes <= cfg.rebalance_gap * emptiest.free_bytes:
             return 0
         sets = [
-            i
-            for i, nodes in enumerate(self._sets)
-            if fullest.node in nodes and emptiest.node not in nodes
+            i for i in self._sets_touching({fullest.node}) if emptiest.node not in self._sets[i]
         ]
         entries = self.pool.remote_in_sets(sets)[: cfg.batch_pages] if sets else []
         if not entries:
@@ -594,11 +592,11 @@ class ClusterFrontswap(LocalFrontswap):
 
     def under_replicated(self, gone: set[str], leaving: set[str] | None = None) -> int:
         """Remote pages with a copy on a gone or leaving holder (what repair still has to do)."""
-        away = gone | self._tombstones | (leaving or set())
-        sets = [i for i, nodes in enumerate(self._sets) if away.intersection(nodes)]
-        if not sets:
-            return 0
-        return len(self.pool.remote_in_sets(sets))
+        sets = self._sets_touching(gone | self._tombstones | (leaving or set()))
+        return len(self.pool.remote_in_sets(sets)) if sets else 0
+
+    def _sets_touching(self, nodes: set[str]) -> list[int]:
+        return [i for i, members in enumerate(self._sets) if nodes.intersection(members)]
 
     async def repair(self, gone: set[str], leaving: set[str] | None = None) -> int:
         """Give every page that lost a copy on a gone holder a new copy; returns pages repaired.
@@ -610,7 +608,7 @@ class ClusterFrontswap(LocalFrontswap):
         cfg = self.spill_config
         gone = gone | self._tombstones
         leaving = leaving or set()
-        sets = [i for i, nodes in enumerate(self._sets) if (gone | leaving).intersection(nodes)]
+        sets = self._sets_touching(gone | leaving)
         if not sets:
             return 0
         entries = self.pool.remote_in_sets(sets)

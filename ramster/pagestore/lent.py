@@ -67,17 +67,13 @@ class LentPool:
         monotonic clock) records that the owner is alive, for `reclaim_silent`.
         """
         known = self._current.get(owner)
-        if now is not None and (
-            known is None
-            or known == incarnation
-            or incarnation_order(incarnation) >= incarnation_order(known)
-        ):
-            self._last_seen[owner] = now
-        if known == incarnation:
-            return 0
         if known is not None and incarnation_order(incarnation) < incarnation_order(known):
             self._stale += 1
             raise StaleIncarnation(f"{owner} incarnation {incarnation} is older than {known}")
+        if now is not None:
+            self._last_seen[owner] = now
+        if known == incarnation:
+            return 0
         self._current[owner] = incarnation
         dropped = self.forget(owner, keep=incarnation)
         if known is not None:
