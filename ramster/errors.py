@@ -96,3 +96,12 @@ class PageUnavailable(RamsterError, LookupError):
         super().__init__(message)
         self.area = area
         self.offset = offset
+
+
+class NbdError(RamsterError):
+    """Something went wrong serving an NBD export."""
+
+
+class NbdProtocolError(NbdError, ValueError):
+    """An NBD client broke the protocol (bad magic, oversized request or option, unknown flags);
+    its connection is closed, other clients are unaffected."""

@@ -1,8 +1,10 @@
 """The composition root: one node builds and owns every subsystem.
 
-Node ─┬─ RpcServer (node.*, hold.*, fs.* methods; see ramster.service)
+Node ─┬─ RpcServer (node.*, hold.*, fs.*, coord.* methods; see ramster.service)
       ├─ ClusterFrontswap (local pool + spiller + remote loads) ── Peers (heartbeats, holder calls)
-      └─ LentPool (other owners' pages)
+      ├─ LentPool (other owners' pages)
+      ├─ Election ── CoordinatorDriver (while elected: Coordinator state machine, sends orders)
+      └─ OrderFollower (carries out the orders this node receives: repair, move)
 """
 
 from __future__ import annotations
@@ -15,16 +17,22 @@ import time
 from typing import Any
 
 from ramster import __version__
-from ramster.cluster.coordinator import Aggregates, Election, View
+from ramster.cluster.coordinator import order_from_wire
+from ramster.cluster.driver import CoordinatorDriver, OrderFollower
+from ramster.cluster.election import Election, View
 from ramster.cluster.mdns import MdnsDiscovery
 from ramster.cluster.peers import Peers
 from ramster.config import NodeConfig, new_incarnation, node_id_for
+from ramster.errors import ProtocolError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
 from ramster.rpc import RpcConfig, RpcServer, Secret
 
 log = logging.getLogger(__name__)
+
+STATS_EVENTS = 50
+"""Recent cluster events in a stats answer (the coordinator keeps more)."""
 
 
 class Node:
@@ -64,6 +72,11 @@ class Node:
         service.register(self)
         self.discovery: MdnsDiscovery | None = None
         self.election = Election(self.node_id)
+        self.follower = OrderFollower(self.frontswap, self.peers.alive, config.dead_after)
+        self.driver = CoordinatorDriver(
+            self.election, self._reports, self.peers.order, self.follower, config.heartbeat
+        )
+        self.orders_refused = 0
         self._inventory_at = -1e9
         self._inventory_cache: dict[str, Any] = {}
         self._runner: asyncio.Task[None] | None = None
@@ -111,9 +124,11 @@ class Node:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.peers.run(), name="heartbeats")
             tg.create_task(self.frontswap.spill_forever(), name="spiller")
-            tg.create_task(self._repair_forever(), name="repair")
+            tg.create_task(self._orphans_forever(), name="orphans")
             tg.create_task(self._reclaim_forever(), name="reclaim")
             tg.create_task(self._elect_forever(), name="election")
+            tg.create_task(self.driver.run(), name="coordinator")
+            tg.create_task(self.follower.run(), name="orders")
 
     async def _elect_forever(self) -> None:
         """Follow who coordinates: the lowest live node id, with terms that only rise."""
@@ -135,35 +150,38 @@ class Node:
             await asyncio.sleep(self.config.heartbeat)
             self.lent.reclaim_silent(time.monotonic(), self.config.owner_grace)
 
-    async def _repair_forever(self) -> None:
-        """Re-replicate pages that lost a copy when a holder went silent."""
+    async def _orphans_forever(self) -> None:
+        """Drop the copies re-replicated away from holders that answer again."""
         while True:
-            await asyncio.sleep(min(0.1, self.config.heartbeat))  # start soon after a death
-            gone = self.peers.gone()
-            leaving = self.peers.leaving()
+            await asyncio.sleep(self.config.heartbeat)
             if self.frontswap.orphans_pending():
                 await self.frontswap.drop_orphans(self.peers.alive())
-            if not self.frontswap.under_replicated(gone, leaving):
-                # Healthy: even out the holders (a joining node gets its share).
-                if not gone:
-                    await self.frontswap.rebalance_once()
-                continue
-            started = time.monotonic()
-            todo = self.frontswap.under_replicated(gone, leaving)
-            log.warning(
-                "holder(s) gone: %s, leaving: %s; re-replicating %d pages",
-                ",".join(sorted(gone)) or "-",
-                ",".join(sorted(leaving)) or "-",
-                todo,
+
+    def _reports(self) -> dict[str, dict[str, Any]]:
+        """Every live member's latest heartbeat answer, this node's own included."""
+        alive = self.peers.alive()
+        reports = {
+            p.node_id: p.info for p in self.peers.peers() if p.node_id and p.node_id in alive
+        }
+        reports[self.node_id] = self.hello_info()
+        return {n: r for n, r in reports.items() if n}
+
+    def accept_order(self, params: list[object]) -> None:
+        """An order from the coordinator: checked, then queued for the follower."""
+        try:
+            coordinator, order = order_from_wire(params)
+        except ValueError as exc:
+            raise ProtocolError(f"malformed order: {exc}") from None
+        if order.owner != self.node_id:
+            raise ProtocolError(f"order for {order.owner} sent to {self.node_id}")
+        if not self.election.accepts(order.term, coordinator):
+            self.orders_refused += 1
+            view = self.election.view
+            raise ProtocolError(
+                f"stale order from {coordinator} term {order.term}: "
+                f"this node follows {view.coordinator} term {view.term}"
             )
-            done = await self.frontswap.repair(gone, leaving)
-            log.info(
-                "re-replicated %d of %d pages in %.2f s; %d still under-replicated",
-                done,
-                todo,
-                time.monotonic() - started,
-                self.frontswap.under_replicated(gone, leaving),
-            )
+        self.follower.offer(order)
 
     async def wait_closed(self) -> None:
         """Return when the background tasks end (they only end on close or on a bug)."""
@@ -202,6 +220,7 @@ class Node:
             "local_budget": self.config.local_budget,
             "page_size": self.config.page_size,
             "draining": self.lent.draining,
+            "orders_done": list(self.follower.done),
             "coordinator": self.election.view.coordinator,
             "term": self.election.view.term,
             **self._inventory(),
@@ -215,6 +234,7 @@ class Node:
             self._inventory_cache = {
                 "inventory": self.frontswap.inventory(),
                 "under_replicated": self.frontswap.under_replicated(self.peers.gone()),
+                "lent_pages": self.lent.statistics().pool.stored_pages,
             }
         return self._inventory_cache
 
@@ -252,14 +272,11 @@ class Node:
             "under_replicated_pages": self.frontswap.under_replicated(self.peers.gone()),
             "orphans_pending": self.frontswap.orphans_pending(),
             "peers": self.peers.statistics(),
-            "aggregates": self._aggregates(),
+            "orders": {
+                "busy": self.follower.busy,
+                "repairing_pages": self.follower.repairing,
+                "refused": self.orders_refused,
+            },
+            "aggregates": self.driver.snapshot(),
+            "events": list(self.driver.events)[-STATS_EVENTS:],
         }
-
-    def _aggregates(self) -> dict[str, Any] | None:
-        """The coordinator's picture of the cluster (None on other nodes)."""
-        if not self.election.is_coordinator:
-            return None
-        alive = self.peers.alive()
-        reports = {p.node_id: p.info for p in self.peers.peers() if p.node_id in alive}
-        reports[self.node_id] = self.hello_info()
-        return dataclasses.asdict(Aggregates.build(reports))

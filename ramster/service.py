@@ -15,6 +15,7 @@ Parameters are checked here (ProtocolError when off, never a crash) before anyth
 - fs.load_encoded [area, offsets]             -> [[present?], checksums, lengths, blob]
 - fs.invalidate   [area, offsets]
 - fs.invalidate_area [area]
+- coord.order     [term, coordinator, order, kind, owner, ...] (see cluster.coordinator)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ FS_LOAD = "fs.load"
 FS_LOAD_ENCODED = "fs.load_encoded"
 FS_INVALIDATE = "fs.invalidate"
 FS_INVALIDATE_AREA = "fs.invalidate_area"
+COORD_ORDER = "coord.order"
 
 DEBUG_DAMAGE = "debug.damage"
 TEST_HOOKS_ENV = "RAMSTER_TEST_HOOKS"
@@ -257,6 +259,7 @@ def register(node: Node) -> None:
     server.register(HELLO, hello)
     server.register(STATS, stats)
     server.register(DRAIN, drain)
+    server.register(COORD_ORDER, node.accept_order)
     server.register(HOLD_PUT, hold_put, decode=_owned(3, "[owner, incarnation, batch]"))
     server.register(HOLD_GET, hold_get, decode=_owned(3, "[owner, incarnation, keys]"))
     server.register(HOLD_DROP, hold_drop, decode=_owned(4, "[owner, incarnation, keys, versions]"))

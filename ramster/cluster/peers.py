@@ -16,7 +16,7 @@ from ramster.errors import PeerLost, ProtocolError, RamsterError
 from ramster.pagestore.lent import Stored
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.rpc.pages import flags_from_wire
-from ramster.service import HELLO, HOLD_DROP, HOLD_DROP_AREA, HOLD_GET, HOLD_PUT
+from ramster.service import COORD_ORDER, HELLO, HOLD_DROP, HOLD_DROP_AREA, HOLD_GET, HOLD_PUT
 from ramster.units import parse_address
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,10 @@ class Peers:
         await self._client(node).call(
             HOLD_DROP_AREA, [self.me, self.incarnation, area], timeout=self.call_timeout
         )
+
+    async def order(self, node: str, params: list[object]) -> object:
+        """Send the coordinator's order to a node."""
+        return await self._client(node).call(COORD_ORDER, params, timeout=self.call_timeout)
 
     async def close(self) -> None:
         """Close every client."""

@@ -86,8 +86,6 @@ class SpillConfig:
     depth: int = 4
     """Spill batches in flight at once."""
     retry_delay: float = 0.2
-    rebalance_gap: float = 0.25
-    """Move copies while the fullest holder's free room is below (1 - gap) of the emptiest's."""
     repair_pause: float = 0.002
     """Pause between re-replication batches, so that foreground calls get their turn."""
     """Pause before trying again when no holder could take a batch."""
@@ -545,37 +543,33 @@ class ClusterFrontswap(LocalFrontswap):
             log.info("dropped %d orphaned copies on holders that came back", sent)
         return sent
 
-    async def rebalance_once(self) -> int:
-        """Move one batch of copies from the fullest live holder to the emptiest; pages moved.
+    async def move(self, source: str, target: str, max_pages: int) -> int:
+        """Move up to `max_pages` copies from holder `source` to holder `target`; pages moved.
 
-        Runs only when their free room differs by more than `rebalance_gap` of the roomier
-        one's, so a joining node fills up and then the moves stop. Copy, verify, then drop:
-        the fullest holder's copy goes only after the new one is acknowledged.
+        Copy, verify, then drop: the source's copy goes only after the target acknowledged the
+        new one. Pages whose set already includes the target stay (two copies on one node are
+        one). Paced by `repair_pause` between batches, like repair.
         """
         cfg = self.spill_config
-        live = self.holders.candidates()
-        if len(live) < 2:
+        live = {c.node for c in self.holders.candidates()}
+        if source not in live or target not in live or source == target or max_pages <= 0:
             return 0
-        fullest = min(live, key=lambda c: c.free_bytes)
-        emptiest = max(live, key=lambda c: c.free_bytes)
-        if emptiest.free_bytes - fullest.free_bytes <= cfg.rebalance_gap * emptiest.free_bytes:
-            return 0
-        sets = [
-            i for i in self._sets_touching({fullest.node}) if emptiest.node not in self._sets[i]
-        ]
-        entries = self.pool.remote_in_sets(sets)[: cfg.batch_pages] if sets else []
-        if not entries:
-            return 0
-        moved = 0
+        sets = [i for i in self._sets_touching({source}) if target not in self._sets[i]]
+        entries = self.pool.remote_in_sets(sets)[:max_pages] if sets else []
         groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
         for area, offset, version, sum_, set_id in entries:
             groups[(set_id, area)].append((offset, version, sum_))
+        moved = 0
         for (set_id, area), pages in groups.items():
-            done = await self._repair_batch(
-                set_id, area, pages, set(), {fullest.node}, target=emptiest.node
-            )
-            moved += max(done, 0)
-        self._c["rebalanced_pages"] += moved
+            for start in range(0, len(pages), cfg.batch_pages):
+                done = await self._repair_batch(
+                    set_id, area, pages[start : start + cfg.batch_pages], set(), {source}, target
+                )
+                if done < 0:
+                    return moved
+                moved += done
+                self._c["rebalanced_pages"] += done
+                await asyncio.sleep(cfg.repair_pause)
         return moved
 
     def inventory(self) -> dict[str, int]:

@@ -1,0 +1,47 @@
+"""The election, driven by hand."""
+
+from __future__ import annotations
+
+from ramster.cluster.election import Election, View
+
+
+def test_lowest_live_id_coordinates_and_terms_rise() -> None:
+    b = Election("b")
+    assert b.is_coordinator  # alone, a node coordinates itself
+    assert b.update({"a", "c"}, {}) == View("a", 1)
+    assert b.view.coordinator == "a"
+    assert b.update({"a", "c"}, {"a": View("a", 1)}) is None  # settled
+    # a dies: b takes over in a higher term.
+    assert b.update({"c"}, {"c": View("a", 1)}) == View("b", 2)
+    assert b.is_coordinator
+    assert b.accepts(2, "b")
+    assert not b.accepts(2, "a")  # the same term from anyone else is not an order
+    assert not b.accepts(1, "a")
+    assert b.accepts(3, "c")  # a newer term this node has not heard of yet
+
+
+def test_views_converge_on_the_highest_term() -> None:
+    c = Election("c")
+    c.update({"a", "b"}, {})
+    # b already agreed a higher term for the same coordinator: c follows it.
+    assert c.update({"a", "b"}, {"b": View("a", 7)}) == View("a", 7)
+    # A node that comes back with an old view does not pull the term down.
+    assert c.update({"a", "b"}, {"a": View("a", 3)}) is None
+    assert c.view == View("a", 7)
+
+
+def test_every_node_agrees_after_a_coordinator_dies() -> None:
+    nodes = {n: Election(n) for n in "abcd"}
+    views: dict[str, View] = {}
+    for _ in range(3):
+        for n, e in nodes.items():
+            e.update(set(nodes) - {n}, {m: v for m, v in views.items() if m != n})
+            views[n] = e.view
+    assert set(views.values()) == {View("a", 0)}
+    del nodes["a"]
+    views.pop("a")
+    for _ in range(3):
+        for n, e in nodes.items():
+            e.update(set(nodes) - {n}, {m: v for m, v in views.items() if m != n})
+            views[n] = e.view
+    assert set(views.values()) == {View("b", 1)}
