@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ METHODS = [
     service.FS_LOAD_ENCODED,
     service.FS_INVALIDATE,
     service.FS_INVALIDATE_AREA,
+    service.COORD_ORDER,
 ]
 
 plain = st.recursive(
@@ -93,3 +95,27 @@ async def test_garbage_params_get_errors_and_harm_nothing(node: Node) -> None:
         assert await client.load(3, 9) == page
         st_ = await client.stats()
         assert st_["pool"]["pool_total_size"] <= 1 << 20
+
+
+@pytest.mark.asyncio
+async def test_orders_from_an_older_term_or_another_coordinator_are_refused(node: Node) -> None:
+    host, port = node.address.rsplit(":", 1)
+    term = node.election.view.term
+    move = ["move", "target", "a", "b", 10]
+    async with RpcClient(host, int(port), SECRET) as rpc:
+        with pytest.raises(ProtocolError, match="stale order"):
+            await rpc.call(service.COORD_ORDER, [term, "impostor", 1, *move])
+        with pytest.raises(ProtocolError, match="sent to target"):
+            await rpc.call(service.COORD_ORDER, [term + 1, "x", 1, "move", "other", "a", "b", 1])
+        with pytest.raises(ProtocolError, match="malformed order"):
+            await rpc.call(service.COORD_ORDER, [term, "target", 1, "move", "target", "a"])
+        # A newer term than this node knows is followed (it has not heard of the election yet).
+        await rpc.call(service.COORD_ORDER, [term + 1, "newcomer", 7, *move])
+        stats = await rpc.call(service.STATS, [])
+    assert isinstance(stats, dict)
+    assert stats["orders"]["refused"] == 1
+    for _ in range(50):
+        if node.follower.done == (term + 1, 7, 0):
+            break
+        await asyncio.sleep(0.05)
+    assert node.follower.done == (term + 1, 7, 0)  # a and b are unknown here: nothing moved
