@@ -1,0 +1,380 @@
+"""A block device over one frontswap area: byte ranges become pages, no sockets here.
+
+Block `offset // page_size` is frontswap offset `offset // page_size` of the export's area.
+Never-written pages read as zeros; a page written as zeros, TRIM and WRITE_ZEROES invalidate;
+a write that covers part of a page is a read-modify-write. Mutations of one export are
+serialised by one lock (reads are not), so a read-modify-write is never torn by another
+connection's write: every connection sees one consistent device (NBD_FLAG_CAN_MULTI_CONN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ramster.errors import RamsterError
+from ramster.frontswap.contract import Frontswap
+from ramster.nbd import const
+from ramster.nbd.config import ExportSpec
+from ramster.nbd.handshake import ExportInfo
+from ramster.nbd.pagemap import PageMap
+
+log = logging.getLogger(__name__)
+
+TRANSMISSION_FLAGS = (
+    const.FLAG_HAS_FLAGS
+    | const.FLAG_SEND_FLUSH
+    | const.FLAG_SEND_FUA
+    | const.FLAG_SEND_TRIM
+    | const.FLAG_SEND_WRITE_ZEROES
+    | const.FLAG_SEND_FAST_ZERO
+    | const.FLAG_CAN_MULTI_CONN
+)
+"""Writes are stored before they are answered, so FUA and FLUSH hold by construction, and all
+connections share one area and one lock: what one connection flushed, every other one reads."""
+
+ReadResult = list[bytes] | int
+"""The chunks of a READ's data, or its error."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportStatistics:
+    """Counters of one export."""
+
+    name: str
+    area: int
+    size: int
+    pages_mapped: int
+    """Pages that may hold data (written and not since invalidated)."""
+    pages_stored: int
+    zero_pages: int
+    """Pages written as zeros: invalidated instead of stored."""
+    read_modify_writes: int
+    pages_refused: int
+    """Stores the pool and the cluster could not take (their requests got ENOSPC)."""
+    pages_discarded: int
+    read_errors: int
+    restore_failures: int
+    """Refused sub-page writes whose page could not be put back: bytes outside the failed request
+    were lost (a swap client never writes less than a page)."""
+
+
+class Export:
+    """An NBD export over a frontswap area; every method reports errors as NBD error numbers."""
+
+    def __init__(self, frontswap: Frontswap, spec: ExportSpec, max_payload: int) -> None:
+        self.fs = frontswap
+        self.spec = spec
+        self.area = spec.area
+        self.size = spec.size
+        self.page_size = ps = frontswap.page_size
+        if spec.size % ps:
+            raise ValueError(f"export {spec.name}: size is not a multiple of {ps}-byte pages")
+        self.info = ExportInfo(
+            name=spec.name,
+            size=spec.size,
+            flags=TRANSMISSION_FLAGS,
+            min_block=const.MIN_BLOCK,
+            preferred_block=ps,
+            max_block=max_payload,
+            description=f"ramster frontswap area {spec.area}",
+        )
+        self._zero = bytes(ps)
+        self._map = PageMap()
+        self._lock = asyncio.Lock()
+        self._stored = 0
+        self._zero_pages = 0
+        self._rmw = 0
+        self._refused = 0
+        self._discarded = 0
+        self._read_errors = 0
+        self._restore_failures = 0
+
+    async def open(self) -> None:
+        """Make the export's area usable."""
+        await self.fs.init(self.area)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[ReadResult]:
+        """The data of each (offset, length) range (already checked against the size)."""
+        ps = self.page_size
+        pages: list[int] = []
+        spans: list[tuple[int, int]] = []
+        for offset, length in ranges:
+            first = offset // ps
+            count = (offset + length - 1) // ps - first + 1 if length else 0
+            spans.append((len(pages), count))
+            pages.extend(range(first, first + count))
+        contents = await self._load(pages)
+        if contents is None:
+            return [await self._read_alone(offset, length) for offset, length in ranges]
+        out: list[ReadResult] = []
+        for (offset, length), (start, count) in zip(ranges, spans, strict=True):
+            out.append(self._slice(contents[start : start + count], offset, length))
+        return out
+
+    async def _read_alone(self, offset: int, length: int) -> ReadResult:
+        """One range by itself, after a batch failed: only the ranges with bad pages fail."""
+        ps = self.page_size
+        first = offset // ps
+        count = (offset + length - 1) // ps - first + 1 if length else 0
+        contents = await self._load(list(range(first, first + count)))
+        if contents is None:
+            self._read_errors += 1
+            return const.EIO
+        return self._slice(contents, offset, length)
+
+    async def _load(self, pages: list[int]) -> list[bytes] | None:
+        """Page contents (zeros where nothing is stored); None if any page failed to load."""
+        zero = self._zero
+        out = [zero] * len(pages)
+        if not pages:
+            return out
+        where = np.flatnonzero(self._map.contains(pages)).tolist()
+        if not where:
+            return out
+        try:
+            got = await self.fs.load_many(self.area, [pages[i] for i in where])
+        except RamsterError as exc:
+            log.warning(
+                "nbd export %s: load of %d pages failed: %s", self.spec.name, len(where), exc
+            )
+            return None
+        for i, page in zip(where, got, strict=True):
+            if page is not None:
+                out[i] = page
+        return out
+
+    def _slice(self, contents: list[bytes], offset: int, length: int) -> list[bytes]:
+        """The requested bytes out of whole pages."""
+        if not length:
+            return []
+        ps = self.page_size
+        head = offset % ps
+        tail = (offset + length) % ps
+        if head or tail:
+            if len(contents) == 1:
+                return [contents[0][head : head + length]]
+            contents = list(contents)
+            contents[0] = contents[0][head:]
+            if tail:
+                contents[-1] = contents[-1][:tail]
+        return contents
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def write_many(self, writes: Sequence[tuple[int, bytes]]) -> list[int]:
+        """Store each (offset, data) in order, as if one after another; an error per write."""
+        async with self._lock:
+            return await self._write_locked(writes)
+
+    async def _write_locked(self, writes: Sequence[tuple[int, bytes]]) -> list[int]:
+        ps = self.page_size
+        zero = self._zero
+        # Pass 1: pages written only in part, whose other bytes must come from the stored page
+        # (unless an earlier write of this batch already produced that page).
+        seen: set[int] = set()
+        need_old: dict[int, None] = {}
+        for offset, data in writes:
+            end = offset + len(data)
+            if not data:
+                continue
+            first, last = offset // ps, (end - 1) // ps
+            for page, partial in ((first, offset % ps), (last, end % ps)):
+                if partial and page not in seen:
+                    need_old[page] = None
+            seen.update(range(first, last + 1))
+        old: dict[int, bytes] = {}
+        bad: set[int] = set()
+        if need_old:
+            wanted = list(need_old)
+            loaded = await self._load(wanted)
+            if loaded is None:
+                for page in wanted:
+                    one = await self._load([page])
+                    if one is None:
+                        bad.add(page)
+                    else:
+                        old[page] = one[0]
+            else:
+                old = dict(zip(wanted, loaded, strict=True))
+        # Pass 2: the final content of every page touched, in request order.
+        errors = [0] * len(writes)
+        final: dict[int, bytes] = {}
+        touched_by: dict[int, list[int]] = {}
+        for i, (offset, data) in enumerate(writes):
+            length = len(data)
+            if not length:
+                continue
+            end = offset + length
+            if bad and ({offset // ps, (end - 1) // ps} & bad):
+                errors[i] = const.EIO
+                self._read_errors += 1
+                continue
+            pos = 0
+            while pos < length:
+                at = offset + pos
+                page, inside = divmod(at, ps)
+                take = min(ps - inside, length - pos)
+                if take == ps:
+                    content = data if length == ps else data[pos : pos + ps]
+                else:
+                    base = final[page] if page in final else old.get(page, zero)
+                    merged = bytearray(base)
+                    merged[inside : inside + take] = data[pos : pos + take]
+                    content = bytes(merged)
+                    self._rmw += 1
+                final[page] = content
+                touched_by.setdefault(page, []).append(i)
+                pos += take
+        stores: list[int] = []
+        contents: list[bytes] = []
+        zeros: list[int] = []
+        for page, content in final.items():
+            if content == zero:
+                zeros.append(page)
+            else:
+                stores.append(page)
+                contents.append(content)
+        if stores:
+            self._map.add(stores)  # before the store: the map stays a superset of the area
+            kept: list[bool] | None = None
+            failure: RamsterError | None = None
+            try:
+                kept = await self.fs.store_many(self.area, stores, contents)
+            except RamsterError as exc:
+                failure = exc
+            if kept is None:
+                log.error(
+                    "nbd export %s: store of %d pages failed: %s",
+                    self.spec.name,
+                    len(stores),
+                    failure,
+                )
+                for page in stores:
+                    for i in touched_by[page]:
+                        errors[i] = errors[i] or const.EIO
+            else:
+                refused = [p for p, ok in zip(stores, kept, strict=True) if not ok]
+                self._stored += len(stores) - len(refused)
+                if refused:
+                    self._refused += len(refused)
+                    for page in refused:
+                        for i in touched_by[page]:
+                            errors[i] = errors[i] or const.ENOSPC
+                    await self._restore(refused, old)
+        if zeros:
+            self._zero_pages += len(zeros)
+            mapped = self._map.contains(zeros).tolist()
+            await self._invalidate([p for p, m in zip(zeros, mapped, strict=True) if m])
+        return errors
+
+    async def _restore(self, refused: list[int], old: dict[int, bytes]) -> None:
+        """Put back the old content of refused pages that were only partly overwritten.
+
+        A refused store drops the old copy (the contract's rule against stale data); for a
+        sub-page write that would lose bytes the failed request never covered."""
+        zero = self._zero
+        back = [p for p in refused if old.get(p, zero) != zero]
+        gone = [p for p in refused if old.get(p, zero) == zero]
+        if back:
+            try:
+                kept = await self.fs.store_many(self.area, back, [old[p] for p in back])
+            except RamsterError:
+                kept = [False] * len(back)
+            lost = [p for p, ok in zip(back, kept, strict=True) if not ok]
+            if lost:
+                self._restore_failures += len(lost)
+                log.error(
+                    "nbd export %s: %d pages lost the bytes around a refused sub-page write "
+                    "(first: page %d)",
+                    self.spec.name,
+                    len(lost),
+                    lost[0],
+                )
+                gone += lost
+        self._map.discard(gone)
+
+    async def _invalidate(self, pages: Sequence[int]) -> None:
+        """Forget pages, in slices so that other connections get their turn."""
+        for i in range(0, len(pages), const.INVALIDATE_CHUNK):
+            part = list(pages[i : i + const.INVALIDATE_CHUNK])
+            await self.fs.invalidate_many(self.area, part)
+            self._map.discard(part)
+            self._discarded += len(part)
+            if i + const.INVALIDATE_CHUNK < len(pages):
+                await asyncio.sleep(0)
+
+    # -- ranges ----------------------------------------------------------------------------------
+
+    async def trim(self, offset: int, length: int) -> int:
+        """Discard the whole pages inside the range (partial pages are left as they are)."""
+        ps = self.page_size
+        first = -(-offset // ps)
+        end = (offset + length) // ps
+        async with self._lock:
+            return await self._invalidate_range(first, end)
+
+    async def write_zeroes(self, offset: int, length: int) -> int:
+        """Make the range read as zeros: whole pages are invalidated, partial ones rewritten."""
+        if not length:
+            return 0
+        ps = self.page_size
+        end = offset + length
+        first_full = -(-offset // ps)
+        end_full = end // ps
+        async with self._lock:
+            edges: list[tuple[int, bytes]] = []
+            if first_full > end_full:
+                edges.append((offset, bytes(length)))
+            else:
+                if offset % ps:
+                    edges.append((offset, bytes(first_full * ps - offset)))
+                if end % ps:
+                    edges.append((end_full * ps, bytes(end - end_full * ps)))
+            # Edge pages never written already read as zeros.
+            mapped = self._map.contains([o // ps for o, _ in edges]).tolist()
+            edges = [e for e, m in zip(edges, mapped, strict=True) if m]
+            errors = await self._write_locked(edges) if edges else []
+            error = next((e for e in errors if e), 0)
+            if first_full < end_full:
+                error = await self._invalidate_range(first_full, end_full) or error
+            return error
+
+    async def _invalidate_range(self, first: int, end: int) -> int:
+        if end <= first:
+            return 0
+        try:
+            await self._invalidate(self._map.in_range(first, end).tolist())
+        except RamsterError as exc:
+            failure = exc
+        else:
+            return 0
+        log.error("nbd export %s: invalidate failed: %s", self.spec.name, failure)
+        return const.EIO
+
+    async def flush(self) -> int:
+        """Every write answered before is stored; this waits for writes still being stored."""
+        async with self._lock:
+            return 0
+
+    def statistics(self) -> ExportStatistics:
+        """A snapshot of the export's counters."""
+        return ExportStatistics(
+            name=self.spec.name,
+            area=self.area,
+            size=self.size,
+            pages_mapped=len(self._map),
+            pages_stored=self._stored,
+            zero_pages=self._zero_pages,
+            read_modify_writes=self._rmw,
+            pages_refused=self._refused,
+            pages_discarded=self._discarded,
+            read_errors=self._read_errors,
+            restore_failures=self._restore_failures,
+        )

@@ -1,0 +1,446 @@
+"""The asyncio shell around the NBD protocol: sockets, admission, flow control, ownership.
+
+One NbdServer owns a TaskGroup; every accepted connection is one task in it. A connection reads
+through an asyncio.Protocol (bytes go to the sans-IO Handshake, then to the RequestDecoder) and
+one worker task answers what was read, in batches: consecutive READs become one load_many,
+consecutive WRITEs one store_many. Reading pauses while a connection has `max_inflight` requests
+or `max_queued_bytes` of payload waiting, or while its replies are not being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from ramster.errors import NbdProtocolError
+from ramster.frontswap.contract import Frontswap
+from ramster.nbd import const
+from ramster.nbd.config import NbdConfig, allowed
+from ramster.nbd.export import Export, ExportStatistics
+from ramster.nbd.handshake import Handshake
+from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, check, reply
+from ramster.units import parse_address
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NbdStatistics:
+    """Counters of one NBD server."""
+
+    connections_active: int
+    connections_accepted: int
+    connections_refused: int
+    """Closed at once: the client's address is not on the allow-list."""
+    connections_busy: int
+    """Closed at once: max_connections were already open."""
+    handshakes_failed: int
+    """Broken or timed-out handshakes (a client's NBD_OPT_ABORT is not a failure)."""
+    protocol_errors: int
+    """Connections closed for breaking the protocol in transmission (bad magic, oversized)."""
+    internal_errors: int
+    requests: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    """Error replies by error name (EINVAL, ENOSPC, EIO, ...)."""
+    bytes_read: int = 0
+    bytes_written: int = 0
+    exports: dict[str, ExportStatistics] = field(default_factory=dict)
+
+
+class NbdServer:
+    """Serves `config.exports` from one frontswap; `start()` returns when listening."""
+
+    def __init__(self, frontswap: Frontswap, config: NbdConfig) -> None:
+        self.config = config
+        self.exports = {
+            spec.name: Export(frontswap, spec, config.max_payload) for spec in config.exports
+        }
+        self.infos = [e.info for e in self.exports.values()]
+        self._server: asyncio.Server | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._closing = False
+        self._connections: set[_Connection] = set()
+        self.address = config.listen
+        """host:port actually listened on (known after start())."""
+        self._accepted = 0
+        self._refused = 0
+        self._busy = 0
+        self._handshakes_failed = 0
+        self._protocol_errors = 0
+        self._internal_errors = 0
+        self._requests: collections.Counter[str] = collections.Counter()
+        self._errors: collections.Counter[str] = collections.Counter()
+        self._bytes_read = 0
+        self._bytes_written = 0
+
+    async def start(self) -> None:
+        """Open every export's area, listen, and return once connections are taken."""
+        for export in self.exports.values():
+            await export.open()
+        host, port = parse_address(self.config.listen)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True
+        )
+        sockname = self._server.sockets[0].getsockname()
+        bound_host = host if ":" not in host else f"[{host}]"
+        self.address = f"{bound_host}:{sockname[1]}"
+        ready = asyncio.Event()
+        self._runner = asyncio.create_task(self._run(ready), name="nbd server")
+        await ready.wait()
+        for info in self.infos:
+            spec = self.exports[info.name].spec
+            log.info(
+                "nbd: export %s (%d bytes, frontswap area %d) listening on %s",
+                info.name,
+                info.size,
+                spec.area,
+                self.address,
+            )
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            ready.set()
+            await self._stop.wait()
+            self._tasks = None
+            for conn in list(self._connections):
+                conn.shutdown()
+
+    async def close(self) -> None:
+        """Stop listening, let connections finish what they read, then close them. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        self._stop.set()
+        runner = self._runner
+        if runner is not None:
+            done, _ = await asyncio.wait({runner}, timeout=const.DRAIN_TIMEOUT)
+            if not done:
+                log.warning(
+                    "nbd: connections still busy after %.0f s; cancelling", const.DRAIN_TIMEOUT
+                )
+                runner.cancel()
+                try:
+                    await runner
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+        for conn in list(self._connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _admit(self, conn: _Connection, host: str) -> bool:
+        if self._closing or self._tasks is None:
+            return False
+        if not allowed(host, self.config.networks):
+            self._refused += 1
+            log.warning(
+                "nbd: connection from %s refused: not on the allow-list (%d refused so far)",
+                host,
+                self._refused,
+            )
+            return False
+        if len(self._connections) >= self.config.max_connections:
+            self._busy += 1
+            log.warning(
+                "nbd: connection from %s refused: %d connections already open",
+                host,
+                len(self._connections),
+            )
+            return False
+        self._accepted += 1
+        self._connections.add(conn)
+        self._tasks.create_task(conn.serve(), name=f"nbd connection {conn.peer}")
+        return True
+
+    def _forget(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+
+    def statistics(self) -> NbdStatistics:
+        """A snapshot of the server's and every export's counters."""
+        return NbdStatistics(
+            connections_active=len(self._connections),
+            connections_accepted=self._accepted,
+            connections_refused=self._refused,
+            connections_busy=self._busy,
+            handshakes_failed=self._handshakes_failed,
+            protocol_errors=self._protocol_errors,
+            internal_errors=self._internal_errors,
+            requests=dict(self._requests),
+            errors=dict(self._errors),
+            bytes_read=self._bytes_read,
+            bytes_written=self._bytes_written,
+            exports={name: e.statistics() for name, e in self.exports.items()},
+        )
+
+
+class _Connection(asyncio.Protocol):
+    """One client: protocol callbacks feed the decoders; serve() answers."""
+
+    def __init__(self, server: NbdServer) -> None:
+        self._server = server
+        config = server.config
+        self._max_inflight = config.max_inflight
+        self._max_bytes = config.max_queued_bytes
+        self._transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self._handshake = Handshake(server.infos)
+        self._decoder = RequestDecoder(config.max_payload)
+        self._export: Export | None = None
+        self._queue: collections.deque[Request] = collections.deque()
+        self._queued_bytes = 0
+        self._wake = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._paused = False
+        self._lost = False
+        self._stopping = False
+        self._ended = False
+        """No request after those queued will be read (DISC, violation, shutdown or close)."""
+        self._violation: NbdProtocolError | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if peer else ""
+        self.peer = f"{host}:{peer[1]}" if peer else "?"
+        if not self._server._admit(self, host):
+            self._lost = True
+            transport.abort()
+            return
+        transport.write(self._handshake.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        hs = self._handshake
+        if self._ended:
+            return
+        if not hs.transmitting():
+            hs.receive(data)
+            out = hs.data_to_send()
+            if out and self._transport is not None:
+                self._transport.write(out)
+            if not hs.transmitting():
+                if hs.closed():
+                    self._ended = True
+                    self._wake.set()
+                return
+            assert hs.export is not None
+            self._export = self._server.exports[hs.export.name]
+            self._wake.set()
+            data = hs.unused()
+            if not data:
+                return
+        decoder = self._decoder
+        decoder.feed(data)
+        queue = self._queue
+        try:
+            while (request := decoder.next()) is not None:
+                queue.append(request)
+                self._queued_bytes += len(request.payload)
+                if request.cmd == const.CMD_DISC:
+                    self._ended = True
+                    break
+        except NbdProtocolError as exc:
+            self._violation = exc
+            self._ended = True
+        self._wake.set()
+        self._update_reading()
+
+    def eof_received(self) -> bool:
+        # Half-closed: answer what was read (like DISC), then serve() closes.
+        self._ended = True
+        self._wake.set()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._ended = True
+        self._writable.set()
+        self._wake.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._lost:
+            return
+        pause = (
+            not self._writable.is_set()
+            or len(self._queue) >= self._max_inflight
+            or self._queued_bytes >= self._max_bytes
+        )
+        if pause and not self._paused:
+            transport.pause_reading()
+        elif not pause and self._paused:
+            transport.resume_reading()
+        self._paused = pause
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Finish the requests already read, read no more, then close."""
+        self._stopping = True
+        self._ended = True
+        self._wake.set()
+
+    def abort(self) -> None:
+        """Close now, without finishing anything."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def serve(self) -> None:
+        """Wait for the handshake, then answer requests until the client is done."""
+        server = self._server
+        try:
+            if not await self._handshake_done():
+                return
+            await self._answer()
+            if self._violation is not None:
+                self._protocol_violation(self._violation)
+        except Exception:
+            server._internal_errors += 1
+            log.exception("nbd: connection %s failed; closing it", self.peer)
+        finally:
+            server._forget(self)
+            if self._transport is not None and not self._lost:
+                self._transport.close()
+
+    async def _handshake_done(self) -> bool:
+        hs = self._handshake
+        try:
+            async with asyncio.timeout(self._server.config.handshake_timeout):
+                while not hs.transmitting() and not self._ended:
+                    self._wake.clear()
+                    await self._wake.wait()
+        except TimeoutError:
+            self._server._handshakes_failed += 1
+            log.warning("nbd: %s did not finish its handshake in time; closing", self.peer)
+            return False
+        if hs.transmitting():
+            assert hs.export is not None
+            log.info("nbd: %s uses export %s", self.peer, hs.export.name)
+            return True
+        if hs.violation is not None:
+            self._server._handshakes_failed += 1
+            log.warning("nbd: handshake with %s failed: %s", self.peer, hs.violation)
+        return False
+
+    async def _answer(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._ended:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = list(queue)
+            queue.clear()
+            self._queued_bytes = 0
+            self._update_reading()
+            await self._execute(batch)
+            if not self._writable.is_set():
+                await self._writable.wait()
+
+    def _protocol_violation(self, exc: NbdProtocolError) -> None:
+        self._server._protocol_errors += 1
+        if isinstance(exc, PayloadTooLarge):
+            self._send([reply(exc.handle, const.EINVAL)])
+            self._server._errors["EINVAL"] += 1
+        log.warning("nbd: %s broke the protocol (%s); closing", self.peer, exc)
+
+    def _send(self, buffers: Sequence[bytes]) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(buffers)
+
+    async def _execute(self, batch: list[Request]) -> None:
+        export = self._export
+        assert export is not None
+        server = self._server
+        size = export.size
+        max_payload = server.config.max_payload
+        requests = server._requests
+        errors = server._errors
+        out: list[bytes] = []
+        i = 0
+        n = len(batch)
+        checks = [check(r, size, max_payload) for r in batch]
+        while i < n:
+            request = batch[i]
+            cmd = request.cmd
+            requests[const.CMD_NAMES.get(cmd, "unknown")] += 1
+            if checks[i]:
+                out.append(reply(request.handle, checks[i]))
+                errors[const.ERROR_NAMES[checks[i]]] += 1
+                i += 1
+                continue
+            if cmd in (const.CMD_READ, const.CMD_WRITE):
+                j = i + 1
+                while j < n and batch[j].cmd == cmd and not checks[j]:
+                    j += 1
+                run = batch[i:j]
+                if j - i > 1:
+                    requests[const.CMD_NAMES[cmd]] += j - i - 1
+                if cmd == const.CMD_READ:
+                    results = await export.read_many([(r.offset, r.length) for r in run])
+                    for r, result in zip(run, results, strict=True):
+                        if isinstance(result, int):
+                            out.append(reply(r.handle, result))
+                            errors[const.ERROR_NAMES[result]] += 1
+                        else:
+                            out.append(reply(r.handle))
+                            out += result
+                            server._bytes_read += r.length
+                else:
+                    codes = await export.write_many([(r.offset, r.payload) for r in run])
+                    for r, code in zip(run, codes, strict=True):
+                        out.append(reply(r.handle, code))
+                        if code:
+                            errors[const.ERROR_NAMES[code]] += 1
+                        else:
+                            server._bytes_written += r.length
+                i = j
+            else:
+                i += 1
+                if cmd == const.CMD_DISC:
+                    continue
+                if cmd == const.CMD_FLUSH:
+                    code = await export.flush()
+                elif cmd == const.CMD_TRIM:
+                    code = await export.trim(request.offset, request.length)
+                else:
+                    code = await export.write_zeroes(request.offset, request.length)
+                out.append(reply(request.handle, code))
+                if code:
+                    errors[const.ERROR_NAMES[code]] += 1
+            # Replies go out after every awaited step: a slow remote store must not hold back
+            # the answers already known.
+            if out:
+                self._send(out)
+                out = []
+        if out:
+            self._send(out)
