@@ -125,6 +125,109 @@ def _node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="seconds a silent owner's pages are kept before they are reclaimed (default: 300)",
     )
     p.add_argument("--log-level", help="debug, info, warning or error (default: info)")
+    nbd = p.add_argument_group(
+        "NBD exports",
+        "serve this node's frontswap as NBD block devices, so that a Linux host can swap to the "
+        "cluster (see docs/nbd-swap.md)",
+    )
+    nbd.add_argument(
+        "--nbd",
+        metavar="HOST:PORT",
+        help="serve NBD on this address (the NBD port is 10809); default: no NBD server",
+    )
+    nbd.add_argument(
+        "--export",
+        dest="nbd_exports",
+        action="append",
+        default=[],
+        metavar="NAME:SIZE[:AREA]",
+        help=EXPORT_HELP,
+    )
+    nbd.add_argument(
+        "--nbd-allow",
+        dest="nbd_allow",
+        action="append",
+        default=[],
+        metavar="LIST",
+        help=ALLOW_HELP,
+    )
+    nbd.add_argument(
+        "--no-swap-safety",
+        dest="nbd_swap_safety",
+        action="store_const",
+        const=False,
+        default=None,
+        help=NO_SAFETY_HELP,
+    )
+
+
+EXPORT_HELP = (
+    "an export (repeatable): a name of letters, digits, '.', '_', '-' and a size, a multiple of "
+    "4 KiB with K, M, G, T suffixes (powers of 1024), e.g. swap0:8GiB; AREA picks the frontswap "
+    "area (default: 31, 30, ... so that exports stay clear of clients using area 0)"
+)
+ALLOW_HELP = (
+    "client addresses or networks allowed to connect, comma-separated, repeatable "
+    "(e.g. 127.0.0.1,10.0.0.0/8); others are closed and counted (default: loopback only)"
+)
+NO_SAFETY_HELP = (
+    "do not mlockall, set oom_score_adj to -1000 or PR_SET_IO_FLUSHER (on by default: a swap "
+    "server must not be swapped out or killed)"
+)
+
+
+def _nbd_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "nbd",
+        help="serve NBD block devices from a local compressed pool (swap for a Linux host)",
+        description=(
+            "Serve NBD exports whose 4 KiB blocks are frontswap pages, kept compressed in a local "
+            "RAM pool. A Linux host swaps to it with `nbd-client -b 4096 HOST PORT /dev/nbd0 -N "
+            "NAME`, `mkswap /dev/nbd0`, `swapon --discard=pages /dev/nbd0` (see docs/nbd-swap.md; "
+            "use `ramster node --nbd` to let pages spill to the cluster). Sizes take K, M, G, T "
+            "suffixes (powers of 1024: 512MiB, 8G)."
+        ),
+    )
+    p.add_argument(
+        "--export",
+        dest="exports",
+        action="append",
+        required=True,
+        metavar="NAME:SIZE[:AREA]",
+        help=EXPORT_HELP,
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:10809",
+        metavar="HOST:PORT",
+        help="address to serve on (default: 127.0.0.1:10809, loopback only; port 0 = any)",
+    )
+    p.add_argument(
+        "--local-budget",
+        type=_size,
+        default=256 << 20,
+        help="RAM for the compressed pages, e.g. 512MiB (default: 256MiB); beyond it writes get "
+        "ENOSPC",
+    )
+    p.add_argument(
+        "--allow",
+        "--nbd-allow",
+        dest="allow",
+        action="append",
+        default=[],
+        metavar="LIST",
+        help=ALLOW_HELP,
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=64,
+        help="connections open at once; more are closed and counted (default: 64)",
+    )
+    p.add_argument("--no-swap-safety", action="store_true", help=NO_SAFETY_HELP)
+    p.add_argument(
+        "--log-level", default="info", help="debug, info, warning or error (default: info)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     _node_parser(sub)
+    _nbd_parser(sub)
 
     up = sub.add_parser(
         "up",
@@ -261,9 +365,27 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         flags = {k: v for k, v in vars(args).items() if k not in {"command", "config"}}
         flags["peers"] = tuple(args.peers)
+        flags["nbd_exports"] = tuple(args.nbd_exports)
+        flags["nbd_allow"] = tuple(args.nbd_allow)
         config = load_config(flags, file=args.config)
         logs.setup(config.log_level)
         return run_node(config, _secret(config.secret_file))
+    if cmd == "nbd":
+        from ramster import logs
+        from ramster.nbd.config import LOOPBACK, NbdConfig, parse_exports
+        from ramster.nbd.run import run_standalone
+
+        if args.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError(f"log level must be debug, info, warning or error: {args.log_level}")
+        nbd_config = NbdConfig(
+            exports=parse_exports(args.exports),
+            listen=args.listen,
+            allow=tuple(args.allow) or LOOPBACK,
+            max_connections=args.max_connections,
+            swap_safety=not args.no_swap_safety,
+        )
+        logs.setup(args.log_level)
+        return run_standalone(nbd_config, args.local_budget)
     if cmd == "up":
         from ramster import logs
         from ramster.devcluster import up

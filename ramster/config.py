@@ -10,9 +10,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ramster.units import parse_address, parse_size
+
+if TYPE_CHECKING:
+    from ramster.nbd.config import NbdConfig
 
 ENV_PREFIX = "RAMSTER_"
 
@@ -58,6 +61,14 @@ class NodeConfig:
     owner_grace: float = 300.0
     """Seconds a silent owner's pages are kept before they are reclaimed (survives partitions)."""
     log_level: str = "info"
+    nbd: str | None = None
+    """Serve NBD exports of this node's frontswap on this address (host:port); None: no NBD."""
+    nbd_exports: tuple[str, ...] = ()
+    """NBD exports, NAME:SIZE[:AREA] each (sizes in bytes or with K, M, G, T suffixes)."""
+    nbd_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Client addresses or networks allowed to use the NBD exports."""
+    nbd_swap_safety: bool = True
+    """With NBD: mlockall, oom_score_adj -1000 and PR_SET_IO_FLUSHER where the OS allows them."""
 
     def __post_init__(self) -> None:
         parse_address(self.listen)
@@ -82,6 +93,25 @@ class NodeConfig:
             raise ValueError("heartbeat must be positive and shorter than dead_after")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError(f"log level must be debug, info, warning or error: {self.log_level}")
+        if self.nbd is not None:
+            self.nbd_config()
+        elif self.nbd_exports:
+            raise ValueError("NBD exports need an NBD address (--nbd HOST:PORT)")
+
+    def nbd_config(self) -> NbdConfig:
+        """The NBD server's settings (validated); ValueError when `nbd` is not set."""
+        from ramster.nbd.config import NbdConfig, parse_exports
+
+        if self.nbd is None:
+            raise ValueError("no NBD address configured")
+        if not self.nbd_exports:
+            raise ValueError("--nbd needs at least one --export NAME:SIZE")
+        return NbdConfig(
+            exports=parse_exports(self.nbd_exports),
+            listen=self.nbd,
+            allow=self.nbd_allow,
+            swap_safety=self.nbd_swap_safety,
+        )
 
     @property
     def host(self) -> str:
@@ -98,6 +128,19 @@ _SIZES = {"local_budget", "lent_budget", "page_size"}
 _FLOATS = {"high_watermark", "low_watermark", "heartbeat", "dead_after", "owner_grace"}
 _INTS = {"replicas"}
 _PATHS = {"secret_file", "state_dir"}
+_LISTS = {"peers", "nbd_exports", "nbd_allow"}
+_BOOLS = {"nbd_swap_safety"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError(f"not a yes/no value: {value!r} (use true or false)")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -111,7 +154,9 @@ def _coerce(name: str, value: Any) -> Any:
         return int(value)
     if name in _PATHS:
         return Path(value).expanduser()
-    if name == "peers":
+    if name in _BOOLS:
+        return _bool(value)
+    if name in _LISTS:
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return tuple(str(p) for p in value)

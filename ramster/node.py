@@ -72,9 +72,14 @@ class Node:
         service.register(self)
         self.discovery: MdnsDiscovery | None = None
         self.election = Election(self.node_id)
-        self.follower = OrderFollower(self.frontswap, self.peers.alive, config.dead_after)
+        self.follower = OrderFollower(self.frontswap, self.peers.present, config.dead_after)
         self.driver = CoordinatorDriver(
-            self.election, self._reports, self.peers.order, self.follower, config.heartbeat
+            self.election,
+            self._reports,
+            self.peers.order,
+            self.follower,
+            config.heartbeat,
+            self.peers.changed,
         )
         self.orders_refused = 0
         self._inventory_at = -1e9
@@ -158,11 +163,12 @@ class Node:
                 await self.frontswap.drop_orphans(self.peers.alive())
 
     def _reports(self) -> dict[str, dict[str, Any]]:
-        """Every live member's latest heartbeat answer, this node's own included."""
-        alive = self.peers.alive()
-        reports = {
-            p.node_id: p.info for p in self.peers.peers() if p.node_id and p.node_id in alive
-        }
+        """The latest heartbeat answer of every member not declared dead, this node's own too.
+
+        A suspect member is still one: its copies are repaired only once it is dead.
+        """
+        present = self.peers.present()
+        reports = {p.node_id: p.info for p in self.peers.peers() if p.node_id in present}
         reports[self.node_id] = self.hello_info()
         return {n: r for n, r in reports.items() if n}
 

@@ -4,6 +4,7 @@ elected and carries its instructions out; the other follows the orders this node
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -50,6 +51,7 @@ class CoordinatorDriver:
         send: Callable[[str, list[object]], Awaitable[object]],
         follower: OrderFollower,
         interval: float,
+        wake: asyncio.Event,
         config: CoordinatorConfig | None = None,
     ) -> None:
         self.election = election
@@ -57,15 +59,19 @@ class CoordinatorDriver:
         self._send = send
         self._follower = follower
         self.interval = interval
+        self._wake = wake
         self.config = config or CoordinatorConfig()
         self.coordinator: Coordinator | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.orders_failed = 0
 
     async def run(self) -> None:
-        """One round per heartbeat while elected, until cancelled."""
+        """One round per heartbeat, and at once when membership changes, until cancelled."""
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            self._wake.clear()
             await self.round()
 
     async def round(self) -> None:
@@ -132,9 +138,11 @@ class OrderFollower:
     replaces the older one, which the coordinator's state already supersedes.
     """
 
-    def __init__(self, worker: Worker, alive: Callable[[], set[str]], own_detection: float) -> None:
+    def __init__(
+        self, worker: Worker, present: Callable[[], set[str]], own_detection: float
+    ) -> None:
         self._worker = worker
-        self._alive = alive
+        self._present = present
         self._own_detection = own_detection
         self._repair: Repair | None = None
         self._move: Move | None = None
@@ -184,8 +192,8 @@ class OrderFollower:
         # its own failure detector the same time the coordinator's had to agree.
         deadline = time.monotonic() + self._own_detection
         while True:
-            alive = self._alive()
-            gone = {h for h in order.lost if h not in alive}
+            present = self._present()
+            gone = {h for h in order.lost if h not in present}
             if len(gone) == len(order.lost) or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(OWN_DETECTION_POLL)

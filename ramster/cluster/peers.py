@@ -74,6 +74,8 @@ class Peers:
         self._tg: asyncio.TaskGroup | None = None
         self.on_restart: Callable[[str, str], None] | None = None
         """Called with (node, old incarnation) when a peer restarted: its copies are gone."""
+        self.changed = asyncio.Event()
+        """Set when a peer dies or comes (back) alive; whoever waits on it clears it."""
 
     # -- heartbeats ------------------------------------------------------------------------------
 
@@ -124,6 +126,8 @@ class Peers:
                 log.info("peer %s at %s is alive (%s)", t.node, address, t.reason)
             if peer is not None:
                 peer.alive = t.new is State.ALIVE
+            if t.new is not State.SUSPECT:
+                self.changed.set()
 
     async def beat_once(self, peer: Peer) -> None:
         """One heartbeat: learn the peer's identity and capacity, or note its silence."""
@@ -170,6 +174,10 @@ class Peers:
     def alive(self) -> set[str]:
         """Peers alive now."""
         return set(self.membership.members(State.ALIVE)) - {self.me}
+
+    def present(self) -> set[str]:
+        """Peers not (yet) declared dead: alive or only suspect."""
+        return set(self.membership.members()) - set(self.membership.members(State.DEAD)) - {self.me}
 
     def leaving(self) -> set[str]:
         """Live peers that are draining."""

@@ -86,9 +86,14 @@ class SpillConfig:
     depth: int = 4
     """Spill batches in flight at once."""
     retry_delay: float = 0.2
-    repair_pause: float = 0.002
-    """Pause between re-replication batches, so that foreground calls get their turn."""
     """Pause before trying again when no holder could take a batch."""
+    repair_batch_pages: int = 1024
+    """Pages per re-replication or move batch: bulk work, so fewer and larger calls."""
+    repair_depth: int = 6
+    """Re-replication batches in flight at once."""
+    repair_pause: float = 0.0
+    """Pause after each re-replication batch; 0 still yields, so foreground calls get their
+    turn between batches."""
 
 
 def _rotated(nodes: tuple[str, ...], first: int) -> tuple[str, ...]:
@@ -561,10 +566,9 @@ class ClusterFrontswap(LocalFrontswap):
             groups[(set_id, area)].append((offset, version, sum_))
         moved = 0
         for (set_id, area), pages in groups.items():
-            for start in range(0, len(pages), cfg.batch_pages):
-                done = await self._repair_batch(
-                    set_id, area, pages[start : start + cfg.batch_pages], set(), {source}, target
-                )
+            for start in range(0, len(pages), cfg.repair_batch_pages):
+                chunk = pages[start : start + cfg.repair_batch_pages]
+                done = await self._repair_batch(set_id, area, chunk, set(), {source}, target)
                 if done < 0:
                     return moved
                 moved += done
@@ -609,25 +613,34 @@ class ClusterFrontswap(LocalFrontswap):
         groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
         for area, offset, version, sum_, set_id in entries:
             groups[(set_id, area)].append((offset, version, sum_))
+        jobs = iter(
+            [
+                (set_id, area, pages[start : start + cfg.repair_batch_pages])
+                for (set_id, area), pages in groups.items()
+                for start in range(0, len(pages), cfg.repair_batch_pages)
+            ]
+        )
         repaired = 0
-        jobs = [
-            (set_id, area, pages[start : start + cfg.batch_pages])
-            for (set_id, area), pages in groups.items()
-            for start in range(0, len(pages), cfg.batch_pages)
-        ]
-        for wave in range(0, len(jobs), cfg.depth):
-            results = await asyncio.gather(
-                *(
-                    self._repair_batch(set_id, area, chunk, gone, leaving)
-                    for set_id, area, chunk in jobs[wave : wave + cfg.depth]
-                )
-            )
-            done = sum(r for r in results if r > 0)
-            repaired += done
-            self._c["repaired_pages"] += done
-            if any(r < 0 for r in results):
-                return repaired  # nowhere to copy to now: try again later
-            await asyncio.sleep(cfg.repair_pause)
+        stuck = False
+
+        async def worker() -> None:
+            # A fixed number of batches in flight: bounded work, and the pipeline never waits
+            # for the slowest batch of a wave.
+            nonlocal repaired, stuck
+            for set_id, area, chunk in jobs:
+                if stuck:
+                    return
+                done = await self._repair_batch(set_id, area, chunk, gone, leaving)
+                if done < 0:
+                    stuck = True  # nowhere to copy to now: the coordinator asks again later
+                    return
+                repaired += done
+                self._c["repaired_pages"] += done
+                await asyncio.sleep(cfg.repair_pause)
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(cfg.repair_depth):
+                tg.create_task(worker())
         return repaired
 
     async def _repair_batch(
@@ -697,7 +710,8 @@ class ClusterFrontswap(LocalFrontswap):
                 pending = self._orphans.setdefault((node, area), ([], []))
                 pending[0].extend(offsets[i] for i in moved_idx)
                 pending[1].extend(versions[i] for i in moved_idx)
-        stray = [i for i in range(len(pages)) if i not in set(moved_idx)]
+        moved_set = set(moved_idx)
+        stray = [i for i in range(len(pages)) if i not in moved_set]
         if stray:
             await self._drop_on(
                 new, area, [offsets[i] for i in stray], [versions[i] for i in stray]

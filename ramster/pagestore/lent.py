@@ -223,10 +223,9 @@ class LentPool:
 
     def free_bytes(self) -> int:
         """Room left in the lent budget, in bytes (0 while the pool refuses stores)."""
-        st = self.pool.statistics()
-        if st.full or self.draining:
+        if self.pool.full or self.draining:
             return 0
-        return max(0, st.pool_limit - st.pool_total_size)
+        return max(0, self.pool.config.budget_bytes - self.pool.used_bytes)
 
     def statistics(self) -> LentStatistics:
         """Lent pool counters."""
