@@ -7,6 +7,8 @@ import logging
 import signal
 
 from ramster.config import NodeConfig
+from ramster.nbd import NbdServer, safety
+from ramster.nbd.run import summary
 from ramster.node import Node
 from ramster.rpc import Secret
 from ramster.rpc.loop import run
@@ -15,14 +17,21 @@ log = logging.getLogger(__name__)
 
 
 async def serve(config: NodeConfig, secret: Secret) -> None:
-    """Start a node, wait for a stop signal, shut it down gracefully."""
+    """Start a node (and its NBD exports), wait for a stop signal, shut it down gracefully."""
+    nbd_config = config.nbd_config() if config.nbd is not None else None
+    if nbd_config is not None and nbd_config.swap_safety:
+        safety.protect()  # before the node's pools map anything (see safety.lock_memory)
     node = Node(config, secret)
+    nbd: NbdServer | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
+        if nbd_config is not None:
+            nbd = NbdServer(node.frontswap, nbd_config)
+            await nbd.start()
         waiter = asyncio.create_task(stop.wait())
         runner = asyncio.create_task(node.wait_closed())
         done, _ = await asyncio.wait({waiter, runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -33,6 +42,9 @@ async def serve(config: NodeConfig, secret: Secret) -> None:
         else:
             log.info("stop signal received; shutting down")
     finally:
+        if nbd is not None:
+            await nbd.close()
+            log.info("%s", summary(nbd.statistics()))
         await node.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
