@@ -6,9 +6,12 @@ Used by unit tests of the remote tier and by anything that wants a cluster insid
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ramster.cluster.placement import Candidate
 from ramster.errors import PeerLost
 from ramster.pagestore.lent import LentPool, Stored
+from ramster.types import Buffer
 
 
 class InProcessHolders:
@@ -42,7 +45,7 @@ class InProcessHolders:
         offsets: list[int],
         versions: list[int],
         checksums: list[int],
-        payloads: list[bytes],
+        payloads: Sequence[Buffer],
     ) -> list[bool]:
         """Keep pages on node."""
         lent = self._lent(node)

@@ -17,6 +17,7 @@ from ramster.pagestore.lent import Stored
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.rpc.pages import flags_from_wire
 from ramster.service import COORD_ORDER, HELLO, HOLD_DROP, HOLD_DROP_AREA, HOLD_GET, HOLD_PUT
+from ramster.types import Buffer
 from ramster.units import parse_address
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class Peers:
         offsets: list[int],
         versions: list[int],
         checksums: list[int],
-        payloads: list[bytes],
+        payloads: Sequence[Buffer],
     ) -> list[bool]:
         """hold.put on node."""
         batch = PageBatch(areas, offsets, versions, checksums, payloads)

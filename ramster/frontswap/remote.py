@@ -56,7 +56,7 @@ class Holders(Protocol):
         offsets: list[int],
         versions: list[int],
         checksums: list[int],
-        payloads: list[bytes],
+        payloads: Sequence[Buffer],
     ) -> list[bool]:
         """Ask `node` to keep pages; True for each page it kept."""
         ...
@@ -258,7 +258,7 @@ class ClusterFrontswap(LocalFrontswap):
         offsets: list[int],
         versions: list[int],
         sums: list[int],
-        payloads: list[bytes],
+        payloads: Sequence[Buffer],
     ) -> list[bool]:
         """Send one batch to every node at once; True where all of them kept the page."""
         areas = [area] * len(offsets)
@@ -591,7 +591,7 @@ class ClusterFrontswap(LocalFrontswap):
     def under_replicated(self, gone: set[str], leaving: set[str] | None = None) -> int:
         """Remote pages with a copy on a gone or leaving holder (what repair still has to do)."""
         sets = self._sets_touching(gone | self._tombstones | (leaving or set()))
-        return len(self.pool.remote_in_sets(sets)) if sets else 0
+        return self.pool.remote_count_in_sets(sets) if sets else 0
 
     def _sets_touching(self, nodes: set[str]) -> list[int]:
         return [i for i, members in enumerate(self._sets) if nodes.intersection(members)]
@@ -677,7 +677,7 @@ class ClusterFrontswap(LocalFrontswap):
         except PageUnavailable:
             self._c["pages_lost"] += len(pages)
             return 0
-        payloads = [bytes(copies[i]) for i in range(len(pages))]
+        payloads = [copies[i] for i in range(len(pages))]  # views into the reply: no copy
         new = (
             [target]
             if target is not None

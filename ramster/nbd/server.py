@@ -48,6 +48,8 @@ class NbdStatistics:
     """Error replies by error name (EINVAL, ENOSPC, EIO, ...)."""
     bytes_read: int = 0
     bytes_written: int = 0
+    inflight_peak: int = 0
+    """Most requests one connection had read and not yet answered."""
     exports: dict[str, ExportStatistics] = field(default_factory=dict)
 
 
@@ -78,6 +80,7 @@ class NbdServer:
         self._errors: collections.Counter[str] = collections.Counter()
         self._bytes_read = 0
         self._bytes_written = 0
+        self._inflight_peak = 0
 
     async def start(self) -> None:
         """Open every export's area, listen, and return once connections are taken."""
@@ -183,6 +186,7 @@ class NbdServer:
             errors=dict(self._errors),
             bytes_read=self._bytes_read,
             bytes_written=self._bytes_written,
+            inflight_peak=self._inflight_peak,
             exports={name: e.statistics() for name, e in self.exports.items()},
         )
 
@@ -201,15 +205,19 @@ class _Connection(asyncio.Protocol):
         self._decoder = RequestDecoder(config.max_payload)
         self._export: Export | None = None
         self._queue: collections.deque[Request] = collections.deque()
-        self._queued_bytes = 0
+        self._executing = 0
+        """Requests taken by the worker and not yet answered."""
+        self._payload_bytes = 0
+        """Write payload held by queued and executing requests."""
         self._wake = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
         self._paused = False
         self._lost = False
-        self._stopping = False
-        self._ended = False
-        """No request after those queued will be read (DISC, violation, shutdown or close)."""
+        self._no_more_input = False
+        """EOF, connection lost or server shutdown: nothing more will be read."""
+        self._no_more_requests = False
+        """DISC, a protocol violation or a closed handshake: nothing more will be decoded."""
         self._violation: NbdProtocolError | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -228,50 +236,36 @@ class _Connection(asyncio.Protocol):
         transport.write(self._handshake.data_to_send())
 
     def data_received(self, data: bytes) -> None:
-        hs = self._handshake
-        if self._ended:
+        if self._no_more_requests or self._no_more_input:
             return
-        if not hs.transmitting():
+        hs = self._handshake
+        if self._export is None:
             hs.receive(data)
             out = hs.data_to_send()
             if out and self._transport is not None:
                 self._transport.write(out)
             if not hs.transmitting():
                 if hs.closed():
-                    self._ended = True
+                    self._no_more_requests = True
                     self._wake.set()
+                self._update_reading()
                 return
             assert hs.export is not None
             self._export = self._server.exports[hs.export.name]
             self._wake.set()
             data = hs.unused()
-            if not data:
-                return
-        decoder = self._decoder
-        decoder.feed(data)
-        queue = self._queue
-        try:
-            while (request := decoder.next()) is not None:
-                queue.append(request)
-                self._queued_bytes += len(request.payload)
-                if request.cmd == const.CMD_DISC:
-                    self._ended = True
-                    break
-        except NbdProtocolError as exc:
-            self._violation = exc
-            self._ended = True
-        self._wake.set()
-        self._update_reading()
+        self._decoder.feed(data)
+        self._pump()
 
     def eof_received(self) -> bool:
         # Half-closed: answer what was read (like DISC), then serve() closes.
-        self._ended = True
+        self._no_more_input = True
         self._wake.set()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._ended = True
+        self._no_more_input = True
         self._writable.set()
         self._wake.set()
 
@@ -283,14 +277,45 @@ class _Connection(asyncio.Protocol):
         self._writable.set()
         self._update_reading()
 
+    # -- flow control ----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Decode buffered requests while the in-flight and payload bounds allow."""
+        if self._export is None or self._no_more_requests:
+            return
+        queue = self._queue
+        decoder = self._decoder
+        while self._executing + len(queue) < self._max_inflight and (
+            self._payload_bytes < self._max_bytes
+        ):
+            try:
+                request = decoder.next()
+            except NbdProtocolError as exc:
+                self._violation = exc
+                self._no_more_requests = True
+                break
+            if request is None:
+                break
+            queue.append(request)
+            self._payload_bytes += len(request.payload)
+            if request.cmd == const.CMD_DISC:
+                self._no_more_requests = True
+                break
+        inflight = self._executing + len(queue)
+        self._server._inflight_peak = max(self._server._inflight_peak, inflight)
+        self._wake.set()
+        self._update_reading()
+
     def _update_reading(self) -> None:
         transport = self._transport
         if transport is None or self._lost:
             return
         pause = (
-            not self._writable.is_set()
-            or len(self._queue) >= self._max_inflight
-            or self._queued_bytes >= self._max_bytes
+            self._no_more_requests
+            or self._no_more_input
+            or not self._writable.is_set()
+            or self._executing + len(self._queue) >= self._max_inflight
+            or self._payload_bytes >= self._max_bytes
         )
         if pause and not self._paused:
             transport.pause_reading()
@@ -302,8 +327,8 @@ class _Connection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Finish the requests already read, read no more, then close."""
-        self._stopping = True
-        self._ended = True
+        self._no_more_input = True
+        self._update_reading()
         self._wake.set()
 
     def abort(self) -> None:
@@ -332,16 +357,15 @@ class _Connection(asyncio.Protocol):
         hs = self._handshake
         try:
             async with asyncio.timeout(self._server.config.handshake_timeout):
-                while not hs.transmitting() and not self._ended:
+                while self._export is None and not (self._no_more_requests or self._no_more_input):
                     self._wake.clear()
                     await self._wake.wait()
         except TimeoutError:
             self._server._handshakes_failed += 1
             log.warning("nbd: %s did not finish its handshake in time; closing", self.peer)
             return False
-        if hs.transmitting():
-            assert hs.export is not None
-            log.info("nbd: %s uses export %s", self.peer, hs.export.name)
+        if self._export is not None:
+            log.info("nbd: %s uses export %s", self.peer, self._export.spec.name)
             return True
         if hs.violation is not None:
             self._server._handshakes_failed += 1
@@ -351,17 +375,21 @@ class _Connection(asyncio.Protocol):
     async def _answer(self) -> None:
         queue = self._queue
         while True:
+            self._pump()
             if not queue:
-                if self._ended:
+                if self._no_more_requests or self._no_more_input:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             batch = list(queue)
             queue.clear()
-            self._queued_bytes = 0
-            self._update_reading()
-            await self._execute(batch)
+            self._executing = len(batch)
+            try:
+                await self._execute(batch)
+            finally:
+                self._executing = 0
+                self._payload_bytes -= sum(len(r.payload) for r in batch)
             if not self._writable.is_set():
                 await self._writable.wait()
 

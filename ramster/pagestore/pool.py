@@ -663,6 +663,14 @@ class PagePool:
             )
         )
 
+    def remote_count_in_sets(self, set_ids: Sequence[int]) -> int:
+        """How many remote pages are in any of the sets (no per-page lists)."""
+        m = self._meta
+        kinds = m["kind"][: self._hw]
+        handles = m["handle"][: self._hw]
+        hit = (kinds == REMOTE) & np.isin(handles, np.asarray(set_ids, dtype=np.uint64))
+        return int(np.count_nonzero(hit))
+
     def remote_in_sets(self, set_ids: Sequence[int]) -> list[tuple[int, int, int, int, int]]:
         """(area, offset, version, checksum, holder set) of remote pages in any of the sets."""
         m = self._meta

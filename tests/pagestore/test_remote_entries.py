@@ -69,6 +69,10 @@ def test_put_remote_records_pages_stored_straight_on_holders() -> None:
     assert pool.versions(2, [10, 11, 12, 13]) == [5, 6, 7, None]
     assert [e[3] for e in pool.remote_entries(2, [10, 11, 12])] == [9, 9, 9]
     assert pool.statistics().remote_pages == 3
+    pool.put_remote(2, [20, 21], [1, 1], [1, 1], holder_set=4)
+    assert pool.remote_count_in_sets([9]) == len(pool.remote_in_sets([9])) == 3
+    assert pool.remote_count_in_sets([4, 9, 77]) == len(pool.remote_in_sets([4, 9, 77])) == 5
+    assert pool.remote_count_in_sets([]) == 0
     # A full budget refuses even metadata.
     tiny = PagePool(PoolConfig(budget_bytes=0))
     assert tiny.put_remote(0, [1], [1], [1], holder_set=0) == [False]
