@@ -40,6 +40,10 @@ connections share one area and one lock: what one connection flushed, every othe
 ReadResult = list[bytes] | int
 """The chunks of a READ's data, or its error."""
 
+HELD_PAGES = 256
+"""Pages an export keeps itself (1 MiB at 4 KiB) when a refused sub-page write took their old
+copy with it and the pool would not take it back either; retried on every write."""
+
 
 @dataclass(frozen=True, slots=True)
 class ExportStatistics:
@@ -58,9 +62,11 @@ class ExportStatistics:
     """Stores the pool and the cluster could not take (their requests got ENOSPC)."""
     pages_discarded: int
     read_errors: int
+    pages_held: int
+    """Pages kept by the export itself until the pool takes them back (see HELD_PAGES)."""
     restore_failures: int
-    """Refused sub-page writes whose page could not be put back: bytes outside the failed request
-    were lost (a swap client never writes less than a page)."""
+    """Refused sub-page writes whose page could be neither put back nor held: bytes outside the
+    failed request were lost (a swap client never writes less than a page)."""
 
 
 class Export:
@@ -85,6 +91,7 @@ class Export:
         )
         self._zero = bytes(ps)
         self._map = PageMap()
+        self._held: dict[int, bytes] = {}
         self._lock = asyncio.Lock()
         self._stored = 0
         self._zero_pages = 0
@@ -148,6 +155,11 @@ class Export:
         for i, page in zip(where, got, strict=True):
             if page is not None:
                 out[i] = page
+        if self._held:
+            for i, page_no in enumerate(pages):
+                held = self._held.get(page_no)
+                if held is not None:
+                    out[i] = held
         return out
 
     def _slice(self, contents: list[bytes], offset: int, length: int) -> list[bytes]:
@@ -176,6 +188,8 @@ class Export:
     async def _write_locked(self, writes: Sequence[tuple[int, bytes]]) -> list[int]:
         ps = self.page_size
         zero = self._zero
+        if self._held:
+            await self._retry_held()
         # Pass 1: pages written only in part, whose other bytes must come from the stored page
         # (unless an earlier write of this batch already produced that page).
         seen: set[int] = set()
@@ -262,6 +276,10 @@ class Export:
             else:
                 refused = [p for p, ok in zip(stores, kept, strict=True) if not ok]
                 self._stored += len(stores) - len(refused)
+                if self._held:
+                    for page, ok in zip(stores, kept, strict=True):
+                        if ok:
+                            self._held.pop(page, None)
                 if refused:
                     self._refused += len(refused)
                     for page in refused:
@@ -278,7 +296,8 @@ class Export:
         """Put back the old content of refused pages that were only partly overwritten.
 
         A refused store drops the old copy (the contract's rule against stale data); for a
-        sub-page write that would lose bytes the failed request never covered."""
+        sub-page write that would lose bytes the failed request never covered. What the pool
+        will not take back either is held here (up to HELD_PAGES) until it does."""
         zero = self._zero
         back = [p for p in refused if old.get(p, zero) != zero]
         gone = [p for p in refused if old.get(p, zero) == zero]
@@ -287,7 +306,14 @@ class Export:
                 kept = await self.fs.store_many(self.area, back, [old[p] for p in back])
             except RamsterError:
                 kept = [False] * len(back)
-            lost = [p for p, ok in zip(back, kept, strict=True) if not ok]
+            lost = []
+            for page, ok in zip(back, kept, strict=True):
+                if ok:
+                    self._held.pop(page, None)
+                elif page in self._held or len(self._held) < HELD_PAGES:
+                    self._held[page] = old[page]
+                else:
+                    lost.append(page)
             if lost:
                 self._restore_failures += len(lost)
                 log.error(
@@ -298,13 +324,29 @@ class Export:
                     lost[0],
                 )
                 gone += lost
+        for page in gone:
+            self._held.pop(page, None)
         self._map.discard(gone)
+
+    async def _retry_held(self) -> None:
+        """Offer held pages to the pool again; those it takes are no longer held."""
+        pages = list(self._held)
+        try:
+            kept = await self.fs.store_many(self.area, pages, [self._held[p] for p in pages])
+        except RamsterError:
+            return
+        for page, ok in zip(pages, kept, strict=True):
+            if ok:
+                del self._held[page]
 
     async def _invalidate(self, pages: Sequence[int]) -> None:
         """Forget pages, in slices so that other connections get their turn."""
         for i in range(0, len(pages), const.INVALIDATE_CHUNK):
             part = list(pages[i : i + const.INVALIDATE_CHUNK])
             await self.fs.invalidate_many(self.area, part)
+            if self._held:
+                for page in part:
+                    self._held.pop(page, None)
             self._map.discard(part)
             self._discarded += len(part)
             if i + const.INVALIDATE_CHUNK < len(pages):
@@ -376,5 +418,6 @@ class Export:
             pages_refused=self._refused,
             pages_discarded=self._discarded,
             read_errors=self._read_errors,
+            pages_held=len(self._held),
             restore_failures=self._restore_failures,
         )
