@@ -7,7 +7,9 @@ Four nodes, one per network namespace (ramster/testing/netns.py), default timing
 whose small local pool spills nearly all of it to the three others with R=2; then one holder is
 killed with SIGKILL. Reported: the time until node 0 declares it dead (detect), until every page
 has two live copies again (restore), and the re-replication rate. In the same run, the anchor:
-batched put throughput of the RPC itself (64-page batches, 8 in flight, as in rpc.py).
+batched put throughput of the RPC itself (64-page batches, 8 in flight, as in rpc.py). A second
+client loads single random pages every 5 ms throughout: its p99 latency before the kill and while
+repairing shows what recovery costs foreground work.
 The last line is one JSON object with the figures issue 5 names.
 """
 
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -30,7 +34,7 @@ from rpc import QUICK, Plan, measure_ours, start_child, stop_child
 from ramster import corpus
 from ramster.client import Client
 from ramster.report import table
-from ramster.testing.cluster import make_cluster
+from ramster.testing.cluster import Cluster, make_cluster
 from ramster.testing.netns import NetnsLab, available
 
 PAGE = 4096
@@ -76,6 +80,35 @@ async def count_bad(client: Client, pages: list[bytes]) -> int:
     return bad
 
 
+async def foreground(client: Client, n: int, samples: list[tuple[float, float]]) -> None:
+    """Single-page loads at a steady pace, as a swapping program would issue them."""
+    rng = random.Random(3)
+    while True:
+        t = time.monotonic()
+        await client.load(0, rng.randrange(n))
+        samples.append((t, time.monotonic() - t))
+        await asyncio.sleep(0.005)
+
+
+def p99_ms(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    window = sorted(d for t, d in samples if start <= t < end)
+    return round(window[int(0.99 * (len(window) - 1))] * 1e3, 2) if window else None
+
+
+async def watch(c: Cluster, t0: float) -> tuple[float, float, dict[str, Any]]:
+    """Seconds after t0 until node 0 sees n1 dead, and until its pages have R copies again."""
+    detect = None
+    while time.monotonic() - t0 < 300:
+        st = await c.stats(0)
+        now = time.monotonic() - t0
+        if detect is None and "n1" in st["gone_peers"]:
+            detect = now
+        if detect is not None and st["under_replicated_pages"] == 0:
+            return detect, now, st
+        await asyncio.sleep(0.05)
+    raise SystemExit("redundancy was not restored within 300 s")
+
+
 async def recovery(quick: bool) -> dict[str, Any]:
     mib = 64 if quick else 256
     n = (mib << 20) // PAGE
@@ -105,20 +138,20 @@ async def recovery(quick: bool) -> dict[str, Any]:
                     file=sys.stderr,
                 )
                 repaired_before = before["remote"]["repaired_pages"]
-                t0 = time.monotonic()
-                c.kill(1)
-                detect = restore = None
-                while time.monotonic() - t0 < 300:
-                    st = await c.stats(0)
-                    now = time.monotonic() - t0
-                    if detect is None and "n1" in st["gone_peers"]:
-                        detect = now
-                    if detect is not None and st["under_replicated_pages"] == 0:
-                        restore = now
-                        break
-                    await asyncio.sleep(0.05)
-                if detect is None or restore is None:
-                    raise SystemExit("redundancy was not restored within 300 s")
+                samples: list[tuple[float, float]] = []
+                async with c.client(0) as fg_client:
+                    loader = asyncio.create_task(foreground(fg_client, n, samples))
+                    await asyncio.sleep(2.0)
+                    t0 = time.monotonic()
+                    c.kill(1)
+                    try:
+                        detect, restore, st = await watch(c, t0)
+                    finally:
+                        loader.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await loader
+                steady_p99 = p99_ms(samples, t0 - 2.0, t0)
+                recovery_p99 = p99_ms(samples, t0 + detect, t0 + restore)
                 repaired = st["remote"]["repaired_pages"] - repaired_before
                 bad = await count_bad(client, pages)
                 if bad:
@@ -144,6 +177,8 @@ async def recovery(quick: bool) -> dict[str, Any]:
         "repaired_pages": repaired,
         "mib": mib,
         "failover_s": failover,
+        "steady_p99_ms": steady_p99,
+        "recovery_p99_ms": recovery_p99,
     }
 
 
@@ -171,6 +206,8 @@ async def main() -> None:
                 ["pages re-replicated", f"{r['repaired_pages']:,}"],
                 ["re-replication rate", f"{rate:,.0f} pages/s ({rate * PAGE / 1e6:,.1f} MB/s)"],
                 ["anchor: batched RPC put", f"{put_rate:,.0f} pages/s"],
+                ["single-page load p99, before the kill", f"{r['steady_p99_ms']} ms"],
+                ["single-page load p99, while repairing", f"{r['recovery_p99_ms']} ms"],
                 [
                     "coordinator failover",
                     f"{r['failover_s']:.2f} s" if r["failover_s"] is not None else "not settled",
@@ -187,6 +224,8 @@ async def main() -> None:
         "recovery_mb_per_s": round(rate * PAGE / 1e6, 1),
         "recovery_vs_batched_put": round(rate / put_rate, 3),
         "repaired_pages": r["repaired_pages"],
+        "load_p99_ms_steady": r["steady_p99_ms"],
+        "load_p99_ms_during_recovery": r["recovery_p99_ms"],
         "batched_put_pages_per_s": round(put_rate),
         "mib": r["mib"],
     }
