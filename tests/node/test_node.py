@@ -259,9 +259,11 @@ async def test_a_paused_holder_is_repaired_around_and_its_orphans_reclaimed(
         try:
             st = await c.wait_stats(
                 0,
-                lambda st: st["gone_peers"] == ["n1"]
-                and st["under_replicated_pages"] == 0
-                and st["orphans_pending"] > 0,
+                lambda st: (
+                    st["gone_peers"] == ["n1"]
+                    and st["under_replicated_pages"] == 0
+                    and st["orphans_pending"] > 0
+                ),
             )
             assert st["gone_peers"] == ["n1"]
             assert st["under_replicated_pages"] == 0
