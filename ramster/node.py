@@ -21,9 +21,11 @@ from ramster.cluster.coordinator import order_from_wire
 from ramster.cluster.driver import CoordinatorDriver, OrderFollower
 from ramster.cluster.election import Election, View
 from ramster.cluster.mdns import MdnsDiscovery
+from ramster.cluster.membership import State, Transition
 from ramster.cluster.peers import Peers
 from ramster.config import NodeConfig, new_incarnation, node_id_for
 from ramster.errors import ProtocolError
+from ramster.events import EventLog
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
@@ -50,6 +52,7 @@ class Node:
         self.lent = LentPool(
             PoolConfig(page_size=config.page_size, budget_bytes=config.lent_budget)
         )
+        self.events = EventLog()
         self.peers = Peers(
             self.node_id,
             self.incarnation,
@@ -69,6 +72,7 @@ class Node:
             ),
         )
         self.peers.on_restart = self.frontswap.holder_restarted
+        self.peers.on_transition = self._peer_changed
         service.register(self)
         self.discovery: MdnsDiscovery | None = None
         self.election = Election(self.node_id)
@@ -80,6 +84,7 @@ class Node:
             self.follower,
             config.heartbeat,
             self.peers.changed,
+            self.events.add,
         )
         self.orders_refused = 0
         self._inventory_at = -1e9
@@ -147,7 +152,7 @@ class Node:
             }
             new = self.election.update(alive, views)
             if new is not None:
-                log.info("coordinator=%s term=%d", new.coordinator, new.term)
+                self.events.add("coordinator", new.coordinator, f"term {new.term}")
 
     async def _reclaim_forever(self) -> None:
         """Drop the pages of owners silent for longer than owner_grace."""
@@ -161,6 +166,12 @@ class Node:
             await asyncio.sleep(self.config.heartbeat)
             if self.frontswap.orphans_pending():
                 await self.frontswap.drop_orphans(self.peers.alive())
+
+    def _peer_changed(self, t: Transition) -> None:
+        if t.new is State.SUSPECT:
+            return  # the failure detector's logs say it; the event log keeps decisions
+        kind = "peer-alive" if t.new is State.ALIVE else "peer-dead"
+        self.events.add(kind, t.node, t.reason)
 
     def _reports(self) -> dict[str, dict[str, Any]]:
         """The latest heartbeat answer of every member not declared dead, this node's own too.
@@ -182,6 +193,7 @@ class Node:
             raise ProtocolError(f"order for {order.owner} sent to {self.node_id}")
         if not self.election.accepts(order.term, coordinator):
             self.orders_refused += 1
+            self.events.add("order-refused", coordinator, f"term {order.term}", logging.WARNING)
             view = self.election.view
             raise ProtocolError(
                 f"stale order from {coordinator} term {order.term}: "
@@ -284,5 +296,5 @@ class Node:
                 "refused": self.orders_refused,
             },
             "aggregates": self.driver.snapshot(),
-            "events": list(self.driver.events)[-STATS_EVENTS:],
+            "events": [e.to_json() for e in self.events.recent(limit=STATS_EVENTS)],
         }

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -28,8 +27,6 @@ from ramster.errors import RamsterError
 
 log = logging.getLogger(__name__)
 
-MAX_EVENTS = 512
-"""Recent cluster events kept for operators."""
 OWN_DETECTION_POLL = 0.1
 
 
@@ -52,6 +49,7 @@ class CoordinatorDriver:
         follower: OrderFollower,
         interval: float,
         wake: asyncio.Event,
+        record: Callable[[str, str, str], object],
         config: CoordinatorConfig | None = None,
     ) -> None:
         self.election = election
@@ -62,7 +60,7 @@ class CoordinatorDriver:
         self._wake = wake
         self.config = config or CoordinatorConfig()
         self.coordinator: Coordinator | None = None
-        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self._record = record
         self.orders_failed = 0
 
     async def run(self) -> None:
@@ -118,11 +116,8 @@ class CoordinatorDriver:
             log.info("order %d to %s not delivered: %s", order.order, order.owner, exc)
 
     def note(self, note: Note) -> None:
-        """Record an event for operators, and log it."""
-        self.events.append(
-            {"time": time.time(), "kind": note.kind, "node": note.node, "detail": note.detail}
-        )
-        log.info("cluster event %s node=%s %s", note.kind, note.node, note.detail)
+        """Record an event for operators (the event log also logs it)."""
+        self._record(note.kind, note.node, note.detail)
 
     def snapshot(self) -> dict[str, Any] | None:
         """The coordinator's aggregates (None on other nodes)."""

@@ -75,6 +75,8 @@ class Peers:
         self._tg: asyncio.TaskGroup | None = None
         self.on_restart: Callable[[str, str], None] | None = None
         """Called with (node, old incarnation) when a peer restarted: its copies are gone."""
+        self.on_transition: Callable[[Transition], None] | None = None
+        """Called with every change of a peer's state (for the event log)."""
         self.changed = asyncio.Event()
         """Set when a peer dies or comes (back) alive; whoever waits on it clears it."""
 
@@ -129,6 +131,8 @@ class Peers:
                 peer.alive = t.new is State.ALIVE
             if t.new is not State.SUSPECT:
                 self.changed.set()
+            if self.on_transition is not None:
+                self.on_transition(t)
 
     async def beat_once(self, peer: Peer) -> None:
         """One heartbeat: learn the peer's identity and capacity, or note its silence."""

@@ -9,11 +9,13 @@ import collections
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, cast
 
 from ramster.errors import AuthError, Busy, NoSuchMethod, ProtocolError, RpcError
+from ramster.latency import Histogram
 from ramster.rpc.auth import Secret, ServerHandshake
 from ramster.rpc.codes import error_to_wire
 from ramster.rpc.config import RpcConfig
@@ -56,6 +58,8 @@ class _Method:
     decode: Callable[[list[object]], object]
     handler: Callable[[object], object]
     is_async: bool
+    latency: Histogram = field(default_factory=Histogram)
+    """Seconds from decoded params to result, successful or not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,19 +273,25 @@ class ServerConnection(Endpoint):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
+        started = time.perf_counter()
         try:
             result = method.handler(params)
         except Exception as exc:
+            method.latency.observe(time.perf_counter() - started)
             self._reply_error(request.msgid, exc)
             return
+        method.latency.observe(time.perf_counter() - started)
         self._reply(request.msgid, result)
 
     async def _run(self, msgid: int, method: _Method, params: object) -> None:
+        started = time.perf_counter()
         try:
             result = await cast(Awaitable[object], method.handler(params))
         except Exception as exc:
+            method.latency.observe(time.perf_counter() - started)
             self._reply_error(msgid, exc)
             return
+        method.latency.observe(time.perf_counter() - started)
         self._reply(msgid, result)
 
     def _reply(self, msgid: int, result: object) -> None:
@@ -440,6 +450,10 @@ class RpcServer:
         return ServerStatistics(
             connections=len(self._connections), in_flight=in_flight, **self._stats
         )
+
+    def method_latencies(self) -> dict[str, Histogram]:
+        """Per method, how long handling calls took (a live view: read, do not change)."""
+        return {name: m.latency for name, m in self._methods.items()}
 
     # -- called by connections --------------------------------------------------------------
 
