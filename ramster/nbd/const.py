@@ -134,5 +134,9 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 """Seconds a client may take to reach transmission; a silent socket must not hold a slot."""
 DRAIN_TIMEOUT = 5.0
 """Seconds close() lets connections finish the requests they already read."""
+BATCHED_RANGE = 1 << 20
+"""TRIM and WRITE_ZEROES up to this many bytes are batched with the WRITEs around them, page by
+page (nbdcopy sends a WRITE_ZEROES per zero block it meets); longer ones go alone, through the
+page map, so that their cost follows the pages written rather than the range."""
 INVALIDATE_CHUNK = 16384
 """Pages invalidated per call on a large TRIM or WRITE_ZEROES: the loop stays responsive."""

@@ -14,8 +14,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ramster.errors import RamsterError
 from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const
@@ -39,6 +37,10 @@ connections share one area and one lock: what one connection flushed, every othe
 
 ReadResult = list[bytes] | int
 """The chunks of a READ's data, or its error."""
+
+WRITE, ZERO, TRIM = 0, 1, 2
+Mutation = tuple[int, int, bytes | int]
+"""(WRITE, offset, data), or (ZERO or TRIM, offset, length)."""
 
 HELD_PAGES = 256
 """Pages an export keeps itself (1 MiB at 4 KiB) when a refused sub-page write took their old
@@ -142,7 +144,7 @@ class Export:
         out = [zero] * len(pages)
         if not pages:
             return out
-        where = np.flatnonzero(self._map.contains(pages)).tolist()
+        where = self._map.present(pages)
         if not where:
             return out
         try:
@@ -182,69 +184,97 @@ class Export:
 
     async def write_many(self, writes: Sequence[tuple[int, bytes]]) -> list[int]:
         """Store each (offset, data) in order, as if one after another; an error per write."""
-        async with self._lock:
-            return await self._write_locked(writes)
+        return await self.mutate([(WRITE, offset, data) for offset, data in writes])
 
-    async def _write_locked(self, writes: Sequence[tuple[int, bytes]]) -> list[int]:
+    async def mutate(self, ops: Sequence[Mutation]) -> list[int]:
+        """Apply WRITE, ZERO and TRIM operations in order, as if one after another, in one
+        load, one store and one invalidate of the pool; an error per operation."""
+        async with self._lock:
+            return await self._mutate_locked(ops)
+
+    def _spans(self, ops: Sequence[Mutation]) -> list[tuple[int, int, bytes | None]]:
+        """(offset, length, data) per operation; data None means zeros. A TRIM covers the whole
+        pages inside its range only: partial pages keep their bytes (the spec allows either)."""
+        ps = self.page_size
+        spans: list[tuple[int, int, bytes | None]] = []
+        for kind, offset, arg in ops:
+            if isinstance(arg, bytes):
+                spans.append((offset, len(arg), arg))
+            elif kind == ZERO:
+                spans.append((offset, arg, None))
+            else:
+                first = -(-offset // ps) * ps
+                spans.append((first, max((offset + arg) // ps * ps - first, 0), None))
+        return spans
+
+    async def _old_pages(
+        self, spans: list[tuple[int, int, bytes | None]]
+    ) -> tuple[dict[int, bytes], set[int]]:
+        """Stored content of the pages written only in part (unless an earlier operation of the
+        batch produces them), and the pages that failed to load."""
+        ps = self.page_size
+        seen: set[int] = set()
+        need: dict[int, None] = {}
+        for offset, length, _ in spans:
+            if not length:
+                continue
+            end = offset + length
+            first, last = offset // ps, (end - 1) // ps
+            if offset % ps and first not in seen:
+                need[first] = None
+            if end % ps and last not in seen:
+                need[last] = None
+            seen.update(range(first, last + 1))
+        old: dict[int, bytes] = {}
+        bad: set[int] = set()
+        if need:
+            wanted = list(need)
+            loaded = await self._load(wanted)
+            if loaded is not None:
+                return dict(zip(wanted, loaded, strict=True)), bad
+            for page in wanted:
+                one = await self._load([page])
+                if one is None:
+                    bad.add(page)
+                else:
+                    old[page] = one[0]
+        return old, bad
+
+    async def _mutate_locked(self, ops: Sequence[Mutation]) -> list[int]:
         ps = self.page_size
         zero = self._zero
         if self._held:
             await self._retry_held()
-        # Pass 1: pages written only in part, whose other bytes must come from the stored page
-        # (unless an earlier write of this batch already produced that page).
-        seen: set[int] = set()
-        need_old: dict[int, None] = {}
-        for offset, data in writes:
-            end = offset + len(data)
-            if not data:
-                continue
-            first, last = offset // ps, (end - 1) // ps
-            for page, partial in ((first, offset % ps), (last, end % ps)):
-                if partial and page not in seen:
-                    need_old[page] = None
-            seen.update(range(first, last + 1))
-        old: dict[int, bytes] = {}
-        bad: set[int] = set()
-        if need_old:
-            wanted = list(need_old)
-            loaded = await self._load(wanted)
-            if loaded is None:
-                for page in wanted:
-                    one = await self._load([page])
-                    if one is None:
-                        bad.add(page)
-                    else:
-                        old[page] = one[0]
-            else:
-                old = dict(zip(wanted, loaded, strict=True))
-        # Pass 2: the final content of every page touched, in request order.
-        errors = [0] * len(writes)
+        spans = self._spans(ops)
+        aligned = all(not (offset % ps or length % ps) for offset, length, _ in spans)
+        old, bad = ({}, set()) if aligned else await self._old_pages(spans)
+        # The final content of every page touched, in operation order (the last one wins).
         final: dict[int, bytes] = {}
-        touched_by: dict[int, list[int]] = {}
-        for i, (offset, data) in enumerate(writes):
-            length = len(data)
+        skipped: list[int] = []
+        for i, (offset, length, data) in enumerate(spans):
             if not length:
                 continue
-            end = offset + length
-            if bad and ({offset // ps, (end - 1) // ps} & bad):
-                errors[i] = const.EIO
-                self._read_errors += 1
+            if bad and ({offset // ps, (offset + length - 1) // ps} & bad):
+                skipped.append(i)
+                continue
+            if aligned and data is not None and length == ps:
+                final[offset // ps] = data
                 continue
             pos = 0
             while pos < length:
-                at = offset + pos
-                page, inside = divmod(at, ps)
+                page, inside = divmod(offset + pos, ps)
                 take = min(ps - inside, length - pos)
                 if take == ps:
-                    content = data if length == ps else data[pos : pos + ps]
+                    content = zero if data is None else data[pos : pos + ps]
                 else:
                     base = final[page] if page in final else old.get(page, zero)
                     merged = bytearray(base)
-                    merged[inside : inside + take] = data[pos : pos + take]
+                    merged[inside : inside + take] = (
+                        bytes(take) if data is None else data[pos : pos + take]
+                    )
                     content = bytes(merged)
                     self._rmw += 1
                 final[page] = content
-                touched_by.setdefault(page, []).append(i)
                 pos += take
         stores: list[int] = []
         contents: list[bytes] = []
@@ -255,6 +285,8 @@ class Export:
             else:
                 stores.append(page)
                 contents.append(content)
+        failed: dict[int, int] = {}
+        """Pages whose new content is not stored, with the error their operations get."""
         if stores:
             self._map.add(stores)  # before the store: the map stays a superset of the area
             kept: list[bool] | None = None
@@ -270,9 +302,7 @@ class Export:
                     len(stores),
                     failure,
                 )
-                for page in stores:
-                    for i in touched_by[page]:
-                        errors[i] = errors[i] or const.EIO
+                failed.update(dict.fromkeys(stores, const.EIO))
             else:
                 refused = [p for p, ok in zip(stores, kept, strict=True) if not ok]
                 self._stored += len(stores) - len(refused)
@@ -282,14 +312,22 @@ class Export:
                             self._held.pop(page, None)
                 if refused:
                     self._refused += len(refused)
-                    for page in refused:
-                        for i in touched_by[page]:
-                            errors[i] = errors[i] or const.ENOSPC
+                    failed.update(dict.fromkeys(refused, const.ENOSPC))
                     await self._restore(refused, old)
         if zeros:
             self._zero_pages += len(zeros)
-            mapped = self._map.contains(zeros).tolist()
-            await self._invalidate([p for p, m in zip(zeros, mapped, strict=True) if m])
+            mapped = [zeros[i] for i in self._map.present(zeros)]
+            if mapped and await self._invalidate_logged(mapped):
+                failed.update(dict.fromkeys(mapped, const.EIO))
+        errors = [0] * len(ops)
+        for i in skipped:
+            errors[i] = const.EIO
+            self._read_errors += 1
+        if failed:
+            for i, (offset, length, _) in enumerate(spans):
+                if length and not errors[i]:
+                    first, last = offset // ps, (offset + length - 1) // ps
+                    errors[i] = next((failed[p] for p in range(first, last + 1) if p in failed), 0)
         return errors
 
     async def _restore(self, refused: list[int], old: dict[int, bytes]) -> None:
@@ -371,18 +409,17 @@ class Export:
         first_full = -(-offset // ps)
         end_full = end // ps
         async with self._lock:
-            edges: list[tuple[int, bytes]] = []
+            edges: list[Mutation] = []
             if first_full > end_full:
-                edges.append((offset, bytes(length)))
+                edges.append((ZERO, offset, length))
             else:
                 if offset % ps:
-                    edges.append((offset, bytes(first_full * ps - offset)))
+                    edges.append((ZERO, offset, first_full * ps - offset))
                 if end % ps:
-                    edges.append((end_full * ps, bytes(end - end_full * ps)))
+                    edges.append((ZERO, end_full * ps, end - end_full * ps))
             # Edge pages never written already read as zeros.
-            mapped = self._map.contains([o // ps for o, _ in edges]).tolist()
-            edges = [e for e, m in zip(edges, mapped, strict=True) if m]
-            errors = await self._write_locked(edges) if edges else []
+            edges = [edges[i] for i in self._map.present([e[1] // ps for e in edges])]
+            errors = await self._mutate_locked(edges) if edges else []
             error = next((e for e in errors if e), 0)
             if first_full < end_full:
                 error = await self._invalidate_range(first_full, end_full) or error
@@ -391,8 +428,12 @@ class Export:
     async def _invalidate_range(self, first: int, end: int) -> int:
         if end <= first:
             return 0
+        return await self._invalidate_logged(self._map.in_range(first, end).tolist())
+
+    async def _invalidate_logged(self, pages: Sequence[int]) -> int:
+        """_invalidate, with a failure logged and turned into EIO."""
         try:
-            await self._invalidate(self._map.in_range(first, end).tolist())
+            await self._invalidate(pages)
         except RamsterError as exc:
             failure = exc
         else:

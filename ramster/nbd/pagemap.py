@@ -18,6 +18,8 @@ CHUNK_BITS = 16
 CHUNK = 1 << CHUNK_BITS
 """Pages per chunk: 256 MiB of export per 64 KiB array, allocated when first written."""
 _MASK = CHUNK - 1
+SMALL = 48
+"""Below this many pages a Python loop beats numpy's per-call overhead."""
 
 
 class PageMap:
@@ -36,6 +38,14 @@ class PageMap:
         """Mark pages as possibly holding data."""
         if not len(pages):
             return
+        if len(pages) < SMALL and isinstance(pages, list):
+            chunks = self._chunks
+            for page in pages:
+                chunk = chunks.get(page >> CHUNK_BITS)
+                if chunk is None:
+                    chunk = chunks[page >> CHUNK_BITS] = np.zeros(CHUNK, dtype=np.bool_)
+                chunk[page & _MASK] = True
+            return
         arr, hi, keys = self._split(pages)
         for key in keys:
             chunk = self._chunks.get(key)
@@ -45,8 +55,15 @@ class PageMap:
             chunk[sel & _MASK] = True
 
     def discard(self, pages: Sequence[int] | I64) -> None:
-        """Mark pages as reading zeros."""
+        """Mark pages as reading zeros (an emptied chunk is freed on large discards only)."""
         if not len(pages):
+            return
+        if len(pages) < SMALL and isinstance(pages, list):
+            chunks = self._chunks
+            for page in pages:
+                chunk = chunks.get(page >> CHUNK_BITS)
+                if chunk is not None:
+                    chunk[page & _MASK] = False
             return
         arr, hi, keys = self._split(pages)
         for key in keys:
@@ -57,6 +74,19 @@ class PageMap:
             chunk[sel & _MASK] = False
             if not chunk.any():
                 del self._chunks[key]
+
+    def present(self, pages: list[int]) -> list[int]:
+        """Indexes (into `pages`) of the pages that may hold data."""
+        if len(pages) >= SMALL:
+            found: list[int] = np.flatnonzero(self.contains(pages)).tolist()
+            return found
+        chunks = self._chunks
+        out = []
+        for i, page in enumerate(pages):
+            chunk = chunks.get(page >> CHUNK_BITS)
+            if chunk is not None and chunk[page & _MASK]:
+                out.append(i)
+        return out
 
     def contains(self, pages: Sequence[int] | I64) -> npt.NDArray[np.bool_]:
         """One boolean per page: may it hold data?"""

@@ -20,7 +20,7 @@ from ramster.errors import NbdProtocolError
 from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const
 from ramster.nbd.config import NbdConfig, allowed
-from ramster.nbd.export import Export, ExportStatistics
+from ramster.nbd.export import TRIM, WRITE, ZERO, Export, ExportStatistics, Mutation
 from ramster.nbd.handshake import Handshake
 from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, check, reply
 from ramster.units import parse_address
@@ -406,6 +406,8 @@ class _Connection(asyncio.Protocol):
             transport.writelines(buffers)
 
     async def _execute(self, batch: list[Request]) -> None:
+        """Answer a batch: consecutive READs in one load, consecutive WRITEs (with short TRIMs
+        and WRITE_ZEROES among them) in one store; the rest one by one, in order."""
         export = self._export
         assert export is not None
         server = self._server
@@ -414,51 +416,48 @@ class _Connection(asyncio.Protocol):
         requests = server._requests
         errors = server._errors
         out: list[bytes] = []
+        kinds = [_kind(r, check(r, size, max_payload)) for r in batch]
         i = 0
         n = len(batch)
-        checks = [check(r, size, max_payload) for r in batch]
         while i < n:
             request = batch[i]
-            cmd = request.cmd
-            requests[const.CMD_NAMES.get(cmd, "unknown")] += 1
-            if checks[i]:
-                out.append(reply(request.handle, checks[i]))
-                errors[const.ERROR_NAMES[checks[i]]] += 1
-                i += 1
-                continue
-            if cmd in (const.CMD_READ, const.CMD_WRITE):
-                j = i + 1
-                while j < n and batch[j].cmd == cmd and not checks[j]:
+            kind = kinds[i]
+            j = i + 1
+            if kind in (_READ, _MUTATE):
+                while j < n and kinds[j] == kind:
                     j += 1
-                run = batch[i:j]
-                if j - i > 1:
-                    requests[const.CMD_NAMES[cmd]] += j - i - 1
-                if cmd == const.CMD_READ:
-                    results = await export.read_many([(r.offset, r.length) for r in run])
-                    for r, result in zip(run, results, strict=True):
-                        if isinstance(result, int):
-                            out.append(reply(r.handle, result))
-                            errors[const.ERROR_NAMES[result]] += 1
-                        else:
-                            out.append(reply(r.handle))
-                            out += result
-                            server._bytes_read += r.length
-                else:
-                    codes = await export.write_many([(r.offset, r.payload) for r in run])
-                    for r, code in zip(run, codes, strict=True):
-                        out.append(reply(r.handle, code))
-                        if code:
-                            errors[const.ERROR_NAMES[code]] += 1
-                        else:
-                            server._bytes_written += r.length
-                i = j
+            run = batch[i:j]
+            i = j
+            for r in run:
+                requests[const.CMD_NAMES.get(r.cmd, "unknown")] += 1
+            if kind > 0:  # refused by check(): kind is the error
+                out.append(reply(request.handle, kind))
+                errors[const.ERROR_NAMES[kind]] += 1
+                continue
+            if kind == _READ:
+                results = await export.read_many([(r.offset, r.length) for r in run])
+                for r, result in zip(run, results, strict=True):
+                    if isinstance(result, int):
+                        out.append(reply(r.handle, result))
+                        errors[const.ERROR_NAMES[result]] += 1
+                    else:
+                        out.append(reply(r.handle))
+                        out += result
+                        server._bytes_read += r.length
+            elif kind == _MUTATE:
+                codes = await export.mutate([_mutation(r) for r in run])
+                for r, code in zip(run, codes, strict=True):
+                    out.append(reply(r.handle, code))
+                    if code:
+                        errors[const.ERROR_NAMES[code]] += 1
+                    elif r.cmd == const.CMD_WRITE:
+                        server._bytes_written += r.length
+            elif kind == _DISC:
+                continue
             else:
-                i += 1
-                if cmd == const.CMD_DISC:
-                    continue
-                if cmd == const.CMD_FLUSH:
+                if request.cmd == const.CMD_FLUSH:
                     code = await export.flush()
-                elif cmd == const.CMD_TRIM:
+                elif request.cmd == const.CMD_TRIM:
                     code = await export.trim(request.offset, request.length)
                 else:
                     code = await export.write_zeroes(request.offset, request.length)
@@ -467,8 +466,35 @@ class _Connection(asyncio.Protocol):
                     errors[const.ERROR_NAMES[code]] += 1
             # Replies go out after every awaited step: a slow remote store must not hold back
             # the answers already known.
-            if out:
-                self._send(out)
-                out = []
+            self._send(out)
+            out = []
         if out:
             self._send(out)
+
+
+_READ = 0
+_MUTATE = -1
+_ALONE = -2
+_DISC = -3
+
+
+def _kind(request: Request, error: int) -> int:
+    """How a request is answered: its error (> 0), or one of _READ, _MUTATE, _ALONE, _DISC."""
+    if error:
+        return error
+    cmd = request.cmd
+    if cmd == const.CMD_READ:
+        return _READ
+    if cmd == const.CMD_WRITE:
+        return _MUTATE
+    if cmd in (const.CMD_TRIM, const.CMD_WRITE_ZEROES):
+        return _MUTATE if request.length <= const.BATCHED_RANGE else _ALONE
+    if cmd == const.CMD_DISC:
+        return _DISC
+    return _ALONE
+
+
+def _mutation(request: Request) -> Mutation:
+    if request.cmd == const.CMD_WRITE:
+        return (WRITE, request.offset, request.payload)
+    return (ZERO if request.cmd == const.CMD_WRITE_ZEROES else TRIM, request.offset, request.length)

@@ -283,5 +283,14 @@ def test_page_map_against_a_set(pages: list[int]) -> None:
     assert pm.in_range(0, 4 * CHUNK).tolist() == sorted(set(pages))
     assert pm.in_range(6, CHUNK + 1).tolist() == sorted(p for p in set(pages) if 6 <= p <= CHUNK)
     assert pm.contains([*pages, 1, CHUNK + 1]).tolist() == [True] * len(pages) + [False, False]
+    assert pm.present([*pages, 1]) == list(range(len(pages)))
     pm.discard(pages)
+    assert len(pm) == 0
+
+
+def test_page_map_frees_chunks_emptied_by_a_large_discard() -> None:
+    pm = PageMap()
+    pm.add(list(range(CHUNK - 10, CHUNK + 90)))
+    assert pm.nbytes == 2 * CHUNK
+    pm.discard(np.arange(CHUNK - 10, CHUNK + 90))
     assert len(pm) == 0 and pm.nbytes == 0
