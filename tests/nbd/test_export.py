@@ -18,7 +18,7 @@ from ramster.errors import CorruptPage
 from ramster.frontswap import LocalFrontswap
 from ramster.nbd import const
 from ramster.nbd.config import ExportSpec
-from ramster.nbd.export import Export
+from ramster.nbd.export import TRIM, WRITE, ZERO, Export, Mutation
 from ramster.nbd.pagemap import CHUNK, PageMap
 from ramster.pagestore import PoolConfig
 
@@ -76,6 +76,33 @@ class ExportMachine(RuleBasedStateMachine):
         for offset, data in batch:
             self.model[offset : offset + len(data)] = data
 
+    @rule(
+        batch=st.lists(
+            st.one_of(
+                writes().map(lambda w: (WRITE, w[0], w[1])),
+                ranges().map(lambda r: (ZERO, r[0], r[1])),
+                ranges().map(lambda r: (TRIM, r[0], r[1])),
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def mutate(self, batch: list[Mutation]) -> None:
+        assert self.run(self.export.mutate(batch)) == [0] * len(batch)
+        for kind, offset, arg in batch:
+            if isinstance(arg, bytes):
+                self.model[offset : offset + len(arg)] = arg
+            elif kind == ZERO:
+                self.model[offset : offset + arg] = bytes(arg)
+            else:
+                self.trim_model(offset, arg)
+
+    def trim_model(self, offset: int, length: int) -> None:
+        first = -(-offset // PAGE) * PAGE
+        end = (offset + length) // PAGE * PAGE
+        if end > first:
+            self.model[first:end] = bytes(end - first)  # whole pages only; partial ones are kept
+
     @rule(batch=st.lists(ranges(max_len=SIZE), min_size=1, max_size=8))
     def read_many(self, batch: list[tuple[int, int]]) -> None:
         got = self.run(self.export.read_many(batch))
@@ -87,10 +114,7 @@ class ExportMachine(RuleBasedStateMachine):
     def trim(self, where: tuple[int, int]) -> None:
         offset, length = where
         assert self.run(self.export.trim(offset, length)) == 0
-        first = -(-offset // PAGE) * PAGE
-        end = (offset + length) // PAGE * PAGE
-        if end > first:
-            self.model[first:end] = bytes(end - first)  # whole pages only; partial ones are kept
+        self.trim_model(offset, length)
 
     @rule(where=ranges(max_len=SIZE))
     def write_zeroes(self, where: tuple[int, int]) -> None:

@@ -43,6 +43,32 @@ async def test_reads_writes_and_range_commands(nbd_server: NbdServer) -> None:
     assert stats.errors == {}
 
 
+async def test_pipelined_writes_zeroes_and_trims_apply_in_order(nbd_server: NbdServer) -> None:
+    c = await RawNbd.open(port_of(nbd_server), "swap0")
+    big = const.BATCHED_RANGE + PAGE  # goes alone, through the page map
+    await c.send(
+        request(const.CMD_WRITE, 0, 4 * PAGE, handle=1)
+        + b"\xa1" * (4 * PAGE)
+        + request(const.CMD_WRITE_ZEROES, 100, 200, handle=2)
+        + request(const.CMD_TRIM, PAGE + 1, 2 * PAGE, handle=3)
+        + request(const.CMD_WRITE, 2 * PAGE + 10, 10, handle=4)
+        + b"\xb2" * 10
+        + request(const.CMD_WRITE, 8 * PAGE, PAGE, handle=5)
+        + b"\xc3" * PAGE
+        + request(const.CMD_WRITE_ZEROES, 8 * PAGE, big, handle=6)
+        + request(const.CMD_WRITE, 8 * PAGE + 512, 512, handle=7)
+        + b"\xd4" * 512
+    )
+    assert sorted([await c.reply() for _ in range(7)]) == [(0, h) for h in range(1, 8)]
+    want = bytearray(b"\xa1" * (4 * PAGE))
+    want[100:300] = bytes(200)
+    want[2 * PAGE : 3 * PAGE] = bytes(PAGE)  # the one whole page inside the TRIM
+    want[2 * PAGE + 10 : 2 * PAGE + 20] = b"\xb2" * 10
+    assert await c.read(0, 4 * PAGE) == bytes(want)
+    assert await c.read(8 * PAGE, PAGE) == bytes(512) + b"\xd4" * 512 + bytes(3072)
+    await c.disconnect()
+
+
 async def test_out_of_range_and_unknown_requests_get_errors_and_the_stream_goes_on(
     nbd_server: NbdServer,
 ) -> None:
