@@ -53,6 +53,22 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+ADMIN_HELP = (
+    "admin API of any node, URL or host:port (default: $RAMSTER_ADMIN or http://127.0.0.1:7171)"
+)
+
+
+def _admin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin", help=ADMIN_HELP)
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="file with the admin bearer token (default: $RAMSTER_ADMIN_TOKEN_FILE, "
+        "else the token itself in $RAMSTER_ADMIN_TOKEN)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def _node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "node",
@@ -125,6 +141,22 @@ def _node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="seconds a silent owner's pages are kept before they are reclaimed (default: 300)",
     )
     p.add_argument("--log-level", help="debug, info, warning or error (default: info)")
+    admin = p.add_argument_group(
+        "admin API", "HTTP JSON under /v1, /metrics and the dashboard at / (see README)"
+    )
+    admin.add_argument(
+        "--admin",
+        dest="admin_listen",
+        metavar="HOST:PORT",
+        help="serve the admin API here (default: 127.0.0.1:7171; 'off': none; a non-loopback "
+        "address needs a token)",
+    )
+    admin.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file with the bearer token mutating calls need (default: $RAMSTER_ADMIN_TOKEN; "
+        "none: mutating calls are refused)",
+    )
     nbd = p.add_argument_group(
         "NBD exports",
         "serve this node's frontswap as NBD block devices, so that a Linux host can swap to the "
@@ -256,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port", type=_positive_int, default=7101, help="first RPC port (default: 7101)"
     )
     up.add_argument(
+        "--admin-port",
+        type=_positive_int,
+        default=7171,
+        help="first admin API port; node N serves its dashboard on it + N - 1 (default: 7171)",
+    )
+    up.add_argument(
         "--local-budget", default="16MiB", help="each node's local pool (default: 16MiB)"
     )
     up.add_argument("--lent-budget", default="64MiB", help="each node's lent pool (default: 64MiB)")
@@ -300,18 +338,41 @@ def build_parser() -> argparse.ArgumentParser:
     inval.add_argument("area", type=int)
     inval.add_argument("offsets", type=int, nargs="*")
 
+    status = sub.add_parser(
+        "status",
+        help="the cluster at a glance: members, coordinator, capacity, repairs (admin API)",
+    )
+    _admin_args(status)
+    nodes = sub.add_parser("nodes", help="one line per member (admin API)")
+    _admin_args(nodes)
     drain = sub.add_parser(
         "drain",
         help="move every page a node holds for others elsewhere, then report it may stop",
-        description="The node refuses new pages; its owners copy theirs to other holders "
-        "(copy, verify, then drop). Shows progress until the node holds nothing.",
+        description="Through the admin API: the node refuses new pages; the coordinator has "
+        "its owners copy theirs to other holders (copy, verify, then drop). Shows progress "
+        "until the node holds nothing, then exits 0. Needs the admin token.",
     )
-    _client_args(drain)
+    drain.add_argument("node_id", metavar="NODE", help="the node's id (see `ramster nodes`)")
+    _admin_args(drain)
     drain.add_argument(
         "--timeout",
         type=float,
         default=600.0,
-        help="give up after this many seconds (default: 600)",
+        help="give up (exit 1) after this many seconds (default: 600)",
+    )
+    rebalance = sub.add_parser(
+        "rebalance", help="ask the coordinator to even out the holders now (admin API, token)"
+    )
+    _admin_args(rebalance)
+    events = sub.add_parser(
+        "events", help="recent cluster events: joins, deaths, elections, repairs (admin API)"
+    )
+    _admin_args(events)
+    events.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C"
+    )
+    events.add_argument(
+        "--limit", type=_positive_int, default=50, help="recent events shown first (default: 50)"
     )
 
     stats = sub.add_parser("stats", help="a node's pools, peers and counters")
@@ -399,10 +460,24 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.lent_budget,
             args.bench_mib,
             stay=not args.no_stay,
+            admin_port=args.admin_port,
         )
     from ramster import logs, tools
 
     logs.setup("error")  # the command reports failures itself, in one line
+    if cmd in {"status", "nodes", "drain", "rebalance", "events"}:
+        from ramster.admin import commands
+
+        target = commands.Target.from_args(args.admin, args.token_file)
+        if cmd == "status":
+            return commands.status(target, args.json)
+        if cmd == "nodes":
+            return commands.nodes(target, args.json)
+        if cmd == "drain":
+            return commands.drain(target, args.node_id, args.timeout, args.json)
+        if cmd == "rebalance":
+            return commands.rebalance(target, args.json)
+        return commands.events(target, args.follow, args.limit, args.json)
     secret = _secret(args.secret_file)
     if cmd == "bench":
         return tools.bench(args.node, secret, args.mib, args.batch, args.seed, args.area)
@@ -415,8 +490,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return tools.invalidate(args.node, secret, args.area, args.offsets)
     if cmd == "stats":
         return tools.stats(args.node, secret, args.json)
-    if cmd == "drain":
-        return tools.drain(args.node, secret, args.timeout)
     raise AssertionError(f"unhandled command {cmd}")
 
 

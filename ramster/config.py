@@ -61,6 +61,12 @@ class NodeConfig:
     owner_grace: float = 300.0
     """Seconds a silent owner's pages are kept before they are reclaimed (survives partitions)."""
     log_level: str = "info"
+    admin_listen: str | None = "127.0.0.1:7171"
+    """The HTTP admin API and dashboard (host:port; port 0 picks one; None or "off": none).
+    A non-loopback address needs an admin token."""
+    admin_token_file: Path | None = None
+    """File holding the admin API's bearer token; else $RAMSTER_ADMIN_TOKEN; else no token
+    (mutating calls refused)."""
     nbd: str | None = None
     """Serve NBD exports of this node's frontswap on this address (host:port); None: no NBD."""
     nbd_exports: tuple[str, ...] = ()
@@ -93,6 +99,8 @@ class NodeConfig:
             raise ValueError("heartbeat must be positive and shorter than dead_after")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError(f"log level must be debug, info, warning or error: {self.log_level}")
+        if self.admin_listen is not None:
+            parse_address(self.admin_listen)
         if self.nbd is not None:
             self.nbd_config()
         elif self.nbd_exports:
@@ -113,6 +121,16 @@ class NodeConfig:
             swap_safety=self.nbd_swap_safety,
         )
 
+    def admin_token(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The admin token from admin_token_file, else $RAMSTER_ADMIN_TOKEN; None if neither."""
+        if self.admin_token_file is not None:
+            token = self.admin_token_file.read_text().strip()
+            if not token:
+                raise ValueError(f"{self.admin_token_file} is empty: no admin token in it")
+            return token
+        token = (os.environ if env is None else env).get("RAMSTER_ADMIN_TOKEN", "").strip()
+        return token or None
+
     @property
     def host(self) -> str:
         """Host part of `listen`."""
@@ -127,7 +145,9 @@ class NodeConfig:
 _SIZES = {"local_budget", "lent_budget", "page_size"}
 _FLOATS = {"high_watermark", "low_watermark", "heartbeat", "dead_after", "owner_grace"}
 _INTS = {"replicas"}
-_PATHS = {"secret_file", "state_dir"}
+_PATHS = {"secret_file", "state_dir", "admin_token_file"}
+_OPTIONAL = {"admin_listen"}
+"""Settings that "off" or "none" turns off."""
 _LISTS = {"peers", "nbd_exports", "nbd_allow"}
 _BOOLS = {"nbd_swap_safety"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -145,6 +165,8 @@ def _bool(value: Any) -> bool:
 
 def _coerce(name: str, value: Any) -> Any:
     if value is None:
+        return None
+    if name in _OPTIONAL and str(value).strip().lower() in {"", "off", "none"}:
         return None
     if name in _SIZES:
         return parse_size(value)

@@ -33,10 +33,16 @@ class DevCluster:
     state_dir: Path
     ports: tuple[int, ...]
     secret_file: Path
+    admin_ports: tuple[int, ...] = ()
+    token_file: Path | None = None
 
     def address(self, i: int) -> str:
         """RPC address of node i."""
         return f"127.0.0.1:{self.ports[i]}"
+
+    def admin_url(self, i: int) -> str:
+        """Admin API and dashboard of node i."""
+        return f"http://127.0.0.1:{self.admin_ports[i]}"
 
 
 def _port_free(port: int) -> bool:
@@ -48,8 +54,8 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _secret_file(state_dir: Path) -> Path:
-    path = state_dir / "cluster.secret"
+def _secret_file(state_dir: Path, name: str = "cluster.secret") -> Path:
+    path = state_dir / name
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -59,18 +65,25 @@ def _secret_file(state_dir: Path) -> Path:
 
 
 def start_nodes(
-    nodes: int, base_port: int, state_dir: Path, local_budget: str, lent_budget: str
+    nodes: int,
+    base_port: int,
+    state_dir: Path,
+    local_budget: str,
+    lent_budget: str,
+    admin_port: int = 7171,
 ) -> tuple[DevCluster, list[subprocess.Popen[bytes]]]:
     """Launch the node processes (their logs go to state_dir/nodeN.log)."""
     ports = tuple(range(base_port, base_port + nodes))
-    busy = [p for p in ports if not _port_free(p)]
+    admin_ports = tuple(range(admin_port, admin_port + nodes))
+    busy = [p for p in (*ports, *admin_ports) if not _port_free(p)]
     if busy:
         raise RuntimeError(
             f"port {busy[0]} on 127.0.0.1 is in use (is another `make run` running?); "
-            "choose others with --base-port"
+            "choose others with --base-port and --admin-port"
         )
     secret_file = _secret_file(state_dir)
-    cluster = DevCluster(state_dir, ports, secret_file)
+    token_file = _secret_file(state_dir, "admin.token")
+    cluster = DevCluster(state_dir, ports, secret_file, admin_ports, token_file)
     procs = []
     for i, port in enumerate(ports):
         peers = [f"--peer=127.0.0.1:{p}" for p in ports if p != port]
@@ -89,6 +102,8 @@ def start_nodes(
                         f"--state-dir={state_dir / f'node{i + 1}'}",
                         f"--local-budget={local_budget}",
                         f"--lent-budget={lent_budget}",
+                        f"--admin=127.0.0.1:{admin_ports[i]}",
+                        f"--admin-token-file={token_file}",
                         *peers,
                     ],
                     stdout=log_file,
@@ -139,9 +154,10 @@ def up(
     lent_budget: str,
     bench_mib: int,
     stay: bool,
+    admin_port: int = 7171,
 ) -> int:
     """Run the local cluster; with stay, until Ctrl-C."""
-    cluster, procs = start_nodes(nodes, base_port, state_dir, local_budget, lent_budget)
+    cluster, procs = start_nodes(nodes, base_port, state_dir, local_budget, lent_budget, admin_port)
     try:
         secret = load_secret(cluster.secret_file)
         print(f"starting {nodes} nodes on 127.0.0.1:{cluster.ports[0]}-{cluster.ports[-1]} ...")
@@ -159,6 +175,12 @@ def up(
         print("talk to it (from this directory):")
         print(f"  {env} .venv/bin/ramster stats --node {cluster.address(0)}")
         print(f"  {env} .venv/bin/ramster bench --node {cluster.address(1)} --mib 32")
+        print(f"  .venv/bin/ramster status --admin {cluster.admin_url(0)}")
+        print(
+            f"  RAMSTER_ADMIN_TOKEN_FILE={cluster.token_file} .venv/bin/ramster drain node3 "
+            f"--admin {cluster.admin_url(0)}"
+        )
+        print(f"dashboard: {cluster.admin_url(0)}/")
         print(f"logs: {state_dir}/node*.log")
         if not stay:
             return status

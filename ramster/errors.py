@@ -105,3 +105,7 @@ class NbdError(RamsterError):
 class NbdProtocolError(NbdError, ValueError):
     """An NBD client broke the protocol (bad magic, oversized request or option, unknown flags);
     its connection is closed, other clients are unaffected."""
+
+
+class ConfigError(RamsterError, ValueError):
+    """A setting that cannot work, caught at start with a message saying what to change."""

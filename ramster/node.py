@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ramster import __version__
+from ramster.admin import AdminServer
 from ramster.cluster.coordinator import order_from_wire
 from ramster.cluster.driver import CoordinatorDriver, OrderFollower
 from ramster.cluster.election import Election, View
@@ -87,10 +88,26 @@ class Node:
             self.events.add,
         )
         self.orders_refused = 0
+        self.admin_address: str | None = None
+        """host:port of the admin API once it listens."""
+        self.admin: AdminServer | None = None
+        if config.admin_listen is not None:
+            # Built here so that a refused bind (no token off loopback) stops the start.
+            self.admin = AdminServer(self, config.admin_listen, config.admin_token())
         self._inventory_at = -1e9
         self._inventory_cache: dict[str, Any] = {}
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        """Serving: started and not closing."""
+        return self._runner is not None and not self._runner.done() and not self._closed
+
+    @property
+    def role(self) -> str:
+        """coordinator or member."""
+        return "coordinator" if self.election.is_coordinator else "member"
 
     @property
     def address(self) -> str:
@@ -101,6 +118,9 @@ class Node:
         """Listen, start heartbeats and the spiller; returns when the node serves."""
         await self.server.start()
         self._runner = asyncio.create_task(self._run(), name=f"node-{self.node_id}")
+        if self.admin is not None:
+            await self.admin.start()
+            self.admin_address = self.admin.address
         if self.config.mdns_interface:
             self.discovery = MdnsDiscovery(
                 self.config.cluster,
@@ -212,6 +232,8 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        if self.admin is not None:
+            await self.admin.close()
         if self.discovery is not None:
             await self.discovery.close()
         if self._runner is not None:
@@ -238,6 +260,7 @@ class Node:
             "local_budget": self.config.local_budget,
             "page_size": self.config.page_size,
             "draining": self.lent.draining,
+            "admin": self.admin_address,
             "orders_done": list(self.follower.done),
             "coordinator": self.election.view.coordinator,
             "term": self.election.view.term,
@@ -253,8 +276,32 @@ class Node:
                 "inventory": self.frontswap.inventory(),
                 "under_replicated": self.frontswap.under_replicated(self.peers.gone()),
                 "lent_pages": self.lent.statistics().pool.stored_pages,
+                "repairing_pages": self.follower.repairing,
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "counters": self.counters(),
             }
         return self._inventory_cache
+
+    def counters(self) -> dict[str, int]:
+        """Monotonic counters operators turn into rates (dashboard, metrics)."""
+        pool = self.frontswap.pool.statistics()
+        remote = self.frontswap.remote_statistics()
+        return {
+            "stores": pool.succ_stores,
+            "loads": pool.loads + int(remote["remote_loads"]),
+            "spilled_pages": int(remote["spilled_pages"] + remote["direct_remote_stores"]),
+            "remote_loads": int(remote["remote_loads"]),
+            "repaired_pages": int(remote["repaired_pages"]),
+            "rebalanced_pages": int(remote["rebalanced_pages"]),
+        }
+
+    async def request_rebalance(self) -> None:
+        """Ask the coordinator (this node, or over the RPC) to even out the holders now."""
+        coordinator = self.election.view.coordinator
+        if coordinator == self.node_id:
+            await self.driver.request_rebalance()
+        else:
+            await self.peers.rebalance(coordinator)
 
     def start_drain(self) -> None:
         """Take no new pages; owners see it in heartbeats and move their pages away."""

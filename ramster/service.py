@@ -16,6 +16,7 @@ Parameters are checked here (ProtocolError when off, never a crash) before anyth
 - fs.invalidate   [area, offsets]
 - fs.invalidate_area [area]
 - coord.order     [term, coordinator, order, kind, owner, ...] (see cluster.coordinator)
+- coord.rebalance []                                          -> coordinating? (even out now)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ FS_LOAD_ENCODED = "fs.load_encoded"
 FS_INVALIDATE = "fs.invalidate"
 FS_INVALIDATE_AREA = "fs.invalidate_area"
 COORD_ORDER = "coord.order"
+COORD_REBALANCE = "coord.rebalance"
 
 DEBUG_DAMAGE = "debug.damage"
 TEST_HOOKS_ENV = "RAMSTER_TEST_HOOKS"
@@ -260,6 +262,12 @@ def register(node: Node) -> None:
     server.register(STATS, stats)
     server.register(DRAIN, drain)
     server.register(COORD_ORDER, node.accept_order)
+
+    async def rebalance(params: list[object]) -> bool:
+        _arity(params, 0, "[]")
+        return await node.driver.request_rebalance()
+
+    server.register(COORD_REBALANCE, rebalance)
     server.register(HOLD_PUT, hold_put, decode=_owned(3, "[owner, incarnation, batch]"))
     server.register(HOLD_GET, hold_get, decode=_owned(3, "[owner, incarnation, keys]"))
     server.register(HOLD_DROP, hold_drop, decode=_owned(4, "[owner, incarnation, keys, versions]"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import sys
@@ -43,34 +42,6 @@ async def _invalidate(address: str, secret: Secret, area: int, offsets: list[int
         else:
             await client.invalidate_area(area)
     return 0
-
-
-async def _drain(address: str, secret: Secret, within: float) -> int:
-    async with Client(address, secret) as client:
-        info = await client.drain()
-        start = (await client.stats())["lent"]["stored_pages"]
-        print(f"draining {info['node']} at {address}: {start:,} held pages to move")
-        bar = Progress("drain", max(start, 1), "pages")
-        deadline = time.monotonic() + within
-        while True:
-            held = (await client.stats())["lent"]["stored_pages"]
-            bar.done = 0
-            bar.advance(start - held)
-            if held == 0:
-                break
-            if time.monotonic() > deadline:
-                bar.close()
-                print(f"{held:,} pages still held after {within:.0f} s", file=sys.stderr)
-                return 1
-            await asyncio.sleep(0.2)
-        bar.close()
-    print(f"{info['node']} holds nothing now; it may stop")
-    return 0
-
-
-def drain(address: str, secret: Secret, within: float) -> int:
-    """Make a node refuse new pages and wait until its owners moved theirs away."""
-    return run(_drain(address, secret, within))
 
 
 async def _stats(address: str, secret: Secret, as_json: bool) -> int:

@@ -16,7 +16,16 @@ from ramster.errors import PeerLost, ProtocolError, RamsterError
 from ramster.pagestore.lent import Stored
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.rpc.pages import flags_from_wire
-from ramster.service import COORD_ORDER, HELLO, HOLD_DROP, HOLD_DROP_AREA, HOLD_GET, HOLD_PUT
+from ramster.service import (
+    COORD_ORDER,
+    COORD_REBALANCE,
+    DRAIN,
+    HELLO,
+    HOLD_DROP,
+    HOLD_DROP_AREA,
+    HOLD_GET,
+    HOLD_PUT,
+)
 from ramster.types import Buffer
 from ramster.units import parse_address
 
@@ -263,6 +272,14 @@ class Peers:
     async def order(self, node: str, params: list[object]) -> object:
         """Send the coordinator's order to a node."""
         return await self._client(node).call(COORD_ORDER, params, timeout=self.call_timeout)
+
+    async def drain(self, node: str) -> None:
+        """Ask a node to drain."""
+        await self._client(node).call(DRAIN, [], timeout=self.call_timeout)
+
+    async def rebalance(self, node: str) -> None:
+        """Ask the coordinator to even out the holders now."""
+        await self._client(node).call(COORD_REBALANCE, [], timeout=self.call_timeout)
 
     async def close(self) -> None:
         """Close every client."""

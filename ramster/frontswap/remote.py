@@ -129,6 +129,7 @@ class ClusterFrontswap(LocalFrontswap):
             (
                 "spilled_pages",
                 "spill_batches",
+                "recovery_bytes",
                 "spill_refused",
                 "spill_no_holders",
                 "direct_remote_stores",
@@ -718,6 +719,8 @@ class ClusterFrontswap(LocalFrontswap):
             await self._drop_on(
                 new, area, [offsets[i] for i in stray], [versions[i] for i in stray]
             )
+        if target is None:
+            self._c["recovery_bytes"] += sum(len(payloads[i]) for i in moved_idx)
         return len(moved_idx)
 
     # -- invalidation ----------------------------------------------------------------------------

@@ -663,6 +663,21 @@ class PagePool:
             )
         )
 
+    def area_counts(self) -> dict[int, tuple[int, int]]:
+        """area -> (pages kept here, pages kept only on remote holders)."""
+        m = self._meta
+        kinds = m["kind"][: self._hw]
+        areas = m["area"][: self._hw]
+        out: dict[int, tuple[int, int]] = {}
+        local = np.bincount(areas[(kinds != EMPTY) & (kinds != REMOTE)])
+        remote = np.bincount(areas[kinds == REMOTE])
+        for area in np.flatnonzero(local).tolist() + np.flatnonzero(remote).tolist():
+            out[area] = (
+                int(local[area]) if area < len(local) else 0,
+                int(remote[area]) if area < len(remote) else 0,
+            )
+        return out
+
     def remote_count_in_sets(self, set_ids: Sequence[int]) -> int:
         """How many remote pages are in any of the sets (no per-page lists)."""
         m = self._meta

@@ -20,6 +20,7 @@ from ramster.rpc import RpcConfig, Secret
 from ramster.testing.netns import NetnsLab
 
 SECRET = b"test-secret-0123456789abcdef0123"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -131,6 +132,13 @@ class Cluster:
                     node.proc.kill()
                     node.proc.wait()
 
+    async def admin_url(self, i: int) -> str:
+        """http://host:port of node i's admin API (it listens on a port of its choosing)."""
+        address = (await self.stats(i))["admin"]
+        if not address:
+            raise RuntimeError(f"node n{i} serves no admin API")
+        return f"http://{address}"
+
     def client(self, i: int = 0) -> Client:
         """A client of node i."""
         return Client(self.nodes[i].address, self.secret, RpcConfig(cluster=self.name))
@@ -174,6 +182,9 @@ def make_cluster(
     secret_file = tmp / "secret"
     secret_file.write_bytes(SECRET)
     secret_file.chmod(0o600)
+    token_file = tmp / "admin.token"
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    token_file.chmod(0o600)
     cluster = Cluster(tmp, Secret(SECRET), cluster_name)
     hosts = [lab.addr(i) if lab else "127.0.0.1" for i in range(n)]
     ports = [7070 if lab else free_port() for _ in range(n)]
@@ -193,6 +204,8 @@ def make_cluster(
             "--heartbeat=0.2",
             "--dead-after=1.5",
             f"--cluster={cluster_name}",
+            "--admin=127.0.0.1:0",
+            f"--admin-token-file={token_file}",
             *mdns,
             *(peers if static_peers else []),
             *(extra or []),

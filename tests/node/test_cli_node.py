@@ -103,9 +103,12 @@ async def test_drain_moves_everything_off_a_node(cluster_factory: ClusterFactory
     async with c.client(0) as client:
         assert all(await store_all(client, pages))
         assert (await c.stats(1))["lent"]["stored_pages"] > 0
-        out = ramster(
-            "drain", "--node", c.nodes[1].address, "--timeout", "60", secret=c.tmp / "secret"
-        )
+        admin = await c.admin_url(0)  # any node's admin API can drain any member
+        out = ramster("drain", "n1", "--admin", admin, "--timeout", "60")
+        assert out.returncode == 2  # no token: refused
+        assert b"unauthorized" in out.stderr
+        token = ["--token-file", str(c.tmp / "admin.token")]
+        out = ramster("drain", "n1", "--admin", admin, *token, "--timeout", "60")
         assert out.returncode == 0, out.stderr
         assert b"holds nothing" in out.stdout
         assert (await c.stats(1))["lent"]["stored_pages"] == 0

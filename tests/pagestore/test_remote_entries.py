@@ -27,6 +27,7 @@ def test_mark_remote_frees_local_copies_and_keeps_metadata() -> None:
     offsets = [c.offset for c in cold]
     assert pool.get_many(0, offsets) == [None] * 40  # not here: the caller asks the holders
     entries = pool.remote_entries(0, offsets)
+    assert pool.area_counts() == {0: (60, 40)}
     assert [e[0] for e in entries] == list(range(40))
     assert all(e[3] == 7 for e in entries)
     assert [e[1] for e in entries] == [c.version for c in cold]
@@ -73,6 +74,7 @@ def test_put_remote_records_pages_stored_straight_on_holders() -> None:
     assert pool.remote_count_in_sets([9]) == len(pool.remote_in_sets([9])) == 3
     assert pool.remote_count_in_sets([4, 9, 77]) == len(pool.remote_in_sets([4, 9, 77])) == 5
     assert pool.remote_count_in_sets([]) == 0
+    assert pool.area_counts() == {2: (0, 5)}
     # A full budget refuses even metadata.
     tiny = PagePool(PoolConfig(budget_bytes=0))
     assert tiny.put_remote(0, [1], [1], [1], holder_set=0) == [False]

@@ -1,0 +1,196 @@
+"""`/metrics` in the Prometheus text format: read from the node at scrape time, nothing kept twice.
+
+Pool counters carry zswap's and zram's names (stored_pages, same_filled_pages, pool_total_size,
+reject_compress_poor, orig_data_size, compr_data_size, huge_pages), labelled pool="local" for
+this node's own pages and pool="lent" for the pages it keeps for others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ramster.latency import Histogram
+
+if TYPE_CHECKING:
+    from ramster.node import Node
+
+POOL_GAUGES = {
+    "stored_pages": "Pages kept in the pool",
+    "remote_pages": "Pages whose only copies are on remote holders",
+    "same_filled_pages": "Same-filled pages (kept as an 8-byte pattern)",
+    "huge_pages": "Pages kept uncompressed (lz4 would not shrink them)",
+    "orig_data_size": "Uncompressed bytes of the pages kept",
+    "compr_data_size": "Compressed bytes of the pages kept",
+    "pool_total_size": "RAM the pool costs, in bytes (what the budget counts)",
+    "pool_limit": "The pool's budget, in bytes",
+    "metadata_size": "Bytes of per-page metadata and allocator bookkeeping",
+}
+POOL_COUNTERS = {
+    "reject_pool_limit": "Stores refused because the pool was full",
+    "reject_compress_poor": "Stores refused because the page did not compress",
+    "succ_stores": "Pages stored",
+    "failed_stores": "Stores refused",
+    "loads": "Pages loaded",
+    "exclusive_loads": "Pages loaded and freed at once",
+    "invalidates": "Pages invalidated",
+    "checksum_failures": "Copies whose checksum did not match (never returned)",
+    "compactions": "Slab compactions",
+    "pages_compacted": "Objects moved by compaction",
+}
+RPC_COUNTERS = {
+    "accepted": "Connections accepted",
+    "refused_connections": "Connections refused (too many)",
+    "handshakes": "Authenticated handshakes",
+    "handshake_failures": "Handshakes that failed (wrong secret, cluster, protocol)",
+    "protocol_errors": "Malformed frames or messages (the connection was closed)",
+    "calls": "Calls answered",
+    "busy_replies": "Calls refused with Busy (too many in flight)",
+    "error_replies": "Calls answered with an error",
+}
+REMOTE_COUNTERS = {
+    "spilled_pages": "Pages spilled to remote holders",
+    "direct_remote_stores": "Pages stored straight on holders (local pool full)",
+    "remote_loads": "Pages loaded from remote holders",
+    "remote_bad_copies": "Stale or corrupt copies a holder returned (not used)",
+    "remote_unavailable": "Pages no holder could return",
+    "repaired_pages": "Pages re-replicated after a holder was lost or left",
+    "recovery_bytes": "Bytes (stored form) re-replicated after a holder was lost or left",
+    "rebalanced_pages": "Copies moved to even out holders",
+    "pages_lost": "Pages every holder of which was lost",
+    "orphans_dropped": "Copies dropped on holders that came back after a repair",
+}
+
+
+def _histogram(name: str, doc: str, label: str, rows: dict[str, Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=[label])
+    for value, h in sorted(rows.items()):
+        buckets = [("+Inf" if b == float("inf") else repr(b), c) for b, c in h.cumulative()]
+        family.add_metric([value], buckets, h.sum)
+    return family
+
+
+class NodeCollector(Collector):
+    """Every figure of one node, gathered when Prometheus scrapes."""
+
+    def __init__(self, node: Node, loop_lag: Histogram, last_lag: list[float]) -> None:
+        self.node = node
+        self.loop_lag = loop_lag
+        self.last_lag = last_lag
+
+    def collect(self) -> Iterator[Metric]:
+        """One scrape."""
+        node = self.node
+        pools = {
+            "local": dataclasses.asdict(node.frontswap.pool.statistics()),
+            "lent": dataclasses.asdict(node.lent.statistics().pool),
+        }
+        for key, doc in POOL_GAUGES.items():
+            g = GaugeMetricFamily(f"ramster_pool_{key}", doc, labels=["pool"])
+            for pool, st in pools.items():
+                g.add_metric([pool], st[key])
+            yield g
+        for key, doc in POOL_COUNTERS.items():
+            c = CounterMetricFamily(f"ramster_pool_{key}", doc, labels=["pool"])
+            for pool, st in pools.items():
+                c.add_metric([pool], st[key])
+            yield c
+        full = GaugeMetricFamily(
+            "ramster_pool_full", "1 while the pool refuses stores", labels=["pool"]
+        )
+        for pool, st in pools.items():
+            full.add_metric([pool], 1 if st["full"] else 0)
+        yield full
+
+        rpc = dataclasses.asdict(node.server.statistics())
+        for key, doc in RPC_COUNTERS.items():
+            yield CounterMetricFamily(f"ramster_rpc_{key}", doc, value=rpc[key])
+        yield GaugeMetricFamily(
+            "ramster_rpc_connections", "Open RPC connections", rpc["connections"]
+        )
+        yield GaugeMetricFamily(
+            "ramster_rpc_in_flight", "RPC calls being handled", rpc["in_flight"]
+        )
+        yield _histogram(
+            "ramster_rpc_handle_seconds",
+            "Time to handle an RPC call, by method",
+            "method",
+            {m: h for m, h in node.server.method_latencies().items() if h.total},
+        )
+
+        remote = node.frontswap.remote_statistics()
+        for key, doc in REMOTE_COUNTERS.items():
+            yield CounterMetricFamily(f"ramster_remote_{key}", doc, value=remote[key])
+        fetch = GaugeMetricFamily(
+            "ramster_remote_fetch_seconds",
+            "Latency of fetching pages from holders (recent samples)",
+            labels=["quantile"],
+        )
+        fetch.add_metric(["0.5"], remote["fetch_p50_us"] / 1e6)
+        fetch.add_metric(["0.99"], remote["fetch_p99_us"] / 1e6)
+        yield fetch
+
+        states = GaugeMetricFamily(
+            "ramster_cluster_members", "Members this node knows, by state", labels=["state"]
+        )
+        counts = {"alive": 1, "suspect": 0, "dead": 0, "unknown": 0}  # this node is alive
+        for peer in node.peers.statistics():
+            if peer["node"] != node.node_id:
+                counts[peer["state"]] = counts.get(peer["state"], 0) + 1
+        for state, n in counts.items():
+            states.add_metric([state], n)
+        yield states
+        yield GaugeMetricFamily(
+            "ramster_under_replicated_pages",
+            "This node's pages with fewer than R live copies",
+            node.frontswap.under_replicated(node.peers.gone()),
+        )
+        yield GaugeMetricFamily(
+            "ramster_repairing_pages",
+            "Pages the current repair order set out to copy",
+            node.follower.repairing,
+        )
+        yield GaugeMetricFamily(
+            "ramster_coordinator",
+            "1 on the node that coordinates",
+            1 if node.election.is_coordinator else 0,
+        )
+        yield GaugeMetricFamily("ramster_term", "The coordinator's term", node.election.view.term)
+        yield CounterMetricFamily(
+            "ramster_orders_refused",
+            "Orders refused (older term or another coordinator)",
+            value=node.orders_refused,
+        )
+        yield GaugeMetricFamily(
+            "ramster_event_loop_lag_seconds",
+            "How late the event loop woke up last time",
+            self.last_lag[0],
+        )
+        yield _histogram(
+            "ramster_event_loop_lag_seconds_distribution",
+            "How late the event loop wakes up",
+            "loop",
+            {"main": self.loop_lag},
+        )
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition of a registry."""
+    return generate_latest(registry)
+
+
+def registry_for(node: Node, loop_lag: Histogram, last_lag: list[float]) -> CollectorRegistry:
+    """A registry of its own (not the process-global one) with the node's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node, loop_lag, last_lag))
+    return registry

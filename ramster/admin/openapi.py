@@ -1,0 +1,232 @@
+"""The OpenAPI 3 document of the admin API, kept true by a schemathesis run against a live node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ramster import __version__
+
+Schema = dict[str, Any]
+
+
+def _obj(props: dict[str, Schema], required: list[str] | None = None) -> Schema:
+    return {"type": "object", "properties": props, "required": required or list(props)}
+
+
+INT: Schema = {"type": "integer"}
+NUM: Schema = {"type": "number"}
+STR: Schema = {"type": "string"}
+BOOL: Schema = {"type": "boolean"}
+NULLABLE_INT: Schema = {"type": ["integer", "null"]}
+COUNTS: Schema = {"type": "object", "additionalProperties": INT}
+
+ERROR = _obj(
+    {"error": _obj({"code": STR, "message": STR})},
+)
+HEALTH = _obj(
+    {
+        "status": {"enum": ["ok", "starting"]},
+        "live": BOOL,
+        "ready": BOOL,
+        "node": STR,
+        "version": STR,
+    }
+)
+POOL: Schema = {"type": "object", "additionalProperties": {"type": ["integer", "boolean"]}}
+NODE = _obj(
+    {
+        "node": STR,
+        "incarnation": STR,
+        "cluster": STR,
+        "version": STR,
+        "role": {"enum": ["coordinator", "member"]},
+        "coordinator": STR,
+        "term": INT,
+        "uptime_s": NUM,
+        "rpc": STR,
+        "admin": {"type": ["string", "null"]},
+        "page_size": INT,
+        "replicas": INT,
+        "budgets": _obj({"local": INT, "lent": INT}),
+        "draining": BOOL,
+        "pool": POOL,
+        "lent": POOL,
+        "remote": {"type": "object", "additionalProperties": NUM},
+        "counters": COUNTS,
+        "orders": _obj(
+            {"busy": {"type": ["string", "null"]}, "repairing_pages": INT, "refused": INT}
+        ),
+    }
+)
+MEMBER = _obj(
+    {
+        "node": STR,
+        "rpc": STR,
+        "state": {"enum": ["alive", "suspect", "dead", "unknown"]},
+        "role": {"enum": ["coordinator", "member"]},
+        "incarnation": {"type": ["string", "null"]},
+        "lent_budget": NULLABLE_INT,
+        "lent_free": NULLABLE_INT,
+        "lent_pages": NULLABLE_INT,
+        "local_used": NULLABLE_INT,
+        "local_budget": NULLABLE_INT,
+        "draining": {"type": ["boolean", "null"]},
+        "under_replicated": NULLABLE_INT,
+        "repairing_pages": NULLABLE_INT,
+        "uptime_s": {"type": ["number", "null"]},
+        "admin": {"type": ["string", "null"]},
+        "counters": {"type": ["object", "null"], "additionalProperties": INT},
+    },
+    required=["node", "rpc", "state", "role"],
+)
+CLUSTER = _obj(
+    {
+        "cluster": STR,
+        "answered_by": STR,
+        "coordinator": STR,
+        "term": INT,
+        "members": {"type": "array", "items": MEMBER},
+        "pages": {"type": "object", "additionalProperties": COUNTS},
+        "bytes": {"type": "object", "additionalProperties": COUNTS},
+        "under_replicated_pages": INT,
+        "rebalance": _obj(
+            {
+                "repairing_pages": INT,
+                "orders_pending": {"type": ["object", "null"], "additionalProperties": STR},
+                "orders_sent": NULLABLE_INT,
+                "pages_moved": NULLABLE_INT,
+            }
+        ),
+    }
+)
+AREAS = _obj(
+    {
+        "areas": {
+            "type": "array",
+            "items": _obj({"area": INT, "local_pages": INT, "remote_pages": INT}),
+        }
+    }
+)
+EVENT = _obj({"id": INT, "time": NUM, "kind": STR, "node": STR, "detail": STR})
+EVENTS = _obj({"events": {"type": "array", "items": EVENT}})
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> Schema:
+    return _json(ERROR, description)
+
+
+def _get(summary: str, schema: Schema, params: list[Schema] | None = None) -> Schema:
+    op: Schema = {
+        "summary": summary,
+        "responses": {"200": _json(schema, summary), "400": _error("bad query parameter")},
+    }
+    if params:
+        op["parameters"] = params
+    return {"get": op}
+
+
+def _query_int(name: str, description: str, lo: int, hi: int) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": lo, "maximum": hi},
+    }
+
+
+WRITE_ERRORS = {
+    "401": _error("missing or wrong bearer token"),
+    "403": _error("this node has no admin token configured"),
+}
+
+
+def spec() -> Schema:
+    """The whole document."""
+    after = _query_int("after", "only events with a higher id", 0, 1 << 62)
+    limit = _query_int("limit", "at most this many (the newest)", 1, 1000)
+    health = _get("liveness and readiness", HEALTH)
+    health["get"]["responses"]["503"] = _json(HEALTH, "not ready (starting or stopping)")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ramster admin API",
+            "version": __version__,
+            "description": "One node's view of itself and of the cluster. Reads need no "
+            "token; mutating calls need `Authorization: Bearer <token>`. Sizes are bytes, "
+            "times seconds.",
+        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/v1/health": health,
+            "/v1/node": _get("this node: identity, role, budgets, pools", NODE),
+            "/v1/cluster": _get(
+                "members, coordinator and term, capacity, pages per owner and holder, repairs",
+                CLUSTER,
+            ),
+            "/v1/areas": _get("this node's frontswap areas", AREAS),
+            "/v1/events": _get("recent events, oldest first", EVENTS, [after, limit]),
+            "/v1/events/stream": {
+                "get": {
+                    "summary": "events as Server-Sent Events: recent ones after Last-Event-ID "
+                    "or ?after=, then live ones; never ends by itself",
+                    "parameters": [after],
+                    "responses": {
+                        "200": {
+                            "description": "an event stream",
+                            "content": {"text/event-stream": {"schema": STR}},
+                        },
+                        "400": _error("bad query parameter"),
+                        "503": _error("too many streams open"),
+                    },
+                }
+            },
+            "/v1/nodes/{node_id}/drain": {
+                "post": {
+                    "summary": "drain a node: it takes no new pages and owners move theirs away",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {"name": "node_id", "in": "path", "required": True, "schema": STR}
+                    ],
+                    "responses": {
+                        "202": _json(_obj({"node": STR, "draining": BOOL}), "draining"),
+                        **WRITE_ERRORS,
+                        "404": _error("no such member"),
+                        "502": _error("the node did not answer"),
+                    },
+                }
+            },
+            "/v1/rebalance": {
+                "post": {
+                    "summary": "ask the coordinator to even out the holders now",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "202": _json(_obj({"requested": BOOL, "coordinator": STR}), "requested"),
+                        **WRITE_ERRORS,
+                        "503": _error("the coordinator did not answer"),
+                    },
+                }
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "summary": "this document",
+                    "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text format",
+                    "responses": {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": STR}},
+                        }
+                    },
+                }
+            },
+        },
+    }

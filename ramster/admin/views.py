@@ -1,0 +1,158 @@
+"""What the admin API answers, as plain data built from a node. No HTTP here: testable alone.
+
+Every node can answer for the whole cluster: heartbeats bring each member's capacity, usage,
+inventory (pages it keeps on each holder) and counters, so `/v1/cluster` is the same picture
+on every node, one heartbeat old at most; the coordinator adds the orders it has under way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from ramster import __version__
+
+if TYPE_CHECKING:
+    from ramster.node import Node
+
+MEMBER_FIELDS = (
+    "incarnation",
+    "lent_budget",
+    "lent_free",
+    "lent_pages",
+    "local_used",
+    "local_budget",
+    "draining",
+    "under_replicated",
+    "repairing_pages",
+    "uptime_s",
+    "admin",
+    "counters",
+)
+
+
+def health(node: Node) -> dict[str, Any]:
+    """Liveness and readiness."""
+    return {
+        "status": "ok" if node.ready else "starting",
+        "live": True,
+        "ready": node.ready,
+        "node": node.node_id,
+        "version": __version__,
+    }
+
+
+def node_view(node: Node) -> dict[str, Any]:
+    """This node: identity, role, budgets and its pools."""
+    fs = node.frontswap.statistics()
+    lent = node.lent.statistics()
+    view = node.election.view
+    return {
+        "node": node.node_id,
+        "incarnation": node.incarnation,
+        "cluster": node.config.cluster,
+        "version": __version__,
+        "role": node.role,
+        "coordinator": view.coordinator,
+        "term": view.term,
+        "uptime_s": round(time.time() - node.started_at, 3),
+        "rpc": node.address,
+        "admin": node.admin_address,
+        "page_size": node.config.page_size,
+        "replicas": node.config.replicas,
+        "budgets": {"local": node.config.local_budget, "lent": node.config.lent_budget},
+        "draining": node.lent.draining,
+        "pool": dataclasses.asdict(fs.pool),
+        "lent": {
+            **dataclasses.asdict(lent.pool),
+            "owners": lent.owners,
+            "reclaimed_pages": lent.reclaimed_pages,
+        },
+        "remote": node.frontswap.remote_statistics(),
+        "counters": node.counters(),
+        "orders": {
+            "busy": node.follower.busy,
+            "repairing_pages": node.follower.repairing,
+            "refused": node.orders_refused,
+        },
+    }
+
+
+def cluster_view(node: Node) -> dict[str, Any]:
+    """Members with state and capacity, who coordinates, pages per owner and holder, repairs."""
+    infos: dict[str, dict[str, Any]] = {}
+    members: list[dict[str, Any]] = []
+    for peer in node.peers.statistics():
+        name = peer["node"]
+        if not name or name == node.node_id:
+            continue
+        info = next((p.info for p in node.peers.peers() if p.node_id == name), {})
+        infos[name] = info
+        members.append(
+            {
+                "node": name,
+                "rpc": peer["address"],
+                "state": peer["state"],
+                **{k: info.get(k) for k in MEMBER_FIELDS},
+            }
+        )
+    me = node.hello_info()
+    infos[node.node_id] = me
+    members.append(
+        {"node": node.node_id, "rpc": node.address, "state": "alive"}
+        | {k: me.get(k) for k in MEMBER_FIELDS}
+    )
+    view = node.election.view
+    for m in members:
+        m["role"] = "coordinator" if m["node"] == view.coordinator else "member"
+    members.sort(key=lambda m: str(m["node"]))
+    alive = {m["node"] for m in members if m["state"] in ("alive", "suspect")}
+    pages = {
+        owner: {str(h): c for h, c in inv.items() if isinstance(c, int)}
+        for owner, info in infos.items()
+        if owner in alive and isinstance(inv := info.get("inventory"), dict) and inv
+    }
+    held = {
+        m["node"]: (m["lent_pages"] or 0, (m["lent_budget"] or 0) - (m["lent_free"] or 0))
+        for m in members
+    }
+
+    def mean_bytes(holder: str) -> int:
+        count, used = held.get(holder, (0, 0))
+        return used // count if count else 0
+
+    snapshot = node.driver.snapshot()
+    return {
+        "cluster": node.config.cluster,
+        "answered_by": node.node_id,
+        "coordinator": view.coordinator,
+        "term": view.term,
+        "members": members,
+        "pages": pages,
+        "bytes": {o: {h: c * mean_bytes(h) for h, c in inv.items()} for o, inv in pages.items()},
+        "under_replicated_pages": sum(
+            int(info.get("under_replicated") or 0)
+            for owner, info in infos.items()
+            if owner in alive
+        ),
+        "rebalance": {
+            "repairing_pages": sum(int(m["repairing_pages"] or 0) for m in members),
+            "orders_pending": snapshot["orders_pending"] if snapshot else None,
+            "orders_sent": snapshot["orders_sent"] if snapshot else None,
+            "pages_moved": snapshot["pages_moved"] if snapshot else None,
+        },
+    }
+
+
+def areas_view(node: Node) -> list[dict[str, Any]]:
+    """This node's frontswap areas and how many pages each has here and on holders."""
+    counts = node.frontswap.pool.area_counts()
+    return [
+        {
+            "area": area,
+            "local_pages": counts.get(area, (0, 0))[0],
+            "remote_pages": counts.get(area, (0, 0))[1],
+        }
+        for area in node.frontswap.statistics().areas
+    ]

@@ -1,0 +1,41 @@
+"""A real node in this process, with its admin API on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest_asyncio
+
+from ramster.config import NodeConfig
+from ramster.node import Node
+from ramster.rpc import Secret
+
+SECRET = Secret(b"admin-test-secret-0123456789abcdef")
+TOKEN = "test-admin-token-0123456789"
+
+
+@pytest_asyncio.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(TOKEN + "\n")
+    config = NodeConfig(
+        node_id="solo",
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        admin_token_file=token_file,
+        state_dir=tmp_path,
+        local_budget=4 << 20,
+        lent_budget=4 << 20,
+    )
+    node = Node(config, SECRET)
+    await node.start()
+    yield node
+    await node.close()
+
+
+@pytest_asyncio.fixture
+async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=f"http://{node.admin_address}") as session:
+        yield session
