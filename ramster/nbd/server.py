@@ -382,6 +382,7 @@ class _Connection(asyncio.Protocol):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            await self._gather()
             batch = list(queue)
             queue.clear()
             self._executing = len(batch)
@@ -392,6 +393,19 @@ class _Connection(asyncio.Protocol):
                 self._payload_bytes -= sum(len(r.payload) for r in batch)
             if not self._writable.is_set():
                 await self._writable.wait()
+
+    async def _gather(self) -> None:
+        """Let requests already on their way join the batch: one loop turn at a time, while
+        each turn brings more. A client refilling its queue depth sends requests one by one;
+        one store of 32 pages costs far less than 32 stores of one (measured: 15 vs 130 us per
+        page in the local pool), and a lone request waits one loop turn at most."""
+        queue = self._queue
+        while len(queue) + self._executing < self._max_inflight and not self._no_more_requests:
+            before = len(queue)
+            await asyncio.sleep(0)
+            self._pump()
+            if len(queue) == before:
+                return
 
     def _protocol_violation(self, exc: NbdProtocolError) -> None:
         self._server._protocol_errors += 1
