@@ -72,6 +72,15 @@ REMOTE_COUNTERS = {
 }
 
 
+BYTE_SIZES = {"orig_data_size", "compr_data_size", "pool_total_size", "pool_limit", "metadata_size"}
+
+
+def _pool_name(key: str) -> str:
+    """zswap's name, without a doubled "pool", with the unit Prometheus expects."""
+    name = f"ramster_pool_{key.removeprefix('pool_')}"
+    return f"{name}_bytes" if key in BYTE_SIZES else name
+
+
 def _histogram(name: str, doc: str, label: str, rows: dict[str, Histogram]) -> Metric:
     family = HistogramMetricFamily(name, doc, labels=[label])
     for value, h in sorted(rows.items()):
@@ -96,7 +105,7 @@ class NodeCollector(Collector):
             "lent": dataclasses.asdict(node.lent.statistics().pool),
         }
         for key, doc in POOL_GAUGES.items():
-            g = GaugeMetricFamily(f"ramster_pool_{key}", doc, labels=["pool"])
+            g = GaugeMetricFamily(_pool_name(key), doc, labels=["pool"])
             for pool, st in pools.items():
                 g.add_metric([pool], st[key])
             yield g
@@ -130,7 +139,8 @@ class NodeCollector(Collector):
 
         remote = node.frontswap.remote_statistics()
         for key, doc in REMOTE_COUNTERS.items():
-            yield CounterMetricFamily(f"ramster_remote_{key}", doc, value=remote[key])
+            name = f"ramster_remote_{key.removeprefix('remote_')}"
+            yield CounterMetricFamily(name, doc, value=remote[key])
         fetch = GaugeMetricFamily(
             "ramster_remote_fetch_seconds",
             "Latency of fetching pages from holders (recent samples)",
