@@ -219,6 +219,7 @@ class _Connection(asyncio.Protocol):
         self._no_more_requests = False
         """DISC, a protocol violation or a closed handshake: nothing more will be decoded."""
         self._violation: NbdProtocolError | None = None
+        self._logged: set[str] = set()
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -394,6 +395,25 @@ class _Connection(asyncio.Protocol):
             if not self._writable.is_set():
                 await self._writable.wait()
 
+    def _error_reply(self, request: Request, error: int) -> None:
+        """Count an error reply; log the first of each kind on this connection."""
+        name = const.ERROR_NAMES[error]
+        self._server._errors[name] += 1
+        if name in self._logged:
+            return
+        self._logged.add(name)
+        log.warning(
+            "nbd: %s: %s answered %s (offset %d, length %d, flags %#x); more %s replies on "
+            "this connection are counted, not logged",
+            self.peer,
+            const.CMD_NAMES.get(request.cmd, f"command {request.cmd}"),
+            name,
+            request.offset,
+            request.length,
+            request.flags,
+            name,
+        )
+
     async def _gather(self) -> None:
         """Let requests already on their way join the batch: one loop turn at a time, while
         each turn brings more. A client refilling its queue depth sends requests one by one;
@@ -428,7 +448,6 @@ class _Connection(asyncio.Protocol):
         size = export.size
         max_payload = server.config.max_payload
         requests = server._requests
-        errors = server._errors
         out: list[bytes] = []
         kinds = [_kind(r, check(r, size, max_payload)) for r in batch]
         i = 0
@@ -446,14 +465,14 @@ class _Connection(asyncio.Protocol):
                 requests[const.CMD_NAMES.get(r.cmd, "unknown")] += 1
             if kind > 0:  # refused by check(): kind is the error
                 out.append(reply(request.handle, kind))
-                errors[const.ERROR_NAMES[kind]] += 1
+                self._error_reply(request, kind)
                 continue
             if kind == _READ:
                 results = await export.read_many([(r.offset, r.length) for r in run])
                 for r, result in zip(run, results, strict=True):
                     if isinstance(result, int):
                         out.append(reply(r.handle, result))
-                        errors[const.ERROR_NAMES[result]] += 1
+                        self._error_reply(r, result)
                     else:
                         out.append(reply(r.handle))
                         out += result
@@ -463,7 +482,7 @@ class _Connection(asyncio.Protocol):
                 for r, code in zip(run, codes, strict=True):
                     out.append(reply(r.handle, code))
                     if code:
-                        errors[const.ERROR_NAMES[code]] += 1
+                        self._error_reply(r, code)
                     elif r.cmd == const.CMD_WRITE:
                         server._bytes_written += r.length
             elif kind == _DISC:
@@ -477,7 +496,7 @@ class _Connection(asyncio.Protocol):
                     code = await export.write_zeroes(request.offset, request.length)
                 out.append(reply(request.handle, code))
                 if code:
-                    errors[const.ERROR_NAMES[code]] += 1
+                    self._error_reply(request, code)
             # Replies go out after every awaited step: a slow remote store must not hold back
             # the answers already known.
             self._send(out)

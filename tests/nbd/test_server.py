@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ramster.frontswap import LocalFrontswap
-from ramster.nbd import NbdServer, const
+from ramster.nbd import NbdConfig, NbdServer, const, parse_exports
 from ramster.pagestore import PoolConfig
 from tests.nbd.client import RawNbd, go_data, option, request
 from tests.nbd.conftest import ServerFactory, port_of
@@ -70,7 +70,7 @@ async def test_pipelined_writes_zeroes_and_trims_apply_in_order(nbd_server: NbdS
 
 
 async def test_out_of_range_and_unknown_requests_get_errors_and_the_stream_goes_on(
-    nbd_server: NbdServer,
+    nbd_server: NbdServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     c = await RawNbd.open(port_of(nbd_server), "small")
     assert await c.read(1 << 20, 4096) == const.EINVAL
@@ -84,6 +84,9 @@ async def test_out_of_range_and_unknown_requests_get_errors_and_the_stream_goes_
     await c.disconnect()
     errors = nbd_server.statistics().errors
     assert errors == {"EINVAL": 5, "ENOSPC": 1}
+    logged = [r.getMessage() for r in caplog.records if "answered" in r.getMessage()]
+    assert len(logged) == 2  # the first of each kind on the connection; the rest are counted
+    assert "read answered EINVAL" in logged[0] and "write answered ENOSPC" in logged[1]
 
 
 async def test_unsupported_options_and_unknown_exports_keep_the_handshake(
@@ -315,3 +318,14 @@ async def test_close_ends_idle_and_half_open_connections(nbd_factory: ServerFact
     await idle.close()
     await shaking.close()
     assert server.statistics().connections_active == 0
+
+
+async def test_close_after_a_failed_start_is_safe(nbd_server: NbdServer) -> None:
+    busy = NbdServer(
+        LocalFrontswap(PoolConfig(budget_bytes=1 << 20)),
+        NbdConfig(exports=parse_exports(["a:1MiB"]), listen=nbd_server.address, swap_safety=False),
+    )
+    with pytest.raises(OSError, match="address already in use"):
+        await busy.start()
+    await busy.close()
+    await busy.close()
