@@ -34,6 +34,8 @@ from ramster.rpc import RpcConfig, RpcServer, Secret
 
 log = logging.getLogger(__name__)
 
+REFUSAL_EVENT_EVERY = 10.0
+"""Seconds between two refusal events for one owner and reason (a full pool refuses a lot)."""
 STATS_EVENTS = 50
 """Recent cluster events in a stats answer (the coordinator keeps more)."""
 
@@ -88,6 +90,8 @@ class Node:
             self.events.add,
         )
         self.orders_refused = 0
+        self._refused: dict[tuple[str, str], int] = {}
+        self._refused_at: dict[tuple[str, str], float] = {}
         self.admin_address: str | None = None
         """host:port of the admin API once it listens."""
         self.admin: AdminServer | None = None
@@ -186,6 +190,16 @@ class Node:
             await asyncio.sleep(self.config.heartbeat)
             if self.frontswap.orphans_pending():
                 await self.frontswap.drop_orphans(self.peers.alive())
+
+    def refused(self, owner: str, pages: int, reason: str) -> None:
+        """Count pages refused to an owner; an event at most every REFUSAL_EVENT_EVERY s."""
+        key = (owner, reason)
+        self._refused[key] = self._refused.get(key, 0) + pages
+        now = time.monotonic()
+        if now - self._refused_at.get(key, -1e9) >= REFUSAL_EVENT_EVERY:
+            self._refused_at[key] = now
+            count = self._refused.pop(key)
+            self.events.add("refused", owner, f"{count} pages: {reason}", logging.WARNING)
 
     def _peer_changed(self, t: Transition) -> None:
         if t.new is State.SUSPECT:

@@ -148,7 +148,11 @@ def register(node: Node) -> None:
                 batch.payloads,
             )
         except StaleIncarnation as exc:
+            node.refused(req.owner, len(batch.offsets), "stale incarnation")
             raise ProtocolError(str(exc)) from None
+        refused = ok.count(False)
+        if refused:
+            node.refused(req.owner, refused, "lent pool full" if not lent.draining else "draining")
         if ok and not any(ok):
             raise CapacityError(f"{node.node_id}: the lent pool is full")
         return ok

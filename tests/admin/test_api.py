@@ -179,3 +179,16 @@ async def test_the_dashboard_is_self_contained(http: aiohttp.ClientSession) -> N
             body = await r.text()
         body = body.replace('"http://www.w3.org/2000/svg"', "")  # a namespace name, not a load
         assert "http://" not in body and "https://" not in body  # no external resources
+
+
+@pytest.mark.asyncio
+async def test_refusals_are_events_without_a_flood(node: Node, http: aiohttp.ClientSession) -> None:
+    for _ in range(50):
+        node.refused("greedy", 64, "lent pool full")
+    node.refused("other", 1, "draining")
+    async with http.get("/v1/events") as r:
+        events = [e for e in (await r.json())["events"] if e["kind"] == "refused"]
+    assert [(e["node"], e["detail"]) for e in events] == [
+        ("greedy", "64 pages: lent pool full"),
+        ("other", "1 pages: draining"),
+    ]
