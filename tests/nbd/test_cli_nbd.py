@@ -68,18 +68,17 @@ async def lines_until(proc: asyncio.subprocess.Process, pattern: str) -> str:
 
 @pytest.mark.asyncio
 async def test_ramster_nbd_serves_until_sigterm(tmp_path: Path) -> None:
-    need("qemu-io")
-    need("nbdinfo")
+    qemu_io, nbdinfo = need("qemu-io"), need("nbdinfo")
     async with ramster_nbd(
         "--listen", "127.0.0.1:0", "--export", "swap0:64MiB", "--export", "b:1GiB:5"
     ) as (proc, address):
         port = address.rsplit(":", 1)[1]
-        ran = await tool("nbdinfo", "--list", "--json", f"nbd://127.0.0.1:{port}")
+        ran = await tool(nbdinfo, "--list", "--json", f"nbd://127.0.0.1:{port}")
         assert ran.returncode == 0, ran.output
         sizes = {e["export-name"]: e["export-size"] for e in json.loads(ran.output)["exports"]}
         assert sizes == {"swap0": 64 << 20, "b": 1 << 30}
         ran = await tool(
-            "qemu-io",
+            qemu_io,
             "-f",
             "raw",
             "-c",
@@ -141,8 +140,7 @@ def test_help_explains_units() -> None:
 
 @pytest.mark.asyncio
 async def test_a_node_export_spills_its_pages_to_peers(tmp_path: Path) -> None:
-    need("nbdcopy")
-    need("qemu-img")
+    nbdcopy, qemu_img = need("nbdcopy"), need("qemu-img")
     cluster = make_cluster(tmp_path, 3, local_budget="4MiB", lent_budget="64MiB")
     nbd_port = free_port()
     cluster.nodes[0].args += [f"--nbd=127.0.0.1:{nbd_port}", "--export=swap0:32MiB"]
@@ -151,9 +149,9 @@ async def test_a_node_export_spills_its_pages_to_peers(tmp_path: Path) -> None:
         image = tmp_path / "corpus.img"
         image.write_bytes(b"".join(corpus.generate(6144, seed=11)))  # 24 MiB
         target = f"nbd://127.0.0.1:{nbd_port}/swap0"
-        ran = await tool("nbdcopy", str(image), target)
+        ran = await tool(nbdcopy, str(image), target)
         assert ran.returncode == 0, ran.output
-        ran = await tool("qemu-img", "compare", "-f", "raw", "-F", "raw", str(image), target)
+        ran = await tool(qemu_img, "compare", "-f", "raw", "-F", "raw", str(image), target)
         assert ran.returncode == 0, ran.output
         st = await cluster.stats(0)
         assert st["pool"]["remote_pages"] > 0, st["pool"]

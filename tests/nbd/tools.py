@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,13 @@ HINTS = {
 
 
 def need(name: str) -> str:
-    """The tool's path; skip (or fail under RAMSTER_REQUIRE_ALL=1) when it is not installed."""
-    return need_tool(name, HINTS[name])
+    """The tool's path (nbd-client lives in /usr/sbin, often not on a user's PATH); skip, or
+    fail under RAMSTER_REQUIRE_ALL=1, when it is not installed."""
+    return (
+        shutil.which(name)
+        or shutil.which(name, path="/usr/sbin:/sbin")
+        or need_tool(name, HINTS[name])
+    )
 
 
 @dataclass(frozen=True)
