@@ -126,10 +126,12 @@ async def test_without_a_token_mutating_calls_are_refused(tmp_path: Path) -> Non
     node = Node(config, SECRET)
     await node.start()
     try:
-        async with aiohttp.ClientSession(base_url=f"http://{node.admin_address}") as http:
-            async with http.post("/v1/rebalance", headers=AUTH) as r:
-                assert r.status == 403
-                assert (await r.json())["error"]["code"] == "no-token-configured"
+        async with (
+            aiohttp.ClientSession(base_url=f"http://{node.admin_address}") as http,
+            http.post("/v1/rebalance", headers=AUTH) as r,
+        ):
+            assert r.status == 403
+            assert (await r.json())["error"]["code"] == "no-token-configured"
     finally:
         await node.close()
 
