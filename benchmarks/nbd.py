@@ -8,9 +8,10 @@ Servers, each started fresh for every measurement round and given the same work:
   nbdkit sparse   `nbdkit memory 1G allocator=sparse`
 Work, in order: nbdcopy of the corpus image (256 MiB of the shared corpus generator, 64 MiB
 with --quick) into the export (MiB/s); fio 4 KiB randwrite at iodepth 32 over the image's
-range (IOPS), with fio's own data made to resemble swap (buffer_compress_percentage=50:
-half of every block compresses away); the server's RSS after those writes; fio 4 KiB randread
-at iodepth 32 (IOPS). Rounds rotate the order of the servers so that a noisy spell on a shared
+range, twice its size in total, the same offsets and data for every server (IOPS), with fio's
+own data made to resemble swap (buffer_compress_percentage=50: half of every block compresses
+away); the server's RSS after those writes; fio 4 KiB randread at iodepth 32 for a fixed time
+(IOPS). Rounds rotate the order of the servers so that a noisy spell on a shared
 machine does not land on one of them; figures are medians over rounds. Our export's content is
 checked once against the image (nbdcopy out, byte compare) before any figure counts.
 The last line of stdout is one JSON object.
@@ -134,8 +135,10 @@ def run(*args: str) -> str:
     return out.stdout
 
 
-def fio(uri: str, rw: str, size_mib: int, seconds: float) -> float:
-    """IOPS of one fio job: 4 KiB blocks, iodepth 32, over the first size_mib of the export."""
+def fio(uri: str, rw: str, size_mib: int, amount: str) -> float:
+    """IOPS of one fio job: 4 KiB blocks, iodepth 32, over the first size_mib of the export;
+    `amount` is --io_size=... (a fixed amount of work) or --runtime=... (a fixed time)."""
+    timing = ["--time_based", amount] if amount.startswith("--runtime") else [amount]
     out = run(
         need("fio"),
         "--name=bench",
@@ -145,11 +148,11 @@ def fio(uri: str, rw: str, size_mib: int, seconds: float) -> float:
         "--bs=4k",
         "--iodepth=32",
         f"--size={size_mib}M",
-        "--time_based",
-        f"--runtime={seconds}",
+        *timing,
         "--buffer_compress_percentage=50",
         "--refill_buffers",
-        "--randrepeat=0",
+        # The same offsets and the same data for every server (fio's fixed seed).
+        "--randrepeat=1",
         "--output-format=json",
     )
     job = json.loads(out[out.index("{") :])["jobs"][0]
@@ -182,9 +185,12 @@ def measure(server: str, image: Path, plan: Plan, verify: bool) -> dict[str, flo
             if compared.returncode != 0:
                 raise SystemExit(f"{server} returned different bytes: {compared.stdout}")
         after_copy = rss_mib(proc)
-        write_iops = fio(uri, "randwrite", plan.image_mib, plan.seconds)
+        # Writes are a fixed amount of work (each page of the image rewritten twice on average),
+        # not a fixed time: a slower server would otherwise end with different data, and its
+        # RSS would not compare.
+        write_iops = fio(uri, "randwrite", plan.image_mib, f"--io_size={2 * plan.image_mib}M")
         after_write = rss_mib(proc)
-        read_iops = fio(uri, "randread", plan.image_mib, plan.seconds)
+        read_iops = fio(uri, "randread", plan.image_mib, f"--runtime={plan.seconds}")
     return {
         "copy_mib_s": plan.image_mib / copy_s,
         "randwrite_iops": write_iops,
@@ -235,7 +241,8 @@ def main() -> None:
         )
     print(
         f"image: {plan.image_mib} MiB of the corpus (seed {args.seed}); fio: 4 KiB, iodepth 32, "
-        f"{plan.seconds:.0f} s each, {FIO_DATA}; medians of {plan.rounds} round(s)"
+        f"randwrite {2 * plan.image_mib} MiB in all, randread {plan.seconds:.0f} s; {FIO_DATA}; "
+        f"medians of {plan.rounds} round(s)"
     )
     print(
         table(
