@@ -3,8 +3,9 @@
 One NbdServer owns a TaskGroup; every accepted connection is one task in it. A connection reads
 through an asyncio.Protocol (bytes go to the sans-IO Handshake, then to the RequestDecoder) and
 one worker task answers what was read, in batches: consecutive READs become one load_many,
-consecutive WRITEs one store_many. Reading pauses while a connection has `max_inflight` requests
-or `max_queued_bytes` of payload waiting, or while its replies are not being read.
+consecutive WRITEs (with the short TRIMs and WRITE_ZEROES among them) one store_many. Reading
+pauses while a connection has `max_inflight` requests or `max_queued_bytes` of payload read and
+not answered, or while its replies are not being read.
 """
 
 from __future__ import annotations
