@@ -101,6 +101,7 @@ class Export:
         self._refused = 0
         self._discarded = 0
         self._read_errors = 0
+        self._load_failures = 0
         self._restore_failures = 0
 
     async def open(self) -> None:
@@ -150,9 +151,15 @@ class Export:
         try:
             got = await self.fs.load_many(self.area, [pages[i] for i in where])
         except RamsterError as exc:
-            log.warning(
-                "nbd export %s: load of %d pages failed: %s", self.spec.name, len(where), exc
-            )
+            self._load_failures += 1
+            if _worth_logging(self._load_failures):
+                log.warning(
+                    "nbd export %s: load of %d pages failed (%d times so far): %s",
+                    self.spec.name,
+                    len(where),
+                    self._load_failures,
+                    exc,
+                )
             return None
         for i, page in zip(where, got, strict=True):
             if page is not None:
@@ -462,3 +469,8 @@ class Export:
             pages_held=len(self._held),
             restore_failures=self._restore_failures,
         )
+
+
+def _worth_logging(count: int) -> bool:
+    """Log the 1st, 2nd, 4th, 8th... occurrence: a client retrying a bad page cannot flood."""
+    return count & (count - 1) == 0
