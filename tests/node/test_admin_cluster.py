@@ -135,3 +135,19 @@ async def test_schemathesis_finds_nothing_wrong(cluster_factory: ClusterFactory)
     text = output.decode()
     assert proc.returncode == 0, text[-4000:]
     assert " passed" in text and "failed" not in text.split("SUMMARY")[-1]
+
+
+def test_a_node_refuses_a_public_admin_address_without_a_token(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 40)
+    secret.chmod(0o600)
+    out = ramster(
+        "node",
+        "--listen=127.0.0.1:0",
+        "--admin=0.0.0.0:0",
+        f"--secret-file={secret}",
+        f"--state-dir={tmp_path}",
+    )
+    assert out.returncode == 2
+    assert "refusing to serve the admin API on 0.0.0.0:0 without a token" in out.stderr
+    assert "Traceback" not in out.stderr
