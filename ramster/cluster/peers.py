@@ -270,8 +270,9 @@ class Peers:
         )
 
     async def order(self, node: str, params: list[object]) -> object:
-        """Send the coordinator's order to a node."""
-        return await self._client(node).call(COORD_ORDER, params, timeout=self.call_timeout)
+        """Send the coordinator's order to a node (it only queues it, so answers at once)."""
+        timeout = max(self.heartbeat * 2, 0.5)  # a paused owner must not hold up a round
+        return await self._client(node).call(COORD_ORDER, params, timeout=timeout)
 
     async def drain(self, node: str) -> None:
         """Ask a node to drain."""
