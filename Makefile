@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test test-fast lint bench venv clean
+.PHONY: run demo test test-fast test-deploy image lint bench venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ test: $(STAMP) lint
 ## test-fast: the suite without the slow (chaos, container) tests
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+## image: the ramster:local image from this checkout; by default FROM a Debian base built here with
+## debootstrap (root; no registry needed), or `make image BASE_IMAGE=python:3.11-slim`
+BASE_IMAGE ?= ramster-base:bookworm
+image: $(STAMP)
+	if [ "$(BASE_IMAGE)" = ramster-base:bookworm ]; then deploy/build-base-image.sh; fi
+	BASE_IMAGE=$(BASE_IMAGE) PYTHON=$(BIN)/python deploy/build-image.sh
+
+## test-deploy: the compose cluster on the local Docker engine (root): bench, kill, partition, drain
+test-deploy: $(STAMP)
+	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ramster tests benchmarks
