@@ -90,6 +90,8 @@ class Node:
             self.events.add,
         )
         self.orders_refused = 0
+        self.copies_refused = 0
+        """Copies a hold.copy asked for that this holder did not have, or had stale or bad."""
         self._refused: dict[tuple[str, str], int] = {}
         self._refused_at: dict[tuple[str, str], float] = {}
         self.admin_address: str | None = None

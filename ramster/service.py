@@ -8,6 +8,8 @@ Parameters are checked here (ProtocolError when off, never a crash) before anyth
 - hold.get        [owner, incarnation, keys]                  -> page batch of held pages
 - hold.drop       [owner, incarnation, keys, versions]        -> [dropped?]
 - hold.drop_area  [owner, incarnation, area]                  -> pages dropped
+- hold.copy       [owner, incarnation, target, keys, versions, checksums]
+                  -> [[kept on target?], bytes sent]  (verified here, then hold.put on target)
 - fs.init         [area]
 - fs.store        [area, offsets, pages blob]                 -> [stored?]
 - fs.store_encoded [area, offsets, checksums, lengths, blob]  -> [stored?]  (client-compressed)
@@ -32,10 +34,12 @@ from ramster.errors import (
     CorruptPage,
     PageUnavailable,
     ProtocolError,
+    RamsterError,
     RemoteError,
     RpcError,
 )
 from ramster.pagestore.lent import StaleIncarnation
+from ramster.pagestore.verify import verified
 from ramster.rpc import Keys, PageBatch
 from ramster.rpc.const import MAX_CHECKSUM, MAX_OFFSET, MAX_VERSION
 from ramster.rpc.frames import Chunks
@@ -51,6 +55,7 @@ HOLD_PUT = "hold.put"
 HOLD_GET = "hold.get"
 HOLD_DROP = "hold.drop"
 HOLD_DROP_AREA = "hold.drop_area"
+HOLD_COPY = "hold.copy"
 FS_INIT = "fs.init"
 FS_STORE = "fs.store"
 FS_STORE_ENCODED = "fs.store_encoded"
@@ -173,6 +178,40 @@ def register(node: Node) -> None:
             [f[2] for f in found],
         ).to_wire()
 
+    async def hold_copy(req: Owned) -> list[object]:
+        target = _text(req.rest[0], "target")
+        keys = Keys.from_wire(req.rest[1])
+        n = len(keys)
+        versions = int_list(req.rest[2], "versions", MAX_VERSION, n)
+        sums = int_list(req.rest[3], "checksums", MAX_CHECKSUM, n)
+        if target == node.node_id:
+            raise ProtocolError("hold.copy onto the holder itself")
+        try:
+            held = lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
+        except StaleIncarnation as exc:
+            raise ProtocolError(str(exc)) from None
+        good = verified(held, versions, sums, ps)
+        node.copies_refused += n - len(good)
+        out = [False] * n
+        if not good:
+            return [out, 0]
+        # Copied out of the slabs before waiting: a drop meanwhile may reuse that memory.
+        payloads = [bytes(held[i][2]) for i in good]  # type: ignore[index]
+        batch = PageBatch(
+            [keys.areas[i] for i in good],
+            [keys.offsets[i] for i in good],
+            [versions[i] for i in good],
+            [sums[i] for i in good],
+            payloads,
+        )
+        try:
+            kept = await node.peers.put_for(target, req.owner, req.incarnation, batch)
+        except RamsterError as exc:
+            raise RemoteError(f"{node.node_id} could not put on {target}: {exc}") from None
+        for i, flag in zip(good, kept, strict=True):
+            out[i] = flag
+        return [out, sum(len(p) for p, k in zip(payloads, kept, strict=True) if k)]
+
     def hold_drop(req: Owned) -> list[bool]:
         keys = Keys.from_wire(req.rest[0])
         versions = int_list(req.rest[1], "versions", MAX_VERSION, None)
@@ -274,6 +313,11 @@ def register(node: Node) -> None:
     server.register(COORD_REBALANCE, rebalance)
     server.register(HOLD_PUT, hold_put, decode=_owned(3, "[owner, incarnation, batch]"))
     server.register(HOLD_GET, hold_get, decode=_owned(3, "[owner, incarnation, keys]"))
+    server.register(
+        HOLD_COPY,
+        hold_copy,
+        decode=_owned(6, "[owner, incarnation, target, keys, versions, checksums]"),
+    )
     server.register(HOLD_DROP, hold_drop, decode=_owned(4, "[owner, incarnation, keys, versions]"))
     server.register(HOLD_DROP_AREA, hold_drop_area, decode=_owned(3, "[owner, incarnation, area]"))
     server.register(FS_INIT, fs_init)

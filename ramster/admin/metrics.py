@@ -68,6 +68,8 @@ REMOTE_COUNTERS = {
     "recovery_bytes": "Bytes (stored form) re-replicated after a holder was lost or left",
     "rebalanced_pages": "Copies moved to even out holders",
     "pages_lost": "Pages every holder of which was lost",
+    "pages_unreadable": "Pages found with no good copy left while re-replicating",
+    "direct_copies": "Pages re-replicated holder to holder (not through this node)",
     "orphans_dropped": "Copies dropped on holders that came back after a repair",
 }
 

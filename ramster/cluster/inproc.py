@@ -11,14 +11,18 @@ from collections.abc import Sequence
 from ramster.cluster.placement import Candidate
 from ramster.errors import PeerLost
 from ramster.pagestore.lent import LentPool, Stored
+from ramster.pagestore.verify import verified
 from ramster.types import Buffer
 
 
 class InProcessHolders:
     """Holders for one owner, backed by LentPool objects in this process."""
 
-    def __init__(self, owner: str, incarnation: str, lents: dict[str, LentPool]) -> None:
+    def __init__(
+        self, owner: str, incarnation: str, lents: dict[str, LentPool], page_size: int = 4096
+    ) -> None:
         self.owner = owner
+        self.page_size = page_size
         self.incarnation = incarnation
         self.lents = lents
         self.down: set[str] = set()
@@ -54,6 +58,35 @@ class InProcessHolders:
     async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
         """Pages node holds."""
         return self._lent(node).get(self.owner, self.incarnation, areas, offsets)
+
+    async def copy(
+        self,
+        source: str,
+        target: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+    ) -> tuple[list[bool], int]:
+        """Verify source's copies and put them on target, as a holder does for hold.copy."""
+        held = self._lent(source).get(self.owner, self.incarnation, areas, offsets)
+        good = verified(held, versions, checksums, self.page_size)
+        if not good:
+            return [False] * len(offsets), 0
+        payloads = [bytes(held[i][2]) for i in good]  # type: ignore[index]
+        kept = self._lent(target).put(
+            self.owner,
+            self.incarnation,
+            [areas[i] for i in good],
+            [offsets[i] for i in good],
+            [versions[i] for i in good],
+            [checksums[i] for i in good],
+            payloads,
+        )
+        out = [False] * len(offsets)
+        for i, flag in zip(good, kept, strict=True):
+            out[i] = flag
+        return out, sum(len(p) for p, k in zip(payloads, kept, strict=True) if k)
 
     async def drop(
         self, node: str, areas: list[int], offsets: list[int], versions: list[int]

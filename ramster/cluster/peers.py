@@ -21,6 +21,7 @@ from ramster.service import (
     COORD_REBALANCE,
     DRAIN,
     HELLO,
+    HOLD_COPY,
     HOLD_DROP,
     HOLD_DROP_AREA,
     HOLD_GET,
@@ -229,11 +230,44 @@ class Peers:
     ) -> list[bool]:
         """hold.put on node."""
         batch = PageBatch(areas, offsets, versions, checksums, payloads)
+        return await self.put_for(node, self.me, self.incarnation, batch)
+
+    async def put_for(
+        self, node: str, owner: str, incarnation: str, batch: PageBatch
+    ) -> list[bool]:
+        """hold.put on node for an owner (this node's own pages, or another's it copies)."""
         result = await self._client(node).call(
-            HOLD_PUT, [self.me, self.incarnation, batch.to_wire()], timeout=self.call_timeout
+            HOLD_PUT, [owner, incarnation, batch.to_wire()], timeout=self.call_timeout
         )
-        self._spent(node, sum(len(p) for p in payloads))
-        return flags_from_wire(result, len(offsets))
+        self._spent(node, sum(len(p) for p in batch.payloads))
+        return flags_from_wire(result, len(batch.offsets))
+
+    async def copy(
+        self,
+        source: str,
+        target: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+    ) -> tuple[list[bool], int]:
+        """hold.copy on source: it verifies its copies and puts them on target."""
+        result = await self._client(source).call(
+            HOLD_COPY,
+            [
+                self.me,
+                self.incarnation,
+                target,
+                Keys(areas, offsets).to_wire(),
+                versions,
+                checksums,
+            ],
+            timeout=self.call_timeout * 2,  # two hops
+        )
+        if type(result) is not list or len(result) != 2 or type(result[1]) is not int:
+            raise ProtocolError("hold.copy must answer [flags, bytes]")
+        self._spent(target, result[1])
+        return flags_from_wire(result[0], len(offsets)), result[1]
 
     async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
         """hold.get on node, answers in the order of the keys."""

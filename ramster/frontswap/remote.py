@@ -65,6 +65,19 @@ class Holders(Protocol):
         """The pages `node` holds among the keys, None where it holds none."""
         ...
 
+    async def copy(
+        self,
+        source: str,
+        target: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+    ) -> tuple[list[bool], int]:
+        """Have `source` verify its copies (version and checksum) and put them on `target`:
+        True for each page the target kept, and the bytes sent."""
+        ...
+
     async def drop(
         self, node: str, areas: list[int], offsets: list[int], versions: list[int]
     ) -> None:
@@ -93,6 +106,9 @@ class SpillConfig:
     256 x 4 keeps it near 20 ms."""
     repair_depth: int = 4
     """Re-replication batches in flight at once."""
+    direct_copy: bool = True
+    """Re-replicate holder to holder (the surviving holder verifies and sends) rather than
+    through the owner; pages a direct copy misses still go through the owner."""
     repair_pause: float = 0.0
     """Pause after each re-replication batch; 0 still yields, so foreground calls get their
     turn between batches."""
@@ -130,6 +146,9 @@ class ClusterFrontswap(LocalFrontswap):
                 "spilled_pages",
                 "spill_batches",
                 "recovery_bytes",
+                "direct_copies",
+                "direct_copy_failures",
+                "pages_unreadable",
                 "spill_refused",
                 "spill_no_holders",
                 "direct_remote_stores",
@@ -471,7 +490,10 @@ class ClusterFrontswap(LocalFrontswap):
         wanted: list[tuple[int, int, int]],
         verify: bool,
         want_stored: bool = False,
+        partial: bool = False,
     ) -> dict[int, Buffer]:
+        """Good copies by index into `wanted`; PageUnavailable if any is missing (unless
+        `partial`: then the missing ones are just absent)."""
         ps = self.page_size
         out: dict[int, Buffer] = {}
         left = wanted
@@ -508,7 +530,7 @@ class ClusterFrontswap(LocalFrontswap):
                 still.append((i, version, sum_))
             left = still
         self._c["remote_loads"] += len(out)
-        if left:
+        if left and not partial:
             self._c["remote_unavailable"] += len(left)
             i = left[0][0]
             raise PageUnavailable(
@@ -671,23 +693,16 @@ class ClusterFrontswap(LocalFrontswap):
             return 0
         missing = self.spill_config.replicas - len(staying)
         offs = np.asarray([p[0] for p in pages], dtype=np.int64)
-        wanted = [(i, p[1], p[2]) for i, p in enumerate(pages)]
-        try:
-            # Verified against the owner's checksum, but kept in stored form: no recompression.
-            copies = await self._fetch_group(
-                area, offs, tuple(readable), wanted, verify=True, want_stored=True
-            )
-        except PageUnavailable:
-            self._c["pages_lost"] += len(pages)
-            return 0
-        payloads = [copies[i] for i in range(len(pages))]  # views into the reply: no copy
+        offsets = offs.tolist()
+        versions = [p[1] for p in pages]
+        sums = [p[2] for p in pages]
         new = (
             [target]
             if target is not None
             else choose_holders(
                 self.holders.candidates(),
                 max(missing, 1),
-                sum(len(p) for p in payloads),
+                len(pages) * self.page_size // 2,  # an estimate: the copies are not read yet
                 self._rng,
                 exclude=frozenset(old) | frozenset(away),
             )
@@ -695,11 +710,46 @@ class ClusterFrontswap(LocalFrontswap):
         if not new:
             self._warn_no_holders()
             return -1
-        offsets = offs.tolist()
-        versions = [p[1] for p in pages]
-        acked = await self._put_everywhere(
-            new, area, offsets, versions, [p[2] for p in pages], payloads
-        )
+        acked = [False] * len(pages)
+        sent = 0
+        if self.spill_config.direct_copy:
+            acked, sent = await self._copy_direct(readable[0], new, area, offsets, versions, sums)
+        relay = [i for i, a in enumerate(acked) if not a]
+        if relay:
+            # Through the owner: read a verified copy from any readable holder, put it on `new`.
+            wanted = [(j, versions[i], sums[i]) for j, i in enumerate(relay)]
+            copies = await self._fetch_group(
+                area,
+                offs[relay],
+                tuple(readable),
+                wanted,
+                verify=True,
+                want_stored=True,
+                partial=True,
+            )
+            unreadable = len(relay) - len(copies)
+            if unreadable:
+                # No good copy on any holder left: they stay as they are (loads will say so).
+                self._c["pages_unreadable"] += unreadable
+                log.error(
+                    "%d pages of area %d have no good copy left on %s",
+                    unreadable,
+                    area,
+                    ", ".join(readable),
+                )
+            found = [(i, copies[j]) for j, i in enumerate(relay) if j in copies]
+            if found:
+                ok = await self._put_everywhere(
+                    new,
+                    area,
+                    [offsets[i] for i, _ in found],
+                    [versions[i] for i, _ in found],
+                    [sums[i] for i, _ in found],
+                    [p for _, p in found],  # views into the holder's reply: no copy
+                )
+                for (i, payload), flag in zip(found, ok, strict=True):
+                    acked[i] = flag
+                    sent += len(payload) if flag else 0
         keep = [i for i, a in enumerate(acked) if a]
         new_set = self._set_id([*staying, *new])
         moved = self.pool.move_remote(
@@ -719,9 +769,34 @@ class ClusterFrontswap(LocalFrontswap):
             await self._drop_on(
                 new, area, [offsets[i] for i in stray], [versions[i] for i in stray]
             )
-        if target is None:
-            self._c["recovery_bytes"] += sum(len(payloads[i]) for i in moved_idx)
+        if target is None and moved_idx:
+            self._c["recovery_bytes"] += sent * len(moved_idx) // len(pages)
         return len(moved_idx)
+
+    async def _copy_direct(
+        self,
+        source: str,
+        targets: list[str],
+        area: int,
+        offsets: list[int],
+        versions: list[int],
+        sums: list[int],
+    ) -> tuple[list[bool], int]:
+        """Holder-to-holder copies onto every target; True where all of them kept the page."""
+        areas = [area] * len(offsets)
+
+        async def one(node: str) -> tuple[list[bool], int]:
+            try:
+                return await self.holders.copy(source, node, areas, offsets, versions, sums)
+            except RamsterError as exc:
+                self._c["direct_copy_failures"] += 1
+                log.info("direct copy %s -> %s failed, relaying: %s", source, node, exc)
+                return [False] * len(offsets), 0
+
+        results = await asyncio.gather(*(one(n) for n in targets))
+        acked = [all(flags) for flags in zip(*(r[0] for r in results), strict=True)]
+        self._c["direct_copies"] += sum(acked)
+        return acked, sum(r[1] for r in results)
 
     # -- invalidation ----------------------------------------------------------------------------
 

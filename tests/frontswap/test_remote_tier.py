@@ -180,3 +180,40 @@ async def test_copies_orphaned_by_repair_are_dropped_when_the_holder_returns() -
     # Nothing leaked: every held copy is one the owner references.
     assert lent_pages(holders) == 2 * fs.statistics().pool.remote_pages
     assert await fs.load_many(0, list(range(n))) == pages
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("direct", [True, False])
+async def test_repair_copies_holder_to_holder_and_never_spreads_a_bad_copy(direct: bool) -> None:
+    lents = {f"peer{i}": LentPool(PoolConfig(budget_bytes=LENT)) for i in range(4)}
+    holders = InProcessHolders("owner", INC, lents)
+    fs = ClusterFrontswap(
+        PoolConfig(budget_bytes=LOCAL),
+        holders,
+        SpillConfig(replicas=2, batch_pages=64, direct_copy=direct),
+        rng=random.Random(5),
+    )
+    n = 3 * LOCAL // 4096
+    pages = await store_corpus(fs, n)
+    entries = fs.pool.remote_entries(0, list(range(n)))
+    # A page whose surviving copy is corrupt: it must not be re-replicated as it is.
+    index, _, _, set_id = next(e for e in entries if "peer1" in fs.holder_set(e[3]))
+    survivor = next(h for h in fs.holder_set(set_id) if h != "peer1")
+    lent = holders.lents[survivor]
+    lent.pool.corrupt_for_test(lent._ids[("owner", INC, 0)], index)
+    holders.down.add("peer1")
+    repaired = await fs.repair({"peer1"})
+    stats = fs.remote_statistics()
+    assert repaired > 0
+    assert (stats["direct_copies"] > 0) is direct
+    assert stats["direct_copies"] <= repaired
+    # Only the corrupt page is left under-replicated, and no holder got its bad bytes.
+    assert fs.under_replicated({"peer1"}) == 1
+    assert stats["pages_unreadable"] == 1
+    (entry,) = fs.pool.remote_entries(0, [index])
+    assert entry[3] == set_id
+    for name, other in holders.lents.items():
+        if name not in (survivor, "peer1"):
+            assert other.get("owner", INC, [0], [index]) == [None]
+    for i, page in enumerate(await fs.load_many(0, [e[0] for e in entries if e[0] != index])):
+        assert page == pages[[e[0] for e in entries if e[0] != index][i]]
