@@ -1,7 +1,8 @@
 """Key index: (area, offset) -> slot, as a two-level radix table of int32 leaves.
 
 Dense offsets (what swap areas produce) cost about 4 bytes a page; a leaf is only allocated
-when a page lands in its range. Lookups and updates take whole batches (numpy arrays).
+when a page lands in its range. Lookups and updates take whole batches (numpy arrays); the
+`*_small` twins do the same for a few keys as plain ints, without numpy's fixed cost per call.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ class RadixIndex:
         self._row_top = np.zeros(16, dtype=np.int64)  # row -> its key in _rows
         self._free_rows: list[int] = []
         self._used_rows = 0
+        self._area_rows: dict[int, int] = {}  # area -> rows in use
+        self._views()
+
+    def _views(self) -> None:
+        # Item access through memoryviews costs a fraction of numpy's scalar indexing.
+        self._flat = self._leaves.reshape(-1).data
+        self._live_view = self._leaf_live.data
 
     @property
     def nbytes(self) -> int:
@@ -52,6 +60,24 @@ class RadixIndex:
             arrays = grow * ROW_BYTES
         return arrays + new * DICT_ENTRY_BYTES
 
+    def growth_bytes_small(self, area: int, offsets: list[int]) -> int:
+        """`growth_bytes` for a few keys as plain ints."""
+        base = area << 32
+        rows = self._rows
+        new = len({t for o in offsets if (t := base | o >> LEAF_BITS) not in rows})
+        if not new:
+            return 0
+        short = new - len(self._free_rows) - (len(self._leaves) - self._used_rows)
+        arrays = 0
+        if short > 0:
+            grow = max(16, len(self._leaves) // 4, short)
+            arrays = grow * ROW_BYTES
+        return arrays + new * DICT_ENTRY_BYTES
+
+    def has_area(self, area: int) -> bool:
+        """True if any key of the area is present."""
+        return area in self._area_rows
+
     def _rows_for(self, area: int, offsets: I64, create: bool) -> I64:
         tops = offsets >> LEAF_BITS
         n = len(tops)
@@ -61,9 +87,16 @@ class RadixIndex:
         base = area << 32
         if hi - lo <= 4 * n:
             # Dense keys (the usual case): one dict probe per leaf in range, no sort.
+            get = self._rows.get
             table = np.fromiter(
-                (self._row(base | t, create) for t in range(lo, hi + 1)), np.int64, hi - lo + 1
+                (get(base | t, -1) for t in range(lo, hi + 1)), np.int64, hi - lo + 1
             )
+            if create:
+                # Rows only for leaves that get a key (growth_bytes counts no others), ascending.
+                wanted = np.zeros(hi - lo + 1, dtype=bool)
+                wanted[tops - lo] = True
+                for t in np.flatnonzero(wanted & (table < 0)).tolist():
+                    table[t] = self._row(base | (lo + t), True)
             out: I64 = table[tops - lo]
             return out
         uniq, inverse = np.unique(tops, return_inverse=True)
@@ -86,8 +119,11 @@ class RadixIndex:
                 )
                 self._leaf_live = np.concatenate([self._leaf_live, np.zeros(grow, np.int32)])
                 self._row_top = np.concatenate([self._row_top, np.zeros(grow, np.int64)])
+                self._views()
         self._rows[top] = row
         self._row_top[row] = top
+        area = top >> 32
+        self._area_rows[area] = self._area_rows.get(area, 0) + 1
         return row
 
     def lookup(self, area: int, offsets: I64) -> I32:
@@ -110,9 +146,59 @@ class RadixIndex:
         for row in np.unique(rows[self._leaf_live[rows] == 0]).tolist():
             self._drop_row(int(row))
 
+    def lookup_small(self, area: int, offsets: list[int]) -> list[int]:
+        """`lookup` for a few keys as plain ints."""
+        base = area << 32
+        get = self._rows.get
+        flat = self._flat
+        out = []
+        for o in offsets:
+            row = get(base | o >> LEAF_BITS, -1)
+            out.append(flat[row << LEAF_BITS | o & LEAF_MASK] if row >= 0 else 0)
+        return out
+
+    def assign_small(self, area: int, offsets: list[int], slots: list[int]) -> None:
+        """`assign` for a few keys as plain ints."""
+        base = area << 32
+        rows = self._rows
+        tops = [base | o >> LEAF_BITS for o in offsets]
+        # New rows in ascending order of their keys, as `assign` creates them.
+        for top in sorted({t for t in tops if t not in rows}):
+            self._row(top, True)
+        flat = self._flat  # after _row: a new row may have replaced the arrays and views
+        live = self._live_view
+        for top, o, slot in zip(tops, offsets, slots, strict=True):
+            row = rows[top]
+            flat[row << LEAF_BITS | o & LEAF_MASK] = slot
+            live[row] += 1
+
+    def remove_small(self, area: int, offsets: list[int]) -> None:
+        """`remove` for a few keys as plain ints."""
+        base = area << 32
+        rows = self._rows
+        flat = self._flat
+        live = self._live_view
+        emptied = []
+        for o in offsets:
+            row = rows[base | o >> LEAF_BITS]
+            flat[row << LEAF_BITS | o & LEAF_MASK] = 0
+            live[row] -= 1
+            if not live[row]:
+                emptied.append(row)
+        # Ascending, as `remove` drops them: both leave the same free-row order.
+        for row in sorted(emptied):
+            self._drop_row(row)
+
     def _drop_row(self, row: int) -> None:
-        del self._rows[int(self._row_top[row])]
+        top = int(self._row_top[row])
+        del self._rows[top]
         self._free_rows.append(row)
+        area = top >> 32
+        left = self._area_rows[area] - 1
+        if left:
+            self._area_rows[area] = left
+        else:
+            del self._area_rows[area]
 
     def area_offsets(self, area: int) -> I64:
         """Every offset present in an area (unordered)."""

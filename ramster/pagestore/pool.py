@@ -35,8 +35,22 @@ META_FIELDS: tuple[tuple[str, type[np.generic]], ...] = (
     ("kind", np.uint8),
 )
 SLOT_BYTES = sum(np.dtype(t).itemsize for _, t in META_FIELDS)
+SMALL_BATCH = 64
+"""Batches up to this many keys go through plain-int loops: numpy's fixed cost per call (about
+1 µs an operation, dozens of operations a batch) outweighs its speed until batches are larger."""
 
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+Keys = I64 | list[int]
+"""Offsets of one batch: plain ints up to SMALL_BATCH keys, an int64 array beyond."""
+
+
+def _keys(offsets: Sequence[int] | I64) -> Keys:
+    if len(offsets) <= SMALL_BATCH:
+        if isinstance(offsets, np.ndarray):
+            return offsets.tolist()  # type: ignore[no-any-return]
+        return [int(o) for o in offsets]
+    return np.asarray(offsets, dtype=np.int64)
 
 
 def checksum(page: bytes | bytearray | memoryview) -> int:
@@ -141,6 +155,7 @@ class PagePool:
         self._index = RadixIndex()
         self._cap = 0
         self._meta: dict[str, npt.NDArray[np.generic]] = {}
+        self._mv: dict[str, memoryview] = {}  # the same arrays, for item access by plain ints
         self._free_slots = array("I")
         self._hw = 1  # slots below this were used at least once; slot 0 means "absent"
         self._grow(INITIAL_SLOTS)
@@ -192,6 +207,7 @@ class PagePool:
             if self._cap:
                 arr[: self._cap] = self._meta[name]
             self._meta[name] = arr
+            self._mv[name] = arr.data
         self._cap = new_cap
 
     def _take_slots(self, n: int, headroom: int) -> list[int]:
@@ -218,7 +234,12 @@ class PagePool:
 
     # -- stores --------------------------------------------------------------------------------
 
-    def _begin_put(self, area: int, offs: I64) -> _Put | None:
+    def _growth(self, area: int, offs: Keys) -> int:
+        if isinstance(offs, list):
+            return self._index.growth_bytes_small(area, offs)
+        return self._index.growth_bytes(area, offs)
+
+    def _begin_put(self, area: int, offs: Keys) -> _Put | None:
         """Drop old copies, apply the hysteresis, reserve slots; None when the pool is full."""
         n = len(offs)
         self._drop_present(area, offs)
@@ -236,13 +257,13 @@ class PagePool:
             self._c["reject_pool_limit"] += n
             self._c["failed_stores"] += n
             return None
-        index_growth = self._index.growth_bytes(area, offs)
+        index_growth = self._growth(area, offs)
         slots = self._take_slots(n, budget - self.used_bytes - index_growth)
         # Unused slots go back on the free list (4 bytes each): count them as if they had.
         return _Put(slots, self._meta_bytes() + index_growth + 4 * len(slots))
 
     def _finish_put(
-        self, area: int, offs: I64, versions: Sequence[int], put: _Put, poor: int
+        self, area: int, offs: Keys, versions: Sequence[int], put: _Put, poor: int
     ) -> None:
         if self._full:
             log.info("pool budget of %d bytes reached: refusing stores", self.config.budget_bytes)
@@ -268,7 +289,7 @@ class PagePool:
         An existing copy of a key is always dropped first, so a refused overwrite leaves no
         stale data behind.
         """
-        offs = np.asarray(offsets, dtype=np.int64)
+        offs = _keys(offsets)
         ok = [False] * len(pages)
         put = self._begin_put(area, offs)
         if put is None:
@@ -337,7 +358,7 @@ class PagePool:
         Nothing is recompressed here; the checksum travels with the payload and is verified by
         whoever expands the page. Same budget, hysteresis and old-copy rules as `put_many`.
         """
-        offs = np.asarray(offsets, dtype=np.int64)
+        offs = _keys(offsets)
         ok = [False] * len(payloads)
         put = self._begin_put(area, offs)
         if put is None:
@@ -376,16 +397,9 @@ class PagePool:
         self, area: int, offsets: Sequence[int] | I64
     ) -> list[tuple[int, int, bytes] | None]:
         """(version, checksum, stored payload) per key, None where absent or only remote."""
-        offs = np.asarray(offsets, dtype=np.int64)
-        slots = self._index.lookup(area, offs)
-        m = self._meta
+        slots = self._lookup(area, _keys(offsets))
         rows = zip(
-            m["kind"][slots].tolist(),
-            m["handle"][slots].tolist(),
-            m["length"][slots].tolist(),
-            m["version"][slots].tolist(),
-            m["checksum"][slots].tolist(),
-            strict=True,
+            *self._columns(slots, "kind", "handle", "length", "version", "checksum"), strict=True
         )
         out: list[tuple[int, int, bytes] | None] = []
         for kind, handle, length, version, checksum_ in rows:
@@ -397,37 +411,85 @@ class PagePool:
                 size = length if kind == LZ4 else self._ps
                 out.append((version, checksum_, bytes(self._alloc.view(handle, size))))
         self._c["loads"] += len(out) - out.count(None)
-        self._tick_once()
-        m["tick"][slots] = self._tick
+        self._touch(slots)
         return out
 
+    def _lookup(self, area: int, offs: Keys) -> list[int] | I32:
+        if isinstance(offs, list):
+            return (
+                self._index.lookup_small(area, offs)
+                if self._index.has_area(area)
+                else [0] * len(offs)
+            )
+        return self._index.lookup(area, offs)
+
+    def _columns(self, slots: list[int] | I32, *names: str) -> list[list[int]]:
+        """Metadata fields of the given slots, as lists of plain ints."""
+        if isinstance(slots, list):
+            return [[mv[s] for s in slots] for mv in (self._mv[name] for name in names)]
+        return [self._meta[name][slots].tolist() for name in names]
+
+    def _touch(self, slots: list[int] | I32) -> None:
+        """Stamp the slots with a new tick (slot 0 is never live: writing it is harmless)."""
+        self._tick_once()
+        tick = self._tick
+        if isinstance(slots, list):
+            mv = self._mv["tick"]
+            for s in slots:
+                mv[s] = tick
+        else:
+            self._meta["tick"][slots] = tick
+
     def _commit(
-        self, area: int, offs: I64, versions: Sequence[int], put: _Put, remote: bool = False
+        self, area: int, offs: Keys, versions: Sequence[int], put: _Put, remote: bool = False
     ) -> None:
-        m = self._meta
         used = len(put.done_i)
-        sl = np.asarray(put.slots[:used], dtype=np.int64)
-        idx = np.asarray(put.done_i, dtype=np.int64)
-        key_offs = offs[idx]
-        kind_arr = np.asarray(put.kinds, dtype=np.uint8)
-        m["version"][sl] = np.asarray(versions, dtype=np.uint64)[idx]
-        m["handle"][sl] = np.asarray(put.handles, dtype=np.uint64)
-        m["checksum"][sl] = np.asarray(put.sums, dtype=np.uint64)
-        m["tick"][sl] = self._tick
-        m["offset"][sl] = key_offs
-        m["length"][sl] = np.asarray(put.lengths, dtype=np.uint16)
-        m["area"][sl] = area
-        m["kind"][sl] = kind_arr
-        self._index.assign(area, key_offs, sl.astype(np.int32))
+        if isinstance(offs, list):
+            self._commit_small(area, offs, versions, put)
+        else:
+            m = self._meta
+            sl = np.asarray(put.slots[:used], dtype=np.int64)
+            idx = np.asarray(put.done_i, dtype=np.int64)
+            key_offs = offs[idx]
+            m["version"][sl] = np.asarray(versions, dtype=np.uint64)[idx]
+            m["handle"][sl] = np.asarray(put.handles, dtype=np.uint64)
+            m["checksum"][sl] = np.asarray(put.sums, dtype=np.uint64)
+            m["tick"][sl] = self._tick
+            m["offset"][sl] = key_offs
+            m["length"][sl] = np.asarray(put.lengths, dtype=np.uint16)
+            m["area"][sl] = area
+            m["kind"][sl] = np.asarray(put.kinds, dtype=np.uint8)
+            self._index.assign(area, key_offs, sl.astype(np.int32))
         if remote:
-            self._remote += len(sl)
+            self._remote += used
             return
-        same = int(np.count_nonzero(kind_arr == SAME))
-        raw = int(np.count_nonzero(kind_arr == RAW))
-        self._stored += len(sl)
-        self._same += same
+        raw = put.kinds.count(RAW)
+        self._stored += used
+        self._same += put.kinds.count(SAME)
         self._huge += raw
         self._compr += sum(put.lengths) + raw * self._ps
+
+    def _commit_small(self, area: int, offs: list[int], versions: Sequence[int], put: _Put) -> None:
+        mv = self._mv
+        version, handle, checksum_, tick, offset, length, area_, kind = (
+            mv[name] for name, _ in META_FIELDS
+        )
+        now = self._tick
+        slots = put.slots[: len(put.done_i)]
+        key_offs = [offs[i] for i in put.done_i]
+        rows = zip(
+            slots, put.done_i, key_offs, put.handles, put.sums, put.lengths, put.kinds, strict=True
+        )
+        for slot, i, off, h, s, n, k in rows:
+            version[slot] = versions[i]
+            handle[slot] = h
+            checksum_[slot] = s
+            tick[slot] = now
+            offset[slot] = off
+            length[slot] = n
+            area_[slot] = area
+            kind[slot] = k
+        self._index.assign_small(area, key_offs, slots)
 
     # -- loads ---------------------------------------------------------------------------------
 
@@ -438,13 +500,9 @@ class PagePool:
 
         Raises CorruptPage (and frees nothing) if any requested copy fails its check.
         """
-        offs = np.asarray(offsets, dtype=np.int64)
-        slots = self._index.lookup(area, offs)
-        m = self._meta
-        kinds = m["kind"][slots].tolist()
-        handles = m["handle"][slots].tolist()
-        lengths = m["length"][slots].tolist()
-        sums = m["checksum"][slots].tolist()
+        offs = _keys(offsets)
+        slots = self._lookup(area, offs)
+        kinds, handles, lengths, sums = self._columns(slots, "kind", "handle", "length", "checksum")
         slabs = self._alloc.table()
         ps = self._ps
         decompress = lz4.block.decompress
@@ -457,6 +515,7 @@ class PagePool:
         for kind, h, length, s in zip(kinds, handles, lengths, sums, strict=True):
             if kind == LZ4:
                 slab = slabs[h >> OBJ_BITS]
+                assert slab is not None
                 at = (h & OBJ_MASK) * slab.size
                 try:
                     page = decompress(slab.buf[at : at + length], uncompressed_size=ps)
@@ -469,6 +528,7 @@ class PagePool:
                 page = h.to_bytes(8, "little") * words
             elif kind == RAW:
                 slab = slabs[h >> OBJ_BITS]
+                assert slab is not None
                 at = (h & OBJ_MASK) * slab.size
                 page = slab.buf[at : at + ps].tobytes()
             else:
@@ -490,27 +550,35 @@ class PagePool:
             )
         self._c["loads"] += hits
         if exclusive:
-            # Remote entries stay: the caller fetches them and then drops them itself.
-            present = (slots > 0) & (m["kind"][slots] != REMOTE)
             self._c["exclusive_loads"] += hits
-            self._free(area, offs[present], slots[present])
+            # Remote entries stay: the caller fetches them and then drops them itself.
+            if isinstance(slots, list):
+                mine = [i for i, k in enumerate(kinds) if k not in (EMPTY, REMOTE)]
+                self._free_small(area, [int(offs[i]) for i in mine], [slots[i] for i in mine])
+            else:
+                present = (slots > 0) & (self._meta["kind"][slots] != REMOTE)
+                self._free(area, np.asarray(offs)[present], slots[present])
         else:
-            self._tick_once()
-            m["tick"][slots] = self._tick  # slot 0 ("absent") is never live: writing it is harmless
+            self._touch(slots)
         return out
 
     def versions(self, area: int, offsets: Sequence[int] | I64) -> list[int | None]:
         """Stored version of each key, None where absent."""
-        offs = np.asarray(offsets, dtype=np.int64)
-        slots = self._index.lookup(area, offs)
-        vers = self._meta["version"][slots].tolist()
-        return [v if s else None for v, s in zip(vers, slots.tolist(), strict=True)]
+        slots = self._lookup(area, _keys(offsets))
+        (vers,) = self._columns(slots, "version")
+        if not isinstance(slots, list):
+            slots = slots.tolist()
+        return [v if s else None for v, s in zip(vers, slots, strict=True)]
 
     # -- invalidation --------------------------------------------------------------------------
 
     def drop_many(self, area: int, offsets: Sequence[int] | I64) -> int:
         """Drop keys (absent ones are ignored); returns how many were dropped."""
-        offs = np.unique(np.asarray(offsets, dtype=np.int64))
+        if not self._index.has_area(area):
+            return 0
+        offs = _keys(offsets)
+        # Distinct and ascending either way, so that both paths free in the same order.
+        offs = sorted(set(offs)) if isinstance(offs, list) else np.unique(offs)
         dropped = self._drop_present(area, offs)
         self._c["invalidates"] += dropped
         return dropped
@@ -528,7 +596,17 @@ class PagePool:
         self._c["invalidates"] += len(offs)
         return len(offs)
 
-    def _drop_present(self, area: int, offs: I64) -> int:
+    def _drop_present(self, area: int, offs: Keys) -> int:
+        if not self._index.has_area(area):
+            return 0
+        if isinstance(offs, list):
+            found = self._index.lookup_small(area, offs)
+            live = [s for s in found if s]
+            if live:
+                if len(live) < len(found):
+                    offs = [o for o, s in zip(offs, found, strict=True) if s]
+                self._free_small(area, offs, live)
+            return len(live)
         slots = self._index.lookup(area, offs)
         present = slots > 0
         if not present.any():
@@ -572,6 +650,35 @@ class PagePool:
         m["kind"][slots] = EMPTY
         self._index.remove(area, offs)
         self._free_slots.extend(slots.tolist())
+
+    def _free_small(
+        self, area: int, offs: list[int], slots: list[int], record_remote: bool = True
+    ) -> None:
+        """`_free` for a few keys as plain ints, freeing and counting in the same order."""
+        mv = self._mv
+        kind, handle, length = mv["kind"], mv["handle"], mv["length"]
+        free = self._alloc.free
+        remote_drops = self._remote_drops
+        ps = self._ps
+        for off, slot in zip(offs, slots, strict=True):
+            k = kind[slot]
+            if k == REMOTE:
+                self._remote -= 1
+                if record_remote:
+                    remote_drops.append((handle[slot], area, off, mv["version"][slot]))
+            else:
+                if k in (LZ4, RAW):
+                    free(handle[slot])
+                self._stored -= 1
+                if k == SAME:
+                    self._same -= 1
+                elif k == RAW:
+                    self._huge -= 1
+                    self._compr -= ps
+                self._compr -= length[slot]
+            kind[slot] = EMPTY
+        self._index.remove_small(area, offs)
+        self._free_slots.extend(slots)
 
     # -- pages that live on remote holders ------------------------------------------------------
 
@@ -617,11 +724,11 @@ class PagePool:
         Not subject to the accept hysteresis: a full pool still records where its pages went,
         as long as the metadata itself fits.
         """
-        offs = np.asarray(offsets, dtype=np.int64)
+        offs = _keys(offsets)
         self._drop_present(area, offs)
         self._tick_once()
         budget = self.config.budget_bytes
-        index_growth = self._index.growth_bytes(area, offs)
+        index_growth = self._growth(area, offs)
         slots = self._take_slots(len(offs), budget - self.used_bytes - index_growth)
         base = self._meta_bytes() + index_growth + 4 * len(slots)
         if base + self._alloc.resident_bytes > budget:
@@ -646,8 +753,15 @@ class PagePool:
         self, area: int, offsets: Sequence[int] | I64
     ) -> list[tuple[int, int, int, int]]:
         """(index in offsets, version, checksum, holder set) of the keys held remotely only."""
-        offs = np.asarray(offsets, dtype=np.int64)
-        slots = self._index.lookup(area, offs)
+        offs = _keys(offsets)
+        slots = self._lookup(area, offs)
+        if isinstance(slots, list):
+            kind = self._mv["kind"]
+            where_ = [i for i, s in enumerate(slots) if kind[s] == REMOTE]
+            sl_ = [slots[i] for i in where_]
+            return list(
+                zip(where_, *self._columns(sl_, "version", "checksum", "handle"), strict=True)
+            )
         m = self._meta
         where = np.flatnonzero(m["kind"][slots] == REMOTE)
         if not len(where):
