@@ -12,11 +12,18 @@ import numpy.typing as npt
 from ramster.errors import InvalidPage
 from ramster.frontswap.contract import PageLike
 from ramster.pagestore import MAX_OFFSET, PagePool, PoolConfig, PoolStatistics
+from ramster.pagestore.pool import SMALL_BATCH
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_AREAS = 32
 """Like the kernel's MAX_SWAPFILES: areas are few and numbered from 0."""
+
+
+def _distinct(offs: npt.NDArray[np.int64]) -> bool:
+    if len(offs) <= SMALL_BATCH:
+        return len(set(offs.tolist())) == len(offs)
+    return len(np.unique(offs)) == len(offs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,14 @@ class LocalFrontswap:
         return area
 
     def _offsets(self, offsets: object) -> npt.NDArray[np.int64]:
+        if (
+            type(offsets) is list
+            and len(offsets) <= SMALL_BATCH
+            and all(type(o) is int and 0 <= o <= MAX_OFFSET for o in offsets)
+        ):
+            # The common case, checked without numpy's fixed cost; anything else (bools, numpy
+            # ints, bad values) takes the general path below and its error messages.
+            return np.array(offsets, dtype=np.int64)
         if isinstance(offsets, (str, bytes, bytearray)) or not isinstance(
             offsets, (Sequence, np.ndarray)
         ):
@@ -169,7 +184,7 @@ class LocalFrontswap:
         self, offs: npt.NDArray[np.int64], put: Callable[[int, int], Awaitable[list[bool]]]
     ) -> list[bool]:
         """put(i, j) over runs of distinct keys, in order: a later store of a key wins."""
-        if len(np.unique(offs)) == len(offs):
+        if _distinct(offs):
             return await put(0, len(offs))
         keys = offs.tolist()
         results: list[bool] = []
@@ -228,7 +243,7 @@ class LocalFrontswap:
         offs = self._offsets(offsets)
         if area not in self._areas:
             return [None] * len(offs)
-        if exclusive and len(np.unique(offs)) != len(offs):
+        if exclusive and not _distinct(offs):
             # The second exclusive load of a key finds it gone, as one after another would.
             out: list[bytes | None] = []
             for i in range(len(offs)):

@@ -7,9 +7,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ramster import corpus
+from ramster.frontswap import LocalFrontswap
 from ramster.pagestore import PagePool, PoolConfig, encode
 from ramster.pagestore import pool as pool_module
 from ramster.pagestore.index import RadixIndex
@@ -170,3 +173,43 @@ def test_a_batch_makes_rows_only_for_leaves_that_get_a_key() -> None:
         index.remove(0, np.asarray(offsets, dtype=np.int64))
         assert not index._rows
         assert not index.has_area(0)
+
+
+def counters(fs: LocalFrontswap) -> tuple[int, ...]:
+    st_ = fs.statistics().pool
+    return (
+        st_.stored_pages,
+        st_.same_filled_pages,
+        st_.huge_pages,
+        st_.compr_data_size,
+        st_.succ_stores,
+        st_.loads,
+        st_.exclusive_loads,
+        st_.invalidates,
+    )
+
+
+@pytest.mark.asyncio
+async def test_frontswap_batches_of_any_size_agree() -> None:
+    pages = corpus.pages(300, seed=5)
+    offsets = [(i * 37) % 1000 for i in range(300)]
+    one, many = LocalFrontswap(), LocalFrontswap()
+    for fs in (one, many):
+        await fs.init(0)
+    assert await one.store_many(0, offsets, pages) == [True] * 300
+    for i in range(0, 300, 7):
+        assert await many.store_many(0, offsets[i : i + 7], pages[i : i + 7]) == [True] * len(
+            pages[i : i + 7]
+        )
+    assert counters(one) == counters(many)
+    wanted = list(range(1000))
+    got = await one.load_many(0, wanted)
+    assert [p for i in range(0, 1000, 5) for p in await many.load_many(0, wanted[i : i + 5])] == got
+    await one.invalidate_many(0, wanted[::3])
+    for i in range(0, 1000, 3 * 9):
+        await many.invalidate_many(0, wanted[i : i + 3 * 9 : 3])
+    assert counters(one) == counters(many)
+    assert await one.load_many(0, wanted[:40], exclusive=True) == await many.load_many(
+        0, wanted[:40], exclusive=True
+    )
+    assert counters(one) == counters(many)
