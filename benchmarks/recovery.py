@@ -153,6 +153,7 @@ async def recovery(quick: bool) -> dict[str, Any]:
                 steady_p99 = p99_ms(samples, t0 - 2.0, t0)
                 recovery_p99 = p99_ms(samples, t0 + detect, t0 + restore)
                 repaired = st["remote"]["repaired_pages"] - repaired_before
+                direct = st["remote"]["direct_copies"] - before["remote"]["direct_copies"]
                 bad = await count_bad(client, pages)
                 if bad:
                     raise SystemExit(f"{bad} pages came back wrong after recovery")
@@ -175,6 +176,7 @@ async def recovery(quick: bool) -> dict[str, Any]:
         "detect_s": detect,
         "restore_s": restore,
         "repaired_pages": repaired,
+        "direct_copies": direct,
         "mib": mib,
         "failover_s": failover,
         "steady_p99_ms": steady_p99,
@@ -203,7 +205,10 @@ async def main() -> None:
                 ["holder killed", "n1 (SIGKILL)"],
                 ["detected dead after", f"{r['detect_s']:.2f} s"],
                 ["full redundancy after", f"{r['restore_s']:.2f} s"],
-                ["pages re-replicated", f"{r['repaired_pages']:,}"],
+                [
+                    "pages re-replicated",
+                    f"{r['repaired_pages']:,} ({r['direct_copies']:,} holder to holder)",
+                ],
                 ["re-replication rate", f"{rate:,.0f} pages/s ({rate * PAGE / 1e6:,.1f} MB/s)"],
                 ["anchor: batched RPC put", f"{put_rate:,.0f} pages/s"],
                 ["single-page load p99, before the kill", f"{r['steady_p99_ms']} ms"],
@@ -224,6 +229,7 @@ async def main() -> None:
         "recovery_mb_per_s": round(rate * PAGE / 1e6, 1),
         "recovery_vs_batched_put": round(rate / put_rate, 3),
         "repaired_pages": r["repaired_pages"],
+        "direct_copies": r["direct_copies"],
         "load_p99_ms_steady": r["steady_p99_ms"],
         "load_p99_ms_during_recovery": r["recovery_p99_ms"],
         "batched_put_pages_per_s": round(put_rate),
