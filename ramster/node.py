@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ramster import __version__
@@ -90,6 +91,8 @@ class Node:
             self.events.add,
         )
         self.orders_refused = 0
+        self.nbd_statistics: Callable[[], object] | None = None
+        """Set by whoever serves NBD exports of this node (run_node), for stats and /metrics."""
         self.copies_refused = 0
         """Copies a hold.copy asked for that this holder did not have, or had stale or bad."""
         self._refused: dict[tuple[str, str], int] = {}
@@ -298,6 +301,13 @@ class Node:
             }
         return self._inventory_cache
 
+    def nbd_view(self) -> dict[str, Any] | None:
+        """The NBD server's counters as plain data (None without NBD exports)."""
+        if self.nbd_statistics is None:
+            return None
+        st = self.nbd_statistics()
+        return dataclasses.asdict(st) if dataclasses.is_dataclass(st) else None  # type: ignore[arg-type]
+
     def counters(self) -> dict[str, int]:
         """Monotonic counters operators turn into rates (dashboard, metrics)."""
         pool = self.frontswap.pool.statistics()
@@ -358,6 +368,7 @@ class Node:
                 "repairing_pages": self.follower.repairing,
                 "refused": self.orders_refused,
             },
+            "nbd": self.nbd_view(),
             "aggregates": self.driver.snapshot(),
             "events": [e.to_json() for e in self.events.recent(limit=STATS_EVENTS)],
         }

@@ -32,6 +32,7 @@ async def serve(config: NodeConfig, secret: Secret) -> None:
         if nbd_config is not None:
             nbd = NbdServer(node.frontswap, nbd_config)
             await nbd.start()
+            node.nbd_statistics = nbd.statistics
         waiter = asyncio.create_task(stop.wait())
         runner = asyncio.create_task(node.wait_closed())
         done, _ = await asyncio.wait({waiter, runner}, return_when=asyncio.FIRST_COMPLETED)

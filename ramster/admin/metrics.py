@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -183,6 +183,7 @@ class NodeCollector(Collector):
             "Orders refused (older term or another coordinator)",
             value=node.orders_refused,
         )
+        yield from _nbd_metrics(node.nbd_view())
         yield GaugeMetricFamily(
             "ramster_event_loop_lag_seconds",
             "How late the event loop woke up last time",
@@ -194,6 +195,36 @@ class NodeCollector(Collector):
             "loop",
             {"main": self.loop_lag},
         )
+
+
+def _nbd_metrics(nbd: dict[str, Any] | None) -> Iterator[Metric]:
+    """The NBD server's counters, when this node serves exports."""
+    if nbd is None:
+        return
+    requests = CounterMetricFamily(
+        "ramster_nbd_requests", "NBD requests by command", labels=["command"]
+    )
+    for command, n in sorted(nbd["requests"].items()):
+        requests.add_metric([command], n)
+    yield requests
+    errors = CounterMetricFamily("ramster_nbd_errors", "NBD error replies", labels=["error"])
+    for error, n in sorted(nbd["errors"].items()):
+        errors.add_metric([error], n)
+    yield errors
+    yield CounterMetricFamily(
+        "ramster_nbd_read_bytes", "Bytes read by NBD clients", value=nbd["bytes_read"]
+    )
+    yield CounterMetricFamily(
+        "ramster_nbd_written_bytes", "Bytes written by NBD clients", value=nbd["bytes_written"]
+    )
+    yield GaugeMetricFamily(
+        "ramster_nbd_connections", "Open NBD connections", nbd["connections_active"]
+    )
+    yield CounterMetricFamily(
+        "ramster_nbd_refused_connections",
+        "NBD connections closed at once (allow-list or too many)",
+        value=nbd["connections_refused"] + nbd["connections_busy"],
+    )
 
 
 def render(registry: CollectorRegistry) -> bytes:

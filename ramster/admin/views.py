@@ -76,6 +76,7 @@ def node_view(node: Node) -> dict[str, Any]:
             "repairing_pages": node.follower.repairing,
             "refused": node.orders_refused,
         },
+        "nbd": node.nbd_view(),
     }
 
 

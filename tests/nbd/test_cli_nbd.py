@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from ramster import corpus
@@ -156,6 +157,12 @@ async def test_a_node_export_spills_its_pages_to_peers(tmp_path: Path) -> None:
         st = await cluster.stats(0)
         assert st["pool"]["remote_pages"] > 0, st["pool"]
         assert st["pool"]["stored_pages"] + st["pool"]["remote_pages"] > 4096
+        assert st["nbd"]["bytes_written"] > 8 << 20  # nbdcopy sends zero runs as WRITE_ZEROES
+        # Operators see the exports' counters in /metrics too.
+        admin = await cluster.admin_url(0)
+        async with aiohttp.ClientSession() as http, http.get(f"{admin}/metrics") as r:
+            metrics = await r.text()
+        assert 'ramster_nbd_requests_total{command="WRITE"}' in metrics
     finally:
         cluster.stop_all()
     log = cluster.nodes[0].log.read_text()
