@@ -6,6 +6,7 @@ import logging
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import lz4.block
 import numpy as np
@@ -503,7 +504,8 @@ class PagePool:
         offs = _keys(offsets)
         slots = self._lookup(area, offs)
         kinds, handles, lengths, sums = self._columns(slots, "kind", "handle", "length", "checksum")
-        slabs = self._alloc.table()
+        # Live handles never point at a released slab (None): no check in the loop.
+        slabs: list[Any] = self._alloc.table()
         ps = self._ps
         decompress = lz4.block.decompress
         digest = xxhash.xxh3_64_intdigest
@@ -515,7 +517,6 @@ class PagePool:
         for kind, h, length, s in zip(kinds, handles, lengths, sums, strict=True):
             if kind == LZ4:
                 slab = slabs[h >> OBJ_BITS]
-                assert slab is not None
                 at = (h & OBJ_MASK) * slab.size
                 try:
                     page = decompress(slab.buf[at : at + length], uncompressed_size=ps)
@@ -528,7 +529,6 @@ class PagePool:
                 page = h.to_bytes(8, "little") * words
             elif kind == RAW:
                 slab = slabs[h >> OBJ_BITS]
-                assert slab is not None
                 at = (h & OBJ_MASK) * slab.size
                 page = slab.buf[at : at + ps].tobytes()
             else:
