@@ -218,7 +218,7 @@ class Project:
 
     def down(self) -> None:
         """Remove the project's containers, networks and volumes."""
-        self.run("down", "--volumes", "--remove-orphans", "--timeout", "5", extra=True)
+        down(self.compose, self.name, self.env)
 
     def leftovers(self) -> list[str]:
         """What of this project is still on the engine (empty after a clean `down`)."""
@@ -230,6 +230,12 @@ class Project:
         existing = set(run(["docker", "volume", "ls", "--quiet"]).stdout.split())
         left += [f"volume {v}" for v in sorted(self.anonymous_volumes & existing)]
         return left
+
+
+def down(compose: Sequence[str], name: str, env: Mapping[str, str] | None = None) -> None:
+    """`down` of a project of the compose file: containers, networks, volumes (anonymous too)."""
+    argv = [*compose, "--project-name", name, "--file", str(COMPOSE_FILE), "--profile", "extra"]
+    run([*argv, "down", "--volumes", "--remove-orphans", "--timeout", "5"], timeout=180, env=env)
 
 
 def stale_projects() -> set[str]:

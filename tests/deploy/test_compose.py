@@ -31,12 +31,13 @@ from tests.deploy.compose import (
     Project,
     build_images,
     compose_command,
+    down,
     run,
     stale_projects,
     wait_for,
 )
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
 BASE_IMAGE = os.environ.get("RAMSTER_E2E_BASE_IMAGE", "ramster-base:bookworm")
 IMAGE = "ramster:e2e"
@@ -59,8 +60,8 @@ def image(docker: None) -> str:
 def project(image: str, tmp_path: Path) -> Iterator[Project]:
     compose = compose_command()
     assert compose is not None
-    for stale in stale_projects():  # a crashed earlier run
-        Project(stale, compose, {}, Secret(b"-")).down()
+    for stale in stale_projects():  # left by an earlier run that could not clean up
+        down(compose, stale)
     secrets_dir = tmp_path / "secrets"
     run([str(DEPLOY / "make-secrets.sh"), str(secrets_dir)], env={"RAMSTER_IMAGE": image})
     env = {
