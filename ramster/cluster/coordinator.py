@@ -258,7 +258,8 @@ class Coordinator:
         return out
 
     def _plan_move(self) -> list[Instruction]:
-        """At most one new move per round: from the fullest holder to the emptiest."""
+        """At most one new move per round: from the fullest holder to the emptiest one that the
+        owner with the most pages there may use."""
         cfg = self.config
         for key, at in list(self._futile.items()):
             if self._round - at >= cfg.futile_rounds:
@@ -277,32 +278,33 @@ class Coordinator:
                 free[o.source] += moving
                 free[o.target] -= moving
         fullest = min(free, key=lambda n: (free[n], n))
-        emptiest = max(free, key=lambda n: (free[n], n))
-        gap = free[emptiest] - free[fullest]
-        threshold = 0 if self._force_rebalance else cfg.rebalance_gap * free[emptiest]
-        self._force_rebalance = False
-        if gap <= max(threshold, holders[fullest].mean_page_bytes):
-            return []
-        want = max(1, gap // 2 // holders[fullest].mean_page_bytes)
+        force, self._force_rebalance = self._force_rebalance, False
+        mean = holders[fullest].mean_page_bytes
         owners = sorted(
             (
                 (r.inventory.get(fullest, 0), o)
                 for o, r in self.members.items()
-                if o not in self._pending
-                and o != emptiest
-                and r.inventory.get(fullest, 0) > 0
-                and (o, fullest, emptiest) not in self._futile
+                if o not in self._pending and r.inventory.get(fullest, 0) > 0
             ),
             reverse=True,
         )
-        if not owners:
-            return []
-        held, owner = owners[0]
-        pages = min(want, held, cfg.move_pages_max)
-        return [
-            Note("rebalance", owner, f"{pages} pages {fullest} -> {emptiest}"),
-            self._issue(Move(owner, self.term, self._next_order, fullest, emptiest, pages)),
-        ]
+        for held, owner in owners:
+            # The emptiest holder this owner may use: never itself (an owner holds no copies
+            # of its own pages), and a joining node is often the only other candidate.
+            targets = [n for n in free if n not in (owner, fullest)]
+            if not targets:
+                continue
+            target = max(targets, key=lambda n: (free[n], n))
+            gap = free[target] - free[fullest]
+            threshold = 0 if force else cfg.rebalance_gap * free[target]
+            if gap <= max(threshold, mean) or (owner, fullest, target) in self._futile:
+                continue
+            pages = min(max(1, gap // 2 // mean), held, cfg.move_pages_max)
+            return [
+                Note("rebalance", owner, f"{pages} pages {fullest} -> {target}"),
+                self._issue(Move(owner, self.term, self._next_order, fullest, target, pages)),
+            ]
+        return []
 
     # -- what operators see ---------------------------------------------------------------------
 

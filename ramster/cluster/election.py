@@ -38,9 +38,11 @@ class Election:
         ]
         if candidate == self.view.coordinator:
             term = max([self.view.term, *agreed])
-        elif agreed:
-            term = max(agreed)  # join the view others already hold
+        elif seen in agreed:
+            term = seen  # join the view others already hold, at the highest term there is
         else:
+            # A change of coordinator moves above every term seen: a newcomer's own view of
+            # itself at term 0 is no agreement.
             term = seen + 1
         new = View(candidate, term)
         if new == self.view:

@@ -156,7 +156,7 @@ class Peers:
         node_id = info["node"]
         if node_id == self.me:
             if peer.node_id is None:
-                log.warning("peer %s is this node itself; ignoring it", peer.address)
+                log.info("peer %s is this node itself; ignoring it", peer.address)
             peer.node_id = node_id
             return
         peer.node_id = node_id

@@ -126,6 +126,23 @@ def test_a_joining_node_gets_its_share_in_bounded_moves() -> None:
     assert out == [Move("e", 1, 2, source="c", target="d", pages=100)]
 
 
+def test_a_newcomer_gets_copies_even_when_the_only_owner_is_as_empty() -> None:
+    # Seen in containers: the one owner lends too and holds nothing, so it ties with the
+    # newcomer as "emptiest"; it can never be its own target, the newcomer must be.
+    c = Coordinator("x", 1)
+    members = {
+        "node1": report(0, {"node2": 400, "node3": 400}),
+        "node2": report(400),
+        "node3": report(400),
+        "node-1a2b": report(0),
+    }
+    out = orders(c.handle(Reports(members)))
+    assert len(out) == 1
+    move = out[0]
+    assert isinstance(move, Move)
+    assert (move.owner, move.source, move.target) == ("node1", "node2", "node-1a2b")
+
+
 def test_an_owner_that_cannot_move_is_not_asked_again_soon() -> None:
     c = Coordinator("a", 1, CoordinatorConfig(futile_rounds=5))
     members = {"a": report(0, {"b": 300, "c": 300}), "b": report(300), "c": report(0)}

@@ -45,3 +45,19 @@ def test_every_node_agrees_after_a_coordinator_dies() -> None:
             e.update(set(nodes) - {n}, {m: v for m, v in views.items() if m != n})
             views[n] = e.view
     assert set(views.values()) == {View("b", 1)}
+
+
+def test_a_newcomer_with_a_lower_id_takes_over_in_a_higher_term() -> None:
+    # Seen in containers: a scaled node's generated id sorts below node1; its own view of
+    # itself is term 0, which must not count as agreement with a lower term.
+    node1 = Election("node1")
+    node1.update({"node2"}, {})
+    node1.update({"node2"}, {"node2": View("node1", 1)})
+    assert node1.view == View("node1", 1)
+    new = node1.update(
+        {"node2", "node-1a"}, {"node2": View("node1", 1), "node-1a": View("node-1a", 0)}
+    )
+    assert new is not None and new.coordinator == "node-1a" and new.term > 1
+    newcomer = Election("node-1a")
+    newcomer.update({"node1", "node2"}, {"node1": node1.view, "node2": View("node1", 1)})
+    assert newcomer.view == node1.view  # it adopts the term the others moved to
