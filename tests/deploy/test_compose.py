@@ -279,6 +279,8 @@ def scenario(project: Project) -> None:
     project.note_volumes()
     wait_for(nodes.one_cluster, 60, f"{extra} joins")
     timed("scale_to_4_s", t0)
+    # The coordinator moves copies from the fullest holders to the newcomer (copy, verify, drop).
+    wait_for(lambda: nodes.stats(extra)["lent"]["stored_pages"] > 0, 60, f"{extra} gets its share")
     wait_for(lambda: nodes.redundant("node1"), 60, "copies settle after the join")
     TIMES["newcomer_pages"] = nodes.stats(extra)["lent"]["stored_pages"]
 
