@@ -141,6 +141,7 @@ class ClusterFrontswap(LocalFrontswap):
         self._warned_at = -NO_HOLDER_WARN_EVERY
         self._tombstones: set[str] = set()
         self._orphans: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+        self._orphan_lock = asyncio.Lock()
         self._c = dict.fromkeys(
             (
                 "spilled_pages",
@@ -558,20 +559,41 @@ class ClusterFrontswap(LocalFrontswap):
     async def drop_orphans(self, alive: set[str]) -> int:
         """Drop, on holders that answer again, the copies re-replicated away from them."""
         sent = 0
-        for (node, area), (offsets, versions) in list(self._orphans.items()):
-            if node not in alive:
-                continue
-            try:
-                await self.holders.drop(node, [area] * len(offsets), offsets, versions)
-            except RamsterError as exc:
-                log.info("orphan drop on %s failed, will retry: %s", node, exc)
-                continue
-            del self._orphans[(node, area)]
-            sent += len(offsets)
-            self._c["orphans_dropped"] += len(offsets)
+        # Held while drops are on the wire: a repair that puts the same page (same version)
+        # back on that holder waits, so that a late drop never deletes the new copy.
+        async with self._orphan_lock:
+            for key in list(self._orphans):
+                node, area = key
+                if node not in alive:
+                    continue
+                offsets, versions = self._orphans.pop(key)
+                try:
+                    await self.holders.drop(node, [area] * len(offsets), offsets, versions)
+                except RamsterError as exc:
+                    log.info("orphan drop on %s failed, will retry: %s", node, exc)
+                    pending = self._orphans.setdefault(key, ([], []))
+                    pending[0].extend(offsets)
+                    pending[1].extend(versions)
+                    continue
+                sent += len(offsets)
+                self._c["orphans_dropped"] += len(offsets)
         if sent:
             log.info("dropped %d orphaned copies on holders that came back", sent)
         return sent
+
+    async def _forget_orphans(self, nodes: Sequence[str], area: int, offsets: list[int]) -> None:
+        """Pages about to be copied onto `nodes` are no orphans there any more."""
+        async with self._orphan_lock:
+            keys = set(offsets)
+            for node in nodes:
+                pending = self._orphans.get((node, area))
+                if pending is None:
+                    continue
+                keep = [(o, v) for o, v in zip(*pending, strict=True) if o not in keys]
+                if keep:
+                    self._orphans[(node, area)] = ([o for o, _ in keep], [v for _, v in keep])
+                else:
+                    del self._orphans[(node, area)]
 
     async def move(self, source: str, target: str, max_pages: int) -> int:
         """Move up to `max_pages` copies from holder `source` to holder `target`; pages moved.
@@ -710,6 +732,7 @@ class ClusterFrontswap(LocalFrontswap):
         if not new:
             self._warn_no_holders()
             return -1
+        await self._forget_orphans(new, area, offsets)
         acked = [False] * len(pages)
         sent = 0
         if self.spill_config.direct_copy:

@@ -217,3 +217,29 @@ async def test_repair_copies_holder_to_holder_and_never_spreads_a_bad_copy(direc
             assert other.get("owner", INC, [0], [index]) == [None]
     for i, page in enumerate(await fs.load_many(0, [e[0] for e in entries if e[0] != index])):
         assert page == pages[[e[0] for e in entries if e[0] != index][i]]
+
+
+@pytest.mark.asyncio
+async def test_a_page_moved_back_onto_a_holder_keeps_its_copy_there() -> None:
+    # Seen in containers: a holder with a pending orphan of a page gets the same page (same
+    # version) again from a later move; the orphan drop must not delete the new copy.
+    fs, holders = cluster(peers=3)
+    n = 3 * LOCAL // 4096
+    pages = await store_corpus(fs, n)
+    holders.down.add("peer0")  # a partition: peer0 keeps its copies, they become orphans
+    await fs.repair({"peer0"})
+    assert fs.orphans_pending() > 0
+    holders.down.discard("peer0")
+    moved = await fs.move("peer2", "peer0", max_pages=n)
+    assert moved > 0
+    await fs.drop_orphans({"peer0", "peer1", "peer2"})
+    assert fs.orphans_pending() == 0
+    # Every holder named for a page really holds it, and nothing else is left behind.
+    entries = fs.pool.remote_entries(0, list(range(n)))
+    for offset, version, _, set_id in entries:
+        for node in fs.holder_set(set_id):
+            (held,) = holders.lents[node].get("owner", INC, [0], [offset])
+            assert held is not None and held[0] == version, (node, offset)
+    assert lent_pages(holders) == 2 * len(entries)
+    holders.down.add("peer1")
+    assert await fs.load_many(0, list(range(n))) == pages  # one copy each is enough
