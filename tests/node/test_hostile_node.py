@@ -34,6 +34,9 @@ METHODS = [
     service.FS_INVALIDATE,
     service.FS_INVALIDATE_AREA,
     service.COORD_ORDER,
+    service.COORD_REBALANCE,
+    service.HOLD_COPY,
+    service.DRAIN,
 ]
 
 plain = st.recursive(
