@@ -95,6 +95,12 @@ def _node_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--listen", help="RPC address host:port (default: 127.0.0.1:7070; port 0 = any)")
     p.add_argument(
+        "--advertise",
+        metavar="HOST",
+        help="host others reach this node at, as shown in status and the dashboard (default: the "
+        "--listen host; for 0.0.0.0, this host's own address)",
+    )
+    p.add_argument(
         "--local-budget", type=_size, help="RAM for this node's own pages (default: 256MiB)"
     )
     p.add_argument(

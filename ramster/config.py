@@ -61,6 +61,9 @@ class NodeConfig:
     owner_grace: float = 300.0
     """Seconds a silent owner's pages are kept before they are reclaimed (survives partitions)."""
     log_level: str = "info"
+    advertise: str | None = None
+    """Host (name or address) others reach this node at, as shown to operators; default: the
+    listen host, or this host's own address when listening on 0.0.0.0."""
     admin_listen: str | None = "127.0.0.1:7171"
     """The HTTP admin API and dashboard (host:port; port 0 picks one; None or "off": none).
     A non-loopback address needs an admin token."""

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 REFUSAL_EVENT_EVERY = 10.0
 """Seconds between two refusal events for one owner and reason (a full pool refuses a lot)."""
 STATS_EVENTS = 50
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+"""Listen addresses that are no address to reach a node at."""
 """Recent cluster events in a stats answer (the coordinator keeps more)."""
 
 
@@ -103,6 +106,7 @@ class Node:
         if config.admin_listen is not None:
             # Built here so that a refused bind (no token off loopback) stops the start.
             self.admin = AdminServer(self, config.admin_listen, config.admin_token())
+        self._own_host: str | None = None
         self._inventory_at = -1e9
         self._inventory_cache: dict[str, Any] = {}
         self._runner: asyncio.Task[None] | None = None
@@ -123,13 +127,31 @@ class Node:
         """host:port the RPC server really listens on."""
         return f"{self.server.host}:{self.server.port}"
 
+    @property
+    def advertised_address(self) -> str:
+        """host:port others reach the RPC server at (see `advertised_host`)."""
+        return f"{self.advertised_host(self.server.host)}:{self.server.port}"
+
+    def advertised_host(self, host: str) -> str:
+        """--advertise if given; for a wildcard listen address, this host's own address."""
+        if self.config.advertise:
+            return self.config.advertise
+        if host not in WILDCARDS:
+            return host
+        if self._own_host is None:  # resolved once: it may ask a resolver
+            try:
+                self._own_host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                self._own_host = host
+        return self._own_host
+
     async def start(self) -> None:
         """Listen, start heartbeats and the spiller; returns when the node serves."""
         await self.server.start()
         self._runner = asyncio.create_task(self._run(), name=f"node-{self.node_id}")
         if self.admin is not None:
             await self.admin.start()
-            self.admin_address = self.admin.address
+            self.admin_address = f"{self.advertised_host(self.admin.host)}:{self.admin.port}"
         if self.config.mdns_interface:
             self.discovery = MdnsDiscovery(
                 self.config.cluster,
@@ -156,7 +178,7 @@ class Node:
         )
 
     def _found(self, address: str) -> None:
-        if address != self.address and self.peers.add_peer(address):
+        if address not in (self.address, self.advertised_address) and self.peers.add_peer(address):
             log.info("discovered peer %s", address)
 
     async def _run(self) -> None:
@@ -347,7 +369,7 @@ class Node:
         return {
             **self.hello_info(),
             "uptime_s": round(time.time() - self.started_at, 3),
-            "address": self.address,
+            "address": self.advertised_address,
             "areas": list(fs.areas),
             "pool": pool,
             "metadata_bytes_per_page": round(

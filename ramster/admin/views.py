@@ -57,7 +57,7 @@ def node_view(node: Node) -> dict[str, Any]:
         "coordinator": view.coordinator,
         "term": view.term,
         "uptime_s": round(time.time() - node.started_at, 3),
-        "rpc": node.address,
+        "rpc": node.advertised_address,
         "admin": node.admin_address,
         "page_size": node.config.page_size,
         "replicas": node.config.replicas,
@@ -101,7 +101,7 @@ def cluster_view(node: Node) -> dict[str, Any]:
     me = node.hello_info()
     infos[node.node_id] = me
     members.append(
-        {"node": node.node_id, "rpc": node.address, "state": "alive"}
+        {"node": node.node_id, "rpc": node.advertised_address, "state": "alive"}
         | {k: me.get(k) for k in MEMBER_FIELDS}
     )
     view = node.election.view

@@ -194,3 +194,30 @@ async def test_refusals_are_events_without_a_flood(node: Node, http: aiohttp.Cli
         ("greedy", "64 pages: lent pool full"),
         ("other", "1 pages: draining"),
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_wildcard_listener_reports_an_address_others_can_use(tmp_path: Path) -> None:
+    token = tmp_path / "t"
+    token.write_text("x" * 20)
+    config = NodeConfig(
+        node_id="wild",
+        listen="0.0.0.0:0",
+        admin_listen="0.0.0.0:0",
+        admin_token_file=token,
+        advertise="10.9.8.7",
+        state_dir=tmp_path,
+    )
+    node = Node(config, SECRET)
+    await node.start()
+    try:
+        port = node.server.port
+        assert node.advertised_address == f"10.9.8.7:{port}"
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{node.admin.port if node.admin else 0}"
+            async with http.get(f"{url}/v1/cluster") as r:
+                (me,) = (await r.json())["members"]
+        assert me["rpc"] == f"10.9.8.7:{port}"
+        assert me["admin"].startswith("10.9.8.7:")
+    finally:
+        await node.close()
