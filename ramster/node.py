@@ -384,6 +384,7 @@ class Node:
             "gone_peers": sorted(self.peers.gone()),
             "under_replicated_pages": self.frontswap.under_replicated(self.peers.gone()),
             "orphans_pending": self.frontswap.orphans_pending(),
+            "copies_refused": self.copies_refused,
             "peers": self.peers.statistics(),
             "orders": {
                 "busy": self.follower.busy,

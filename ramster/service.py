@@ -39,7 +39,7 @@ from ramster.errors import (
     RpcError,
 )
 from ramster.pagestore.lent import StaleIncarnation
-from ramster.pagestore.verify import verified
+from ramster.pagestore.verify import copyable, spread
 from ramster.rpc import Keys, PageBatch
 from ramster.rpc.const import MAX_CHECKSUM, MAX_OFFSET, MAX_VERSION
 from ramster.rpc.frames import Chunks
@@ -190,13 +190,10 @@ def register(node: Node) -> None:
             held = lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
-        good = verified(held, versions, sums, ps)
+        good, payloads = copyable(held, versions, sums, ps)
         node.copies_refused += n - len(good)
-        out = [False] * n
         if not good:
-            return [out, 0]
-        # Copied out of the slabs before waiting: a drop meanwhile may reuse that memory.
-        payloads = [bytes(held[i][2]) for i in good]  # type: ignore[index]
+            return [[False] * n, 0]
         batch = PageBatch(
             [keys.areas[i] for i in good],
             [keys.offsets[i] for i in good],
@@ -208,9 +205,7 @@ def register(node: Node) -> None:
             kept = await node.peers.put_for(target, req.owner, req.incarnation, batch)
         except RamsterError as exc:
             raise RemoteError(f"{node.node_id} could not put on {target}: {exc}") from None
-        for i, flag in zip(good, kept, strict=True):
-            out[i] = flag
-        return [out, sum(len(p) for p, k in zip(payloads, kept, strict=True) if k)]
+        return list(spread(n, good, kept, payloads))
 
     def hold_drop(req: Owned) -> list[bool]:
         keys = Keys.from_wire(req.rest[0])

@@ -183,6 +183,11 @@ class NodeCollector(Collector):
             "Orders refused (older term or another coordinator)",
             value=node.orders_refused,
         )
+        yield CounterMetricFamily(
+            "ramster_copies_refused",
+            "Copies another owner's repair asked this holder for that it lacked or had bad",
+            value=node.copies_refused,
+        )
         yield from _nbd_metrics(node.nbd_view())
         yield GaugeMetricFamily(
             "ramster_event_loop_lag_seconds",

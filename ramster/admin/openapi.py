@@ -53,6 +53,7 @@ NODE = _obj(
         "lent": POOL,
         "remote": {"type": "object", "additionalProperties": NUM},
         "counters": COUNTS,
+        "copies_refused": INT,
         "nbd": {"type": ["object", "null"], "description": "NBD server counters, if it serves"},
         "orders": _obj(
             {"busy": {"type": ["string", "null"]}, "repairing_pages": INT, "refused": INT}

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ramster import __version__
+from ramster.cluster.coordinator import Report
 
 if TYPE_CHECKING:
     from ramster.node import Node
@@ -76,30 +77,25 @@ def node_view(node: Node) -> dict[str, Any]:
             "repairing_pages": node.follower.repairing,
             "refused": node.orders_refused,
         },
+        "copies_refused": node.copies_refused,
         "nbd": node.nbd_view(),
     }
 
 
 def cluster_view(node: Node) -> dict[str, Any]:
     """Members with state and capacity, who coordinates, pages per owner and holder, repairs."""
-    infos: dict[str, dict[str, Any]] = {}
-    members: list[dict[str, Any]] = []
-    for peer in node.peers.statistics():
-        name = peer["node"]
-        if not name or name == node.node_id:
-            continue
-        info = next((p.info for p in node.peers.peers() if p.node_id == name), {})
-        infos[name] = info
-        members.append(
-            {
-                "node": name,
-                "rpc": peer["address"],
-                "state": peer["state"],
-                **{k: info.get(k) for k in MEMBER_FIELDS},
-            }
-        )
-    me = node.hello_info()
-    infos[node.node_id] = me
+    info_of = {p.node_id: p.info for p in node.peers.peers() if p.node_id}
+    members: list[dict[str, Any]] = [
+        {
+            "node": peer["node"],
+            "rpc": peer["address"],
+            "state": peer["state"],
+            **{k: info_of.get(peer["node"], {}).get(k) for k in MEMBER_FIELDS},
+        }
+        for peer in node.peers.statistics()
+        if peer["node"] and peer["node"] != node.node_id
+    ]
+    info_of[node.node_id] = me = node.hello_info()
     members.append(
         {"node": node.node_id, "rpc": node.advertised_address, "state": "alive"}
         | {k: me.get(k) for k in MEMBER_FIELDS}
@@ -108,20 +104,17 @@ def cluster_view(node: Node) -> dict[str, Any]:
     for m in members:
         m["role"] = "coordinator" if m["node"] == view.coordinator else "member"
     members.sort(key=lambda m: str(m["node"]))
-    alive = {m["node"] for m in members if m["state"] in ("alive", "suspect")}
-    pages = {
-        owner: {str(h): c for h, c in inv.items() if isinstance(c, int)}
-        for owner, info in infos.items()
-        if owner in alive and isinstance(inv := info.get("inventory"), dict) and inv
-    }
-    held = {
-        m["node"]: (m["lent_pages"] or 0, (m["lent_budget"] or 0) - (m["lent_free"] or 0))
+    # What the coordinator reads of the members that are not dead, read the same way here.
+    reports = {
+        m["node"]: Report.parse(info_of.get(m["node"], {}))
         for m in members
+        if m["state"] in ("alive", "suspect")
     }
+    pages = {o: dict(r.inventory) for o, r in reports.items() if r.inventory}
 
     def mean_bytes(holder: str) -> int:
-        count, used = held.get(holder, (0, 0))
-        return used // count if count else 0
+        report = reports.get(holder)
+        return report.mean_page_bytes if report is not None else 0
 
     snapshot = node.driver.snapshot()
     return {
@@ -132,11 +125,7 @@ def cluster_view(node: Node) -> dict[str, Any]:
         "members": members,
         "pages": pages,
         "bytes": {o: {h: c * mean_bytes(h) for h, c in inv.items()} for o, inv in pages.items()},
-        "under_replicated_pages": sum(
-            int(info.get("under_replicated") or 0)
-            for owner, info in infos.items()
-            if owner in alive
-        ),
+        "under_replicated_pages": sum(r.under_replicated for r in reports.values()),
         "rebalance": {
             "repairing_pages": sum(int(m["repairing_pages"] or 0) for m in members),
             "orders_pending": snapshot["orders_pending"] if snapshot else None,

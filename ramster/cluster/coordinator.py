@@ -163,7 +163,6 @@ class Coordinator:
         self._force_rebalance = False
         self.orders_sent = 0
         self.pages_moved = 0
-        self.pages_repaired_ordered = 0
 
     def handle(self, event: Event) -> list[Instruction]:
         """Take in one event; the orders and notes it leads to."""
@@ -246,7 +245,6 @@ class Coordinator:
                 if same and self._round - pending.round < self.config.reissue_rounds:
                     continue
             todo = sum(report.inventory[h] for h in (*lost, *leaving))
-            self.pages_repaired_ordered += todo
             out.append(
                 Note(
                     "repair",

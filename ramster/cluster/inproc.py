@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from ramster.cluster.placement import Candidate
 from ramster.errors import PeerLost
 from ramster.pagestore.lent import LentPool, Stored
-from ramster.pagestore.verify import verified
+from ramster.pagestore.verify import copyable, spread
 from ramster.types import Buffer
 
 
@@ -70,10 +70,7 @@ class InProcessHolders:
     ) -> tuple[list[bool], int]:
         """Verify source's copies and put them on target, as a holder does for hold.copy."""
         held = self._lent(source).get(self.owner, self.incarnation, areas, offsets)
-        good = verified(held, versions, checksums, self.page_size)
-        if not good:
-            return [False] * len(offsets), 0
-        payloads = [bytes(held[i][2]) for i in good]  # type: ignore[index]
+        good, payloads = copyable(held, versions, checksums, self.page_size)
         kept = self._lent(target).put(
             self.owner,
             self.incarnation,
@@ -83,10 +80,7 @@ class InProcessHolders:
             [checksums[i] for i in good],
             payloads,
         )
-        out = [False] * len(offsets)
-        for i, flag in zip(good, kept, strict=True):
-            out[i] = flag
-        return out, sum(len(p) for p, k in zip(payloads, kept, strict=True) if k)
+        return spread(len(offsets), good, kept, payloads)
 
     async def drop(
         self, node: str, areas: list[int], offsets: list[int], versions: list[int]

@@ -608,20 +608,29 @@ class ClusterFrontswap(LocalFrontswap):
             return 0
         sets = [i for i in self._sets_touching({source}) if target not in self._sets[i]]
         entries = self.pool.remote_in_sets(sets)[:max_pages] if sets else []
+        moved = 0
+        for set_id, area, chunk in self._batches(entries):
+            done = await self._repair_batch(set_id, area, chunk, set(), {source}, target)
+            if done < 0:
+                return moved
+            moved += done
+            self._c["rebalanced_pages"] += done
+            await asyncio.sleep(cfg.repair_pause)
+        return moved
+
+    def _batches(
+        self, entries: list[tuple[int, int, int, int, int]]
+    ) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+        """Remote entries as (holder set, area, [(offset, version, checksum)]) batches."""
+        size = self.spill_config.repair_batch_pages
         groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
         for area, offset, version, sum_, set_id in entries:
             groups[(set_id, area)].append((offset, version, sum_))
-        moved = 0
-        for (set_id, area), pages in groups.items():
-            for start in range(0, len(pages), cfg.repair_batch_pages):
-                chunk = pages[start : start + cfg.repair_batch_pages]
-                done = await self._repair_batch(set_id, area, chunk, set(), {source}, target)
-                if done < 0:
-                    return moved
-                moved += done
-                self._c["rebalanced_pages"] += done
-                await asyncio.sleep(cfg.repair_pause)
-        return moved
+        return [
+            (set_id, area, pages[start : start + size])
+            for (set_id, area), pages in groups.items()
+            for start in range(0, len(pages), size)
+        ]
 
     def inventory(self) -> dict[str, int]:
         """Pages this owner keeps on each holder (what the coordinator aggregates)."""
@@ -656,17 +665,7 @@ class ClusterFrontswap(LocalFrontswap):
         sets = self._sets_touching(gone | leaving)
         if not sets:
             return 0
-        entries = self.pool.remote_in_sets(sets)
-        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
-        for area, offset, version, sum_, set_id in entries:
-            groups[(set_id, area)].append((offset, version, sum_))
-        jobs = iter(
-            [
-                (set_id, area, pages[start : start + cfg.repair_batch_pages])
-                for (set_id, area), pages in groups.items()
-                for start in range(0, len(pages), cfg.repair_batch_pages)
-            ]
-        )
+        jobs = iter(self._batches(self.pool.remote_in_sets(sets)))
         repaired = 0
         stuck = False
 
