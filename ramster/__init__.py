@@ -1,5 +1,6 @@
 """ramster: a memory cluster for ordinary Linux machines built on frontswap and compressed pools."""
 
+from ramster._version import __version__
 from ramster.client import Client, SyncClient
 from ramster.errors import (
     CorruptPage,
@@ -9,8 +10,6 @@ from ramster.errors import (
 from ramster.frontswap import Frontswap, LocalFrontswap
 from ramster.pagestore import PagePool, PoolConfig, PoolStatistics
 from ramster.types import Area, Offset, Version
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Area",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ramster import __version__
+from ramster._version import __version__
 
 if TYPE_CHECKING:
     from ramster.rpc import Secret
@@ -426,9 +426,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             mib=args.mib, budget_mib=args.budget_mib, seed=args.seed, page_size=args.page_size
         )
     if cmd == "node":
-        from ramster import logs
-        from ramster.config import load_config
-        from ramster.run_node import run_node
+        from ramster.node.config import load_config
+        from ramster.node.run import run_node
+        from ramster.telemetry import logs
 
         flags = {k: v for k, v in vars(args).items() if k not in {"command", "config"}}
         flags["peers"] = tuple(args.peers)
@@ -438,9 +438,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         logs.setup(config.log_level)
         return run_node(config, _secret(config.secret_file))
     if cmd == "nbd":
-        from ramster import logs
         from ramster.nbd.config import LOOPBACK, NbdConfig, parse_exports
         from ramster.nbd.run import run_standalone
+        from ramster.telemetry import logs
 
         if args.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError(f"log level must be debug, info, warning or error: {args.log_level}")
@@ -454,8 +454,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         logs.setup(args.log_level)
         return run_standalone(nbd_config, args.local_budget)
     if cmd == "up":
-        from ramster import logs
         from ramster.devcluster import up
+        from ramster.telemetry import logs
 
         logs.setup("error")  # waiting for nodes to come up is not worth a warning per try
         return up(
@@ -468,7 +468,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             stay=not args.no_stay,
             admin_port=args.admin_port,
         )
-    from ramster import logs, tools
+    from ramster import tools
+    from ramster.telemetry import logs
 
     logs.setup("error")  # the command reports failures itself, in one line
     if cmd in {"status", "nodes", "drain", "rebalance", "events"}:

@@ -8,11 +8,7 @@ from typing import Any, TypeVar
 from ramster.errors import ProtocolError
 from ramster.frontswap.contract import PageLike
 from ramster.pagestore import PoolConfig, checksum, encode, expand
-from ramster.rpc import RpcClient, RpcConfig, Secret
-from ramster.rpc.frames import Chunks
-from ramster.rpc.loop import new_event_loop
-from ramster.rpc.pages import flags_from_wire
-from ramster.service import (
+from ramster.protocol import (
     DRAIN,
     FS_INIT,
     FS_INVALIDATE,
@@ -23,6 +19,10 @@ from ramster.service import (
     HELLO,
     STATS,
 )
+from ramster.rpc import RpcClient, RpcConfig, Secret
+from ramster.rpc.frames import Chunks
+from ramster.rpc.loop import new_event_loop
+from ramster.rpc.pages import flags_from_wire
 from ramster.units import parse_address
 
 T = TypeVar("T")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ramster import __version__
+from ramster._version import __version__
 
 
 def ramster(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -22,16 +22,15 @@ from prometheus_client import CollectorRegistry
 from ramster.admin import views
 from ramster.admin.metrics import registry_for, render
 from ramster.admin.openapi import spec
+from ramster.admin.source import NodeControl, NodeSource, UnknownNode
 from ramster.errors import RamsterError
-from ramster.events import TooManySubscribers
-from ramster.latency import Histogram
-
-if TYPE_CHECKING:
-    from ramster.node import Node
+from ramster.telemetry.events import TooManySubscribers
+from ramster.telemetry.latency import Histogram
 
 log = logging.getLogger(__name__)
 
-NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+NODE_KEY: web.AppKey[NodeSource] = web.AppKey("node")
+CONTROL_KEY: web.AppKey[NodeControl] = web.AppKey("control")
 TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token")
 REGISTRY_KEY: web.AppKey[CollectorRegistry] = web.AppKey("registry")
 MAX_EVENTS_LIMIT = 1000
@@ -92,7 +91,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, "internal", "internal error (see the node's log)")
 
 
-def _node(request: web.Request) -> Node:
+def _node(request: web.Request) -> NodeSource:
     return request.app[NODE_KEY]
 
 
@@ -235,15 +234,11 @@ async def get_static(request: web.Request) -> web.Response:
 async def post_drain(request: web.Request) -> web.Response:
     """Ask a node to drain: it takes no new pages; owners move theirs away."""
     require_token(request)
-    node = _node(request)
     target = request.match_info["node_id"]
-    if target == node.node_id:
-        node.start_drain()
-        return web.json_response({"node": target, "draining": True}, status=202)
-    if target not in {p.node_id for p in node.peers.peers()}:
-        raise ApiError(404, "unknown-node", f"no member named {target!r} is known here")
     try:
-        await node.peers.drain(target)
+        await request.app[CONTROL_KEY].drain(target)
+    except UnknownNode:
+        raise ApiError(404, "unknown-node", f"no member named {target!r} is known here") from None
     except RamsterError as exc:
         raise ApiError(502, "node-unreachable", f"{target} did not answer: {exc}") from None
     return web.json_response({"node": target, "draining": True}, status=202)
@@ -252,10 +247,9 @@ async def post_drain(request: web.Request) -> web.Response:
 async def post_rebalance(request: web.Request) -> web.Response:
     """Ask the coordinator to even out the holders now."""
     require_token(request)
-    node = _node(request)
-    coordinator = node.election.view.coordinator
+    coordinator = _node(request).coordination().coordinator
     try:
-        await node.request_rebalance()
+        coordinator = await request.app[CONTROL_KEY].rebalance()
     except RamsterError as exc:
         raise ApiError(
             503, "coordinator-unreachable", f"coordinator {coordinator} did not answer: {exc}"
@@ -264,11 +258,16 @@ async def post_rebalance(request: web.Request) -> web.Response:
 
 
 def make_app(
-    node: Node, token: str | None, loop_lag: Histogram, last_lag: list[float]
+    node: NodeSource,
+    control: NodeControl,
+    token: str | None,
+    loop_lag: Histogram,
+    last_lag: list[float],
 ) -> web.Application:
     """The admin application of one node."""
     app = web.Application(middlewares=[errors], client_max_size=64 << 10)
     app[NODE_KEY] = node
+    app[CONTROL_KEY] = control
     app[TOKEN_KEY] = token
     app[REGISTRY_KEY] = registry_for(node, loop_lag, last_lag)
     app.router.add_get("/v1/health", get_health)

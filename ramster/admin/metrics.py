@@ -8,8 +8,8 @@ this node's own pages and pool="lent" for the pages it keeps for others.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,10 +20,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ramster.latency import Histogram
-
-if TYPE_CHECKING:
-    from ramster.node import Node
+from ramster.admin.source import NodeSource
+from ramster.telemetry.latency import Histogram
 
 POOL_GAUGES = {
     "stored_pages": "Pages kept in the pool",
@@ -83,7 +81,7 @@ def _pool_name(key: str) -> str:
     return f"{name}_bytes" if key in BYTE_SIZES else name
 
 
-def _histogram(name: str, doc: str, label: str, rows: dict[str, Histogram]) -> Metric:
+def _histogram(name: str, doc: str, label: str, rows: Mapping[str, Histogram]) -> Metric:
     family = HistogramMetricFamily(name, doc, labels=[label])
     for value, h in sorted(rows.items()):
         buckets = [("+Inf" if b == float("inf") else repr(b), c) for b, c in h.cumulative()]
@@ -94,7 +92,7 @@ def _histogram(name: str, doc: str, label: str, rows: dict[str, Histogram]) -> M
 class NodeCollector(Collector):
     """Every figure of one node, gathered when Prometheus scrapes."""
 
-    def __init__(self, node: Node, loop_lag: Histogram, last_lag: list[float]) -> None:
+    def __init__(self, node: NodeSource, loop_lag: Histogram, last_lag: list[float]) -> None:
         self.node = node
         self.loop_lag = loop_lag
         self.last_lag = last_lag
@@ -102,9 +100,10 @@ class NodeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """One scrape."""
         node = self.node
+        gauges = node.gauges()
         pools = {
-            "local": dataclasses.asdict(node.frontswap.pool.statistics()),
-            "lent": dataclasses.asdict(node.lent.statistics().pool),
+            "local": dataclasses.asdict(gauges.local_pool),
+            "lent": dataclasses.asdict(gauges.lent_pool),
         }
         for key, doc in POOL_GAUGES.items():
             g = GaugeMetricFamily(_pool_name(key), doc, labels=["pool"])
@@ -123,7 +122,7 @@ class NodeCollector(Collector):
             full.add_metric([pool], 1 if st["full"] else 0)
         yield full
 
-        rpc = dataclasses.asdict(node.server.statistics())
+        rpc = dataclasses.asdict(gauges.rpc)
         for key, doc in RPC_COUNTERS.items():
             yield CounterMetricFamily(f"ramster_rpc_{key}", doc, value=rpc[key])
         yield GaugeMetricFamily(
@@ -136,10 +135,10 @@ class NodeCollector(Collector):
             "ramster_rpc_handle_seconds",
             "Time to handle an RPC call, by method",
             "method",
-            {m: h for m, h in node.server.method_latencies().items() if h.total},
+            {m: h for m, h in gauges.method_latencies.items() if h.total},
         )
 
-        remote = node.frontswap.remote_statistics()
+        remote = gauges.remote
         for key, doc in REMOTE_COUNTERS.items():
             name = f"ramster_remote_{key.removeprefix('remote_')}"
             yield CounterMetricFamily(name, doc, value=remote[key])
@@ -155,40 +154,40 @@ class NodeCollector(Collector):
         states = GaugeMetricFamily(
             "ramster_cluster_members", "Members this node knows, by state", labels=["state"]
         )
-        counts = {"alive": 1, "suspect": 0, "dead": 0, "unknown": 0}  # this node is alive
-        for peer in node.peers.statistics():
-            if peer["node"] != node.node_id:
-                counts[peer["state"]] = counts.get(peer["state"], 0) + 1
+        counts = {"alive": 0, "suspect": 0, "dead": 0, "unknown": 0}
+        for member in node.members():
+            counts[member.state] = counts.get(member.state, 0) + 1
         for state, n in counts.items():
             states.add_metric([state], n)
         yield states
         yield GaugeMetricFamily(
             "ramster_under_replicated_pages",
             "This node's pages with fewer than R live copies",
-            node.frontswap.under_replicated(node.peers.gone()),
+            gauges.under_replicated,
         )
         yield GaugeMetricFamily(
             "ramster_repairing_pages",
             "Pages the current repair order set out to copy",
-            node.follower.repairing,
+            gauges.repairing,
         )
+        coord = node.coordination()
         yield GaugeMetricFamily(
             "ramster_coordinator",
             "1 on the node that coordinates",
-            1 if node.election.is_coordinator else 0,
+            1 if coord.is_coordinator else 0,
         )
-        yield GaugeMetricFamily("ramster_term", "The coordinator's term", node.election.view.term)
+        yield GaugeMetricFamily("ramster_term", "The coordinator's term", coord.term)
         yield CounterMetricFamily(
             "ramster_orders_refused",
             "Orders refused (older term or another coordinator)",
-            value=node.orders_refused,
+            value=gauges.orders_refused,
         )
         yield CounterMetricFamily(
             "ramster_copies_refused",
             "Copies another owner's repair asked this holder for that it lacked or had bad",
-            value=node.copies_refused,
+            value=gauges.copies_refused,
         )
-        yield from _nbd_metrics(node.nbd_view())
+        yield from _nbd_metrics(gauges.nbd)
         yield GaugeMetricFamily(
             "ramster_event_loop_lag_seconds",
             "How late the event loop woke up last time",
@@ -202,7 +201,7 @@ class NodeCollector(Collector):
         )
 
 
-def _nbd_metrics(nbd: dict[str, Any] | None) -> Iterator[Metric]:
+def _nbd_metrics(nbd: Mapping[str, Any] | None) -> Iterator[Metric]:
     """The NBD server's counters, when this node serves exports."""
     if nbd is None:
         return
@@ -237,7 +236,7 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def registry_for(node: Node, loop_lag: Histogram, last_lag: list[float]) -> CollectorRegistry:
+def registry_for(node: NodeSource, loop_lag: Histogram, last_lag: list[float]) -> CollectorRegistry:
     """A registry of its own (not the process-global one) with the node's collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node, loop_lag, last_lag))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ramster import __version__
+from ramster._version import __version__
 
 Schema = dict[str, Any]
 

@@ -8,17 +8,14 @@ import contextlib
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ramster.admin.app import make_app
+from ramster.admin.source import NodeControl, NodeSource
 from ramster.errors import ConfigError
-from ramster.latency import Histogram
+from ramster.telemetry.latency import Histogram
 from ramster.units import parse_address
-
-if TYPE_CHECKING:
-    from ramster.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +50,13 @@ def check_bind(listen: str, token: str | None) -> tuple[str, int]:
 class AdminServer:
     """Serves one node's admin API; `start()` returns once it listens."""
 
-    def __init__(self, node: Node, listen: str, token: str | None) -> None:
+    def __init__(
+        self, node: NodeSource, control: NodeControl, listen: str, token: str | None
+    ) -> None:
         self.host, self._port = check_bind(listen, token)
         self.loop_lag = Histogram()
         self.last_lag = [0.0]
-        self._app = make_app(node, token, self.loop_lag, self.last_lag)
+        self._app = make_app(node, control, token, self.loop_lag, self.last_lag)
         # handler_cancellation: an event stream ends as soon as its reader goes away.
         self._runner = web.AppRunner(
             self._app,

@@ -14,9 +14,7 @@ from ramster.cluster.membership import Membership, MembershipConfig, State, Tran
 from ramster.cluster.placement import Candidate
 from ramster.errors import PeerLost, ProtocolError, RamsterError
 from ramster.pagestore.lent import Stored
-from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
-from ramster.rpc.pages import flags_from_wire
-from ramster.service import (
+from ramster.protocol import (
     COORD_ORDER,
     COORD_REBALANCE,
     DRAIN,
@@ -27,6 +25,8 @@ from ramster.service import (
     HOLD_GET,
     HOLD_PUT,
 )
+from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
+from ramster.rpc.pages import flags_from_wire
 from ramster.types import Buffer
 from ramster.units import parse_address
 

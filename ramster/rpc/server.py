@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, cast
 
 from ramster.errors import AuthError, Busy, NoSuchMethod, ProtocolError, RpcError
-from ramster.latency import Histogram
 from ramster.rpc.auth import Secret, ServerHandshake
 from ramster.rpc.codes import error_to_wire
 from ramster.rpc.config import RpcConfig
@@ -34,6 +33,7 @@ from ramster.rpc.const import (
 from ramster.rpc.frames import Message, Notification, Request, WireError, check_plain
 from ramster.rpc.pages import Keys, PageBatch
 from ramster.rpc.tls import server_context
+from ramster.telemetry.latency import Histogram
 
 log = logging.getLogger("ramster.rpc")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest_asyncio
 
-from ramster.config import NodeConfig
-from ramster.node import Node
+from ramster.node.config import NodeConfig
+from ramster.node.node import Node
 from ramster.rpc import Secret
 
 SECRET = Secret(b"admin-test-secret-0123456789abcdef")

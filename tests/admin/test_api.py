@@ -9,11 +9,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ramster.admin import check_bind
+from ramster.admin.server import check_bind
 from ramster.client import Client
-from ramster.config import NodeConfig
 from ramster.errors import ConfigError
-from ramster.node import Node
+from ramster.node.config import NodeConfig
+from ramster.node.node import Node
 from tests.admin.conftest import SECRET, TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -186,8 +186,8 @@ async def test_the_dashboard_is_self_contained(http: aiohttp.ClientSession) -> N
 @pytest.mark.asyncio
 async def test_refusals_are_events_without_a_flood(node: Node, http: aiohttp.ClientSession) -> None:
     for _ in range(50):
-        node.refused("greedy", 64, "lent pool full")
-    node.refused("other", 1, "draining")
+        node.refusals("greedy", 64, "lent pool full")
+    node.refusals("other", 1, "draining")
     async with http.get("/v1/events") as r:
         events = [e for e in (await r.json())["events"] if e["kind"] == "refused"]
     assert [(e["node"], e["detail"]) for e in events] == [

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ramster.config import load_config
 from ramster.nbd.config import ExportSpec, NbdConfig, allowed, parse_allow, parse_exports
+from ramster.node.config import load_config
 
 
 def test_exports_take_areas_from_the_top_unless_given() -> None:

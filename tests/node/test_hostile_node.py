@@ -11,32 +11,32 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ramster import service
+from ramster import protocol
 from ramster.client import Client
-from ramster.config import NodeConfig
 from ramster.errors import ProtocolError, RemoteError, RpcError
-from ramster.node import Node
+from ramster.node.config import NodeConfig
+from ramster.node.node import Node
 from ramster.rpc import RpcClient, Secret
 
 SECRET = Secret(b"hostile-test-secret-0123456789")
 METHODS = [
-    service.HELLO,
-    service.STATS,
-    service.HOLD_PUT,
-    service.HOLD_GET,
-    service.HOLD_DROP,
-    service.HOLD_DROP_AREA,
-    service.FS_INIT,
-    service.FS_STORE,
-    service.FS_STORE_ENCODED,
-    service.FS_LOAD,
-    service.FS_LOAD_ENCODED,
-    service.FS_INVALIDATE,
-    service.FS_INVALIDATE_AREA,
-    service.COORD_ORDER,
-    service.COORD_REBALANCE,
-    service.HOLD_COPY,
-    service.DRAIN,
+    protocol.HELLO,
+    protocol.STATS,
+    protocol.HOLD_PUT,
+    protocol.HOLD_GET,
+    protocol.HOLD_DROP,
+    protocol.HOLD_DROP_AREA,
+    protocol.FS_INIT,
+    protocol.FS_STORE,
+    protocol.FS_STORE_ENCODED,
+    protocol.FS_LOAD,
+    protocol.FS_LOAD_ENCODED,
+    protocol.FS_INVALIDATE,
+    protocol.FS_INVALIDATE_AREA,
+    protocol.COORD_ORDER,
+    protocol.COORD_REBALANCE,
+    protocol.HOLD_COPY,
+    protocol.DRAIN,
 ]
 
 plain = st.recursive(
@@ -107,14 +107,14 @@ async def test_orders_from_an_older_term_or_another_coordinator_are_refused(node
     move = ["move", "target", "a", "b", 10]
     async with RpcClient(host, int(port), SECRET) as rpc:
         with pytest.raises(ProtocolError, match="stale order"):
-            await rpc.call(service.COORD_ORDER, [term, "impostor", 1, *move])
+            await rpc.call(protocol.COORD_ORDER, [term, "impostor", 1, *move])
         with pytest.raises(ProtocolError, match="sent to target"):
-            await rpc.call(service.COORD_ORDER, [term + 1, "x", 1, "move", "other", "a", "b", 1])
+            await rpc.call(protocol.COORD_ORDER, [term + 1, "x", 1, "move", "other", "a", "b", 1])
         with pytest.raises(ProtocolError, match="malformed order"):
-            await rpc.call(service.COORD_ORDER, [term, "target", 1, "move", "target", "a"])
+            await rpc.call(protocol.COORD_ORDER, [term, "target", 1, "move", "target", "a"])
         # A newer term than this node knows is followed (it has not heard of the election yet).
-        await rpc.call(service.COORD_ORDER, [term + 1, "newcomer", 7, *move])
-        stats = await rpc.call(service.STATS, [])
+        await rpc.call(protocol.COORD_ORDER, [term + 1, "newcomer", 7, *move])
+        stats = await rpc.call(protocol.STATS, [])
     assert isinstance(stats, dict)
     assert stats["orders"]["refused"] == 1
     for _ in range(50):

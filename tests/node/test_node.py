@@ -11,7 +11,7 @@ import pytest
 
 from ramster import corpus
 from ramster.errors import RemoteError
-from ramster.service import DEBUG_DAMAGE
+from ramster.protocol import DEBUG_DAMAGE
 from tests.node.conftest import ClusterFactory
 
 MiB = 1 << 20

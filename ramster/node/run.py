@@ -6,10 +6,10 @@ import asyncio
 import logging
 import signal
 
-from ramster.config import NodeConfig
 from ramster.nbd import NbdServer, safety
 from ramster.nbd.run import summary
-from ramster.node import Node
+from ramster.node.config import NodeConfig
+from ramster.node.node import Node
 from ramster.rpc import Secret
 from ramster.rpc.loop import run
 

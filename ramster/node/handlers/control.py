@@ -1,0 +1,89 @@
+"""The node's control methods: heartbeats, stats, drain and the coordinator's orders
+(node.*, coord.*). They act through a `Control`, never the node itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ramster.errors import ProtocolError
+from ramster.pagestore.lent import StaleIncarnation
+from ramster.protocol import (
+    COORD_ORDER,
+    COORD_REBALANCE,
+    DRAIN,
+    HELLO,
+    STATS,
+    arity,
+    text,
+)
+from ramster.rpc import RpcServer
+
+
+class Control(Protocol):
+    """What the control methods need of the node."""
+
+    def hello_info(self) -> dict[str, Any]:
+        """Identity and capacity, as heartbeats carry them."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Everything worth knowing about the node."""
+        ...
+
+    def start_drain(self) -> None:
+        """Take no new pages."""
+
+    def accept_order(self, params: list[object]) -> None:
+        """Check and queue an order of the coordinator; ProtocolError when refused."""
+
+    async def coordinate_rebalance(self) -> bool:
+        """Even out the holders now if this node coordinates (False otherwise)."""
+        ...
+
+
+NoteOwner = Callable[[str, str, float], object]
+"""(owner, incarnation, now): an owner spoke; StaleIncarnation if it is an older run."""
+
+
+class ControlService:
+    """node.hello, node.stats, node.drain, coord.order and coord.rebalance."""
+
+    def __init__(self, control: Control, note_owner: NoteOwner) -> None:
+        self._control = control
+        self._note_owner = note_owner
+
+    def register(self, server: RpcServer) -> None:
+        """Serve the control methods on `server`."""
+        server.register(HELLO, self.hello)
+        server.register(STATS, self.stats)
+        server.register(DRAIN, self.drain)
+        server.register(COORD_ORDER, self._control.accept_order)
+        server.register(COORD_REBALANCE, self.rebalance)
+
+    def hello(self, params: list[object]) -> dict[str, Any]:
+        """node.hello [node_id, incarnation]: the caller is alive; answer who we are."""
+        arity(params, 2, "[node_id, incarnation]")
+        peer, inc = text(params[0], "node_id"), text(params[1], "incarnation")
+        try:
+            self._note_owner(peer, inc, time.monotonic())
+        except StaleIncarnation as exc:
+            raise ProtocolError(str(exc)) from None
+        return self._control.hello_info()
+
+    def stats(self, params: list[object]) -> dict[str, Any]:
+        """node.stats []."""
+        arity(params, 0, "[]")
+        return self._control.stats()
+
+    def drain(self, params: list[object]) -> dict[str, Any]:
+        """node.drain []: take no new pages; owners move theirs away."""
+        arity(params, 0, "[]")
+        self._control.start_drain()
+        return self._control.hello_info()
+
+    async def rebalance(self, params: list[object]) -> bool:
+        """coord.rebalance []: True if this node coordinates and evened the holders out."""
+        arity(params, 0, "[]")
+        return await self._control.coordinate_rebalance()

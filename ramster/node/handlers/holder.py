@@ -1,0 +1,183 @@
+"""The holder's RPC methods: keeping other owners' pages in the lent pool (hold.*).
+
+A handler sees the lent pool and two callbacks, never the node: `forward` puts a verified
+batch on another holder (hold.copy), `refused` counts pages this holder turned away.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ramster.errors import CapacityError, ProtocolError, RamsterError, RemoteError
+from ramster.pagestore.lent import LentPool, StaleIncarnation
+from ramster.pagestore.verify import copyable, spread
+from ramster.protocol import (
+    DEBUG_DAMAGE,
+    HOLD_COPY,
+    HOLD_DROP,
+    HOLD_DROP_AREA,
+    HOLD_GET,
+    HOLD_PUT,
+    MAX_AREA,
+    TEST_HOOKS_ENV,
+    arity,
+    integer,
+    text,
+)
+from ramster.rpc import Keys, PageBatch, RpcServer
+from ramster.rpc.const import MAX_CHECKSUM, MAX_VERSION
+from ramster.rpc.pages import int_list
+
+Forward = Callable[[str, str, str, PageBatch], Awaitable[list[bool]]]
+"""(target, owner, incarnation, batch) -> kept flags: hold.put on another holder."""
+Refused = Callable[[str, int, str], None]
+"""(owner, pages, reason): pages this holder refused to an owner."""
+
+
+@dataclass(slots=True)
+class Owned:
+    """Params that name an owner incarnation, plus the rest."""
+
+    owner: str
+    incarnation: str
+    rest: list[object]
+
+
+def _owned(n: int, shape: str) -> Callable[[list[object]], Owned]:
+    def decode(params: list[object]) -> Owned:
+        arity(params, n, shape)
+        return Owned(text(params[0], "owner"), text(params[1], "incarnation"), list(params[2:]))
+
+    return decode
+
+
+class HolderService:
+    """hold.put, hold.get, hold.copy, hold.drop and hold.drop_area over one lent pool."""
+
+    def __init__(self, node_id: str, lent: LentPool, forward: Forward, refused: Refused) -> None:
+        self.node_id = node_id
+        self.lent = lent
+        self._forward = forward
+        self._refused = refused
+        self.copies_refused = 0
+        """Copies a hold.copy asked for that this holder did not have, or had stale or bad."""
+
+    def register(self, server: RpcServer) -> None:
+        """Serve the hold.* methods (and debug.damage with the test hooks) on `server`."""
+        server.register(HOLD_PUT, self.put, decode=_owned(3, "[owner, incarnation, batch]"))
+        server.register(HOLD_GET, self.get, decode=_owned(3, "[owner, incarnation, keys]"))
+        server.register(
+            HOLD_COPY,
+            self.copy,
+            decode=_owned(6, "[owner, incarnation, target, keys, versions, checksums]"),
+        )
+        server.register(
+            HOLD_DROP, self.drop, decode=_owned(4, "[owner, incarnation, keys, versions]")
+        )
+        server.register(
+            HOLD_DROP_AREA, self.drop_area, decode=_owned(3, "[owner, incarnation, area]")
+        )
+        if os.environ.get(TEST_HOOKS_ENV) == "1":
+            server.register(DEBUG_DAMAGE, self.damage)
+
+    def put(self, req: Owned) -> list[bool]:
+        """Keep pages of an owner; CapacityError when none fits."""
+        batch = PageBatch.from_wire(req.rest[0])
+        lent = self.lent
+        try:
+            ok = lent.put(
+                req.owner,
+                req.incarnation,
+                batch.areas,
+                batch.offsets,
+                batch.versions,
+                batch.checksums,
+                batch.payloads,
+            )
+        except StaleIncarnation as exc:
+            self._refused(req.owner, len(batch.offsets), "stale incarnation")
+            raise ProtocolError(str(exc)) from None
+        refused = ok.count(False)
+        if refused:
+            self._refused(req.owner, refused, "lent pool full" if not lent.draining else "draining")
+        if ok and not any(ok):
+            raise CapacityError(f"{self.node_id}: the lent pool is full")
+        return ok
+
+    def get(self, req: Owned) -> list[object]:
+        """The held pages among the keys, as a page batch."""
+        keys = Keys.from_wire(req.rest[0])
+        try:
+            held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
+        except StaleIncarnation as exc:
+            raise ProtocolError(str(exc)) from None
+        idx = [i for i, item in enumerate(held) if item is not None]
+        found = [item for item in held if item is not None]
+        return PageBatch(
+            [keys.areas[i] for i in idx],
+            [keys.offsets[i] for i in idx],
+            [f[0] for f in found],
+            [f[1] for f in found],
+            [f[2] for f in found],
+        ).to_wire()
+
+    async def copy(self, req: Owned) -> list[object]:
+        """Verify held copies against the owner's versions and checksums; put them on target."""
+        target = text(req.rest[0], "target")
+        keys = Keys.from_wire(req.rest[1])
+        n = len(keys)
+        versions = int_list(req.rest[2], "versions", MAX_VERSION, n)
+        sums = int_list(req.rest[3], "checksums", MAX_CHECKSUM, n)
+        if target == self.node_id:
+            raise ProtocolError("hold.copy onto the holder itself")
+        try:
+            held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
+        except StaleIncarnation as exc:
+            raise ProtocolError(str(exc)) from None
+        good, payloads = copyable(held, versions, sums, self.lent.pool.config.page_size)
+        self.copies_refused += n - len(good)
+        if not good:
+            return [[False] * n, 0]
+        batch = PageBatch(
+            [keys.areas[i] for i in good],
+            [keys.offsets[i] for i in good],
+            [versions[i] for i in good],
+            [sums[i] for i in good],
+            payloads,
+        )
+        try:
+            kept = await self._forward(target, req.owner, req.incarnation, batch)
+        except RamsterError as exc:
+            raise RemoteError(f"{self.node_id} could not put on {target}: {exc}") from None
+        return list(spread(n, good, kept, payloads))
+
+    def drop(self, req: Owned) -> list[bool]:
+        """Forget copies no newer than the versions named."""
+        keys = Keys.from_wire(req.rest[0])
+        versions = int_list(req.rest[1], "versions", MAX_VERSION, None)
+        if len(versions) != len(keys):
+            raise ProtocolError("one version per key")
+        try:
+            return self.lent.drop(req.owner, req.incarnation, keys.areas, keys.offsets, versions)
+        except StaleIncarnation as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def drop_area(self, req: Owned) -> int:
+        """Forget every page of one area of an owner."""
+        area = integer(req.rest[0], "area", MAX_AREA)
+        try:
+            return self.lent.drop_area(req.owner, req.incarnation, area)
+        except StaleIncarnation as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def damage(self, params: list[object]) -> None:
+        """debug.damage [owner, area, offset, stale]: corrupt or age a held copy (tests only)."""
+        arity(params, 4, "[owner, area, offset, stale]")
+        self.lent.damage_for_test(
+            text(params[0], "owner"),
+            integer(params[1], "area", MAX_AREA),
+            integer(params[2], "offset"),
+            params[3] is True,
+        )

@@ -1,0 +1,361 @@
+"""The composition root: one node builds and owns every subsystem.
+
+Node ─┬─ RpcServer ── handlers: holder (hold.*), frontswap (fs.*), control (node.*, coord.*)
+      ├─ ClusterFrontswap (local pool + spiller + remote loads) ── Peers (heartbeats, holder calls)
+      ├─ LentPool (other owners' pages)
+      ├─ Election ── CoordinatorDriver (while elected: Coordinator state machine, sends orders)
+      ├─ OrderFollower (carries out the orders this node receives: repair, move)
+      └─ AdminServer (only when the admin API is on; it sees the node as an admin.source)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ramster.admin.source import Coordination, Gauges, Member, UnknownNode
+from ramster.cluster.coordinator import order_from_wire
+from ramster.cluster.driver import CoordinatorDriver, OrderFollower
+from ramster.cluster.election import Election
+from ramster.cluster.mdns import MdnsDiscovery
+from ramster.cluster.membership import State, Transition
+from ramster.cluster.peers import Peers
+from ramster.errors import ProtocolError
+from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.node import loops, status
+from ramster.node.config import NodeConfig, new_incarnation, node_id_for
+from ramster.node.handlers import ControlService, FrontswapService, HolderService
+from ramster.node.refusals import Refusals
+from ramster.pagestore import PoolConfig
+from ramster.pagestore.lent import LentPool
+from ramster.rpc import RpcConfig, RpcServer, Secret
+from ramster.telemetry.events import EventLog
+
+if TYPE_CHECKING:
+    from ramster.admin.server import AdminServer
+
+log = logging.getLogger(__name__)
+
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+"""Listen addresses that are no address to reach a node at."""
+
+
+class Node:
+    """One ramster node; `start()` returns when it serves, `close()` is idempotent."""
+
+    def __init__(self, config: NodeConfig, secret: Secret) -> None:
+        self.config = config
+        self.node_id = node_id_for(config)
+        self.incarnation = new_incarnation()
+        self.started_at = time.time()
+        rpc_config = RpcConfig(cluster=config.cluster)
+        self.server = RpcServer(secret, rpc_config, host=config.host, port=config.port)
+        self.lent = LentPool(
+            PoolConfig(page_size=config.page_size, budget_bytes=config.lent_budget)
+        )
+        self._events = EventLog()
+        self.peers = Peers(
+            self.node_id,
+            self.incarnation,
+            secret,
+            rpc_config,
+            config.peers,
+            config.heartbeat,
+            config.dead_after,
+        )
+        self.frontswap = ClusterFrontswap(
+            PoolConfig(page_size=config.page_size, budget_bytes=config.local_budget),
+            self.peers,
+            SpillConfig(
+                replicas=config.replicas,
+                high_watermark=config.high_watermark,
+                low_watermark=config.low_watermark,
+            ),
+        )
+        self.peers.on_restart = self.frontswap.holder_restarted
+        self.peers.on_transition = self._peer_changed
+        self.refusals = Refusals(self._events)
+        self.holder = HolderService(self.node_id, self.lent, self.peers.put_for, self.refusals)
+        self.holder.register(self.server)
+        FrontswapService(self.frontswap).register(self.server)
+        ControlService(self, self.lent.note_owner).register(self.server)
+        self.discovery: MdnsDiscovery | None = None
+        self.election = Election(self.node_id)
+        self.follower = OrderFollower(self.frontswap, self.peers.present, config.dead_after)
+        self.driver = CoordinatorDriver(
+            self.election,
+            self._reports,
+            self.peers.order,
+            self.follower,
+            config.heartbeat,
+            self.peers.changed,
+            self._events.add,
+        )
+        self.orders_refused = 0
+        self.nbd_statistics: Callable[[], object] | None = None
+        """Set by whoever serves NBD exports of this node (node.run), for stats and /metrics."""
+        self.admin_address: str | None = None
+        """host:port of the admin API once it listens."""
+        self.admin: AdminServer | None = None
+        if config.admin_listen is not None:
+            # Only now is the web stack loaded; built here so that a refused bind (no token
+            # off loopback) stops the start.
+            from ramster.admin.server import AdminServer
+
+            self.admin = AdminServer(self, self, config.admin_listen, config.admin_token())
+        self._own_host: str | None = None
+        self.inventory = status.InventoryCache(config.heartbeat)
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- identity ----------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Serving: started and not closing."""
+        return self._runner is not None and not self._runner.done() and not self._closed
+
+    @property
+    def events(self) -> EventLog:
+        """The node's event log."""
+        return self._events
+
+    @property
+    def role(self) -> str:
+        """coordinator or member."""
+        return "coordinator" if self.election.is_coordinator else "member"
+
+    @property
+    def address(self) -> str:
+        """host:port the RPC server really listens on."""
+        return f"{self.server.host}:{self.server.port}"
+
+    @property
+    def advertised_address(self) -> str:
+        """host:port others reach the RPC server at (see `advertised_host`)."""
+        return f"{self.advertised_host(self.server.host)}:{self.server.port}"
+
+    def advertised_host(self, host: str) -> str:
+        """--advertise if given; for a wildcard listen address, this host's own address."""
+        if self.config.advertise:
+            return self.config.advertise
+        if host not in WILDCARDS:
+            return host
+        if self._own_host is None:  # resolved once: it may ask a resolver
+            try:
+                self._own_host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                self._own_host = host
+        return self._own_host
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen, start heartbeats and the spiller; returns when the node serves."""
+        await self.server.start()
+        self._runner = asyncio.create_task(self._run(), name=f"node-{self.node_id}")
+        if self.admin is not None:
+            await self.admin.start()
+            self.admin_address = f"{self.advertised_host(self.admin.host)}:{self.admin.port}"
+        if self.config.mdns_interface:
+            self.discovery = MdnsDiscovery(
+                self.config.cluster,
+                self.node_id,
+                self.incarnation,
+                self.server.host,
+                self.server.port,
+                self.config.mdns_interface,
+                on_found=lambda _node, host, port: self._found(f"{host}:{port}"),
+            )
+            if not await self.discovery.start():
+                self.discovery = None
+        log.info(
+            "node ready node=%s incarnation=%s rpc=%s cluster=%s local_budget=%d lent_budget=%d "
+            "replicas=%d peers=%s",
+            self.node_id,
+            self.incarnation,
+            self.address,
+            self.config.cluster,
+            self.config.local_budget,
+            self.config.lent_budget,
+            self.config.replicas,
+            ",".join(self.config.peers) or "-",
+        )
+
+    def _found(self, address: str) -> None:
+        if address not in (self.address, self.advertised_address) and self.peers.add_peer(address):
+            log.info("discovered peer %s", address)
+
+    async def _run(self) -> None:
+        cfg = self.config
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.peers.run(), name="heartbeats")
+            tg.create_task(self.frontswap.spill_forever(), name="spiller")
+            tg.create_task(
+                loops.orphans_forever(self.frontswap, self.peers, cfg.heartbeat), name="orphans"
+            )
+            tg.create_task(
+                loops.reclaim_forever(self.lent, cfg.heartbeat, cfg.owner_grace), name="reclaim"
+            )
+            tg.create_task(
+                loops.elect_forever(self.election, self.peers, self._events, cfg.heartbeat),
+                name="election",
+            )
+            tg.create_task(self.driver.run(), name="coordinator")
+            tg.create_task(self.follower.run(), name="orders")
+
+    async def wait_closed(self) -> None:
+        """Return when the background tasks end (they only end on close or on a bug)."""
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+    async def close(self) -> None:
+        """Stop serving: background tasks first, then the server and the peer connections."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.admin is not None:
+            await self.admin.close()
+        if self.discovery is not None:
+            await self.discovery.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        await self.server.close()
+        await self.peers.close()
+        log.info("node stopped node=%s", self.node_id)
+
+    # -- the cluster -------------------------------------------------------------------------------
+
+    def _peer_changed(self, t: Transition) -> None:
+        if t.new is State.SUSPECT:
+            return  # the failure detector's logs say it; the event log keeps decisions
+        kind = "peer-alive" if t.new is State.ALIVE else "peer-dead"
+        self._events.add(kind, t.node, t.reason)
+
+    def _reports(self) -> dict[str, dict[str, Any]]:
+        """The latest heartbeat answer of every member not declared dead, this node's own too.
+
+        A suspect member is still one: its copies are repaired only once it is dead.
+        """
+        present = self.peers.present()
+        reports = {p.node_id: p.info for p in self.peers.peers() if p.node_id in present}
+        reports[self.node_id] = self.hello_info()
+        return {n: r for n, r in reports.items() if n}
+
+    # -- handlers.Control: what the control methods act through ------------------------------------
+
+    def hello_info(self) -> dict[str, Any]:
+        """Identity and capacity, as heartbeats carry them."""
+        return status.hello_info(self)
+
+    def stats(self) -> dict[str, Any]:
+        """Everything worth knowing about this node, as plain data."""
+        return status.stats(self)
+
+    def start_drain(self) -> None:
+        """Take no new pages; owners see it in heartbeats and move their pages away."""
+        if not self.lent.draining:
+            self.lent.draining = True
+            log.warning(
+                "draining: refusing new pages; %d held pages to move",
+                self.lent.statistics().pool.stored_pages,
+            )
+
+    def accept_order(self, params: list[object]) -> None:
+        """An order from the coordinator: checked, then queued for the follower."""
+        try:
+            coordinator, order = order_from_wire(params)
+        except ValueError as exc:
+            raise ProtocolError(f"malformed order: {exc}") from None
+        if order.owner != self.node_id:
+            raise ProtocolError(f"order for {order.owner} sent to {self.node_id}")
+        if not self.election.accepts(order.term, coordinator):
+            self.orders_refused += 1
+            self._events.add("order-refused", coordinator, f"term {order.term}", logging.WARNING)
+            view = self.election.view
+            raise ProtocolError(
+                f"stale order from {coordinator} term {order.term}: "
+                f"this node follows {view.coordinator} term {view.term}"
+            )
+        self.follower.offer(order)
+
+    async def coordinate_rebalance(self) -> bool:
+        """Even out the holders now if this node coordinates."""
+        return await self.driver.request_rebalance()
+
+    # -- admin.source.NodeSource and NodeControl: what the admin API reads and does -------------
+
+    def describe(self) -> dict[str, Any]:
+        """This node: identity, role, budgets, pools, counters."""
+        return status.describe(self)
+
+    def members(self) -> list[Member]:
+        """Every member this node knows, itself first."""
+        out = [Member(self.node_id, self.advertised_address, "alive", self.hello_info())]
+        for peer in self.peers.statistics():
+            node = peer["node"]
+            if node == self.node_id:
+                continue
+            info = next((p.info for p in self.peers.peers() if p.node_id == node), {})
+            out.append(Member(node or "", peer["address"], peer["state"], info if node else {}))
+        return out
+
+    def coordination(self) -> Coordination:
+        """Who coordinates."""
+        view = self.election.view
+        return Coordination(
+            view.coordinator, view.term, self.election.is_coordinator, self.driver.snapshot()
+        )
+
+    def areas(self) -> list[dict[str, Any]]:
+        """This node's frontswap areas and how many pages each has here and on holders."""
+        counts = self.frontswap.pool.area_counts()
+        return [
+            {
+                "area": area,
+                "local_pages": counts.get(area, (0, 0))[0],
+                "remote_pages": counts.get(area, (0, 0))[1],
+            }
+            for area in self.frontswap.statistics().areas
+        ]
+
+    def gauges(self) -> Gauges:
+        """What a metrics scrape reads."""
+        return Gauges(
+            local_pool=self.frontswap.pool.statistics(),
+            lent_pool=self.lent.statistics().pool,
+            rpc=self.server.statistics(),
+            method_latencies=self.server.method_latencies(),
+            remote=self.frontswap.remote_statistics(),
+            under_replicated=self.frontswap.under_replicated(self.peers.gone()),
+            repairing=self.follower.repairing,
+            orders_refused=self.orders_refused,
+            copies_refused=self.holder.copies_refused,
+            nbd=status.nbd_view(self),
+        )
+
+    async def drain(self, node: str) -> None:
+        """Have `node` take no new pages (this one, or a peer over the RPC)."""
+        if node == self.node_id:
+            self.start_drain()
+            return
+        if node not in {p.node_id for p in self.peers.peers()}:
+            raise UnknownNode(node)
+        await self.peers.drain(node)
+
+    async def rebalance(self) -> str:
+        """Ask the coordinator (this node, or over the RPC) to even out the holders now."""
+        coordinator = self.election.view.coordinator
+        if coordinator == self.node_id:
+            await self.driver.request_rebalance()
+        else:
+            await self.peers.rebalance(coordinator)
+        return coordinator

@@ -1,0 +1,160 @@
+"""What a node says about itself: the heartbeat report peers read, the description operators
+read (/v1/node, `ramster stats`), and the counters they turn into rates. Plain data only."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from ramster._version import __version__
+
+if TYPE_CHECKING:
+    from ramster.node.node import Node
+
+STATS_EVENTS = 50
+"""Recent cluster events in a stats answer (the event log keeps more)."""
+
+
+class InventoryCache:
+    """The slow part of a heartbeat report, computed at most once per heartbeat."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._at = -1e9
+        self._cached: dict[str, Any] = {}
+
+    def get(self, node: Node) -> dict[str, Any]:
+        """The cached inventory, refreshed when older than one heartbeat."""
+        # Heartbeats ask for this several times a second: scan the pool at most once a beat.
+        now = time.monotonic()
+        if now - self._at >= self._every:
+            self._at = now
+            self._cached = {
+                "inventory": node.frontswap.inventory(),
+                "under_replicated": node.frontswap.under_replicated(node.peers.gone()),
+                "lent_pages": node.lent.statistics().pool.stored_pages,
+                "repairing_pages": node.follower.repairing,
+                "uptime_s": round(time.time() - node.started_at, 1),
+                "counters": counters(node),
+            }
+        return self._cached
+
+
+def hello_info(node: Node) -> dict[str, Any]:
+    """Identity and capacity, as heartbeats carry them."""
+    config = node.config
+    view = node.election.view
+    return {
+        "node": node.node_id,
+        "incarnation": node.incarnation,
+        "cluster": config.cluster,
+        "version": __version__,
+        "lent_free": node.lent.free_bytes(),
+        "lent_budget": config.lent_budget,
+        "local_used": node.frontswap.pool.used_bytes,
+        "local_budget": config.local_budget,
+        "page_size": config.page_size,
+        "draining": node.lent.draining,
+        "admin": node.admin_address,
+        "orders_done": list(node.follower.done),
+        "coordinator": view.coordinator,
+        "term": view.term,
+        **node.inventory.get(node),
+    }
+
+
+def counters(node: Node) -> dict[str, int]:
+    """Monotonic counters operators turn into rates (dashboard, metrics)."""
+    pool = node.frontswap.pool.statistics()
+    remote = node.frontswap.remote_statistics()
+    return {
+        "stores": pool.succ_stores,
+        "loads": pool.loads + int(remote["remote_loads"]),
+        "spilled_pages": int(remote["spilled_pages"] + remote["direct_remote_stores"]),
+        "remote_loads": int(remote["remote_loads"]),
+        "repaired_pages": int(remote["repaired_pages"]),
+        "rebalanced_pages": int(remote["rebalanced_pages"]),
+    }
+
+
+def nbd_view(node: Node) -> dict[str, Any] | None:
+    """The NBD server's counters as plain data (None without NBD exports)."""
+    if node.nbd_statistics is None:
+        return None
+    st = node.nbd_statistics()
+    return dataclasses.asdict(st) if dataclasses.is_dataclass(st) else None  # type: ignore[arg-type]
+
+
+def _lent(node: Node) -> dict[str, Any]:
+    lent = node.lent.statistics()
+    return {
+        **dataclasses.asdict(lent.pool),
+        "owners": lent.owners,
+        "reclaimed_pages": lent.reclaimed_pages,
+    }
+
+
+def _orders(node: Node) -> dict[str, Any]:
+    return {
+        "busy": node.follower.busy,
+        "repairing_pages": node.follower.repairing,
+        "refused": node.orders_refused,
+    }
+
+
+def describe(node: Node) -> dict[str, Any]:
+    """This node for operators: identity, role, budgets and its pools (/v1/node)."""
+    config = node.config
+    view = node.election.view
+    return {
+        "node": node.node_id,
+        "incarnation": node.incarnation,
+        "cluster": config.cluster,
+        "version": __version__,
+        "role": node.role,
+        "coordinator": view.coordinator,
+        "term": view.term,
+        "uptime_s": round(time.time() - node.started_at, 3),
+        "rpc": node.advertised_address,
+        "admin": node.admin_address,
+        "page_size": config.page_size,
+        "replicas": config.replicas,
+        "budgets": {"local": config.local_budget, "lent": config.lent_budget},
+        "draining": node.lent.draining,
+        "pool": dataclasses.asdict(node.frontswap.pool.statistics()),
+        "lent": _lent(node),
+        "remote": node.frontswap.remote_statistics(),
+        "counters": counters(node),
+        "orders": _orders(node),
+        "copies_refused": node.holder.copies_refused,
+        "nbd": nbd_view(node),
+    }
+
+
+def stats(node: Node) -> dict[str, Any]:
+    """Everything worth knowing about this node, as plain data (node.stats, `ramster stats`)."""
+    fs = node.frontswap.statistics()
+    remote_pages = fs.pool.remote_pages
+    gone = node.peers.gone()
+    return {
+        **hello_info(node),
+        "uptime_s": round(time.time() - node.started_at, 3),
+        "address": node.advertised_address,
+        "areas": list(fs.areas),
+        "pool": dataclasses.asdict(fs.pool),
+        "metadata_bytes_per_page": round(
+            fs.pool.metadata_size / max(1, fs.pool.stored_pages + remote_pages), 1
+        ),
+        "lent": _lent(node),
+        "remote": node.frontswap.remote_statistics(),
+        "gone_peers": sorted(gone),
+        "under_replicated_pages": node.frontswap.under_replicated(gone),
+        "orphans_pending": node.frontswap.orphans_pending(),
+        "copies_refused": node.holder.copies_refused,
+        "peers": node.peers.statistics(),
+        "orders": _orders(node),
+        "nbd": nbd_view(node),
+        "aggregates": node.driver.snapshot(),
+        "events": [e.to_json() for e in node.events.recent(limit=STATS_EVENTS)],
+    }

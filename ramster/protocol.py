@@ -1,0 +1,97 @@
+"""The node's wire protocol: method names, their parameter shapes and the scalar checks both
+ends share. A leaf: the client, the peers' calls and the node's handlers all import it, and it
+imports only the error tree.
+
+Parameters are checked by the handlers (ProtocolError when off, never a crash) before anything
+runs; page batches and key lists use `ramster.rpc.pages`:
+
+- node.hello      [node_id, incarnation]                      -> {node, incarnation, ...}
+- node.stats      []                                          -> {...}
+- node.drain      []                                          -> {...}  (stop taking pages)
+- hold.put        [owner, incarnation, page batch]            -> [kept?]  (CapacityError if none)
+- hold.get        [owner, incarnation, keys]                  -> page batch of held pages
+- hold.drop       [owner, incarnation, keys, versions]        -> [dropped?]
+- hold.drop_area  [owner, incarnation, area]                  -> pages dropped
+- hold.copy       [owner, incarnation, target, keys, versions, checksums]
+                  -> [[kept on target?], bytes sent]  (verified here, then hold.put on target)
+- fs.init         [area]
+- fs.store        [area, offsets, pages blob]                 -> [stored?]
+- fs.store_encoded [area, offsets, checksums, lengths, blob]  -> [stored?]  (client-compressed)
+- fs.load         [area, offsets, exclusive]                  -> [[present?], pages blob]
+- fs.load_encoded [area, offsets]             -> [[present?], checksums, lengths, blob]
+- fs.invalidate   [area, offsets]
+- fs.invalidate_area [area]
+- coord.order     [term, coordinator, order, kind, owner, ...] (see cluster.coordinator)
+- coord.rebalance []                                          -> coordinating? (even out now)
+"""
+
+from __future__ import annotations
+
+from ramster.errors import ProtocolError
+
+HELLO = "node.hello"
+DRAIN = "node.drain"
+STATS = "node.stats"
+HOLD_PUT = "hold.put"
+HOLD_GET = "hold.get"
+HOLD_DROP = "hold.drop"
+HOLD_DROP_AREA = "hold.drop_area"
+HOLD_COPY = "hold.copy"
+FS_INIT = "fs.init"
+FS_STORE = "fs.store"
+FS_STORE_ENCODED = "fs.store_encoded"
+FS_LOAD = "fs.load"
+FS_LOAD_ENCODED = "fs.load_encoded"
+FS_INVALIDATE = "fs.invalidate"
+FS_INVALIDATE_AREA = "fs.invalidate_area"
+COORD_ORDER = "coord.order"
+COORD_REBALANCE = "coord.rebalance"
+
+DEBUG_DAMAGE = "debug.damage"
+TEST_HOOKS_ENV = "RAMSTER_TEST_HOOKS"
+"""Set to 1 to serve debug.damage, which corrupts held copies: for tests only."""
+
+METHODS = (
+    HELLO,
+    STATS,
+    DRAIN,
+    HOLD_PUT,
+    HOLD_GET,
+    HOLD_COPY,
+    HOLD_DROP,
+    HOLD_DROP_AREA,
+    FS_INIT,
+    FS_STORE,
+    FS_STORE_ENCODED,
+    FS_LOAD,
+    FS_LOAD_ENCODED,
+    FS_INVALIDATE,
+    FS_INVALIDATE_AREA,
+    COORD_ORDER,
+    COORD_REBALANCE,
+)
+"""Every method a node serves (debug.damage only with the test hooks)."""
+
+MAX_ID_CHARS = 128
+"""Node ids, incarnations and targets are short strings."""
+MAX_AREA = 65535
+
+
+def text(obj: object, name: str) -> str:
+    """obj as an id string of 1 to MAX_ID_CHARS characters; ProtocolError otherwise."""
+    if type(obj) is not str or not 0 < len(obj) <= MAX_ID_CHARS:
+        raise ProtocolError(f"{name} must be a string of 1 to {MAX_ID_CHARS} characters")
+    return obj
+
+
+def integer(obj: object, name: str, maximum: int = (1 << 63) - 1) -> int:
+    """obj as an int within 0..maximum; ProtocolError otherwise (bools are not ints here)."""
+    if type(obj) is not int or not 0 <= obj <= maximum:
+        raise ProtocolError(f"{name} must be an integer within 0..{maximum}")
+    return obj
+
+
+def arity(params: list[object], n: int, shape: str) -> None:
+    """ProtocolError unless there are exactly n params (shape names them for the error)."""
+    if len(params) != n:
+        raise ProtocolError(f"expected params {shape}")
