@@ -37,8 +37,8 @@ from typing import Any
 
 import psutil
 
-from ramster import corpus
-from ramster.report import human_bytes, table
+from ramster.cli.report import human_bytes, table
+from ramster.testing import corpus
 
 PAGE = 4096
 EXPORT = "swap0"

@@ -22,10 +22,10 @@ import time
 import lz4.block
 import psutil
 
-from ramster import corpus
+from ramster.cli.report import human_bytes, table
 from ramster.frontswap import LocalFrontswap
 from ramster.pagestore import PoolConfig
-from ramster.report import human_bytes, table
+from ramster.testing import corpus
 
 BATCH = 256
 PAGE = 4096

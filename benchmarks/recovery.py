@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rpc import QUICK, Plan, measure_ours, start_child, stop_child
 
-from ramster import corpus
+from ramster.cli.report import table
 from ramster.client import Client
-from ramster.report import table
+from ramster.testing import corpus
 from ramster.testing.cluster import Cluster, make_cluster
 from ramster.testing.netns import NetnsLab, available
 

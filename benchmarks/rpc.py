@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
-from ramster.report import table
+from ramster.cli.report import table
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, RpcServer, load_secret, run
 from ramster.rpc.auth import SECRET_ENV
 from ramster.rpc.loop import loop_name

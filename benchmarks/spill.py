@@ -26,13 +26,13 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ramster import corpus
+from ramster.cli.report import human_bytes, table
+from ramster.cli.up import start_nodes, stop_nodes, wait_ready
 from ramster.client import Client
-from ramster.devcluster import start_nodes, stop_nodes, wait_ready
 from ramster.frontswap import LocalFrontswap
 from ramster.pagestore import PoolConfig
-from ramster.report import human_bytes, table
 from ramster.rpc import load_secret
+from ramster.testing import corpus
 
 BATCH = 256
 PAGE = 4096

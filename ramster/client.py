@@ -23,7 +23,7 @@ from ramster.rpc import RpcClient, RpcConfig, Secret
 from ramster.rpc.frames import Chunks
 from ramster.rpc.loop import new_event_loop
 from ramster.rpc.pages import flags_from_wire
-from ramster.units import parse_address
+from ramster.settings import parse_address
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import pytest
 
 from ramster.node.config import NodeConfig, load_config, new_incarnation, node_id_for
 from ramster.pagestore.lent import incarnation_order
-from ramster.units import parse_address, parse_size
+from ramster.settings import parse_address, parse_size
 
 
 def test_precedence_flags_env_file(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lz4.block
 
-from ramster import corpus
+from ramster.testing import corpus
 
 
 def test_same_seed_same_pages() -> None:

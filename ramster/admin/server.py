@@ -14,8 +14,8 @@ from aiohttp import web
 from ramster.admin.app import make_app
 from ramster.admin.source import NodeControl, NodeSource
 from ramster.errors import ConfigError
+from ramster.settings import parse_address
 from ramster.telemetry.latency import Histogram
-from ramster.units import parse_address
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from ramster.protocol import (
 )
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.rpc.pages import flags_from_wire
+from ramster.settings import parse_address
 from ramster.types import Buffer
-from ramster.units import parse_address
 
 log = logging.getLogger(__name__)
 

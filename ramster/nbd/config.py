@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ramster.frontswap.local import DEFAULT_MAX_AREAS
 from ramster.nbd import const
-from ramster.units import parse_address, parse_size
+from ramster.settings import Kind, load_settings, parse_address, parse_size
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -155,3 +157,54 @@ class NbdConfig:
         if name == "":
             return self.exports[0]
         return next((e for e in self.exports if e.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class StandaloneConfig:
+    """`ramster nbd`: exports over a local pool of its own; sizes in bytes."""
+
+    exports: tuple[str, ...] = ()
+    """NAME:SIZE[:AREA] each."""
+    listen: str = f"127.0.0.1:{const.DEFAULT_PORT}"
+    local_budget: int = 256 << 20
+    """RAM for the compressed pages; beyond it writes get ENOSPC."""
+    allow: tuple[str, ...] = LOOPBACK
+    max_connections: int = const.DEFAULT_MAX_CONNECTIONS
+    swap_safety: bool = True
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError(f"log level must be debug, info, warning or error: {self.log_level}")
+        if self.local_budget <= 0:
+            raise ValueError("the local budget must be positive")
+        self.nbd_config()
+
+    def nbd_config(self) -> NbdConfig:
+        """The server's settings (validated)."""
+        return NbdConfig(
+            exports=parse_exports(self.exports),
+            listen=self.listen,
+            allow=self.allow,
+            max_connections=self.max_connections,
+            swap_safety=self.swap_safety,
+        )
+
+
+STANDALONE_KINDS: dict[str, Kind] = {
+    "exports": Kind.LIST,
+    "allow": Kind.LIST,
+    "local_budget": Kind.SIZE,
+    "max_connections": Kind.INT,
+    "swap_safety": Kind.BOOL,
+}
+
+
+def load_standalone(
+    flags: Mapping[str, Any], env: Mapping[str, str] | None = None, file: Path | None = None
+) -> StandaloneConfig:
+    """`ramster nbd`'s settings: the TOML file's [nbd] table, then RAMSTER_NBD_* variables, then
+    flags (the same variables name the same things for `ramster node --nbd`)."""
+    return load_settings(
+        StandaloneConfig, STANDALONE_KINDS, flags, env, file, section="nbd", prefix="RAMSTER_NBD_"
+    )

@@ -8,7 +8,7 @@ import signal
 
 from ramster.frontswap.local import LocalFrontswap
 from ramster.nbd import safety
-from ramster.nbd.config import NbdConfig
+from ramster.nbd.config import StandaloneConfig
 from ramster.nbd.server import NbdServer, NbdStatistics
 from ramster.pagestore import PoolConfig
 from ramster.rpc.loop import run
@@ -32,8 +32,10 @@ def summary(stats: NbdStatistics) -> str:
     )
 
 
-async def serve(config: NbdConfig, local_budget: int) -> None:
+async def serve(settings: StandaloneConfig) -> None:
     """Serve until SIGINT or SIGTERM; SIGUSR1 logs the counters."""
+    config = settings.nbd_config()
+    local_budget = settings.local_budget
     if config.swap_safety:
         safety.protect()  # before the pool maps anything (see safety.lock_memory)
     frontswap = LocalFrontswap(PoolConfig(budget_bytes=local_budget))
@@ -55,7 +57,7 @@ async def serve(config: NbdConfig, local_budget: int) -> None:
             loop.remove_signal_handler(sig)
 
 
-def run_standalone(config: NbdConfig, local_budget: int) -> int:
+def run_standalone(settings: StandaloneConfig) -> int:
     """Run until stopped; the exit code."""
-    run(serve(config, local_budget))
+    run(serve(settings))
     return 0

@@ -24,7 +24,7 @@ from ramster.nbd.config import NbdConfig, allowed
 from ramster.nbd.export import TRIM, WRITE, ZERO, Export, ExportStatistics, Mutation
 from ramster.nbd.handshake import Handshake
 from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, check, reply
-from ramster.units import parse_address
+from ramster.settings import parse_address
 
 log = logging.getLogger(__name__)
 

@@ -6,18 +6,15 @@ from __future__ import annotations
 import os
 import secrets
 import time
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ramster.units import parse_address, parse_size
+from ramster.settings import Kind, load_settings, parse_address
 
 if TYPE_CHECKING:
     from ramster.nbd.config import NbdConfig
-
-ENV_PREFIX = "RAMSTER_"
 
 
 def default_state_dir() -> Path:
@@ -145,47 +142,18 @@ class NodeConfig:
         return parse_address(self.listen)[1]
 
 
-_SIZES = {"local_budget", "lent_budget", "page_size"}
-_FLOATS = {"high_watermark", "low_watermark", "heartbeat", "dead_after", "owner_grace"}
-_INTS = {"replicas"}
-_PATHS = {"secret_file", "state_dir", "admin_token_file"}
-_OPTIONAL = {"admin_listen"}
-"""Settings that "off" or "none" turns off."""
-_LISTS = {"peers", "nbd_exports", "nbd_allow"}
-_BOOLS = {"nbd_swap_safety"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE | _FALSE:
-        return text in _TRUE
-    raise ValueError(f"not a yes/no value: {value!r} (use true or false)")
-
-
-def _coerce(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if name in _OPTIONAL and str(value).strip().lower() in {"", "off", "none"}:
-        return None
-    if name in _SIZES:
-        return parse_size(value)
-    if name in _FLOATS:
-        return float(value)
-    if name in _INTS:
-        return int(value)
-    if name in _PATHS:
-        return Path(value).expanduser()
-    if name in _BOOLS:
-        return _bool(value)
-    if name in _LISTS:
-        if isinstance(value, str):
-            return tuple(p.strip() for p in value.split(",") if p.strip())
-        return tuple(str(p) for p in value)
-    return str(value)
+KINDS: dict[str, Kind] = {
+    **dict.fromkeys(("local_budget", "lent_budget", "page_size"), Kind.SIZE),
+    **dict.fromkeys(
+        ("high_watermark", "low_watermark", "heartbeat", "dead_after", "owner_grace"), Kind.FLOAT
+    ),
+    "replicas": Kind.INT,
+    **dict.fromkeys(("secret_file", "state_dir", "admin_token_file"), Kind.PATH),
+    "admin_listen": Kind.OPTIONAL,
+    **dict.fromkeys(("peers", "nbd_exports", "nbd_allow"), Kind.LIST),
+    "nbd_swap_safety": Kind.BOOL,
+}
+"""How each setting that is not plain text is read."""
 
 
 def load_config(
@@ -193,27 +161,8 @@ def load_config(
     env: Mapping[str, str] | None = None,
     file: Path | None = None,
 ) -> NodeConfig:
-    """Merge the TOML file, then RAMSTER_* variables, then flags (None means not given)."""
-    env = os.environ if env is None else env
-    names = {f.name for f in fields(NodeConfig)}
-    merged: dict[str, Any] = {}
-    if file is not None:
-        with file.open("rb") as fh:
-            data = tomllib.load(fh)
-        section = data.get("node", data)
-        unknown = set(section) - names
-        if unknown:
-            raise ValueError(f"{file}: unknown setting(s) {', '.join(sorted(unknown))}")
-        merged.update(section)
-    for name in names:
-        text = env.get(ENV_PREFIX + name.upper())
-        if text is not None and text != "":
-            merged[name] = text
-    merged.update({n: v for n, v in flags.items() if n in names and v is not None and v != ()})
-    try:
-        return NodeConfig(**{k: _coerce(k, v) for k, v in merged.items()})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"invalid configuration: {exc}") from None
+    """Merge the TOML file ([node] table), then RAMSTER_* variables, then flags."""
+    return load_settings(NodeConfig, KINDS, flags, env, file, section="node")
 
 
 def new_incarnation() -> str:

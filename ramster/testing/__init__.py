@@ -1,1 +1,2 @@
-"""Test harnesses that build real infrastructure (network namespaces); not used at run time."""
+"""Harnesses shared by tests, benchmarks and the operator's bench: the realistic page corpus,
+the in-process twin of the holder transport, node processes and network namespaces."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ramster import corpus
+from ramster.testing import corpus
 from ramster.testing.cluster import Cluster, make_cluster
 from ramster.testing.netns import NetnsLab, available
 from tests.conftest import REQUIRE_ALL

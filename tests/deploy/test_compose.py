@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from ramster import corpus
 from ramster.client import SyncClient
 from ramster.rpc import Secret, load_secret
+from ramster.testing import corpus
 from ramster.testing.cluster import free_port
 from tests.deploy.compose import (
     DEPLOY,

@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from ramster import corpus
-from ramster.cluster.inproc import InProcessHolders
 from ramster.errors import PageUnavailable
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
+from ramster.testing import corpus
+from ramster.testing.inproc import InProcessHolders
 
 INC = "00000001-test"
 LOCAL = 2 << 20

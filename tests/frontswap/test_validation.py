@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from ramster import corpus
 from ramster.errors import InvalidPage
 from ramster.frontswap import LocalFrontswap
 from ramster.pagestore import MAX_OFFSET, PoolConfig
+from ramster.testing import corpus
 
 PAGE = bytes(range(256)) * 16
 

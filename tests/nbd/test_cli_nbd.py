@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ramster import corpus
+from ramster.testing import corpus
 from ramster.testing.cluster import free_port, make_cluster
 from tests.nbd.conftest import LISTENING
 from tests.nbd.tools import need, tool

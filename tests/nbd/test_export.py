@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from ramster import corpus
 from ramster.errors import CorruptPage
 from ramster.frontswap import LocalFrontswap
 from ramster.nbd import const
@@ -21,6 +20,7 @@ from ramster.nbd.config import ExportSpec
 from ramster.nbd.export import TRIM, WRITE, ZERO, Export, Mutation
 from ramster.nbd.pagemap import CHUNK, PageMap
 from ramster.pagestore import PoolConfig
+from ramster.testing import corpus
 
 T = TypeVar("T")
 PAGE = 512

@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent(
     import asyncio, json, os
     from ramster.nbd import safety
     report = safety.protect()
-    from ramster import corpus
+    from ramster.testing import corpus
     from ramster.frontswap import LocalFrontswap
     from ramster.pagestore import PoolConfig
 

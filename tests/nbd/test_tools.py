@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ramster import corpus
 from ramster.nbd import NbdServer
+from ramster.testing import corpus
 from tests.nbd.conftest import ServerFactory, port_of, uri
 from tests.nbd.tools import QemuIo, fio_json, need, tool
 

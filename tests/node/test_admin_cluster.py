@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ramster import corpus
+from ramster.testing import corpus
 from tests.node.conftest import ClusterFactory
 from tests.node.test_node import store_all
 

@@ -94,7 +94,7 @@ def test_node_help_explains_units() -> None:
 
 @pytest.mark.asyncio
 async def test_drain_moves_everything_off_a_node(cluster_factory: ClusterFactory) -> None:
-    from ramster import corpus
+    from ramster.testing import corpus
     from tests.node.test_node import load_all, store_all
 
     c = cluster_factory(4, local_budget="2MiB", lent_budget="32MiB")

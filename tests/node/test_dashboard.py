@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ramster import corpus
+from ramster.testing import corpus
 from tests.admin.cdp import Browser
 from tests.conftest import need_tool
 from tests.node.conftest import ClusterFactory

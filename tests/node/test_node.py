@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from ramster import corpus
 from ramster.errors import RemoteError
 from ramster.protocol import DEBUG_DAMAGE
+from ramster.testing import corpus
 from tests.node.conftest import ClusterFactory
 
 MiB = 1 << 20

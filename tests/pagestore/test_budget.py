@@ -7,8 +7,8 @@ import os
 
 import psutil
 
-from ramster import corpus
 from ramster.pagestore import PagePool, PoolConfig
+from ramster.testing import corpus
 
 
 def test_flood_of_incompressible_pages_never_exceeds_budget() -> None:

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from ramster import corpus
 from ramster.errors import CorruptPage
 from ramster.pagestore import PagePool, PoolConfig
+from ramster.testing import corpus
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from ramster import corpus
 from ramster.pagestore import PagePool, PoolConfig
 from ramster.pagestore.pool import LZ4, RAW, SAME
+from ramster.testing import corpus
 
 
 def put(pool: PagePool, offsets: list[int], pages: list[bytes], area: int = 0) -> list[bool]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ramster import corpus
 from ramster.pagestore import PagePool, PoolConfig
+from ramster.testing import corpus
 
 
 def spilled_pool() -> tuple[PagePool, list[bytes]]:

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ramster import corpus
 from ramster.frontswap import LocalFrontswap
 from ramster.pagestore import PagePool, PoolConfig, encode
 from ramster.pagestore import pool as pool_module
 from ramster.pagestore.index import RadixIndex
+from ramster.testing import corpus
 
 PAGE = 512
 OFFSETS = st.one_of(st.integers(0, 300), st.integers(0, (1 << 32) - 1))

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from ramster import corpus
 from ramster.pagestore import PagePool, PoolConfig, checksum, expand
 from ramster.pagestore.pool import LZ4, RAW, SAME
+from ramster.testing import corpus
 
 
 def test_owner_to_holder_and_back_is_byte_identical() -> None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ramster import corpus
+from ramster.cli.report import Progress, human_bytes, table
 from ramster.client import Client
 from ramster.errors import RamsterError
 from ramster.pagestore.pool import checksum
-from ramster.report import Progress, human_bytes, table
 from ramster.rpc import Secret
 from ramster.rpc.loop import run
+from ramster.testing import corpus
 
 
 async def _store(address: str, secret: Secret, area: int, offset: int, data: bytes) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ramster import corpus
+from ramster.cli.report import Progress, human_bytes, table
 from ramster.errors import RamsterError
 from ramster.frontswap import LocalFrontswap
 from ramster.pagestore import PoolConfig
-from ramster.report import Progress, human_bytes, table
+from ramster.testing import corpus
 
 BATCH = 256
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ramster import tools
+from ramster.cli import pages
 from ramster.client import Client
 from ramster.errors import RamsterError
 from ramster.rpc import Secret, load_secret
@@ -169,7 +169,7 @@ def up(
         print(f"cluster ready: {nodes} nodes, local budget {local_budget}, lent {lent_budget}")
         status = 0
         if bench_mib:
-            status = tools.bench(cluster.address(0), secret, bench_mib, 256, 1, 0)
+            status = pages.bench(cluster.address(0), secret, bench_mib, 256, 1, 0)
         env = f"RAMSTER_SECRET_FILE={cluster.secret_file}"
         print()
         print("talk to it (from this directory):")
