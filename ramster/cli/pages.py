@@ -13,7 +13,7 @@ import numpy as np
 from ramster.cli.report import Progress, human_bytes, table
 from ramster.client import Client
 from ramster.errors import RamsterError
-from ramster.pagestore.pool import checksum
+from ramster.pagestore.codec import checksum
 from ramster.rpc import Secret
 from ramster.rpc.loop import run
 from ramster.testing import corpus

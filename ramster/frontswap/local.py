@@ -12,7 +12,7 @@ import numpy.typing as npt
 from ramster.errors import InvalidPage
 from ramster.frontswap.contract import PageLike
 from ramster.pagestore import MAX_OFFSET, PagePool, PoolConfig, PoolStatistics
-from ramster.pagestore.pool import SMALL_BATCH
+from ramster.pagestore.core import SMALL_BATCH
 
 log = logging.getLogger(__name__)
 

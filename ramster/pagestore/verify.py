@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ramster.pagestore.codec import checksum, expand
 from ramster.pagestore.lent import Stored
-from ramster.pagestore.pool import checksum, expand
 
 
 def verified(

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ramster.frontswap import LocalFrontswap
-from ramster.pagestore import PagePool, PoolConfig, encode
-from ramster.pagestore import pool as pool_module
+from ramster.pagestore import PagePool, PoolConfig, codec, encode
+from ramster.pagestore import core as pool_module
 from ramster.pagestore.index import RadixIndex
 from ramster.testing import corpus
 
@@ -76,7 +76,7 @@ def apply(pool: PagePool, op: tuple[Any, ...], version: int) -> object:
         if name == "put":
             return pool.put_many(op[1], offs, pgs, versions)
         payloads = [encode(p, pool.config) for p in pgs]
-        sums = [pool_module.checksum(p) for p in pgs]
+        sums = [codec.checksum(p) for p in pgs]
         return pool.put_stored_many(op[1], offs, payloads, versions, sums)
     if name == "get":
         return pool.get_many(op[1], op[2], op[3])

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from ramster.pagestore import PagePool, PoolConfig, checksum, expand
-from ramster.pagestore.pool import LZ4, RAW, SAME
+from ramster.pagestore.codec import LZ4, RAW, SAME
 from ramster.testing import corpus
 
 
