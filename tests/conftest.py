@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
+import pytest_asyncio
+
+from ramster.testing.cluster import Cluster, make_cluster
 
 REQUIRE_ALL = os.environ.get("RAMSTER_REQUIRE_ALL") == "1"
 
@@ -19,3 +24,21 @@ def need_tool(name: str, install_hint: str) -> str:
             pytest.fail(f"RAMSTER_REQUIRE_ALL=1 and {reason}")
         pytest.skip(reason)
     return path
+
+
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest_asyncio.fixture
+async def cluster_factory(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
+    """Make clusters of real node processes; every one is stopped after the test."""
+    made: list[Cluster] = []
+
+    def factory(n: int = 3, **kwargs: object) -> Cluster:
+        cluster = make_cluster(tmp_path / f"c{len(made)}", n, **kwargs)  # type: ignore[arg-type]
+        made.append(cluster)
+        return cluster
+
+    yield factory
+    for cluster in made:
+        cluster.stop_all()

@@ -19,11 +19,11 @@ from typing import cast
 
 from ramster.errors import NbdProtocolError
 from ramster.frontswap.contract import Frontswap
-from ramster.nbd import const
+from ramster.nbd import const, plan
 from ramster.nbd.config import NbdConfig, allowed
-from ramster.nbd.export import TRIM, WRITE, ZERO, Export, ExportStatistics, Mutation
+from ramster.nbd.export import Export, ExportStatistics
 from ramster.nbd.handshake import Handshake
-from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, check, reply
+from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, reply
 from ramster.settings import parse_address
 
 log = logging.getLogger(__name__)
@@ -441,34 +441,23 @@ class _Connection(asyncio.Protocol):
             transport.writelines(buffers)
 
     async def _execute(self, batch: list[Request]) -> None:
-        """Answer a batch: consecutive READs in one load, consecutive WRITEs (with short TRIMs
-        and WRITE_ZEROES among them) in one store; the rest one by one, in order."""
+        """Answer a batch step by step (see `plan`); replies go out after every awaited step,
+        so that a slow remote store does not hold back the answers already known."""
         export = self._export
         assert export is not None
         server = self._server
-        size = export.size
-        max_payload = server.config.max_payload
         requests = server._requests
         out: list[bytes] = []
-        kinds = [_kind(r, check(r, size, max_payload)) for r in batch]
-        i = 0
-        n = len(batch)
-        while i < n:
-            request = batch[i]
-            kind = kinds[i]
-            j = i + 1
-            if kind in (_READ, _MUTATE):
-                while j < n and kinds[j] == kind:
-                    j += 1
-            run = batch[i:j]
-            i = j
+        for step in plan.plan(batch, export.size, server.config.max_payload):
+            run = step.requests
             for r in run:
                 requests[const.CMD_NAMES.get(r.cmd, "unknown")] += 1
-            if kind > 0:  # refused by check(): kind is the error
-                out.append(reply(request.handle, kind))
-                self._error_reply(request, kind)
+            request = run[0]
+            if step.kind > 0:  # refused by check(): the kind is the error; sent with the next
+                out.append(reply(request.handle, step.kind))
+                self._error_reply(request, step.kind)
                 continue
-            if kind == _READ:
+            if step.kind == plan.READ:
                 results = await export.read_many([(r.offset, r.length) for r in run])
                 for r, result in zip(run, results, strict=True):
                     if isinstance(result, int):
@@ -478,15 +467,15 @@ class _Connection(asyncio.Protocol):
                         out.append(reply(r.handle))
                         out += result
                         server._bytes_read += r.length
-            elif kind == _MUTATE:
-                codes = await export.mutate([_mutation(r) for r in run])
+            elif step.kind == plan.MUTATE:
+                codes = await export.mutate([plan.mutation(r) for r in run])
                 for r, code in zip(run, codes, strict=True):
                     out.append(reply(r.handle, code))
                     if code:
                         self._error_reply(r, code)
                     elif r.cmd == const.CMD_WRITE:
                         server._bytes_written += r.length
-            elif kind == _DISC:
+            elif step.kind == plan.DISC:
                 continue
             else:
                 if request.cmd == const.CMD_FLUSH:
@@ -498,37 +487,7 @@ class _Connection(asyncio.Protocol):
                 out.append(reply(request.handle, code))
                 if code:
                     self._error_reply(request, code)
-            # Replies go out after every awaited step: a slow remote store must not hold back
-            # the answers already known.
             self._send(out)
             out = []
         if out:
             self._send(out)
-
-
-_READ = 0
-_MUTATE = -1
-_ALONE = -2
-_DISC = -3
-
-
-def _kind(request: Request, error: int) -> int:
-    """How a request is answered: its error (> 0), or one of _READ, _MUTATE, _ALONE, _DISC."""
-    if error:
-        return error
-    cmd = request.cmd
-    if cmd == const.CMD_READ:
-        return _READ
-    if cmd == const.CMD_WRITE:
-        return _MUTATE
-    if cmd in (const.CMD_TRIM, const.CMD_WRITE_ZEROES):
-        return _MUTATE if request.length <= const.BATCHED_RANGE else _ALONE
-    if cmd == const.CMD_DISC:
-        return _DISC
-    return _ALONE
-
-
-def _mutation(request: Request) -> Mutation:
-    if request.cmd == const.CMD_WRITE:
-        return (WRITE, request.offset, request.payload)
-    return (ZERO if request.cmd == const.CMD_WRITE_ZEROES else TRIM, request.offset, request.length)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from ramster.client import Client
 from ramster.errors import RamsterError
 from ramster.rpc import RpcConfig, Secret
 from ramster.testing.netns import NetnsLab
+from ramster.testing.wait import wait_until
 
 SECRET = b"test-secret-0123456789abcdef0123"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -86,31 +87,38 @@ class Cluster:
     async def wait_stats(
         self, i: int, check: Callable[[dict[str, Any]], bool], within: float = 10.0
     ) -> dict[str, Any]:
-        """Poll node i's stats until check(stats) holds or time is up; the last stats."""
-        deadline = time.monotonic() + within
-        while True:
-            st = await self.stats(i)
-            if check(st) or time.monotonic() > deadline:
-                return st
-            await asyncio.sleep(0.1)
+        """Poll node i's stats until check(stats) holds or time is up; the last stats (the
+        caller asserts on them, so that a failure shows what was seen)."""
+        last: dict[str, Any] = {}
+
+        async def probe() -> bool:
+            nonlocal last
+            last = await self.stats(i)
+            return check(last)
+
+        with contextlib.suppress(TimeoutError):
+            await wait_until(probe, within, f"n{i}'s stats")
+        return last
 
     async def settle_copies(
         self, owner: int, holders: list[int], replicas: int = 2, within: float = 20.0
     ) -> tuple[int, int]:
         """Wait until the holders keep exactly `replicas` copies of the owner's remote pages
         (moves and orphan drops finished); (copies held, the owner's remote pages)."""
-        deadline = time.monotonic() + within
-        while True:
+        last = (0, 0)
+
+        async def settled() -> bool:
+            nonlocal last
             held = 0
             for i in holders:
                 held += (await self.stats(i))["lent"]["stored_pages"]
             st = await self.stats(owner)
-            remote = int(st["pool"]["remote_pages"])
-            if held == replicas * remote and st["orphans_pending"] == 0:
-                return held, remote
-            if time.monotonic() > deadline:
-                return held, remote
-            await asyncio.sleep(0.2)
+            last = (held, int(st["pool"]["remote_pages"]))
+            return held == replicas * last[1] and st["orphans_pending"] == 0
+
+        with contextlib.suppress(TimeoutError):
+            await wait_until(settled, within, "copies settled", every=0.2)
+        return last
 
     def kill(self, i: int) -> None:
         """kill -9 node i."""
@@ -151,20 +159,23 @@ class Cluster:
     async def wait_ready(self, indices: list[int] | None = None, within: float = 20) -> None:
         """Every named node answers and sees every other live node of the cluster."""
         indices = list(range(len(self.nodes))) if indices is None else indices
-        deadline = time.monotonic() + within
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
         for i in indices:
-            while True:
+
+            async def sees_all(i: int = i) -> bool:
                 try:
                     st = await self.stats(i)
-                    alive = {p["node"] for p in st["peers"] if p["alive"]}
-                    if {f"n{j}" for j in indices if j != i} <= alive:
-                        break
                 except (RamsterError, OSError):
-                    pass
-                if time.monotonic() > deadline:
-                    log = self.nodes[i].log.read_text()[-2000:]
-                    raise TimeoutError(f"node n{i} not ready; log tail:\n{log}")
-                await asyncio.sleep(0.1)
+                    return False  # not listening yet
+                alive = {p["node"] for p in st["peers"] if p["alive"]}
+                return {f"n{j}" for j in indices if j != i} <= alive
+
+            try:
+                await wait_until(sees_all, max(0.0, deadline - loop.time()), f"n{i} ready")
+            except TimeoutError:
+                log = self.nodes[i].log.read_text()[-2000:]
+                raise TimeoutError(f"node n{i} not ready; log tail:\n{log}") from None
 
 
 def make_cluster(

@@ -14,6 +14,7 @@ from ramster.client import Client
 from ramster.errors import ConfigError
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
+from ramster.testing.wait import wait_until
 from tests.admin.conftest import SECRET, TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -72,8 +73,7 @@ async def test_events_list_and_stream(node: Node, http: aiohttp.ClientSession) -
         second = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5)
         assert second.startswith(f"id: {last + 1}\n".encode())
         assert json.loads(second.split(b"data: ", 1)[1])["detail"] == "live"
-    await asyncio.sleep(0.1)
-    assert node.events.subscribers == 0
+    await wait_until(lambda: node.events.subscribers == 0, 2, "the stream unsubscribed")
 
 
 @pytest.mark.asyncio
@@ -151,7 +151,9 @@ async def test_metrics_in_prometheus_format(node: Node, http: aiohttp.ClientSess
     async with Client(node.address, SECRET) as client:
         await client.init(0)
         await client.store_many(0, [1], [b"y" * 4096])
-    await asyncio.sleep(0.3)  # one loop-lag probe
+    assert node.admin is not None
+    lag = node.admin.loop_lag
+    await wait_until(lambda: lag.total > 0, 2, "one loop-lag probe")
     async with http.get("/metrics") as r:
         assert r.headers["Content-Type"].startswith("text/plain")
         text = await r.text()

@@ -6,7 +6,6 @@ RAMSTER_REQUIRE_ALL=1 (CI).
 
 from __future__ import annotations
 
-import asyncio
 import random
 import signal
 import time
@@ -18,6 +17,7 @@ import pytest
 from ramster.testing import corpus
 from ramster.testing.cluster import Cluster, make_cluster
 from ramster.testing.netns import NetnsLab, available
+from ramster.testing.wait import wait_until
 from tests.conftest import REQUIRE_ALL
 from tests.node.test_node import load_all, store_all
 
@@ -42,17 +42,6 @@ def cluster(lab: NetnsLab, tmp_path: Path) -> Iterator[Cluster]:
     )
     yield c
     c.stop_all()
-
-
-async def wait_for(check, within: float, every: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(every)
 
 
 @pytest.mark.asyncio
@@ -89,10 +78,10 @@ async def test_link_cut_pause_and_kill_lose_nothing(cluster: Cluster, lab: Netns
         victim = rng.choice([1, 2, 3, 4])
         t0 = time.monotonic()
         lab.link(victim, up=False)
-        assert await wait_for(repaired, 20), await cluster.stats(0)
+        await wait_until(repaired, 20, "repaired")
         restored = time.monotonic() - t0
         lab.link(victim, up=True)
-        assert await wait_for(healthy, 20), await cluster.stats(0)
+        await wait_until(healthy, 20, "healthy")
         assert await load_all(client, len(pages)) == pages
         print(f"link cut: redundancy restored {restored:.2f} s after the cut")
 
@@ -102,16 +91,16 @@ async def test_link_cut_pause_and_kill_lose_nothing(cluster: Cluster, lab: Netns
         assert proc is not None
         proc.send_signal(signal.SIGSTOP)
         try:
-            assert await wait_for(repaired, 20), await cluster.stats(0)
+            await wait_until(repaired, 20, "repaired")
         finally:
             proc.send_signal(signal.SIGCONT)
-        assert await wait_for(healthy, 20), await cluster.stats(0)
+        await wait_until(healthy, 20, "healthy")
         assert await load_all(client, len(pages)) == pages
 
         # 3. kill -9 a holder: everything still there, redundancy restored.
         victim = rng.choice([1, 2, 3, 4])
         cluster.kill(victim)
-        assert await wait_for(repaired, 20), await cluster.stats(0)
+        await wait_until(repaired, 20, "repaired")
         assert await load_all(client, len(pages)) == pages
         # Nothing leaked: what the live holders keep is what the owner references.
         held, remote = await cluster.settle_copies(0, [i for i in range(1, 5) if i != victim])
@@ -205,14 +194,13 @@ async def test_killing_the_coordinator_loses_nothing(cluster: Cluster) -> None:
         term = max(v[1] for v in before)
         t0 = time.monotonic()
         cluster.kill(0)
-        after: set[tuple[str, int]] = set()
-        while time.monotonic() - t0 < 20:
+
+        async def n1_elected() -> set[tuple[str, int]]:
             after = await views()
-            if len(after) == 1 and next(iter(after))[0] == "n1":
-                break
-            await asyncio.sleep(0.1)
+            return after if len(after) == 1 and next(iter(after))[0] == "n1" else set()
+
+        ((coordinator, new_term),) = await wait_until(n1_elected, 20, "n1 elected")
         failover = time.monotonic() - t0
-        ((coordinator, new_term),) = after
         assert coordinator == "n1"
         assert new_term > term
         assert failover < 5

@@ -8,14 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ramster.testing import corpus
-from tests.node.conftest import ClusterFactory
+from ramster.testing.wait import wait_until
+from tests.conftest import ClusterFactory
 from tests.node.test_node import store_all
 
 
@@ -31,14 +31,6 @@ def ramster(*args: str, token: Path | None = None) -> subprocess.CompletedProces
         check=False,
         env=env,
     )
-
-
-async def until(check: Callable[[], object], within: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.asyncio
@@ -66,7 +58,7 @@ async def test_status_nodes_events_and_rebalance_from_any_node(
     def state_of(node: str) -> str:
         return str({m["node"]: m["state"] for m in status()["members"]}[node])
 
-    await until(copies_counted)
+    await wait_until(copies_counted, 15, "copies counted")
     st = status()
     assert st["answered_by"] == "n1" and st["coordinator"] == "n0"
     members = {m["node"]: m for m in st["members"]}
@@ -87,7 +79,7 @@ async def test_status_nodes_events_and_rebalance_from_any_node(
     assert json.loads(out.stdout)["coordinator"] == "n0"  # forwarded to the coordinator
 
     c.kill(2)
-    await until(lambda: state_of("n2") == "dead")
+    await wait_until(lambda: state_of("n2") == "dead", 15, "n2 dead")
     out = ramster("events", "--admin", admin, "--json", "--limit", "200")
     events = [json.loads(line) for line in out.stdout.splitlines() if line]
     kinds = {(e["kind"], e["node"]) for e in events}

@@ -10,8 +10,7 @@ import pytest
 
 from ramster.testing import corpus
 from tests.admin.cdp import Browser
-from tests.conftest import need_tool
-from tests.node.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, need_tool
 from tests.node.test_node import store_all
 
 ARTIFACTS = Path(os.environ.get("RAMSTER_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))

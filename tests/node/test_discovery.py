@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ramster.testing import corpus
-from tests.node.conftest import ClusterFactory
+from tests.conftest import ClusterFactory
 from tests.node.test_node import load_all, store_all
 
 

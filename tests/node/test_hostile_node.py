@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ramster.errors import ProtocolError, RemoteError, RpcError
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
 from ramster.rpc import RpcClient, Secret
+from ramster.testing.wait import wait_until
 
 SECRET = Secret(b"hostile-test-secret-0123456789")
 METHODS = [
@@ -117,8 +117,5 @@ async def test_orders_from_an_older_term_or_another_coordinator_are_refused(node
         stats = await rpc.call(protocol.STATS, [])
     assert isinstance(stats, dict)
     assert stats["orders"]["refused"] == 1
-    for _ in range(50):
-        if node.follower.done == (term + 1, 7, 0):
-            break
-        await asyncio.sleep(0.05)
-    assert node.follower.done == (term + 1, 7, 0)  # a and b are unknown here: nothing moved
+    # a and b are unknown here: nothing moved.
+    await wait_until(lambda: node.follower.done == (term + 1, 7, 0), 3, "the order followed")

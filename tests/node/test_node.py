@@ -12,7 +12,8 @@ import pytest
 from ramster.errors import RemoteError
 from ramster.protocol import DEBUG_DAMAGE
 from ramster.testing import corpus
-from tests.node.conftest import ClusterFactory
+from ramster.testing.wait import wait_until
+from tests.conftest import ClusterFactory
 
 MiB = 1 << 20
 
@@ -32,6 +33,12 @@ async def load_all(client, n: int, area: int = 0, batch: int = 128) -> list[byte
     for i in range(0, n, batch):
         out += await client.load_many(area, list(range(i, min(n, i + batch))))
     return out
+
+
+async def emptied(c: Any, holders: list[int]) -> list[dict[str, Any]]:
+    """The holders' lent pools, once none of them keeps a page (else an empty list)."""
+    lent = [(await c.stats(i))["lent"] for i in holders]
+    return lent if all(x["stored_pages"] == 0 for x in lent) else []
 
 
 @pytest.mark.asyncio
@@ -108,9 +115,7 @@ async def test_a_bad_copy_on_a_holder_is_never_returned(
     pages = [p for p in corpus.pages(3000, seed=8) if p[:8] * 512 != p][:1500]
     async with c.client(0) as client:
         assert all(await store_all(client, pages))
-        await asyncio.sleep(0.5)
-        st = await c.stats(0)
-        assert st["pool"]["remote_pages"] > 0
+        await c.wait_stats(0, lambda st: st["pool"]["remote_pages"] > 0)
         got = await load_all(client, len(pages))  # all good before any damage
         assert got == pages
         # Damage the coldest page (offset 0 was spilled first) on both holders in turn.
@@ -154,12 +159,7 @@ async def test_an_owner_restart_reclaims_its_old_pages_everywhere(
     c.kill(0)
     c.start(0)
     await c.wait_ready()
-    for _ in range(50):
-        lent = [(await c.stats(i))["lent"] for i in (1, 2)]
-        if all(x["stored_pages"] == 0 for x in lent):
-            break
-        await asyncio.sleep(0.1)
-    assert all(x["stored_pages"] == 0 for x in lent)
+    lent = await wait_until(lambda: emptied(c, [1, 2]), 5, "holders reclaimed the old pages")
     assert all(x["reclaimed_pages"] > 0 for x in lent)
 
 
@@ -216,12 +216,8 @@ async def test_a_dead_owners_pages_are_reclaimed_after_the_grace(
     c.kill(0)
     await asyncio.sleep(1.0)
     assert sum([(await c.stats(i))["lent"]["stored_pages"] for i in (1, 2)]) > 0  # within grace
-    for _ in range(60):
-        lent = [(await c.stats(i))["lent"] for i in (1, 2)]
-        if all(x["stored_pages"] == 0 for x in lent):
-            break
-        await asyncio.sleep(0.1)
-    assert all(x["stored_pages"] == 0 and x["reclaimed_pages"] > 0 for x in lent)
+    lent = await wait_until(lambda: emptied(c, [1, 2]), 6, "holders reclaimed the pages")
+    assert all(x["reclaimed_pages"] > 0 for x in lent)
 
 
 @pytest.mark.asyncio
@@ -288,29 +284,24 @@ async def test_the_coordinator_is_replaced_within_seconds_with_a_higher_term(
     async def views(nodes: list[int]) -> set[tuple[str, int]]:
         return {((st := await c.stats(i))["coordinator"], st["term"]) for i in nodes}
 
-    for _ in range(50):
-        seen = await views([0, 1, 2, 3])
-        if len(seen) == 1:
-            break
-        await asyncio.sleep(0.1)
-    ((coordinator, term),) = seen
+    async def agreed(nodes: list[int]) -> set[tuple[str, int]]:
+        seen = await views(nodes)
+        return seen if len(seen) == 1 else set()
+
+    ((coordinator, term),) = await wait_until(lambda: agreed([0, 1, 2, 3]), 5, "one view")
     assert coordinator == "n0"
-    for _ in range(50):
-        agg = (await c.stats(0))["aggregates"]
-        if agg["pages"].get("n3"):
-            break
-        await asyncio.sleep(0.1)
-    assert agg["pages"]["n3"]  # the owner's pages per holder, as its heartbeats report them
+    # The owner's pages per holder, as its heartbeats report them.
+    await c.wait_stats(0, lambda st: bool(st["aggregates"]["pages"].get("n3")), within=5)
     assert (await c.stats(1))["aggregates"] is None
     c.kill(0)
     started = asyncio.get_running_loop().time()
-    for _ in range(100):
-        seen = await views([1, 2, 3])
-        if seen and all(v[0] == "n1" for v in seen) and len(seen) == 1:
-            break
-        await asyncio.sleep(0.1)
+
+    async def n1_elected() -> set[tuple[str, int]]:
+        seen = await agreed([1, 2, 3])
+        return seen if seen and next(iter(seen))[0] == "n1" else set()
+
+    ((new, new_term),) = await wait_until(n1_elected, 10, "n1 elected by the survivors")
     failover = asyncio.get_running_loop().time() - started
-    ((new, new_term),) = seen
     assert new == "n1"
     assert new_term > term
     assert failover < 5

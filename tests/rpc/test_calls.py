@@ -20,6 +20,7 @@ from ramster.errors import (
     RpcError,
 )
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcServer
+from ramster.testing.wait import wait_until
 from tests.rpc.conftest import FAST, SECRET, Harness
 
 
@@ -157,7 +158,7 @@ async def test_client_waits_for_a_slot_then_times_out(harness: Harness) -> None:
     harness.server.register("wait", wait)
     client = harness.client(dataclasses.replace(FAST, max_in_flight=2))
     first = [asyncio.ensure_future(client.call("wait", [])) for _ in range(2)]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: harness.server.statistics().in_flight == 2, 2, "two calls in flight")
     with pytest.raises(PeerTimeout) as info:
         await client.call("wait", [], timeout=0.2)
     assert isinstance(info.value, TimeoutError)
@@ -178,9 +179,8 @@ async def test_call_timeout_keeps_the_connection_usable(harness: Harness) -> Non
     with pytest.raises(PeerTimeout):
         await client.call("sleepy", [], timeout=0.05)
     assert await client.call("echo", ["right"]) == ["right"]
-    await asyncio.sleep(0.4)
+    await wait_until(lambda: client.statistics().late_replies == 1, 2, "the late reply")
     assert await client.call("echo", ["still right"]) == ["still right"]
-    assert client.statistics().late_replies == 1
 
 
 @pytest.mark.asyncio
@@ -195,16 +195,15 @@ async def test_connection_limit_answers_busy() -> None:
             await clients[2].ping()
         assert server.statistics().refused_connections == 1
         await clients[0].close()
-        await asyncio.sleep(0.05)
-        await asyncio.sleep(0.02)  # backoff of clients[2] is at most reconnect_max
-        for _ in range(50):
+
+        async def reconnects() -> bool:
             try:
                 await clients[2].ping()
-                break
             except PeerLost:
-                await asyncio.sleep(0.02)
-        else:
-            pytest.fail("a freed connection slot was never reused")
+                return False  # the server has not noticed the close yet, or backoff
+            return True
+
+        await wait_until(reconnects, 2, "a freed connection slot reused")
     finally:
         for client in clients:
             await client.close()
@@ -219,7 +218,7 @@ async def test_pending_calls_fail_when_the_server_closes(harness: Harness) -> No
     harness.server.register("forever", forever)
     client = harness.client()
     calls = [asyncio.ensure_future(client.call("forever", [])) for _ in range(5)]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: harness.server.statistics().in_flight == 5, 2, "five calls in flight")
     await harness.server.close(grace=0.05)
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, PeerLost) and isinstance(r, ConnectionError) for r in results)
@@ -282,9 +281,8 @@ async def test_pool_spreads_calls_over_connections() -> None:
     client = RpcClient("127.0.0.1", server.port, SECRET, config)
     try:
         calls = [asyncio.ensure_future(client.call("wait", [])) for _ in range(4)]
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: server.statistics().in_flight == 4, 2, "four calls in flight")
         assert client.statistics().connections == 2
-        assert server.statistics().in_flight == 4
         release.set()
         await asyncio.gather(*calls)
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ramster.testing.cluster import SECRET, free_port
-from tests.node.conftest import ClusterFactory
+from tests.conftest import ClusterFactory
 
 
 def ramster(

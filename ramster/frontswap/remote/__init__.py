@@ -1,0 +1,12 @@
+"""The remote tier of frontswap: spilling to R holders, verified remote loads, re-replication.
+
+holders (the transport seam, holder sets, shared state) · spill (the spiller) · fetch (remote
+loads) · repair (re-replication and moves) · drops (versioned drops, orphans) · tier (the
+ClusterFrontswap that composes them behind the frontswap contract).
+"""
+
+from ramster.frontswap.remote.config import SpillConfig
+from ramster.frontswap.remote.holders import Holders
+from ramster.frontswap.remote.tier import ClusterFrontswap
+
+__all__ = ["ClusterFrontswap", "Holders", "SpillConfig"]

@@ -1,0 +1,132 @@
+"""Remote loads: a page's holders are asked one after another, and a copy is used only if its
+version is the owner's and it expands to the owner's checksum."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict, deque
+
+import numpy as np
+import numpy.typing as npt
+
+from ramster.errors import PageUnavailable, RamsterError
+from ramster.frontswap.remote.holders import Tier, run_all
+from ramster.pagestore import checksum, expand
+from ramster.types import Buffer
+
+log = logging.getLogger(__name__)
+
+I64 = npt.NDArray[np.int64]
+LATENCY_SAMPLES = 8192
+"""Remote fetch latencies kept for percentiles: the recent past, bounded."""
+Entry = tuple[int, int, int, int]
+"""(index into the batch, version, checksum, holder set) of a page held remotely only."""
+Wanted = tuple[int, int, int]
+"""(index, version, checksum) of a page to fetch."""
+
+
+def _rotated(nodes: tuple[str, ...], first: int) -> tuple[str, ...]:
+    return nodes[first:] + nodes[:first]
+
+
+class Fetcher:
+    """Reads verified copies of remote pages from their holders."""
+
+    def __init__(self, tier: Tier) -> None:
+        self._t = tier
+        self.latency_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+
+    async def fetch(
+        self, area: int, offs: I64, entries: list[Entry], verify: bool = True
+    ) -> dict[int, Buffer]:
+        """Pages of the entries from their holders, each verified; PageUnavailable if none is.
+
+        With verify=False only the version is checked and the stored form is returned, for a
+        caller that checks the checksum itself (and comes back with verify=True if it fails).
+        """
+        sets = self._t.sets
+        # Spread reads over every holder of a set (by offset), so that they work in parallel;
+        # each key still falls back on the other holders in turn.
+        groups: dict[tuple[int, int], list[Wanted]] = defaultdict(list)
+        for i, version, sum_, set_id in entries:
+            groups[(set_id, int(offs[i]) % len(sets[set_id]))].append((i, version, sum_))
+        out: dict[int, Buffer] = {}
+        results = await run_all(
+            self.fetch_group(area, offs, _rotated(sets[s], first), g, verify)
+            for (s, first), g in groups.items()
+        )
+        for part in results:
+            out.update(part)
+        return out
+
+    async def fetch_group(
+        self,
+        area: int,
+        offs: I64,
+        nodes: tuple[str, ...],
+        wanted: list[Wanted],
+        verify: bool,
+        want_stored: bool = False,
+        partial: bool = False,
+    ) -> dict[int, Buffer]:
+        """Good copies by index into `wanted`; PageUnavailable if any is missing (unless
+        `partial`: then the missing ones are just absent)."""
+        t = self._t
+        c = t.counters
+        ps = t.page_size
+        out: dict[int, Buffer] = {}
+        left = wanted
+        for node in nodes:
+            if not left:
+                break
+            keys = [int(offs[i]) for i, _, _ in left]
+            started = time.perf_counter()
+            try:
+                got = await t.holders.get(node, [area] * len(keys), keys)
+                self.latency_us.append((time.perf_counter() - started) * 1e6)
+            except RamsterError as exc:
+                c["remote_unreachable"] += 1
+                log.info("holder %s unreachable for %d pages: %s", node, len(keys), exc)
+                continue
+            still = []
+            for (i, version, sum_), item in zip(left, got, strict=True):
+                if item is not None and item[0] == version:
+                    if not verify:
+                        out[i] = item[2]  # a view into the holder's reply: no copy
+                        continue
+                    page = expand(item[2], ps)
+                    if checksum(page) == sum_:
+                        out[i] = item[2] if want_stored else page
+                        continue
+                if item is not None:
+                    c["remote_bad_copies"] += 1
+                    log.warning(
+                        "holder %s returned a stale or corrupt copy of area %d offset %d",
+                        node,
+                        area,
+                        int(offs[i]),
+                    )
+                still.append((i, version, sum_))
+            left = still
+        c["remote_loads"] += len(out)
+        if left and not partial:
+            c["remote_unavailable"] += len(left)
+            i = left[0][0]
+            raise PageUnavailable(
+                f"{len(left)} page(s) of area {area} (first offset {int(offs[i])}) have no good "
+                f"copy on their holders {', '.join(nodes)}",
+                area=area,
+                offset=int(offs[i]),
+            )
+        return out
+
+    def percentiles(self) -> dict[str, float]:
+        """fetch_p50_us and fetch_p99_us of the recent fetches (0 without any)."""
+        samples = sorted(self.latency_us)
+        return {
+            name: round(samples[min(len(samples) - 1, int(q * len(samples)))], 1)
+            if samples
+            else 0.0
+            for name, q in (("fetch_p50_us", 0.50), ("fetch_p99_us", 0.99))
+        }

@@ -1,0 +1,214 @@
+"""What the remote tier shares: the holders it talks to (the transport seam), the interned
+holder sets its pages point at, its counters, and one way to run calls to several holders."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from ramster.cluster.placement import Candidate
+from ramster.errors import RamsterError
+from ramster.frontswap.remote.config import SpillConfig
+from ramster.pagestore import PagePool
+from ramster.pagestore.lent import Stored
+from ramster.types import Buffer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NO_HOLDER_WARN_EVERY = 30.0
+"""Seconds between warnings that no R holders can be found (one line, not a flood)."""
+
+COUNTERS = (
+    "spilled_pages",
+    "spill_batches",
+    "recovery_bytes",
+    "direct_copies",
+    "direct_copy_failures",
+    "pages_unreadable",
+    "spill_refused",
+    "spill_no_holders",
+    "direct_remote_stores",
+    "direct_remote_refused",
+    "remote_loads",
+    "remote_bad_copies",
+    "remote_unreachable",
+    "remote_unavailable",
+    "drops_sent",
+    "drop_failures",
+    "repaired_pages",
+    "orphans_dropped",
+    "rebalanced_pages",
+    "pages_lost",
+)
+"""The remote tier's counters (`remote_statistics`), all starting at 0."""
+
+
+class Holders(Protocol):
+    """What the remote tier needs from the cluster: who can hold pages, and calls to them."""
+
+    def candidates(self) -> list[Candidate]:
+        """Live peers with the lent capacity they last reported."""
+        ...
+
+    def all_holders(self) -> list[str]:
+        """Every peer that may hold pages of this node."""
+        ...
+
+    async def put(
+        self,
+        node: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+        payloads: Sequence[Buffer],
+    ) -> list[bool]:
+        """Ask `node` to keep pages; True for each page it kept."""
+        ...
+
+    async def get(self, node: str, areas: list[int], offsets: list[int]) -> Sequence[Stored | None]:
+        """The pages `node` holds among the keys, None where it holds none."""
+        ...
+
+    async def copy(
+        self,
+        source: str,
+        target: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+    ) -> tuple[list[bool], int]:
+        """Have `source` verify its copies (version and checksum) and put them on `target`:
+        True for each page the target kept, and the bytes sent."""
+        ...
+
+    async def drop(
+        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
+    ) -> None:
+        """Ask `node` to forget copies no newer than the given versions."""
+
+    async def drop_area(self, node: str, area: int) -> None:
+        """Ask `node` to forget every page of one area of this node."""
+
+
+class HolderSets:
+    """Holder sets interned as small numbers (a spilled page keeps only its set's number).
+
+    A holder that restarted is renamed in every set it belongs to (`node~old-incarnation`, a
+    tombstone): its copies are gone, and the pages still pointing at it count as lost copies.
+    """
+
+    def __init__(self) -> None:
+        self._sets: list[tuple[str, ...]] = []
+        self._ids: dict[tuple[str, ...], int] = {}
+        self.tombstones: set[str] = set()
+
+    def __getitem__(self, ident: int) -> tuple[str, ...]:
+        return self._sets[ident]
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def intern(self, nodes: Sequence[str]) -> int:
+        """The number of a set of nodes (in their order), made on first use."""
+        key = tuple(nodes)
+        ident = self._ids.get(key)
+        if ident is None:
+            ident = len(self._sets)
+            self._sets.append(key)
+            self._ids[key] = ident
+        return ident
+
+    def touching(self, nodes: set[str]) -> list[int]:
+        """The sets with any of the nodes in them."""
+        return [i for i, members in enumerate(self._sets) if nodes.intersection(members)]
+
+    def bury(self, node: str, old_incarnation: str) -> None:
+        """Rename `node` in every set: its old incarnation's copies are gone."""
+        tomb = f"{node}~{old_incarnation}"
+        self.tombstones.add(tomb)
+        for i, nodes in enumerate(self._sets):
+            if node in nodes:
+                renamed = tuple(tomb if n == node else n for n in nodes)
+                del self._ids[nodes]
+                self._sets[i] = renamed
+                self._ids.setdefault(renamed, i)
+
+
+@dataclass(slots=True)
+class Tier:
+    """The shared state of the remote tier: every part of it reads and counts through this."""
+
+    pool: PagePool
+    holders: Holders
+    config: SpillConfig
+    rng: random.Random
+    sets: HolderSets = field(default_factory=HolderSets)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    _warned_at: float = -NO_HOLDER_WARN_EVERY
+
+    @property
+    def page_size(self) -> int:
+        """Bytes per page."""
+        return self.pool.config.page_size
+
+    def warn_no_holders(self) -> None:
+        """One warning line every NO_HOLDER_WARN_EVERY seconds while no R holders can be had."""
+        now = time.monotonic()
+        if now - self._warned_at < NO_HOLDER_WARN_EVERY:
+            return
+        self._warned_at = now
+        live = self.holders.candidates()
+        roomy = sum(1 for c in live if c.free_bytes > 0)
+        log.warning(
+            "cannot place %d copies of spilled pages: %d live peer(s), %d with free lent room; "
+            "stores beyond the local budget are refused",
+            self.config.replicas,
+            len(live),
+            roomy,
+        )
+
+    async def put_everywhere(
+        self,
+        nodes: Sequence[str],
+        area: int,
+        offsets: list[int],
+        versions: list[int],
+        sums: list[int],
+        payloads: Sequence[Buffer],
+    ) -> list[bool]:
+        """Send one batch to every node at once; True where all of them kept the page."""
+        areas = [area] * len(offsets)
+
+        async def one(node: str) -> list[bool]:
+            try:
+                return await self.holders.put(node, areas, offsets, versions, sums, payloads)
+            except RamsterError as exc:
+                log.info("holder %s refused a batch of %d pages: %s", node, len(offsets), exc)
+                return [False] * len(offsets)
+
+        results = await run_all(one(n) for n in nodes)
+        return [all(flags) for flags in zip(*results, strict=True)]
+
+
+async def run_all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run the coroutines at once in a TaskGroup; their results in order. If one fails, the
+    others are cancelled and its exception is raised as itself (not as a group)."""
+    tasks: list[asyncio.Task[T]] = []
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(c) for c in coros]
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [t.result() for t in tasks]

@@ -1,0 +1,252 @@
+"""Re-replication after a holder is lost or leaves, and moves that even the holders out.
+
+Copy before drop: a surviving copy is verified and written to a new holder (holder to holder
+where it can, through the owner otherwise), and only once that holder acknowledged does the
+page's record point at the new set; the old copies become orphans, dropped later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import numpy as np
+
+from ramster.cluster.placement import choose_holders
+from ramster.errors import RamsterError
+from ramster.frontswap.remote.drops import Drops
+from ramster.frontswap.remote.fetch import Fetcher
+from ramster.frontswap.remote.holders import Tier, run_all
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[int, int, list[tuple[int, int, int]]]
+"""(holder set, area, [(offset, version, checksum)]) of one repair or move batch."""
+
+
+class Repairer:
+    """Gives pages new copies: `repair` after losses, `move` to even holders out."""
+
+    def __init__(self, tier: Tier, fetcher: Fetcher, drops: Drops) -> None:
+        self._t = tier
+        self._fetcher = fetcher
+        self._drops = drops
+
+    def under_replicated(self, gone: set[str], leaving: set[str] | None = None) -> int:
+        """Remote pages with a copy on a gone or leaving holder (what repair still has to do)."""
+        sets = self._t.sets
+        touched = sets.touching(gone | sets.tombstones | (leaving or set()))
+        return self._t.pool.remote_count_in_sets(touched) if touched else 0
+
+    def inventory(self) -> dict[str, int]:
+        """Pages this owner keeps on each holder (what the coordinator aggregates)."""
+        out: dict[str, int] = {}
+        for set_id, count in self._t.pool.remote_set_counts().items():
+            for node in self._t.sets[set_id]:
+                out[node] = out.get(node, 0) + count
+        return out
+
+    def _batches(self, entries: list[tuple[int, int, int, int, int]]) -> list[Batch]:
+        """Remote entries as (holder set, area, [(offset, version, checksum)]) batches."""
+        size = self._t.config.repair_batch_pages
+        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+        for area, offset, version, sum_, set_id in entries:
+            groups[(set_id, area)].append((offset, version, sum_))
+        return [
+            (set_id, area, pages[start : start + size])
+            for (set_id, area), pages in groups.items()
+            for start in range(0, len(pages), size)
+        ]
+
+    async def move(self, source: str, target: str, max_pages: int) -> int:
+        """Move up to `max_pages` copies from holder `source` to holder `target`; pages moved.
+
+        Copy, verify, then drop: the source's copy goes only after the target acknowledged the
+        new one. Pages whose set already includes the target stay (two copies on one node are
+        one). Paced by `repair_pause` between batches, like repair.
+        """
+        t = self._t
+        live = {c.node for c in t.holders.candidates()}
+        if source not in live or target not in live or source == target or max_pages <= 0:
+            return 0
+        sets = [i for i in t.sets.touching({source}) if target not in t.sets[i]]
+        entries = t.pool.remote_in_sets(sets)[:max_pages] if sets else []
+        moved = 0
+        for set_id, area, chunk in self._batches(entries):
+            done = await self._batch(set_id, area, chunk, set(), {source}, target)
+            if done < 0:
+                return moved
+            moved += done
+            t.counters["rebalanced_pages"] += done
+            await asyncio.sleep(t.config.repair_pause)
+        return moved
+
+    async def repair(self, gone: set[str], leaving: set[str] | None = None) -> int:
+        """Give every page that lost a copy on a gone holder a new copy; returns pages repaired.
+
+        Batches are paced by `repair_pause` so that foreground loads keep their latency.
+        """
+        t = self._t
+        gone = gone | t.sets.tombstones
+        leaving = leaving or set()
+        sets = t.sets.touching(gone | leaving)
+        if not sets:
+            return 0
+        jobs = iter(self._batches(t.pool.remote_in_sets(sets)))
+        repaired = 0
+        stuck = False
+
+        async def worker() -> None:
+            # A fixed number of batches in flight: bounded work, and the pipeline never waits
+            # for the slowest batch of a wave.
+            nonlocal repaired, stuck
+            for set_id, area, chunk in jobs:
+                if stuck:
+                    return
+                done = await self._batch(set_id, area, chunk, gone, leaving)
+                if done < 0:
+                    stuck = True  # nowhere to copy to now: the coordinator asks again later
+                    return
+                repaired += done
+                t.counters["repaired_pages"] += done
+                await asyncio.sleep(t.config.repair_pause)
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(t.config.repair_depth):
+                tg.create_task(worker())
+        return repaired
+
+    async def _batch(
+        self,
+        set_id: int,
+        area: int,
+        pages: list[tuple[int, int, int]],
+        gone: set[str],
+        leaving: set[str],
+        target: str | None = None,
+    ) -> int:
+        t = self._t
+        c = t.counters
+        old = t.sets[set_id]
+        away = gone | leaving
+        # Read from any holder still there (a draining one too, staying ones first).
+        readable = sorted((n for n in old if n not in gone), key=lambda n: n in leaving)
+        staying = [n for n in old if n not in away]
+        if not readable:
+            c["pages_lost"] += len(pages)
+            log.error(
+                "%d pages of area %d lost every holder (%s); they cannot be recovered",
+                len(pages),
+                area,
+                ", ".join(old),
+            )
+            return 0
+        missing = t.config.replicas - len(staying)
+        offs = np.asarray([p[0] for p in pages], dtype=np.int64)
+        offsets = offs.tolist()
+        versions = [p[1] for p in pages]
+        sums = [p[2] for p in pages]
+        new = (
+            [target]
+            if target is not None
+            else choose_holders(
+                t.holders.candidates(),
+                max(missing, 1),
+                len(pages) * t.page_size // 2,  # an estimate: the copies are not read yet
+                t.rng,
+                exclude=frozenset(old) | frozenset(away),
+            )
+        )
+        if not new:
+            t.warn_no_holders()
+            return -1
+        await self._drops.forget_orphans(new, area, offsets)
+        acked = [False] * len(pages)
+        sent = 0
+        if t.config.direct_copy:
+            acked, sent = await self._copy_direct(readable[0], new, area, offsets, versions, sums)
+        relay = [i for i, a in enumerate(acked) if not a]
+        if relay:
+            # Through the owner: read a verified copy from any readable holder, put it on `new`.
+            wanted = [(j, versions[i], sums[i]) for j, i in enumerate(relay)]
+            copies = await self._fetcher.fetch_group(
+                area,
+                offs[relay],
+                tuple(readable),
+                wanted,
+                verify=True,
+                want_stored=True,
+                partial=True,
+            )
+            unreadable = len(relay) - len(copies)
+            if unreadable:
+                # No good copy on any holder left: they stay as they are (loads will say so).
+                c["pages_unreadable"] += unreadable
+                log.error(
+                    "%d pages of area %d have no good copy left on %s",
+                    unreadable,
+                    area,
+                    ", ".join(readable),
+                )
+            found = [(i, copies[j]) for j, i in enumerate(relay) if j in copies]
+            if found:
+                ok = await t.put_everywhere(
+                    new,
+                    area,
+                    [offsets[i] for i, _ in found],
+                    [versions[i] for i, _ in found],
+                    [sums[i] for i, _ in found],
+                    [p for _, p in found],  # views into the holder's reply: no copy
+                )
+                for (i, payload), flag in zip(found, ok, strict=True):
+                    acked[i] = flag
+                    sent += len(payload) if flag else 0
+        keep = [i for i, a in enumerate(acked) if a]
+        new_set = t.sets.intern([*staying, *new])
+        moved = t.pool.move_remote(
+            area, [offsets[i] for i in keep], [versions[i] for i in keep], set_id, new_set
+        )
+        moved_idx = [i for i, m in zip(keep, moved, strict=True) if m]
+        # A gone holder may come back with its copies (a partition, a pause), and a leaving
+        # one still has them: they are orphans now, dropped when the holder answers.
+        for node in old:
+            if node in away and node not in t.sets.tombstones and moved_idx:
+                self._drops.orphan(
+                    node, area, [offsets[i] for i in moved_idx], [versions[i] for i in moved_idx]
+                )
+        moved_set = set(moved_idx)
+        stray = [i for i in range(len(pages)) if i not in moved_set]
+        if stray:
+            await self._drops.on(
+                new, area, [offsets[i] for i in stray], [versions[i] for i in stray]
+            )
+        if target is None and moved_idx:
+            c["recovery_bytes"] += sent * len(moved_idx) // len(pages)
+        return len(moved_idx)
+
+    async def _copy_direct(
+        self,
+        source: str,
+        targets: list[str],
+        area: int,
+        offsets: list[int],
+        versions: list[int],
+        sums: list[int],
+    ) -> tuple[list[bool], int]:
+        """Holder-to-holder copies onto every target; True where all of them kept the page."""
+        t = self._t
+        areas = [area] * len(offsets)
+
+        async def one(node: str) -> tuple[list[bool], int]:
+            try:
+                return await t.holders.copy(source, node, areas, offsets, versions, sums)
+            except RamsterError as exc:
+                t.counters["direct_copy_failures"] += 1
+                log.info("direct copy %s -> %s failed, relaying: %s", source, node, exc)
+                return [False] * len(offsets), 0
+
+        results = await run_all(one(n) for n in targets)
+        acked = [all(flags) for flags in zip(*(r[0] for r in results), strict=True)]
+        t.counters["direct_copies"] += sum(acked)
+        return acked, sum(r[1] for r in results)
