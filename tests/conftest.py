@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,31 @@ async def cluster_factory(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
     yield factory
     for cluster in made:
         cluster.stop_all()
+
+
+def run_ramster(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ramster ARGS` as a user runs it, output as text (never raises on exit codes)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ramster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else dict(env),
+    )
+
+
+def run_ramster_bytes(
+    *args: str, env: Mapping[str, str] | None = None, stdin: bytes = b"", timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """`python -m ramster ARGS` with bytes in and out (pages on stdin and stdout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ramster", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else dict(env),
+    )

@@ -41,15 +41,23 @@ class InventoryCache:
         return self._cached
 
 
-def hello_info(node: Node) -> dict[str, Any]:
-    """Identity and capacity, as heartbeats carry them."""
-    config = node.config
+def _identity(node: Node) -> dict[str, Any]:
     view = node.election.view
     return {
         "node": node.node_id,
         "incarnation": node.incarnation,
-        "cluster": config.cluster,
+        "cluster": node.config.cluster,
         "version": __version__,
+        "coordinator": view.coordinator,
+        "term": view.term,
+    }
+
+
+def hello_info(node: Node) -> dict[str, Any]:
+    """Identity and capacity, as heartbeats carry them."""
+    config = node.config
+    return {
+        **_identity(node),
         "lent_free": node.lent.free_bytes(),
         "lent_budget": config.lent_budget,
         "local_used": node.frontswap.pool.used_bytes,
@@ -58,8 +66,6 @@ def hello_info(node: Node) -> dict[str, Any]:
         "draining": node.lent.draining,
         "admin": node.admin_address,
         "orders_done": list(node.follower.done),
-        "coordinator": view.coordinator,
-        "term": view.term,
         **node.inventory.get(node),
     }
 
@@ -106,15 +112,9 @@ def _orders(node: Node) -> dict[str, Any]:
 def describe(node: Node) -> dict[str, Any]:
     """This node for operators: identity, role, budgets and its pools (/v1/node)."""
     config = node.config
-    view = node.election.view
     return {
-        "node": node.node_id,
-        "incarnation": node.incarnation,
-        "cluster": config.cluster,
-        "version": __version__,
+        **_identity(node),
         "role": node.role,
-        "coordinator": view.coordinator,
-        "term": view.term,
         "uptime_s": round(time.time() - node.started_at, 3),
         "rpc": node.advertised_address,
         "admin": node.admin_address,

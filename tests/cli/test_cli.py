@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from ramster._version import __version__
+from tests.conftest import run_ramster
 
-
-def ramster(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ramster", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+ramster = run_ramster
 
 
 def test_version() -> None:

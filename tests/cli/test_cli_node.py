@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ramster.testing.cluster import SECRET, free_port
-from tests.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, run_ramster_bytes
 
 
 def ramster(
@@ -20,14 +20,7 @@ def ramster(
     env = dict(os.environ)
     if secret is not None:
         env["RAMSTER_SECRET_FILE"] = str(secret)
-    return subprocess.run(
-        [sys.executable, "-m", "ramster", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
+    return run_ramster_bytes(*args, env=env, stdin=stdin)
 
 
 @pytest.mark.asyncio

@@ -17,6 +17,7 @@ import pytest
 
 from ramster.testing import corpus
 from ramster.testing.cluster import free_port, make_cluster
+from tests.conftest import run_ramster
 from tests.nbd.conftest import LISTENING
 from tests.nbd.tools import need, tool
 
@@ -100,13 +101,7 @@ async def test_ramster_nbd_serves_until_sigterm(tmp_path: Path) -> None:
 
 
 def ramster(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ramster", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_ramster(*args, timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 
 from ramster.testing import corpus
 from ramster.testing.wait import wait_until
-from tests.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, run_ramster
 from tests.node.test_node import store_all
 
 
@@ -23,14 +23,7 @@ def ramster(*args: str, token: Path | None = None) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAMSTER_ADMIN")}
     if token is not None:
         env["RAMSTER_ADMIN_TOKEN_FILE"] = str(token)
-    return subprocess.run(
-        [sys.executable, "-m", "ramster", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
+    return run_ramster(*args, env=env, timeout=60)
 
 
 @pytest.mark.asyncio
