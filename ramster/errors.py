@@ -87,6 +87,19 @@ class CapacityError(RemoteError):
     retriable = True
 
 
+class PagesReclaimed(RemoteError):
+    """The holder reclaimed this owner incarnation's pages (it was silent for longer than the
+    owner grace): every copy that owner had there is gone; it must count them as lost."""
+
+    code = 20
+
+
+class DuplicateNode(RemoteError):
+    """Another live process already runs under this node id; the newer one must stop."""
+
+    code = 21
+
+
 class PageUnavailable(RamsterError, LookupError):
     """A spilled page could not be read back from any of its holders (all gone or all bad)."""
 

@@ -27,6 +27,8 @@ runs; page batches and key lists use `ramster.rpc.pages`:
 
 from __future__ import annotations
 
+from typing import Any
+
 from ramster.errors import ProtocolError
 
 HELLO = "node.hello"
@@ -95,3 +97,72 @@ def arity(params: list[object], n: int, shape: str) -> None:
     """ProtocolError unless there are exactly n params (shape names them for the error)."""
     if len(params) != n:
         raise ProtocolError(f"expected params {shape}")
+
+
+MAX_TERM = 1 << 48
+"""Terms at or above this are malformed (see cluster.election)."""
+MAX_MAP_ENTRIES = 1024
+"""Inventories and counter maps in a heartbeat answer: one entry per holder or counter."""
+
+_HELLO_FIELDS: dict[str, tuple[type, ...]] = {
+    "node": (str,),
+    "incarnation": (str,),
+    "cluster": (str,),
+    "version": (str,),
+    "lent_free": (int,),
+    "lent_budget": (int,),
+    "lent_pages": (int,),
+    "local_used": (int,),
+    "local_budget": (int,),
+    "page_size": (int,),
+    "draining": (bool,),
+    "admin": (str, type(None)),
+    "coordinator": (str,),
+    "term": (int,),
+    "under_replicated": (int,),
+    "repairing_pages": (int,),
+    "uptime_s": (int, float),
+    "reclaimed_epoch": (int,),
+}
+_HELLO_REQUIRED = ("node", "incarnation", "lent_free", "lent_budget")
+
+
+def check_hello_answer(obj: object) -> dict[str, Any]:
+    """A node.hello answer, every field it has checked by type and range; ProtocolError
+    otherwise. Unknown fields are kept (newer peers may add some) but never trusted."""
+    if type(obj) is not dict:
+        raise ProtocolError("node.hello must answer a map")
+    for key in _HELLO_REQUIRED:
+        if key not in obj:
+            raise ProtocolError(f"node.hello answer lacks {key}")
+    for key, kinds in _HELLO_FIELDS.items():
+        if key not in obj:
+            continue
+        value = obj[key]
+        if type(value) not in kinds:
+            raise ProtocolError(f"node.hello answer: {key} has the wrong type")
+        if type(value) is int and not 0 <= value < (MAX_TERM if key == "term" else 1 << 63):
+            raise ProtocolError(f"node.hello answer: {key} out of range")
+        if type(value) is str and not 0 < len(value) <= 2 * MAX_ID_CHARS + 44:
+            raise ProtocolError(f"node.hello answer: {key} is no short name")
+    text(obj["node"], "node")
+    text(obj["incarnation"], "incarnation")
+    for key in ("inventory", "counters"):
+        table = obj.get(key)
+        if table is None:
+            continue
+        if (
+            type(table) is not dict
+            or len(table) > MAX_MAP_ENTRIES
+            or not all(type(k) is str and 0 < len(k) <= 2 * MAX_ID_CHARS + 44 for k in table)
+            or not all(type(v) is int and 0 <= v < 1 << 63 for v in table.values())
+        ):
+            raise ProtocolError(f"node.hello answer: {key} must map names to counts")
+    done = obj.get("orders_done")
+    if done is not None and (
+        type(done) is not list
+        or len(done) != 3
+        or not all(type(x) is int and 0 <= x < 1 << 63 for x in done)
+    ):
+        raise ProtocolError("node.hello answer: orders_done must be [term, order, pages]")
+    return obj

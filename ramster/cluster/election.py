@@ -11,6 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+MAX_TERM = 1 << 48
+"""Terms at or above this are refused: a peer announcing a term near 2^64 would otherwise
+leave no term to rise to (and overflow the wire)."""
+MAX_TERM_JUMP = 1 << 16
+"""A view whose term is this far above every other view (and this node's) is an absurd jump,
+ignored: one peer must not drag the cluster's term anywhere it likes."""
+
 
 @dataclass(frozen=True, slots=True)
 class View:
@@ -26,9 +33,22 @@ class Election:
     def __init__(self, me: str) -> None:
         self.me = me
         self.view = View(me, 0)
+        self.refused_views = 0
+        """Peer views ignored for an out-of-range term or an absurd jump."""
+
+    def sane(self, peer_views: Mapping[str, View]) -> dict[str, View]:
+        """The views worth believing: terms in range and not far above all the others."""
+        views = {n: v for n, v in peer_views.items() if 0 <= v.term < MAX_TERM}
+        terms = sorted([self.view.term, *(v.term for v in views.values())])
+        second = terms[-2] if len(terms) > 1 else terms[-1]
+        ceiling = max(self.view.term, second) + MAX_TERM_JUMP
+        out = {n: v for n, v in views.items() if v.term <= ceiling}
+        self.refused_views += len(peer_views) - len(out)
+        return out
 
     def update(self, alive: Iterable[str], peer_views: Mapping[str, View]) -> View | None:
         """Recompute from live members and the views peers announced; the new view if changed."""
+        peer_views = self.sane(peer_views)
         members = {self.me, *alive}
         candidate = min(members)
         seen = max([self.view.term, *(v.term for v in peer_views.values())])
@@ -54,8 +74,8 @@ class Election:
         """Whether an order may be followed: a newer term, or this term from its coordinator."""
         if term == self.view.term:
             return coordinator == self.view.coordinator
-        # A higher term means this node has not heard of the new coordinator yet.
-        return term > self.view.term
+        # A higher term means this node has not heard of the new coordinator yet (within reason).
+        return self.view.term < term <= self.view.term + MAX_TERM_JUMP and term < MAX_TERM
 
     @property
     def is_coordinator(self) -> bool:

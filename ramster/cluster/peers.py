@@ -12,8 +12,8 @@ from typing import Any
 
 from ramster.cluster.membership import Membership, MembershipConfig, State, Transition
 from ramster.cluster.placement import Candidate
-from ramster.errors import PeerLost, ProtocolError, RamsterError
-from ramster.pagestore.lent import Stored
+from ramster.errors import DuplicateNode, PeerLost, ProtocolError, RamsterError
+from ramster.pagestore.lent import Stored, incarnation_order
 from ramster.protocol import (
     COORD_ORDER,
     COORD_REBALANCE,
@@ -24,10 +24,12 @@ from ramster.protocol import (
     HOLD_DROP_AREA,
     HOLD_GET,
     HOLD_PUT,
+    check_hello_answer,
 )
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.rpc.pages import flags_from_wire
 from ramster.settings import parse_address
+from ramster.telemetry.ratelimit import LogLimiter
 from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ class Peer:
     alive: bool = False
     last_ok: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    epoch: tuple[str, int] | None = None
+    """(its incarnation, how many times it reclaimed this node's pages) as last heard."""
+    refused_since: float | None = None
+    """When this peer began refusing this node as a duplicate of a live node id."""
 
 
 class Peers:
@@ -89,6 +95,15 @@ class Peers:
         """Called with every change of a peer's state (for the event log)."""
         self.changed = asyncio.Event()
         """Set when a peer dies or comes (back) alive; whoever waits on it clears it."""
+        self.on_reclaimed: Callable[[str], None] | None = None
+        """Called with a holder that says it reclaimed this node's pages (a long silence)."""
+        self.on_duplicate: Callable[[str], None] | None = None
+        """Called when this process turns out to be a second one under a live node id."""
+        self.bad_answers = 0
+        """Heartbeat answers dropped as malformed."""
+        self.duplicates = 0
+        """Answers ignored because another live process answers under the same node id."""
+        self._log = LogLimiter(log)
 
     # -- heartbeats ------------------------------------------------------------------------------
 
@@ -145,29 +160,107 @@ class Peers:
                 self.on_transition(t)
 
     async def beat_once(self, peer: Peer) -> None:
-        """One heartbeat: learn the peer's identity and capacity, or note its silence."""
+        """One heartbeat: learn the peer's identity and capacity, or note its silence.
+
+        A malformed answer is counted and dropped (it reads as silence), never fatal.
+        """
         try:
             result = await peer.client.call(
                 HELLO, [self.me, self.incarnation], timeout=max(self.heartbeat * 2, 0.5)
             )
-            info = _hello_result(result)
+        except DuplicateNode as exc:
+            self._refused_as_duplicate(peer, str(exc))
+            return
         except RamsterError:
             return  # silence: the membership's timers decide what it means
-        node_id = info["node"]
+        try:
+            info = check_hello_answer(result)
+        except ProtocolError as exc:
+            self.bad_answers += 1
+            self._log.warning(
+                ("bad answer", peer.address),
+                "peer %s sent a malformed heartbeat answer, dropped: %s",
+                peer.address,
+                exc,
+            )
+            return
+        peer.refused_since = None
+        now = time.monotonic()
+        node_id, incarnation = info["node"], info["incarnation"]
         if node_id == self.me:
             if peer.node_id is None:
                 log.info("peer %s is this node itself; ignoring it", peer.address)
             peer.node_id = node_id
+            if incarnation != self.incarnation:
+                self._twin(peer, incarnation)
             return
+        current = self._by_id.get(node_id)
+        if (
+            current is not None
+            and current is not peer
+            and current.incarnation != incarnation
+            and now - current.last_ok < self.dead_after
+            and incarnation_order(incarnation) > incarnation_order(current.incarnation or "")
+        ):
+            # Two live processes answer as one node id: the older one stays that node.
+            self.duplicates += 1
+            self._log.error(
+                ("duplicate", node_id),
+                "two live processes claim node id %s (at %s and %s); ignoring the newer one at %s",
+                node_id,
+                current.address,
+                peer.address,
+                peer.address,
+            )
+            return
+        self._note_epoch(peer, node_id, incarnation, info.get("reclaimed_epoch", 0))
         peer.node_id = node_id
-        peer.incarnation = info["incarnation"]
+        peer.incarnation = incarnation
         peer.lent_free = info["lent_free"]
         peer.lent_budget = info["lent_budget"]
         peer.info = info
-        peer.last_ok = time.monotonic()
+        peer.last_ok = now
         self._by_id[node_id] = peer
         self._ever.add(node_id)
-        self._apply(self.membership.heartbeat_ok(node_id, info["incarnation"], peer.last_ok))
+        self._apply(self.membership.heartbeat_ok(node_id, incarnation, now))
+
+    def _note_epoch(self, peer: Peer, node: str, incarnation: str, epoch: int) -> None:
+        """A holder's count of reclaims of this node's pages rose: its copies are gone."""
+        seen = peer.epoch
+        peer.epoch = (incarnation, epoch)
+        rose = seen is not None and seen[0] == incarnation and epoch > seen[1]
+        if rose and self.on_reclaimed is not None:
+            self.on_reclaimed(node)
+
+    def _twin(self, peer: Peer, incarnation: str) -> None:
+        """Another process answered under this node's id."""
+        if incarnation_order(incarnation) < incarnation_order(self.incarnation):
+            self._fatal(
+                f"node id {self.me} is already in use by a live node at {peer.address} "
+                f"(incarnation {incarnation}, older than this one)"
+            )
+        else:
+            self._log.error(
+                ("twin", peer.address),
+                "a newer process at %s runs under this node's id %s; it must stop",
+                peer.address,
+                self.me,
+            )
+
+    def _refused_as_duplicate(self, peer: Peer, reason: str) -> None:
+        """A peer refuses this node as a second process under a live node id. A restarted
+        node is refused until its old incarnation has been silent for dead_after; refused
+        for longer than twice that, this process is the duplicate."""
+        now = time.monotonic()
+        if peer.refused_since is None:
+            peer.refused_since = now
+        self._log.warning(("refused as duplicate", peer.address), "%s: %s", peer.address, reason)
+        if now - peer.refused_since > 2 * self.dead_after:
+            self._fatal(f"{peer.address} keeps refusing this node: {reason}")
+
+    def _fatal(self, reason: str) -> None:
+        if self.on_duplicate is not None:
+            self.on_duplicate(reason)
 
     # -- what the remote tier asks -------------------------------------------------------------
 
@@ -206,6 +299,11 @@ class Peers:
     def all_holders(self) -> list[str]:
         """Every peer ever seen alive."""
         return sorted(self._ever)
+
+    def state_of(self, node: str) -> str:
+        """alive, suspect, dead, or unknown (never seen)."""
+        state = self.membership.state(node)
+        return "unknown" if state is None else state.value
 
     def _client(self, node: str) -> RpcClient:
         peer = self._by_id.get(node)
@@ -297,10 +395,12 @@ class Peers:
         )
         flags_from_wire(result, len(offsets))
 
-    async def drop_area(self, node: str, area: int) -> None:
-        """hold.drop_area on node."""
+    async def drop_area(self, node: str, area: int, max_version: int) -> None:
+        """hold.drop_area on node: its pages of the area no newer than max_version."""
         await self._client(node).call(
-            HOLD_DROP_AREA, [self.me, self.incarnation, area], timeout=self.call_timeout
+            HOLD_DROP_AREA,
+            [self.me, self.incarnation, area, max_version],
+            timeout=self.call_timeout,
         )
 
     async def order(self, node: str, params: list[object]) -> object:
@@ -339,17 +439,3 @@ class Peers:
             }
             for p in self._peers
         ]
-
-
-def _hello_result(result: object) -> dict[str, Any]:
-    if type(result) is not dict:
-        raise ProtocolError("node.hello must answer a map")
-    for key, kind in (
-        ("node", str),
-        ("incarnation", str),
-        ("lent_free", int),
-        ("lent_budget", int),
-    ):
-        if type(result.get(key)) is not kind:
-            raise ProtocolError(f"node.hello answer lacks {key}")
-    return result

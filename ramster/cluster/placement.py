@@ -32,8 +32,10 @@ def choose_holders(
     need_bytes: int,
     rng: random.Random,
     exclude: frozenset[str] = frozenset(),
+    minimum: int | None = None,
 ) -> list[str]:
-    """`replicas` distinct holders with room for `need_bytes`, or [] if there are not enough.
+    """`replicas` distinct holders with room for `need_bytes`; fewer (down to `minimum`,
+    default `replicas`) when fewer have room, or [] below that (degraded placement).
 
     Each pick is a power of two choices: two candidates drawn with probability proportional to
     their free capacity, and the freer of the two wins. That keeps the fullest peers from
@@ -41,11 +43,14 @@ def choose_holders(
     """
     if replicas <= 0:
         raise ValueError(f"replicas must be positive, got {replicas}")
+    least = replicas if minimum is None else minimum
+    if not 1 <= least <= replicas:
+        raise ValueError(f"minimum must be within 1..{replicas}, got {minimum}")
     pool = [c for c in candidates if c.free_bytes >= need_bytes and c.node not in exclude]
-    if len(pool) < replicas:
+    if len(pool) < least:
         return []
     chosen: list[str] = []
-    for _ in range(replicas):
+    for _ in range(min(replicas, len(pool))):
         first = _weighted_pick(pool, rng)
         second = _weighted_pick(pool, rng)
         best = first if first.free_bytes >= second.free_bytes else second

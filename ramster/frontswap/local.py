@@ -47,6 +47,9 @@ class LocalFrontswap:
         self.pool = PagePool(config)
         self.max_areas = max_areas
         self._areas: set[int] = set()
+        self._generation: dict[int, int] = {}
+        """area -> how many times it was invalidated: a store that awaited across an
+        invalidate_area must not record its pages in the area's next life."""
         self._version = 0
         self._reject_no_area = 0
 
@@ -135,6 +138,7 @@ class LocalFrontswap:
         """Forget every page of an area; it must be initialised again before new stores."""
         area = self._area(area)
         self._areas.discard(area)
+        self._generation[area] = self._generation.get(area, 0) + 1
         dropped = await self._drop_area(area)
         log.debug("area %d invalidated: %d pages dropped", area, dropped)
 
@@ -256,6 +260,58 @@ class LocalFrontswap:
     ) -> list[bytes | None]:
         """Load keys (validated; distinct when exclusive)."""
         return self.pool.get_many(area, offs, exclusive)
+
+    async def _get_versioned(
+        self, area: int, offs: npt.NDArray[np.int64]
+    ) -> tuple[list[bytes | None], list[int | None]]:
+        """Load keys (validated) with the version each page had when it was read."""
+        pages = self.pool.get_many(area, offs, False)
+        return pages, self.pool.versions(area, offs)  # no await between: the same moment
+
+    async def load_versioned_many(
+        self, area: int, offsets: Sequence[int]
+    ) -> list[tuple[int, bytes] | None]:
+        """(version, page) per key, None where not stored; nothing is freed.
+
+        With `release_many` this is an exclusive load that survives a lost reply: the pages
+        go only once the caller has them and says so.
+        """
+        area = self._area(area)
+        offs = self._offsets(offsets)
+        if area not in self._areas:
+            return [None] * len(offs)
+        pages, versions = await self._get_versioned(area, offs)
+        return [
+            None if page is None or version is None else (version, page)
+            for page, version in zip(pages, versions, strict=True)
+        ]
+
+    async def release_many(
+        self, area: int, offsets: Sequence[int], versions: Sequence[int]
+    ) -> list[bool]:
+        """Free the keys whose stored version is still the one given (a newer store stays);
+        True for each key freed."""
+        area = self._area(area)
+        offs = self._offsets(offsets)
+        if len(versions) != len(offs):
+            raise InvalidPage(f"{len(offs)} offsets but {len(versions)} versions")
+        current = self.pool.versions(area, offs)
+        go = [
+            i
+            for i, (now, want) in enumerate(zip(current, versions, strict=True))
+            if now is not None and now == want
+        ]
+        if go:
+            self.pool.note_exclusive(len(go))
+            await self._drop(area, offs[go])
+        freed = [False] * len(offs)
+        for i in go:
+            freed[i] = True
+        return freed
+
+    def generation(self, area: int) -> int:
+        """How many times the area was invalidated."""
+        return self._generation.get(area, 0)
 
     async def invalidate_many(self, area: int, offsets: Sequence[int]) -> None:
         """`invalidate_page` for many keys in one pass."""

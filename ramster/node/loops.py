@@ -7,7 +7,6 @@ import time
 
 from ramster.cluster.election import Election, View
 from ramster.cluster.peers import Peers
-from ramster.frontswap.remote import ClusterFrontswap
 from ramster.pagestore.lent import LentPool
 from ramster.telemetry.events import EventLog
 
@@ -29,16 +28,18 @@ async def elect_forever(
             events.add("coordinator", new.coordinator, f"term {new.term}")
 
 
+RECLAIM_PAUSE = 0.005
+"""Seconds between two steps of freeing a forgotten owner's pages: RPCs run in between."""
+
+
 async def reclaim_forever(lent: LentPool, heartbeat: float, owner_grace: float) -> None:
-    """Drop the pages of owners silent for longer than owner_grace."""
+    """Forget the pages of owners silent for longer than owner_grace, and free forgotten
+    owners' pages a bounded step at a time."""
+    last = time.monotonic()
     while True:
-        await asyncio.sleep(heartbeat)
-        lent.reclaim_silent(time.monotonic(), owner_grace)
-
-
-async def orphans_forever(frontswap: ClusterFrontswap, peers: Peers, heartbeat: float) -> None:
-    """Drop the copies re-replicated away from holders that answer again."""
-    while True:
-        await asyncio.sleep(heartbeat)
-        if frontswap.orphans_pending():
-            await frontswap.drop_orphans(peers.alive())
+        await asyncio.sleep(RECLAIM_PAUSE if lent.reclaim_pending() else heartbeat)
+        lent.reclaim_step()
+        now = time.monotonic()
+        if now - last >= heartbeat:
+            last = now
+            lent.reclaim_silent(now, owner_grace)

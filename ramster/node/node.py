@@ -32,7 +32,7 @@ from ramster.node.config import NodeConfig, new_incarnation, node_id_for
 from ramster.node.handlers import ControlService, FrontswapService, HolderService
 from ramster.node.refusals import Refusals
 from ramster.pagestore import PoolConfig
-from ramster.pagestore.lent import LentPool
+from ramster.pagestore.lent import LentPool, incarnation_order
 from ramster.rpc import RpcConfig, RpcServer, Secret
 from ramster.telemetry.events import EventLog
 
@@ -56,7 +56,8 @@ class Node:
         rpc_config = RpcConfig(cluster=config.cluster)
         self.server = RpcServer(secret, rpc_config, host=config.host, port=config.port)
         self.lent = LentPool(
-            PoolConfig(page_size=config.page_size, budget_bytes=config.lent_budget)
+            PoolConfig(page_size=config.page_size, budget_bytes=config.lent_budget),
+            twin_window=config.dead_after,
         )
         self._events = EventLog()
         self.peers = Peers(
@@ -79,11 +80,15 @@ class Node:
         )
         self.peers.on_restart = self.frontswap.holder_restarted
         self.peers.on_transition = self._peer_changed
+        self.peers.on_reclaimed = self.frontswap.holder_reclaimed
+        self.peers.on_duplicate = self._duplicate
+        self.fatal: str | None = None
+        """Why this node stopped itself (another live process runs under its id)."""
         self.refusals = Refusals(self._events)
         self.holder = HolderService(self.node_id, self.lent, self.peers.put_for, self.refusals)
         self.holder.register(self.server)
         FrontswapService(self.frontswap).register(self.server)
-        ControlService(self, self.lent.note_owner).register(self.server)
+        ControlService(self, self.lent.note_owner, self.lent.epoch).register(self.server)
         self.discovery: MdnsDiscovery | None = None
         self.election = Election(self.node_id)
         self.follower = OrderFollower(self.frontswap, self.peers.present, config.dead_after)
@@ -195,10 +200,7 @@ class Node:
         cfg = self.config
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.peers.run(), name="heartbeats")
-            tg.create_task(self.frontswap.spill_forever(), name="spiller")
-            tg.create_task(
-                loops.orphans_forever(self.frontswap, self.peers, cfg.heartbeat), name="orphans"
-            )
+            tg.create_task(self.frontswap.spill_forever(), name="spiller and drops")
             tg.create_task(
                 loops.reclaim_forever(self.lent, cfg.heartbeat, cfg.owner_grace), name="reclaim"
             )
@@ -233,6 +235,30 @@ class Node:
         log.info("node stopped node=%s", self.node_id)
 
     # -- the cluster -------------------------------------------------------------------------------
+
+    def twin(self, incarnation: str, reason: str) -> None:
+        """Another process says hello under this node's id: the newer of the two must go."""
+        if incarnation_order(incarnation) < incarnation_order(self.incarnation):
+            self._duplicate(f"node id {self.node_id} is in use by an older live process")
+        else:
+            log.error(
+                "a newer process under this node's id %s said hello: %s", self.node_id, reason
+            )
+
+    def _duplicate(self, reason: str) -> None:
+        """This process is a second one under a live node id: stop, keeping its pages safe."""
+        if self.fatal is not None:
+            return
+        self.fatal = reason
+        self._events.add("duplicate-id", self.node_id, reason, logging.ERROR)
+        log.error(
+            "stopping: %s. This process (incarnation %s) is the newer one; the other keeps "
+            "its pages. Give this node its own --node-id (or its own --state-dir).",
+            reason,
+            self.incarnation,
+        )
+        if self._runner is not None:
+            self._runner.cancel()
 
     def _peer_changed(self, t: Transition) -> None:
         if t.new is State.SUSPECT:

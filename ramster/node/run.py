@@ -16,14 +16,16 @@ from ramster.rpc.loop import run
 log = logging.getLogger(__name__)
 
 
-async def serve(config: NodeConfig, secret: Secret) -> None:
-    """Start a node (and its NBD exports), wait for a stop signal, shut it down gracefully."""
+async def serve(config: NodeConfig, secret: Secret) -> int:
+    """Start a node (and its NBD exports), wait for a stop signal, shut it down gracefully;
+    the exit code: 0 after a signal, 2 when the node had to stop itself, 1 on a bug."""
     nbd_config = config.nbd_config() if config.nbd is not None else None
     if nbd_config is not None and nbd_config.swap_safety:
         safety.protect()  # before the node's pools map anything (see safety.lock_memory)
     node = Node(config, secret)
     nbd: NbdServer | None = None
     stop = asyncio.Event()
+    code = 0
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -39,7 +41,16 @@ async def serve(config: NodeConfig, secret: Secret) -> None:
         for task in (waiter, runner):
             task.cancel()
         if runner in done and not stop.is_set():
-            log.error("node background tasks ended unexpectedly; shutting down")
+            if node.fatal is not None:
+                code = 2
+                log.error("ramster node: %s; shutting down", node.fatal)
+            else:
+                code = 1
+                exc = runner.exception()
+                log.error(
+                    "node background tasks ended unexpectedly; shutting down",
+                    exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
+                )
         else:
             log.info("stop signal received; shutting down")
     finally:
@@ -49,9 +60,9 @@ async def serve(config: NodeConfig, secret: Secret) -> None:
         await node.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    return code
 
 
 def run_node(config: NodeConfig, secret: Secret) -> int:
     """Run until stopped; the exit code."""
-    run(serve(config, secret))
-    return 0
+    return run(serve(config, secret))

@@ -83,6 +83,8 @@ class PoolCore:
         self._zero_page = bytes(self._ps)
         self._zero_sum = checksum(self._zero_page)
         self._stored = 0
+        self._area_pages: dict[int, int] = {}  # area -> keys present (local or remote)
+        self._set_counts: dict[int, int] = {}  # holder set -> remote-only pages in it
         self._same = 0
         self._huge = 0
         self._compr = 0
@@ -200,8 +202,13 @@ class PoolCore:
             m["area"][sl] = area
             m["kind"][sl] = np.asarray(put.kinds, dtype=np.uint8)
             self._index.assign(area, key_offs, sl.astype(np.int32))
+        self._area_pages[area] = self._area_pages.get(area, 0) + used
         if remote:
             self._remote += used
+            if used:
+                sets = self._set_counts
+                for h in put.handles[:used]:
+                    sets[h] = sets.get(h, 0) + 1
             return
         raw = put.kinds.count(RAW)
         self._stored += used
@@ -258,10 +265,12 @@ class PoolCore:
         free = self._alloc.free
         for h in m["handle"][slots[blob]].tolist():
             free(h)
+        self._less_in_area(area, len(slots))
         remote = kinds == REMOTE
         n_remote = int(np.count_nonzero(remote))
         if n_remote:
             self._remote -= n_remote
+            self._less_in_sets(m["handle"][slots[remote]].tolist())
             if record_remote:
                 self._remote_drops.extend(
                     zip(
@@ -295,10 +304,12 @@ class PoolCore:
         free = self._alloc.free
         remote_drops = self._remote_drops
         ps = self._ps
+        self._less_in_area(area, len(slots))
         for off, slot in zip(offs, slots, strict=True):
             k = kind[slot]
             if k == REMOTE:
                 self._remote -= 1
+                self._less_in_sets([handle[slot]])
                 if record_remote:
                     remote_drops.append((handle[slot], area, off, mv["version"][slot]))
             else:
@@ -314,6 +325,27 @@ class PoolCore:
             kind[slot] = EMPTY
         self._index.remove_small(area, offs)
         self._free_slots.extend(slots)
+
+    def _less_in_area(self, area: int, n: int) -> None:
+        left = self._area_pages.get(area, 0) - n
+        if left > 0:
+            self._area_pages[area] = left
+        else:
+            self._area_pages.pop(area, None)
+
+    def _less_in_sets(self, set_ids: list[int]) -> None:
+        sets = self._set_counts
+        for h in set_ids:
+            left = sets[h] - 1
+            if left:
+                sets[h] = left
+            else:
+                del sets[h]
+
+    def _more_in_sets(self, set_ids: list[int]) -> None:
+        sets = self._set_counts
+        for h in set_ids:
+            sets[h] = sets.get(h, 0) + 1
 
     def _tick_once(self) -> None:
         self._tick += 1

@@ -13,8 +13,9 @@ import numpy.typing as npt
 LEAF_BITS = 6
 LEAF_SIZE = 1 << LEAF_BITS
 LEAF_MASK = LEAF_SIZE - 1
-DICT_ENTRY_BYTES = 100
-"""Rough cost of one top-level dict entry (entry, index slot, key int, row int)."""
+DICT_ENTRY_BYTES = 160
+"""Rough cost of one leaf's entries: the top-level dict (entry, index slot, key int, row int)
+and its area's set of leaves (so that one area is walked without the others)."""
 
 ROW_BYTES = LEAF_SIZE * 4 + 4 + 8
 """A leaf row plus its live count and its reverse key."""
@@ -33,7 +34,7 @@ class RadixIndex:
         self._row_top = np.zeros(16, dtype=np.int64)  # row -> its key in _rows
         self._free_rows: list[int] = []
         self._used_rows = 0
-        self._area_rows: dict[int, int] = {}  # area -> rows in use
+        self._area_tops: dict[int, set[int]] = {}  # area -> keys in _rows of its leaves
         self._views()
 
     def _views(self) -> None:
@@ -76,7 +77,7 @@ class RadixIndex:
 
     def has_area(self, area: int) -> bool:
         """True if any key of the area is present."""
-        return area in self._area_rows
+        return area in self._area_tops
 
     def _rows_for(self, area: int, offsets: I64, create: bool) -> I64:
         tops = offsets >> LEAF_BITS
@@ -122,8 +123,7 @@ class RadixIndex:
                 self._views()
         self._rows[top] = row
         self._row_top[row] = top
-        area = top >> 32
-        self._area_rows[area] = self._area_rows.get(area, 0) + 1
+        self._area_tops.setdefault(top >> 32, set()).add(top)
         return row
 
     def lookup(self, area: int, offsets: I64) -> I32:
@@ -194,20 +194,23 @@ class RadixIndex:
         del self._rows[top]
         self._free_rows.append(row)
         area = top >> 32
-        left = self._area_rows[area] - 1
-        if left:
-            self._area_rows[area] = left
-        else:
-            del self._area_rows[area]
+        tops = self._area_tops[area]
+        tops.discard(top)
+        if not tops:
+            del self._area_tops[area]
 
-    def area_offsets(self, area: int) -> I64:
-        """Every offset present in an area (unordered)."""
+    def area_offsets(self, area: int, limit: int | None = None) -> I64:
+        """The offsets present in an area (unordered); with a limit, at least `limit` of them
+        (whole leaves) or all there are, walking only that area's leaves."""
         parts = []
-        for top, row in self._rows.items():
-            if top >> 32 != area:
-                continue
+        found = 0
+        for top in self._area_tops.get(area, ()):
+            row = self._rows[top]
             lo = np.flatnonzero(self._leaves[row])
             parts.append(((top & 0xFFFFFFFF) << LEAF_BITS) + lo)
+            found += len(lo)
+            if limit is not None and found >= limit:
+                break
         if not parts:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate(parts).astype(np.int64)

@@ -32,6 +32,22 @@ class StaleIncarnation(Exception):
     """A request from an incarnation older than the one this holder knows for that owner."""
 
 
+class LiveTwin(Exception):
+    """A newer incarnation of an owner spoke while the older one is still heard from: two
+    processes run under one node id. The older one keeps its pages; the newer is refused."""
+
+
+class Reclaimed(Exception):
+    """This owner incarnation's pages were reclaimed (it was silent past the owner grace), and
+    it has not said hello since: it must learn that its copies here are gone."""
+
+
+MAX_REMEMBERED = 4096
+"""Owners whose reclaims a holder remembers (epochs and markers): bounded against a flood."""
+RECLAIM_STEP_PAGES = 16384
+"""Pages a forgotten owner's reclaim frees per step: each step is a short pause of the loop."""
+
+
 @dataclass(frozen=True, slots=True)
 class LentStatistics:
     """What this node holds for others."""
@@ -41,13 +57,23 @@ class LentStatistics:
     areas: int
     reclaimed_pages: int
     stale_requests: int
+    twins_refused: int
+    reclaim_pending_pages: int
+    """Pages of forgotten owners not yet freed (freed a step at a time)."""
 
 
 class LentPool:
     """Pages held for peers, within the lent budget; one internal area per (owner, inc, area)."""
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, twin_window: float = 0.0) -> None:
         self.pool = PagePool(config)
+        self.twin_window = twin_window
+        """Seconds within which an owner counts as alive when a newer incarnation of it
+        speaks (its dead_after); 0 accepts every newer incarnation at once."""
+        self._epochs: dict[str, int] = {}  # owner -> reclaims of its pages, ever
+        self._marked: dict[tuple[str, str], int] = {}  # reclaimed and not told yet
+        self._doomed: list[int] = []  # area ids of forgotten owners, freed step by step
+        self._twins = 0
         self._current: dict[str, str] = {}  # owner -> newest incarnation seen
         self._last_seen: dict[str, float] = {}  # owner -> when it last spoke (caller's clock)
         self._ids: dict[tuple[str, str, int], int] = {}
@@ -63,13 +89,30 @@ class LentPool:
     def note_owner(self, owner: str, incarnation: str, now: float | None = None) -> int:
         """Learn an owner's incarnation; pages of an older one are reclaimed (returns how many).
 
-        Raises StaleIncarnation for an incarnation older than the newest seen. `now` (any
-        monotonic clock) records that the owner is alive, for `reclaim_silent`.
+        `now` (any monotonic clock) means the owner said hello: it is alive, and any reclaim
+        of its pages is now told (its epoch rose). Raises StaleIncarnation for an incarnation
+        older than the newest seen, LiveTwin for a newer one while the older is still heard
+        from, Reclaimed for a data call of an incarnation whose pages were reclaimed.
         """
         known = self._current.get(owner)
-        if known is not None and incarnation_order(incarnation) < incarnation_order(known):
-            self._stale += 1
-            raise StaleIncarnation(f"{owner} incarnation {incarnation} is older than {known}")
+        if known is not None and known != incarnation:
+            if incarnation_order(incarnation) < incarnation_order(known):
+                self._stale += 1
+                raise StaleIncarnation(f"{owner} incarnation {incarnation} is older than {known}")
+            seen = self._last_seen.get(owner)
+            if now is not None and seen is not None and now - seen < self.twin_window:
+                self._twins += 1
+                raise LiveTwin(
+                    f"node id {owner} is in use by a live process (incarnation {known}, heard "
+                    f"{now - seen:.1f} s ago); incarnation {incarnation} is refused"
+                )
+        if (owner, incarnation) in self._marked:
+            if now is None:
+                raise Reclaimed(
+                    f"the pages of {owner} incarnation {incarnation} were reclaimed here "
+                    f"(epoch {self._marked[(owner, incarnation)]})"
+                )
+            del self._marked[(owner, incarnation)]
         if now is not None:
             self._last_seen[owner] = now
         if known == incarnation:
@@ -78,7 +121,7 @@ class LentPool:
         dropped = self.forget(owner, keep=incarnation)
         if known is not None:
             log.info(
-                "owner %s restarted (incarnation %s -> %s): reclaimed %d pages",
+                "owner %s restarted (incarnation %s -> %s): reclaiming %d pages",
                 owner,
                 known,
                 incarnation,
@@ -86,25 +129,64 @@ class LentPool:
             )
         return dropped
 
+    def epoch(self, owner: str) -> int:
+        """How many times this holder reclaimed the owner's pages (0: never)."""
+        return self._epochs.get(owner, 0)
+
     def forget(self, owner: str, keep: str | None = None) -> int:
-        """Drop every page of an owner (but those of incarnation `keep`); returns how many."""
+        """Forget every page of an owner (but those of incarnation `keep`); returns how many.
+
+        The pages are unreachable at once; the first RECLAIM_STEP_PAGES are freed now, the
+        rest by `reclaim_step`, a bounded step at a time (a large owner would stall the loop).
+        """
         dropped = 0
         for key in [k for k in self._ids if k[0] == owner and k[1] != keep]:
             ident = self._ids.pop(key)
-            dropped += self.pool.drop_area(ident)
-            self._free_ids.append(ident)
+            dropped += self.pool.area_pages(ident)
+            self._doomed.append(ident)
         if keep is None:
             self._current.pop(owner, None)
             self._last_seen.pop(owner, None)
         self._reclaimed += dropped
+        self.reclaim_step()
         return dropped
 
+    def reclaim_step(self, max_pages: int = RECLAIM_STEP_PAGES) -> int:
+        """Free up to about max_pages pages of forgotten owners; pages freed."""
+        freed = 0
+        while self._doomed and freed < max_pages:
+            ident = self._doomed[-1]
+            offs = self.pool.area_offsets(ident, limit=max_pages - freed)
+            if not len(offs):
+                self._doomed.pop()
+                self._free_ids.append(ident)
+                continue
+            freed += self.pool.drop_many(ident, offs)
+        return freed
+
+    def reclaim_pending(self) -> bool:
+        """Pages of forgotten owners are still to be freed."""
+        return bool(self._doomed)
+
     def reclaim_silent(self, now: float, grace: float) -> dict[str, int]:
-        """Drop every page of owners not heard from for `grace` seconds; {owner: pages}."""
+        """Forget the pages of owners not heard from for `grace` seconds; {owner: pages}.
+
+        The owner is told when it says hello again: its epoch here rises, and data calls of
+        that incarnation are refused (Reclaimed) until then.
+        """
         dropped: dict[str, int] = {}
         for owner, seen in list(self._last_seen.items()):
             if now - seen > grace:
+                incarnation = self._current.get(owner)
                 dropped[owner] = self.forget(owner)
+                epoch = self._epochs.pop(owner, 0) + 1
+                self._epochs[owner] = epoch
+                if incarnation is not None:
+                    self._marked[(owner, incarnation)] = epoch
+                while len(self._epochs) > MAX_REMEMBERED:
+                    self._epochs.pop(next(iter(self._epochs)))
+                while len(self._marked) > MAX_REMEMBERED:
+                    self._marked.pop(next(iter(self._marked)))
                 log.warning(
                     "owner %s silent for %.0f s (grace %.0f s): reclaimed %d pages",
                     owner,
@@ -203,12 +285,24 @@ class LentPool:
                 ok[idx[j]] = True
         return ok
 
-    def drop_area(self, owner: str, inc: str, area: int) -> int:
-        """Forget every page of one of an owner's areas."""
+    def drop_area(self, owner: str, inc: str, area: int, max_version: int | None = None) -> int:
+        """Forget the pages of one of an owner's areas (only those no newer than max_version,
+        when given: a late area drop must not take pages stored after it was sent)."""
         self.note_owner(owner, inc)
-        ident = self._ids.pop((owner, inc, area), None)
+        ident = self._ids.get((owner, inc, area))
         if ident is None:
             return 0
+        if max_version is not None:
+            offs = self.pool.area_offsets(ident)
+            held = self.pool.versions(ident, offs)
+            old = [
+                o
+                for o, v in zip(offs.tolist(), held, strict=True)
+                if v is not None and v <= max_version
+            ]
+            if len(old) < len(offs):
+                return self.pool.drop_many(ident, old)
+        del self._ids[(owner, inc, area)]
         dropped = self.pool.drop_area(ident)
         self._free_ids.append(ident)
         return dropped
@@ -235,6 +329,8 @@ class LentPool:
             areas=len(self._ids),
             reclaimed_pages=self._reclaimed,
             stale_requests=self._stale,
+            twins_refused=self._twins,
+            reclaim_pending_pages=sum(self.pool.area_pages(i) for i in self._doomed),
         )
 
 

@@ -299,6 +299,18 @@ class PagePool(RemoteEntries, ColdOrder):
             self._touch(slots)
         return out
 
+    def area_offsets(self, area: int, limit: int | None = None) -> I64:
+        """Offsets of an area held here (unordered): all, or at least `limit` of them."""
+        return self._index.area_offsets(area, limit)
+
+    def area_pages(self, area: int) -> int:
+        """Pages of an area held here (without scanning)."""
+        return self._area_pages.get(area, 0)
+
+    def note_exclusive(self, pages: int) -> None:
+        """Count pages loaded exclusively by a caller that frees them itself afterwards."""
+        self._c["exclusive_loads"] += pages
+
     def versions(self, area: int, offsets: Sequence[int] | I64) -> list[int | None]:
         """Stored version of each key, None where absent."""
         slots = self._lookup(area, _keys(offsets))

@@ -39,6 +39,7 @@ class RemoteEntries(PoolCore):
         self._huge -= raw
         self._compr -= int(m["length"][sl].sum(dtype=np.int64)) + raw * self._ps
         self._remote += len(sl)
+        self._set_counts[holder_set] = self._set_counts.get(holder_set, 0) + len(sl)
         m["kind"][sl] = REMOTE
         m["handle"][sl] = holder_set
         return ok.tolist()  # type: ignore[no-any-return]
@@ -125,12 +126,9 @@ class RemoteEntries(PoolCore):
         return out
 
     def remote_count_in_sets(self, set_ids: Sequence[int]) -> int:
-        """How many remote pages are in any of the sets (no per-page lists)."""
-        m = self._meta
-        kinds = m["kind"][: self._hw]
-        handles = m["handle"][: self._hw]
-        hit = (kinds == REMOTE) & np.isin(handles, np.asarray(set_ids, dtype=np.uint64))
-        return int(np.count_nonzero(hit))
+        """How many remote pages are in any of the sets (kept counts: no scan)."""
+        counts = self._set_counts
+        return sum(counts.get(i, 0) for i in set(set_ids))
 
     def remote_in_sets(self, set_ids: Sequence[int]) -> list[tuple[int, int, int, int, int]]:
         """(area, offset, version, checksum, holder set) of remote pages in any of the sets."""
@@ -151,14 +149,8 @@ class RemoteEntries(PoolCore):
         )
 
     def remote_set_counts(self) -> dict[int, int]:
-        """Remote pages per holder-set number."""
-        m = self._meta
-        kinds = m["kind"][: self._hw].astype(np.uint8, copy=False)
-        handles = m["handle"][: self._hw][kinds == REMOTE]
-        if not len(handles):
-            return {}
-        sets, counts = np.unique(handles, return_counts=True)
-        return dict(zip(sets.tolist(), counts.tolist(), strict=True))
+        """Remote pages per holder-set number (kept counts: no scan)."""
+        return dict(self._set_counts)
 
     def move_remote(
         self,
@@ -178,6 +170,14 @@ class RemoteEntries(PoolCore):
             & (m["handle"][slots] == np.uint64(old_set))
             & (m["version"][slots] == np.asarray(versions, dtype=np.uint64))
         )
+        moved = int(np.count_nonzero(ok))
+        if moved and old_set != new_set:
+            self._set_counts[new_set] = self._set_counts.get(new_set, 0) + moved
+            left = self._set_counts[old_set] - moved
+            if left:
+                self._set_counts[old_set] = left
+            else:
+                del self._set_counts[old_set]
         m["handle"][slots[ok]] = new_set
         return ok.tolist()  # type: ignore[no-any-return]
 

@@ -19,8 +19,10 @@ from ramster.rpc.connection import ClientConnection
 from ramster.rpc.const import DROP_PAGES, GET_PAGES, PING, PUT_PAGES
 from ramster.rpc.pages import Keys, PageBatch, flags_from_wire
 from ramster.rpc.tls import client_context
+from ramster.telemetry.ratelimit import LogLimiter
 
 log = logging.getLogger("ramster.rpc")
+_limited = LogLimiter(log)
 
 
 class _Default:
@@ -190,7 +192,9 @@ class RpcClient:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             self._connect_failed()
-            log.warning("connecting to %s failed: %r", self.address, exc)
+            _limited.warning(
+                ("connect", self.address), "connecting to %s failed: %r", self.address, exc
+            )
             if isinstance(exc, RpcError):
                 raise
             if isinstance(exc, TimeoutError):

@@ -6,7 +6,9 @@ from ramster.errors import (
     AuthError,
     Busy,
     CapacityError,
+    DuplicateNode,
     NoSuchMethod,
+    PagesReclaimed,
     PeerLost,
     PeerTimeout,
     ProtocolError,
@@ -30,11 +32,13 @@ ERROR_CLASSES: dict[int, type[RpcError]] = {
         RemoteError,
         NoSuchMethod,
         CapacityError,
+        PagesReclaimed,
+        DuplicateNode,
     )
 }
 """Every code a peer may send; an unknown code is raised as RemoteError."""
 
-assert len(ERROR_CLASSES) == 10, "two error classes share a wire code"
+assert len(ERROR_CLASSES) == 12, "two error classes share a wire code"
 
 
 def error_from_wire(error: WireError) -> RpcError:

@@ -42,6 +42,10 @@ class InProcessHolders:
         """Every peer."""
         return list(self.lents)
 
+    def state_of(self, node: str) -> str:
+        """dead while down, else alive."""
+        return "dead" if node in self.down else "alive"
+
     async def put(
         self,
         node: str,
@@ -88,6 +92,6 @@ class InProcessHolders:
         """Forget copies on node."""
         self._lent(node).drop(self.owner, self.incarnation, areas, offsets, versions)
 
-    async def drop_area(self, node: str, area: int) -> None:
-        """Forget an area on node."""
-        self._lent(node).drop_area(self.owner, self.incarnation, area)
+    async def drop_area(self, node: str, area: int, max_version: int) -> None:
+        """Forget an area's pages no newer than max_version on node."""
+        self._lent(node).drop_area(self.owner, self.incarnation, area, max_version)

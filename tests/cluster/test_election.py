@@ -61,3 +61,27 @@ def test_a_newcomer_with_a_lower_id_takes_over_in_a_higher_term() -> None:
     newcomer = Election("node-1a")
     newcomer.update({"node1", "node2"}, {"node1": node1.view, "node2": View("node1", 1)})
     assert newcomer.view == node1.view  # it adopts the term the others moved to
+
+
+def test_an_absurd_term_from_one_peer_is_ignored() -> None:
+    from ramster.cluster.election import MAX_TERM, MAX_TERM_JUMP
+
+    e = Election("b")
+    assert e.update({"a", "c"}, {"a": View("a", 3), "c": View("a", 3)}) == View("a", 3)
+    # One peer announces a term near 2^64, another an absurd jump: neither is believed.
+    assert e.update({"a", "c"}, {"a": View("a", 3), "c": View("c", (1 << 64) - 1)}) is None
+    assert e.update({"a", "c"}, {"a": View("a", 3), "c": View("c", 3 + MAX_TERM_JUMP + 1)}) is None
+    assert e.view == View("a", 3)
+    assert e.refused_views == 2
+    assert not e.accepts(MAX_TERM, "a") and not e.accepts(3 + MAX_TERM_JUMP + 1, "a")
+    assert e.accepts(4, "a")
+    # The coordinator dies: the survivors move on from the sane term, not the absurd one.
+    new = e.update({"c"}, {"c": View("c", 1 << 63)})
+    assert new is not None and new.term == 4 and new.coordinator == "b"
+
+
+def test_a_newcomer_joins_a_cluster_far_along() -> None:
+    e = Election("z")
+    assert e.update({"a", "b"}, {"a": View("a", 40_000), "b": View("a", 40_000)}) == View(
+        "a", 40_000
+    )

@@ -42,3 +42,14 @@ def test_freer_peers_get_more() -> None:
 def test_replicas_must_be_positive() -> None:
     with pytest.raises(ValueError, match="replicas"):
         choose_holders([Candidate("a", 1)], 0, 1, random.Random(0))
+
+
+def test_degraded_placement_takes_fewer_down_to_the_minimum() -> None:
+    rng = random.Random(4)
+    peers = [Candidate("a", 100), Candidate("b", 0), Candidate("c", 100)]
+    assert sorted(choose_holders(peers, 3, 1, rng, minimum=1)) == ["a", "c"]
+    assert choose_holders(peers, 3, 1, rng, minimum=3) == []
+    assert choose_holders([Candidate("a", 100)], 2, 1, rng, minimum=1) == ["a"]
+    assert choose_holders([], 2, 1, rng, minimum=1) == []
+    with pytest.raises(ValueError, match="minimum"):
+        choose_holders(peers, 2, 1, rng, minimum=3)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ramster.frontswap import LocalFrontswap
 from ramster.pagestore import PagePool, PoolConfig, codec, encode
 from ramster.pagestore import core as pool_module
+from ramster.pagestore.codec import EMPTY, REMOTE
 from ramster.pagestore.index import RadixIndex
 from ramster.testing import corpus
 
@@ -123,7 +124,25 @@ def state(pool: PagePool) -> object:
         index._free_rows,
         index.nbytes,
         pool.area_counts(),
+        kept_counts(pool),
     )
+
+
+def kept_counts(pool: PagePool) -> tuple[dict[int, int], dict[int, int]]:
+    """The pool's kept counts (pages per area, remote pages per holder set), checked against a
+    scan of its slots."""
+    m = pool._meta
+    kinds = m["kind"][: pool._hw]
+    live = kinds != EMPTY
+    areas, per_area = np.unique(m["area"][: pool._hw][live], return_counts=True)
+    remote = kinds == REMOTE
+    sets, per_set = np.unique(m["handle"][: pool._hw][remote], return_counts=True)
+    scanned_areas = dict(zip(areas.tolist(), per_area.tolist(), strict=True))
+    scanned_sets = dict(zip(sets.tolist(), per_set.tolist(), strict=True))
+    assert {a: pool.area_pages(a) for a in scanned_areas} == scanned_areas
+    assert sum(pool._area_pages.values()) == int(np.count_nonzero(live))
+    assert pool.remote_set_counts() == scanned_sets
+    return dict(pool._area_pages), pool.remote_set_counts()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,6 +10,10 @@ class SpillConfig:
     """How the remote tier behaves; fractions are of the local budget, times in seconds."""
 
     replicas: int = 2
+    min_replicas: int = 1
+    """Copies a spilled or remote page needs at least while fewer than `replicas` holders can
+    take it (degraded mode): such pages count as under-replicated and are repaired as soon as
+    capacity returns."""
     high_watermark: float = 0.85
     low_watermark: float = 0.70
     batch_pages: int = 256
@@ -30,3 +34,13 @@ class SpillConfig:
     repair_pause: float = 0.0
     """Pause after each re-replication batch; 0 still yields, so foreground calls get their
     turn between batches."""
+    forget_drops_after: float = 300.0
+    """Seconds a holder may stay away before the drops queued for it are given up (it has
+    reclaimed this owner's pages by then: the owner grace)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.replicas:
+            raise ValueError(
+                f"min_replicas must be within 1..{self.replicas} (replicas), "
+                f"got {self.min_replicas}"
+            )

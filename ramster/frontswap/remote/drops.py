@@ -1,118 +1,215 @@
-"""Forgetting copies on holders: the pages the owner's pool forgot (overwrites, invalidations,
-exclusive loads), whole areas, strays of stores that did not complete, and orphans (copies
-re-replicated away from a holder that was gone and may come back with them).
+"""Forgetting copies on holders, in the background: the pages the owner's pool forgot
+(overwrites, invalidations, exclusive loads), whole areas, strays of stores that did not
+complete, and orphans (copies re-replicated away from a holder that was gone or leaving).
 
-Drops are versioned: a holder forgets its copy only if it is no newer than the version named,
-so a late drop never removes a newer copy.
+One queue per holder. Nothing in the foreground waits for a drop: a drop is queued and sent
+when its holder is alive, retried while it fails, kept while the holder is away, and given up
+only when the holder's copies are gone anyway (it restarted, reclaimed this owner's pages, or
+has been away longer than `forget_after`). Drops are versioned, so a late one never removes a
+newer copy: a page drop names the version it forgets, an area drop the owner's version counter
+when the area was invalidated (every later store of that area is newer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from ramster.errors import RamsterError
 from ramster.frontswap.remote.holders import Tier, run_all
+from ramster.telemetry.ratelimit import LogLimiter
 
 log = logging.getLogger(__name__)
 
+BATCH = 4096
+"""Keys per hold.drop call."""
+RETRY = 0.5
+"""Seconds before a holder whose drop failed is tried again."""
 
-class Drops:
-    """Drops to holders, and the orphans waiting for their holder to answer again."""
 
-    def __init__(self, tier: Tier) -> None:
+@dataclass(slots=True)
+class _Queue:
+    """What one holder still has to forget."""
+
+    pages: dict[int, tuple[array[int], array[int]]] = field(default_factory=dict)
+    """area -> (offsets, versions)"""
+    areas: dict[int, int] = field(default_factory=dict)
+    """area -> the owner's version counter when it was invalidated"""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    retry_at: float = 0.0
+    away_since: float | None = None
+
+    def size(self) -> int:
+        return sum(len(o) for o, _ in self.pages.values()) + len(self.areas)
+
+
+class DropQueue:
+    """Versioned drops per holder, sent by `run` (a task of the owner's TaskGroup)."""
+
+    def __init__(self, tier: Tier, forget_after: float = 300.0) -> None:
         self._t = tier
-        self._orphans: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
-        self._orphan_lock = asyncio.Lock()
+        self._q: dict[str, _Queue] = {}
+        self._wake = asyncio.Event()
+        self._log = LogLimiter(log)
+        self.forget_after = forget_after
 
-    async def flush(self) -> None:
-        """Send the drops the pool queued (pages it forgot that had remote copies)."""
-        t = self._t
-        drops = t.pool.drain_remote_drops()
+    def _queue(self, node: str) -> _Queue:
+        q = self._q.get(node)
+        if q is None:
+            q = self._q[node] = _Queue()
+        return q
+
+    # -- queueing (synchronous: callers never wait) ------------------------------------------------
+
+    def enqueue(
+        self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
+    ) -> None:
+        """Have each node forget its copies of the keys, no newer than the versions."""
+        if not offsets:
+            return
+        for node in nodes:
+            if node in self._t.sets.tombstones:
+                continue  # that incarnation's copies are gone already
+            offs, vers = self._queue(node).pages.setdefault(area, (array("Q"), array("Q")))
+            offs.extend(offsets)
+            vers.extend(versions)
+        self._wake.set()
+
+    def collect(self) -> None:
+        """Queue the drops the pool recorded (pages it forgot that had remote copies)."""
+        drops = self._t.pool.drain_remote_drops()
         if not drops:
             return
         per_node: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+        sets = self._t.sets
         for set_id, area, offset, version in drops:
-            for node in t.sets[set_id]:
+            for node in sets[set_id]:
                 offsets, versions = per_node.setdefault((node, area), ([], []))
                 offsets.append(offset)
                 versions.append(version)
-        await run_all(self.on([node], area, o, v) for (node, area), (o, v) in per_node.items())
+        for (node, area), (offsets, versions) in per_node.items():
+            self.enqueue([node], area, offsets, versions)
 
-    async def on(
-        self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
-    ) -> None:
-        """Drop the copies on each node; a failure is counted and logged, never raised."""
-        t = self._t
+    def enqueue_area(self, area: int, max_version: int) -> None:
+        """Have every holder forget the area's pages no newer than `max_version`."""
+        for node in self._t.holders.all_holders():
+            q = self._queue(node)
+            q.areas[area] = max(max_version, q.areas.get(area, 0))
+            q.pages.pop(area, None)  # the area drop covers them
+        self._wake.set()
+
+    def forget_node(self, node: str) -> int:
+        """Give up every drop queued for a holder whose copies are gone; how many."""
+        q = self._q.pop(node, None)
+        return q.size() if q is not None else 0
+
+    async def before_put(self, nodes: Sequence[str], area: int, offsets: list[int]) -> None:
+        """Pages about to be copied onto `nodes` (with the versions they had) must not be
+        forgotten there by a drop queued earlier: take those keys out of the queues, after any
+        drop on its way to that node has arrived."""
+        keys = np.asarray(offsets, dtype=np.uint64)
         for node in nodes:
-            try:
-                await t.holders.drop(node, [area] * len(offsets), offsets, versions)
-                t.counters["drops_sent"] += len(offsets)
-            except RamsterError as exc:
-                # The copies stay on that holder until it reclaims this incarnation's pages.
-                t.counters["drop_failures"] += len(offsets)
-                log.warning("could not drop %d pages on %s: %s", len(offsets), node, exc)
-
-    async def area(self, area: int) -> None:
-        """Drop a whole area on every holder that may have pages of it."""
-        t = self._t
-
-        async def one(node: str) -> None:
-            try:
-                await t.holders.drop_area(node, area)
-            except RamsterError as exc:
-                t.counters["drop_failures"] += 1
-                log.warning("could not drop area %d on %s: %s", area, node, exc)
-
-        await run_all(one(n) for n in t.holders.all_holders())
-
-    # -- orphans ---------------------------------------------------------------------------------
-
-    def orphan(self, node: str, area: int, offsets: list[int], versions: list[int]) -> None:
-        """Remember copies left on `node` that no page points at any more."""
-        pending = self._orphans.setdefault((node, area), ([], []))
-        pending[0].extend(offsets)
-        pending[1].extend(versions)
-
-    def pending(self) -> int:
-        """Copies known to be orphaned on holders that have not answered since."""
-        return sum(len(o) for o, _ in self._orphans.values())
-
-    async def drop_orphans(self, alive: set[str]) -> int:
-        """Drop, on holders that answer again, the copies re-replicated away from them."""
-        t = self._t
-        sent = 0
-        # Held while drops are on the wire: a repair that puts the same page (same version)
-        # back on that holder waits, so that a late drop never deletes the new copy.
-        async with self._orphan_lock:
-            for key in list(self._orphans):
-                node, area = key
-                if node not in alive:
-                    continue
-                offsets, versions = self._orphans.pop(key)
-                try:
-                    await t.holders.drop(node, [area] * len(offsets), offsets, versions)
-                except RamsterError as exc:
-                    log.info("orphan drop on %s failed, will retry: %s", node, exc)
-                    self.orphan(node, area, offsets, versions)
-                    continue
-                sent += len(offsets)
-                t.counters["orphans_dropped"] += len(offsets)
-        if sent:
-            log.info("dropped %d orphaned copies on holders that came back", sent)
-        return sent
-
-    async def forget_orphans(self, nodes: Sequence[str], area: int, offsets: list[int]) -> None:
-        """Pages about to be copied onto `nodes` are no orphans there any more."""
-        async with self._orphan_lock:
-            keys = set(offsets)
-            for node in nodes:
-                pending = self._orphans.get((node, area))
+            q = self._q.get(node)
+            if q is None or area not in q.pages:
+                continue
+            async with q.lock:
+                pending = q.pages.get(area)
                 if pending is None:
                     continue
-                keep = [(o, v) for o, v in zip(*pending, strict=True) if o not in keys]
-                if keep:
-                    self._orphans[(node, area)] = ([o for o, _ in keep], [v for _, v in keep])
-                else:
-                    del self._orphans[(node, area)]
+                offs = np.frombuffer(pending[0], dtype=np.uint64)
+                keep = ~np.isin(offs, keys)
+                if keep.all():
+                    continue
+                vers = np.frombuffer(pending[1], dtype=np.uint64)
+                q.pages[area] = (array("Q", offs[keep].tobytes()), array("Q", vers[keep].tobytes()))
+                if not keep.any():
+                    del q.pages[area]
+
+    def pending(self) -> int:
+        """Drops queued and not yet delivered (orphans on away holders included)."""
+        return sum(q.size() for q in self._q.values())
+
+    # -- delivery ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver queued drops until cancelled."""
+        while True:
+            try:
+                async with asyncio.timeout(RETRY):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.deliver()
+
+    async def deliver(self) -> int:
+        """One round: every queue of a live holder, sent in batches; drops delivered."""
+        now = time.monotonic()
+        todo = []
+        for node, q in list(self._q.items()):
+            if not q.size():
+                del self._q[node]
+                continue
+            if self._t.holders.state_of(node) != "alive":
+                if q.away_since is None:
+                    q.away_since = now
+                elif now - q.away_since > self.forget_after:
+                    # Away that long, it has reclaimed this owner's pages (or is gone).
+                    self._log.warning(
+                        ("forget", node),
+                        "giving up %d drops for %s, away for %.0f s",
+                        self.forget_node(node),
+                        node,
+                        now - q.away_since,
+                    )
+                continue
+            q.away_since = None
+            if now >= q.retry_at:
+                todo.append((node, q))
+        results = await run_all(self._send(node, q) for node, q in todo)
+        return sum(results)
+
+    async def _send(self, node: str, q: _Queue) -> int:
+        t = self._t
+        sent = 0
+        async with q.lock:
+            try:
+                for area, max_version in list(q.areas.items()):
+                    await t.holders.drop_area(node, area, max_version)
+                    if q.areas.get(area) == max_version:
+                        del q.areas[area]
+                    sent += 1
+                for area in list(q.pages):
+                    while (pending := q.pages.get(area)) is not None and len(pending[0]):
+                        offs, vers = pending[0][:BATCH], pending[1][:BATCH]
+                        await t.holders.drop(node, [area] * len(offs), list(offs), list(vers))
+                        # Only what was sent: more may have been queued meanwhile.
+                        del pending[0][: len(offs)]
+                        del pending[1][: len(offs)]
+                        sent += len(offs)
+                        t.counters["drops_sent"] += len(offs)
+                    q.pages.pop(area, None)
+            except RamsterError as exc:
+                t.counters["drop_failures"] += 1
+                q.retry_at = time.monotonic() + RETRY
+                self._log.info(("drop", node), "drops to %s failed, will retry: %s", node, exc)
+        return sent
+
+    async def settle(self, within: float = 10.0) -> bool:
+        """Deliver until nothing is queued for a live holder (tests and shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while loop.time() < deadline:
+            await self.deliver()
+            if not any(
+                q.size() and self._t.holders.state_of(n) == "alive" for n, q in self._q.items()
+            ):
+                return True
+            await asyncio.sleep(0.01)
+        return False

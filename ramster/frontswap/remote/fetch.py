@@ -10,7 +10,7 @@ from collections import defaultdict, deque
 import numpy as np
 import numpy.typing as npt
 
-from ramster.errors import PageUnavailable, RamsterError
+from ramster.errors import PagesReclaimed, PageUnavailable, RamsterError
 from ramster.frontswap.remote.holders import Tier, run_all
 from ramster.pagestore import checksum, expand
 from ramster.types import Buffer
@@ -28,6 +28,10 @@ Wanted = tuple[int, int, int]
 
 def _rotated(nodes: tuple[str, ...], first: int) -> tuple[str, ...]:
     return nodes[first:] + nodes[:first]
+
+
+RANK = {"alive": 0, "suspect": 1, "unknown": 1, "dead": 2}
+"""Holders are asked live ones first; a suspect or dead one only when the others failed."""
 
 
 class Fetcher:
@@ -53,12 +57,17 @@ class Fetcher:
             groups[(set_id, int(offs[i]) % len(sets[set_id]))].append((i, version, sum_))
         out: dict[int, Buffer] = {}
         results = await run_all(
-            self.fetch_group(area, offs, _rotated(sets[s], first), g, verify)
+            self.fetch_group(area, offs, self.order(_rotated(sets[s], first)), g, verify)
             for (s, first), g in groups.items()
         )
         for part in results:
             out.update(part)
         return out
+
+    def order(self, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        """The holders to ask, live ones first (stable: the spread by offset stays)."""
+        state = self._t.holders.state_of
+        return tuple(sorted(nodes, key=lambda n: RANK.get(state(n), 1)))
 
     async def fetch_group(
         self,
@@ -85,9 +94,18 @@ class Fetcher:
             try:
                 got = await t.holders.get(node, [area] * len(keys), keys)
                 self.latency_us.append((time.perf_counter() - started) * 1e6)
+            except PagesReclaimed:
+                t.reclaimed(node)
+                continue
             except RamsterError as exc:
                 c["remote_unreachable"] += 1
-                log.info("holder %s unreachable for %d pages: %s", node, len(keys), exc)
+                t.log.info(
+                    ("unreachable", node),
+                    "holder %s unreachable for %d pages: %s",
+                    node,
+                    len(keys),
+                    exc,
+                )
                 continue
             still = []
             for (i, version, sum_), item in zip(left, got, strict=True):
@@ -101,7 +119,8 @@ class Fetcher:
                         continue
                 if item is not None:
                     c["remote_bad_copies"] += 1
-                    log.warning(
+                    t.log.warning(
+                        ("bad copy", node),
                         "holder %s returned a stale or corrupt copy of area %d offset %d",
                         node,
                         area,

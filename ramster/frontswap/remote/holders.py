@@ -7,15 +7,16 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ramster.cluster.placement import Candidate
-from ramster.errors import RamsterError
+from ramster.errors import PagesReclaimed, RamsterError
 from ramster.frontswap.remote.config import SpillConfig
 from ramster.pagestore import PagePool
 from ramster.pagestore.lent import Stored
+from ramster.telemetry.ratelimit import LogLimiter
 from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ COUNTERS = (
     "orphans_dropped",
     "rebalanced_pages",
     "pages_lost",
+    "under_replicated_stores",
+    "holders_reclaimed",
 )
 """The remote tier's counters (`remote_statistics`), all starting at 0."""
 
@@ -59,6 +62,10 @@ class Holders(Protocol):
 
     def all_holders(self) -> list[str]:
         """Every peer that may hold pages of this node."""
+        ...
+
+    def state_of(self, node: str) -> str:
+        """What the failure detector believes: alive, suspect, dead or unknown."""
         ...
 
     async def put(
@@ -95,8 +102,8 @@ class Holders(Protocol):
     ) -> None:
         """Ask `node` to forget copies no newer than the given versions."""
 
-    async def drop_area(self, node: str, area: int) -> None:
-        """Ask `node` to forget every page of one area of this node."""
+    async def drop_area(self, node: str, area: int, max_version: int) -> None:
+        """Ask `node` to forget the pages of one area of this node no newer than max_version."""
 
 
 class HolderSets:
@@ -131,6 +138,15 @@ class HolderSets:
         """The sets with any of the nodes in them."""
         return [i for i, members in enumerate(self._sets) if nodes.intersection(members)]
 
+    def short(self, replicas: int, away: set[str]) -> list[int]:
+        """The sets with fewer than `replicas` members that are not away (nor tombstones)."""
+        gone = away | self.tombstones
+        return [
+            i
+            for i, members in enumerate(self._sets)
+            if sum(1 for n in members if n not in gone) < replicas
+        ]
+
     def bury(self, node: str, old_incarnation: str) -> None:
         """Rename `node` in every set: its old incarnation's copies are gone."""
         tomb = f"{node}~{old_incarnation}"
@@ -153,6 +169,11 @@ class Tier:
     rng: random.Random
     sets: HolderSets = field(default_factory=HolderSets)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    log: LogLimiter = field(default_factory=lambda: LogLimiter(log))
+    strays: Callable[[Sequence[str], int, list[int], list[int]], None] = lambda *_: None
+    """Queue copies on nodes to be dropped (set by the tier to its drop queue)."""
+    reclaimed: Callable[[str], None] = lambda _node: None
+    """A holder answered that it reclaimed this owner's pages (set by the tier)."""
     _warned_at: float = -NO_HOLDER_WARN_EVERY
 
     @property
@@ -169,9 +190,10 @@ class Tier:
         live = self.holders.candidates()
         roomy = sum(1 for c in live if c.free_bytes > 0)
         log.warning(
-            "cannot place %d copies of spilled pages: %d live peer(s), %d with free lent room; "
-            "stores beyond the local budget are refused",
+            "cannot place %d copies (at least %d) of spilled pages: %d live peer(s), %d with free "
+            "lent room; stores beyond the local budget are refused",
             self.config.replicas,
+            self.config.min_replicas,
             len(live),
             roomy,
         )
@@ -184,19 +206,43 @@ class Tier:
         versions: list[int],
         sums: list[int],
         payloads: Sequence[Buffer],
-    ) -> list[bool]:
-        """Send one batch to every node at once; True where all of them kept the page."""
+    ) -> list[tuple[str, ...]]:
+        """Send one batch to every node at once; per page, the nodes that kept it (in order).
+
+        Should the caller be cancelled, every node may have kept every page: those copies
+        are queued to be dropped again (`strays`), so that nothing leaks.
+        """
         areas = [area] * len(offsets)
 
         async def one(node: str) -> list[bool]:
             try:
                 return await self.holders.put(node, areas, offsets, versions, sums, payloads)
+            except PagesReclaimed:
+                self.reclaimed(node)
+                return [False] * len(offsets)
             except RamsterError as exc:
-                log.info("holder %s refused a batch of %d pages: %s", node, len(offsets), exc)
+                self.log.info(
+                    ("put", node),
+                    "holder %s refused a batch of %d pages: %s",
+                    node,
+                    len(offsets),
+                    exc,
+                )
                 return [False] * len(offsets)
 
-        results = await run_all(one(n) for n in nodes)
-        return [all(flags) for flags in zip(*results, strict=True)]
+        try:
+            results = await run_all(one(n) for n in nodes)
+        except BaseException:
+            self.strays(nodes, area, offsets, versions)
+            raise
+        return (
+            [
+                tuple(n for n, flags in zip(nodes, per_node, strict=True) if flags)
+                for per_node in zip(*[list(r) for r in results], strict=True)
+            ]
+            if results
+            else [() for _ in offsets]
+        )
 
 
 async def run_all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:

@@ -12,10 +12,11 @@ import logging
 from collections import defaultdict
 
 import numpy as np
+import numpy.typing as npt
 
 from ramster.cluster.placement import choose_holders
 from ramster.errors import RamsterError
-from ramster.frontswap.remote.drops import Drops
+from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
 from ramster.frontswap.remote.holders import Tier, run_all
 
@@ -28,16 +29,26 @@ Batch = tuple[int, int, list[tuple[int, int, int]]]
 class Repairer:
     """Gives pages new copies: `repair` after losses, `move` to even holders out."""
 
-    def __init__(self, tier: Tier, fetcher: Fetcher, drops: Drops) -> None:
+    def __init__(self, tier: Tier, fetcher: Fetcher, drops: DropQueue) -> None:
         self._t = tier
         self._fetcher = fetcher
         self._drops = drops
 
-    def under_replicated(self, gone: set[str], leaving: set[str] | None = None) -> int:
-        """Remote pages with a copy on a gone or leaving holder (what repair still has to do)."""
+    def _needing(self, gone: set[str], leaving: set[str]) -> list[int]:
+        """Holder sets with a copy on a gone or leaving holder, or with fewer than R good ones
+        (placed while fewer holders could take them)."""
         sets = self._t.sets
-        touched = sets.touching(gone | sets.tombstones | (leaving or set()))
-        return self._t.pool.remote_count_in_sets(touched) if touched else 0
+        away = gone | leaving
+        return sorted(
+            set(sets.touching(away | sets.tombstones))
+            | set(sets.short(self._t.config.replicas, away))
+        )
+
+    def under_replicated(self, gone: set[str], leaving: set[str] | None = None) -> int:
+        """Remote pages with a copy on a gone or leaving holder, or with fewer than R copies
+        (what repair still has to do)."""
+        needing = self._needing(gone, leaving or set())
+        return self._t.pool.remote_count_in_sets(needing) if needing else 0
 
     def inventory(self) -> dict[str, int]:
         """Pages this owner keeps on each holder (what the coordinator aggregates)."""
@@ -90,7 +101,7 @@ class Repairer:
         t = self._t
         gone = gone | t.sets.tombstones
         leaving = leaving or set()
-        sets = t.sets.touching(gone | leaving)
+        sets = self._needing(gone, leaving)
         if not sets:
             return 0
         jobs = iter(self._batches(t.pool.remote_in_sets(sets)))
@@ -161,69 +172,99 @@ class Repairer:
         if not new:
             t.warn_no_holders()
             return -1
-        await self._drops.forget_orphans(new, area, offsets)
-        acked = [False] * len(pages)
-        sent = 0
-        if t.config.direct_copy:
-            acked, sent = await self._copy_direct(readable[0], new, area, offsets, versions, sums)
-        relay = [i for i, a in enumerate(acked) if not a]
-        if relay:
-            # Through the owner: read a verified copy from any readable holder, put it on `new`.
-            wanted = [(j, versions[i], sums[i]) for j, i in enumerate(relay)]
-            copies = await self._fetcher.fetch_group(
-                area,
-                offs[relay],
-                tuple(readable),
-                wanted,
-                verify=True,
-                want_stored=True,
-                partial=True,
+        await self._drops.before_put(new, area, offsets)
+        try:
+            kept_by, sent = await self._copy(readable, new, area, offs, versions, sums)
+        except BaseException:
+            self._drops.enqueue(new, area, offsets, versions)  # copies that may have landed
+            raise
+        # Per page: its new set is the staying holders and the new ones that kept it.
+        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for i, kept in enumerate(kept_by):
+            if kept:
+                groups[kept].append(i)
+        moved_idx: list[int] = []
+        for kept, idx in groups.items():
+            new_set = t.sets.intern([*staying, *kept])
+            moved = t.pool.move_remote(
+                area, [offsets[i] for i in idx], [versions[i] for i in idx], set_id, new_set
             )
-            unreadable = len(relay) - len(copies)
-            if unreadable:
-                # No good copy on any holder left: they stay as they are (loads will say so).
-                c["pages_unreadable"] += unreadable
-                log.error(
-                    "%d pages of area %d have no good copy left on %s",
-                    unreadable,
-                    area,
-                    ", ".join(readable),
-                )
-            found = [(i, copies[j]) for j, i in enumerate(relay) if j in copies]
-            if found:
-                ok = await t.put_everywhere(
-                    new,
-                    area,
-                    [offsets[i] for i, _ in found],
-                    [versions[i] for i, _ in found],
-                    [sums[i] for i, _ in found],
-                    [p for _, p in found],  # views into the holder's reply: no copy
-                )
-                for (i, payload), flag in zip(found, ok, strict=True):
-                    acked[i] = flag
-                    sent += len(payload) if flag else 0
-        keep = [i for i, a in enumerate(acked) if a]
-        new_set = t.sets.intern([*staying, *new])
-        moved = t.pool.move_remote(
-            area, [offsets[i] for i in keep], [versions[i] for i in keep], set_id, new_set
-        )
-        moved_idx = [i for i, m in zip(keep, moved, strict=True) if m]
+            moved_idx += [i for i, m in zip(idx, moved, strict=True) if m]
         # A gone holder may come back with its copies (a partition, a pause), and a leaving
         # one still has them: they are orphans now, dropped when the holder answers.
-        for node in old:
-            if node in away and node not in t.sets.tombstones and moved_idx:
-                self._drops.orphan(
-                    node, area, [offsets[i] for i in moved_idx], [versions[i] for i in moved_idx]
-                )
+        if moved_idx:
+            orphan_offsets = [offsets[i] for i in moved_idx]
+            orphan_versions = [versions[i] for i in moved_idx]
+            orphaned = [n for n in old if n in away and n not in t.sets.tombstones]
+            self._drops.enqueue(orphaned, area, orphan_offsets, orphan_versions)
         moved_set = set(moved_idx)
-        stray = [i for i in range(len(pages)) if i not in moved_set]
-        if stray:
-            await self._drops.on(
-                new, area, [offsets[i] for i in stray], [versions[i] for i in stray]
-            )
+        for i in range(len(pages)):
+            if i not in moved_set and kept_by[i]:
+                self._drops.enqueue(kept_by[i], area, [offsets[i]], [versions[i]])
         if target is None and moved_idx:
             c["recovery_bytes"] += sent * len(moved_idx) // len(pages)
         return len(moved_idx)
+
+    async def _copy(
+        self,
+        readable: list[str],
+        new: list[str],
+        area: int,
+        offs: npt.NDArray[np.int64],
+        versions: list[int],
+        sums: list[int],
+    ) -> tuple[list[tuple[str, ...]], int]:
+        """Put verified copies of the pages on the new holders: holder to holder where it can,
+        through this owner for the rest; per page, the new holders that kept it, and the bytes
+        sent."""
+        t = self._t
+        c = t.counters
+        offsets = offs.tolist()
+        n = len(offsets)
+        kept_by: list[tuple[str, ...]] = [() for _ in range(n)]
+        sent = 0
+        if t.config.direct_copy:
+            kept_by, sent = await self._copy_direct(readable[0], new, area, offsets, versions, sums)
+        relay = [i for i, kept in enumerate(kept_by) if len(kept) < len(new)]
+        if not relay:
+            return kept_by, sent
+        # Through the owner: read a verified copy from any readable holder, put it on `new`.
+        wanted = [(j, versions[i], sums[i]) for j, i in enumerate(relay)]
+        copies = await self._fetcher.fetch_group(
+            area,
+            offs[relay],
+            self._fetcher.order(tuple(readable)),
+            wanted,
+            verify=True,
+            want_stored=True,
+            partial=True,
+        )
+        unreadable = len(relay) - len(copies)
+        if unreadable:
+            # No good copy on any holder left: they stay as they are (loads will say so).
+            c["pages_unreadable"] += unreadable
+            t.log.error(
+                ("unreadable", area),
+                "%d pages of area %d have no good copy left on %s",
+                unreadable,
+                area,
+                ", ".join(readable),
+            )
+        found = [(i, copies[j]) for j, i in enumerate(relay) if j in copies]
+        if found:
+            got = await t.put_everywhere(
+                new,
+                area,
+                [offsets[i] for i, _ in found],
+                [versions[i] for i, _ in found],
+                [sums[i] for i, _ in found],
+                [p for _, p in found],  # views into the holder's reply: no copy
+            )
+            for (i, payload), kept in zip(found, got, strict=True):
+                merged = tuple(nd for nd in new if nd in kept or nd in kept_by[i])
+                kept_by[i] = merged
+                sent += len(payload) * len(kept)
+        return kept_by, sent
 
     async def _copy_direct(
         self,
@@ -233,8 +274,9 @@ class Repairer:
         offsets: list[int],
         versions: list[int],
         sums: list[int],
-    ) -> tuple[list[bool], int]:
-        """Holder-to-holder copies onto every target; True where all of them kept the page."""
+    ) -> tuple[list[tuple[str, ...]], int]:
+        """Holder-to-holder copies onto every target; per page, the targets that kept it, and
+        the bytes sent."""
         t = self._t
         areas = [area] * len(offsets)
 
@@ -243,10 +285,19 @@ class Repairer:
                 return await t.holders.copy(source, node, areas, offsets, versions, sums)
             except RamsterError as exc:
                 t.counters["direct_copy_failures"] += 1
-                log.info("direct copy %s -> %s failed, relaying: %s", source, node, exc)
+                t.log.info(
+                    ("copy", source, node),
+                    "direct copy %s -> %s failed, relaying: %s",
+                    source,
+                    node,
+                    exc,
+                )
                 return [False] * len(offsets), 0
 
         results = await run_all(one(n) for n in targets)
-        acked = [all(flags) for flags in zip(*(r[0] for r in results), strict=True)]
-        t.counters["direct_copies"] += sum(acked)
-        return acked, sum(r[1] for r in results)
+        kept_by = [
+            tuple(n for n, r in zip(targets, results, strict=True) if r[0][i])
+            for i in range(len(offsets))
+        ]
+        t.counters["direct_copies"] += sum(1 for k in kept_by if len(k) == len(targets))
+        return kept_by, sum(r[1] for r in results)

@@ -7,7 +7,7 @@ import asyncio
 from collections import defaultdict
 
 from ramster.cluster.placement import choose_holders
-from ramster.frontswap.remote.drops import Drops
+from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.holders import Tier, run_all
 from ramster.pagestore import ColdPage
 
@@ -15,7 +15,7 @@ from ramster.pagestore import ColdPage
 class Spiller:
     """Moves cold pages out of the local pool until it is below the low watermark."""
 
-    def __init__(self, tier: Tier, drops: Drops) -> None:
+    def __init__(self, tier: Tier, drops: DropQueue) -> None:
         self._t = tier
         self._drops = drops
         self._wanted = asyncio.Event()
@@ -69,21 +69,26 @@ class Spiller:
             moved += batch_moved
             if not batch_moved:
                 break
-            await self._drops.flush()
+            self._drops.collect()
         return moved
 
     async def _batch(self, cold: list[ColdPage]) -> int:
-        """Copy one batch to R holders and free what they all kept; pages moved, -1 if no room."""
+        """Copy one batch to up to R holders and free what enough of them kept; pages moved,
+        -1 if no holder has room."""
         t = self._t
+        cfg = t.config
         payloads = [c.payload for c in cold]
         nodes = choose_holders(
-            t.holders.candidates(), t.config.replicas, sum(len(p) for p in payloads), t.rng
+            t.holders.candidates(),
+            cfg.replicas,
+            sum(len(p) for p in payloads),
+            t.rng,
+            minimum=cfg.min_replicas,
         )
         if not nodes:
             t.counters["spill_no_holders"] += 1
             t.warn_no_holders()
             return -1
-        set_id = t.sets.intern(nodes)
         by_area: dict[int, list[int]] = defaultdict(list)
         for i, c in enumerate(cold):
             by_area[c.area].append(i)
@@ -91,7 +96,7 @@ class Spiller:
         for area, idx in by_area.items():
             offsets = [cold[i].offset for i in idx]
             versions = [cold[i].version for i in idx]
-            acked = await t.put_everywhere(
+            kept_by = await t.put_everywhere(
                 nodes,
                 area,
                 offsets,
@@ -99,23 +104,30 @@ class Spiller:
                 [cold[i].checksum for i in idx],
                 [payloads[i] for i in idx],
             )
-            # Copy before drop: only pages every holder acknowledged lose their local copy,
+            # Copy before drop: only pages enough holders acknowledged lose their local copy,
             # and only if nobody stored them again while they were on the wire.
-            marked = t.pool.mark_remote(
-                area,
-                [o for o, a in zip(offsets, acked, strict=True) if a],
-                [v for v, a in zip(versions, acked, strict=True) if a],
-                set_id,
-            )
-            it = iter(marked)
-            kept = [a and next(it) for a in acked]
-            stray = [j for j, k in enumerate(kept) if not k]
-            if stray:
-                t.counters["spill_refused"] += len(stray)
-                await self._drops.on(
-                    nodes, area, [offsets[j] for j in stray], [versions[j] for j in stray]
-                )
-            moved += len(kept) - len(stray)
+            groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+            for j, kept in enumerate(kept_by):
+                groups[kept].append(j)
+            for kept, js in groups.items():
+                if len(kept) < cfg.min_replicas:
+                    marked = [False] * len(js)
+                else:
+                    marked = t.pool.mark_remote(
+                        area,
+                        [offsets[j] for j in js],
+                        [versions[j] for j in js],
+                        t.sets.intern(kept),
+                    )
+                    if len(kept) < cfg.replicas:
+                        t.counters["under_replicated_stores"] += sum(marked)
+                stray = [j for j, m in zip(js, marked, strict=True) if not m]
+                if stray:
+                    t.counters["spill_refused"] += len(stray)
+                    self._drops.enqueue(
+                        kept, area, [offsets[j] for j in stray], [versions[j] for j in stray]
+                    )
+                moved += len(js) - len(stray)
         t.counters["spill_batches"] += 1
         t.counters["spilled_pages"] += moved
         return moved

@@ -8,6 +8,7 @@ pages try the holders one after another and verify version and checksum before r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ import numpy.typing as npt
 from ramster.cluster.placement import choose_holders
 from ramster.frontswap.local import DEFAULT_MAX_AREAS, LocalFrontswap
 from ramster.frontswap.remote.config import SpillConfig
-from ramster.frontswap.remote.drops import Drops
+from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
 from ramster.frontswap.remote.holders import Holders, Tier
 from ramster.frontswap.remote.repair import Repairer
@@ -46,10 +47,13 @@ class ClusterFrontswap(LocalFrontswap):
         self.holders = holders
         self.spill_config = spill or SpillConfig()
         self._tier = Tier(self.pool, holders, self.spill_config, rng or random.Random())
-        self._drops = Drops(self._tier)
+        self._drops = DropQueue(self._tier, self.spill_config.forget_drops_after)
+        self._tier.strays = self._drops.enqueue
+        self._tier.reclaimed = self.holder_reclaimed
         self._spiller = Spiller(self._tier, self._drops)
         self._fetcher = Fetcher(self._tier)
         self._repairer = Repairer(self._tier, self._fetcher, self._drops)
+        self._reclaims = 0
 
     def holder_set(self, ident: int) -> tuple[str, ...]:
         """The nodes of a holder-set number."""
@@ -90,83 +94,113 @@ class ClusterFrontswap(LocalFrontswap):
     ) -> list[bool]:
         """Store locally; if refused, reclaim by spilling and retry; else straight to holders."""
         n = len(offs)
+        generation = self.generation(area)
         versions = list(self._new_versions(n))
         ok = local(list(range(n)), versions)
         missing = [i for i, flag in enumerate(ok) if not flag]
-        if missing and await self._spiller.once():
-            # Direct reclaim: the writer waits while cold pages move out, then tries again.
+        if missing and await self._spiller.once() and self.generation(area) == generation:
+            # Direct reclaim: the writer waits while cold pages move out, then tries again
+            # (unless the area was invalidated meanwhile: nothing of it may come back).
             retried = local(missing, [versions[i] for i in missing])
             for i, flag in zip(missing, retried, strict=True):
                 ok[i] = flag
             missing = [i for i, flag in enumerate(ok) if not flag]
-        if missing:
+        if missing and self.generation(area) == generation:
             payloads, sums = encoded(missing)
             stored = await self._store_remote(
-                area, offs[missing], payloads, sums, [versions[i] for i in missing]
+                area, offs[missing], payloads, sums, [versions[i] for i in missing], generation
             )
             for i, flag in zip(missing, stored, strict=True):
                 ok[i] = flag
         self._spiller.wake()
-        await self._drops.flush()
+        self._drops.collect()
         return ok
 
     async def _store_remote(
-        self, area: int, offs: I64, payloads: list[bytes], sums: list[int], versions: list[int]
+        self,
+        area: int,
+        offs: I64,
+        payloads: list[bytes],
+        sums: list[int],
+        versions: list[int],
+        generation: int,
     ) -> list[bool]:
-        """Store pages (in stored form) the local pool refused straight on R holders."""
+        """Store pages (in stored form) the local pool refused straight on up to R holders
+        (at least min_replicas of them)."""
         t = self._tier
+        cfg = t.config
         n = len(payloads)
         need = sum(len(p) for p in payloads)
-        nodes = choose_holders(t.holders.candidates(), t.config.replicas, need, t.rng)
+        nodes = choose_holders(
+            t.holders.candidates(), cfg.replicas, need, t.rng, minimum=cfg.min_replicas
+        )
         if not nodes:
             t.counters["direct_remote_refused"] += n
             t.warn_no_holders()
             return [False] * n
         keys = offs.tolist()
-        acked = await t.put_everywhere(nodes, area, keys, versions, sums, payloads)
-        placed = [i for i in range(n) if acked[i]]
-        # Only where the key is still absent: a newer store may have landed meanwhile.
-        current = self.pool.versions(area, [keys[i] for i in placed])
-        placed = [i for i, v in zip(placed, current, strict=True) if v is None]
-        recorded = self.pool.put_remote(
-            area,
-            [keys[i] for i in placed],
-            [versions[i] for i in placed],
-            [sums[i] for i in placed],
-            t.sets.intern(nodes),
-        )
+        kept_by = await t.put_everywhere(nodes, area, keys, versions, sums, payloads)
         ok = [False] * n
-        for i, flag in zip(placed, recorded, strict=True):
-            ok[i] = flag
+        if self.generation(area) == generation and area in self._areas:
+            # Only where the key is still absent: a newer store may have landed meanwhile.
+            placed = [i for i in range(n) if len(kept_by[i]) >= cfg.min_replicas]
+            current = self.pool.versions(area, [keys[i] for i in placed])
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for i, v in zip(placed, current, strict=True):
+                if v is None:
+                    groups.setdefault(kept_by[i], []).append(i)
+            for kept, idx in groups.items():
+                recorded = self.pool.put_remote(
+                    area,
+                    [keys[i] for i in idx],
+                    [versions[i] for i in idx],
+                    [sums[i] for i in idx],
+                    t.sets.intern(kept),
+                )
+                for i, flag in zip(idx, recorded, strict=True):
+                    ok[i] = flag
+                if len(kept) < cfg.replicas:
+                    t.counters["under_replicated_stores"] += sum(recorded)
         stray = [i for i in range(n) if not ok[i]]
-        if stray:
-            await self._drops.on(
-                nodes, area, [keys[i] for i in stray], [versions[i] for i in stray]
-            )
+        for i in stray:
+            if kept_by[i]:
+                self._drops.enqueue(kept_by[i], area, [keys[i]], [versions[i]])
         t.counters["direct_remote_stores"] += n - len(stray)
         t.counters["direct_remote_refused"] += len(stray)
         return ok
 
     # -- loads -----------------------------------------------------------------------------------
 
-    async def _get(self, area: int, offs: I64, exclusive: bool) -> list[bytes | None]:
-        pages = self.pool.get_many(area, offs, exclusive)
+    async def _get_versioned(
+        self, area: int, offs: I64
+    ) -> tuple[list[bytes | None], list[int | None]]:
+        pages = self.pool.get_many(area, offs, False)
+        versions = self.pool.versions(area, offs)  # no await between: the same moment
         if None not in pages:
-            return pages
+            return pages, versions
         entries = self.pool.remote_entries(area, offs)
-        if not entries:
-            return pages
-        fetched = await self._fetcher.fetch(area, offs, entries)
-        for i, page in fetched.items():
-            pages[i] = bytes(page)  # verified pages are bytes already: no copy
-        if exclusive:
-            # Free what was read, unless it was stored again while we were fetching.
-            wanted = {i: v for i, v, _, _ in entries}
-            now = self.pool.versions(area, offs[list(fetched)])
-            done = [i for i, v in zip(fetched, now, strict=True) if v == wanted[i]]
-            if done:
-                self.pool.drop_many(area, offs[done])
-                await self._drops.flush()
+        if entries:
+            fetched = await self._fetcher.fetch(area, offs, entries)
+            for i, page in fetched.items():
+                pages[i] = bytes(page)  # verified pages are bytes already: no copy
+        return pages, versions
+
+    async def _get(self, area: int, offs: I64, exclusive: bool) -> list[bytes | None]:
+        if not exclusive:
+            return (await self._get_versioned(area, offs))[0]
+        # Read everything first, then free in one synchronous step: a fetch that fails or is
+        # cancelled frees nothing, and a key stored again meanwhile keeps its newer copy.
+        pages, versions = await self._get_versioned(area, offs)
+        now = self.pool.versions(area, offs)
+        done = [
+            i
+            for i, (page, before, after) in enumerate(zip(pages, versions, now, strict=True))
+            if page is not None and before is not None and before == after
+        ]
+        if done:
+            self.pool.note_exclusive(len(done))
+            self.pool.drop_many(area, offs[done])
+            self._drops.collect()
         return pages
 
     async def load_encoded_many(
@@ -199,11 +233,12 @@ class ClusterFrontswap(LocalFrontswap):
 
     async def _drop(self, area: int, offs: I64) -> None:
         self.pool.drop_many(area, offs)
-        await self._drops.flush()
+        self._drops.collect()
 
     async def _drop_area(self, area: int) -> int:
         dropped = self.pool.drop_area(area, record_remote=False)
-        await self._drops.area(area)
+        # Every page of the area so far has a version up to the counter's: later ones are newer.
+        self._drops.enqueue_area(area, self._version)
         return dropped
 
     # -- the background work and the cluster's view --------------------------------------------
@@ -213,8 +248,10 @@ class ClusterFrontswap(LocalFrontswap):
         self._spiller.wake()
 
     async def spill_forever(self) -> None:
-        """Run the spiller until cancelled (owned by the node's TaskGroup)."""
-        await self._spiller.run()
+        """Run the spiller and the drop queue until cancelled (owned by the node's TaskGroup)."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._spiller.run(), name="spiller")
+            tg.create_task(self._drops.run(), name="drops")
 
     async def spill_once(self) -> int:
         """Move cold pages out until usage is below the low watermark; returns pages moved."""
@@ -239,14 +276,28 @@ class ClusterFrontswap(LocalFrontswap):
     def holder_restarted(self, node: str, old_incarnation: str) -> None:
         """A holder came back as a new incarnation: the copies its old one held are gone."""
         self._tier.sets.bury(node, old_incarnation)
+        self._drops.forget_node(node)
         log.warning("holder %s restarted: its copies count as lost", node)
 
+    def holder_reclaimed(self, node: str) -> None:
+        """A holder reclaimed this owner's pages (it did not hear from it for longer than its
+        owner grace): the copies there are gone; repair gives those pages new ones."""
+        self._reclaims += 1
+        self._tier.sets.bury(node, f"reclaimed{self._reclaims}")
+        self._drops.forget_node(node)
+        self._tier.counters["holders_reclaimed"] += 1
+        log.error("holder %s reclaimed this node's pages: its copies count as lost", node)
+
     async def drop_orphans(self, alive: set[str]) -> int:
-        """Drop, on holders that answer again, the copies re-replicated away from them."""
-        return await self._drops.drop_orphans(alive)
+        """Deliver queued drops now (to live holders); how many were delivered."""
+        return await self._drops.deliver()
+
+    async def settle_drops(self, within: float = 10.0) -> bool:
+        """Deliver drops until none is queued for a live holder; False if time ran out."""
+        return await self._drops.settle(within)
 
     def orphans_pending(self) -> int:
-        """Copies known to be orphaned on holders that have not answered since."""
+        """Drops queued and not yet delivered (orphans on away holders included)."""
         return self._drops.pending()
 
     def remote_statistics(self) -> dict[str, float]:

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ramster.errors import ProtocolError
-from ramster.pagestore.lent import StaleIncarnation
+from ramster.errors import DuplicateNode, ProtocolError
+from ramster.pagestore.lent import LiveTwin, StaleIncarnation
 from ramster.protocol import (
     COORD_ORDER,
     COORD_REBALANCE,
@@ -23,6 +23,19 @@ from ramster.rpc import RpcServer
 
 class Control(Protocol):
     """What the control methods need of the node."""
+
+    @property
+    def node_id(self) -> str:
+        """This node's id."""
+        ...
+
+    @property
+    def incarnation(self) -> str:
+        """This process's incarnation."""
+        ...
+
+    def twin(self, incarnation: str, reason: str) -> None:
+        """Another live process says hello under this node's id, as `incarnation`."""
 
     def hello_info(self) -> dict[str, Any]:
         """Identity and capacity, as heartbeats carry them."""
@@ -44,15 +57,19 @@ class Control(Protocol):
 
 
 NoteOwner = Callable[[str, str, float], object]
-"""(owner, incarnation, now): an owner spoke; StaleIncarnation if it is an older run."""
+"""(owner, incarnation, now): an owner spoke; StaleIncarnation if it is an older run, LiveTwin
+if a newer one while the older still speaks."""
+EpochOf = Callable[[str], int]
+"""owner -> how many times this node reclaimed that owner's pages."""
 
 
 class ControlService:
     """node.hello, node.stats, node.drain, coord.order and coord.rebalance."""
 
-    def __init__(self, control: Control, note_owner: NoteOwner) -> None:
+    def __init__(self, control: Control, note_owner: NoteOwner, epoch_of: EpochOf) -> None:
         self._control = control
         self._note_owner = note_owner
+        self._epoch_of = epoch_of
 
     def register(self, server: RpcServer) -> None:
         """Serve the control methods on `server`."""
@@ -66,11 +83,21 @@ class ControlService:
         """node.hello [node_id, incarnation]: the caller is alive; answer who we are."""
         arity(params, 2, "[node_id, incarnation]")
         peer, inc = text(params[0], "node_id"), text(params[1], "incarnation")
+        control = self._control
+        if peer == control.node_id and inc != control.incarnation:
+            reason = (
+                f"node id {peer} is in use by a live process (incarnation {control.incarnation})"
+            )
+            control.twin(inc, reason)
+            raise DuplicateNode(reason)
         try:
             self._note_owner(peer, inc, time.monotonic())
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
-        return self._control.hello_info()
+        except LiveTwin as exc:
+            raise DuplicateNode(str(exc)) from None
+        # Its own count of reclaims: an owner sees it rise and counts those copies as lost.
+        return {**control.hello_info(), "reclaimed_epoch": self._epoch_of(peer)}
 
     def stats(self, params: list[object]) -> dict[str, Any]:
         """node.stats []."""

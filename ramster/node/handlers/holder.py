@@ -10,8 +10,14 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ramster.errors import CapacityError, ProtocolError, RamsterError, RemoteError
-from ramster.pagestore.lent import LentPool, StaleIncarnation
+from ramster.errors import (
+    CapacityError,
+    PagesReclaimed,
+    ProtocolError,
+    RamsterError,
+    RemoteError,
+)
+from ramster.pagestore.lent import LentPool, Reclaimed, StaleIncarnation
 from ramster.pagestore.verify import copyable, spread
 from ramster.protocol import (
     DEBUG_DAMAGE,
@@ -77,7 +83,9 @@ class HolderService:
             HOLD_DROP, self.drop, decode=_owned(4, "[owner, incarnation, keys, versions]")
         )
         server.register(
-            HOLD_DROP_AREA, self.drop_area, decode=_owned(3, "[owner, incarnation, area]")
+            HOLD_DROP_AREA,
+            self.drop_area,
+            decode=_owned(4, "[owner, incarnation, area, max_version]"),
         )
         if os.environ.get(TEST_HOOKS_ENV) == "1":
             server.register(DEBUG_DAMAGE, self.damage)
@@ -99,6 +107,8 @@ class HolderService:
         except StaleIncarnation as exc:
             self._refused(req.owner, len(batch.offsets), "stale incarnation")
             raise ProtocolError(str(exc)) from None
+        except Reclaimed as exc:
+            raise PagesReclaimed(str(exc)) from None
         refused = ok.count(False)
         if refused:
             self._refused(req.owner, refused, "lent pool full" if not lent.draining else "draining")
@@ -113,6 +123,8 @@ class HolderService:
             held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
+        except Reclaimed as exc:
+            raise PagesReclaimed(str(exc)) from None
         idx = [i for i, item in enumerate(held) if item is not None]
         found = [item for item in held if item is not None]
         return PageBatch(
@@ -136,6 +148,8 @@ class HolderService:
             held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
+        except Reclaimed as exc:
+            raise PagesReclaimed(str(exc)) from None
         good, payloads = copyable(held, versions, sums, self.lent.pool.config.page_size)
         self.copies_refused += n - len(good)
         if not good:
@@ -163,14 +177,19 @@ class HolderService:
             return self.lent.drop(req.owner, req.incarnation, keys.areas, keys.offsets, versions)
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
+        except Reclaimed as exc:
+            raise PagesReclaimed(str(exc)) from None
 
     def drop_area(self, req: Owned) -> int:
-        """Forget every page of one area of an owner."""
+        """Forget the pages of one area of an owner no newer than max_version."""
         area = integer(req.rest[0], "area", MAX_AREA)
+        max_version = integer(req.rest[1], "max_version", MAX_VERSION)
         try:
-            return self.lent.drop_area(req.owner, req.incarnation, area)
+            return self.lent.drop_area(req.owner, req.incarnation, area, max_version)
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
+        except Reclaimed as exc:
+            raise PagesReclaimed(str(exc)) from None
 
     def damage(self, params: list[object]) -> None:
         """debug.damage [owner, area, offset, stale]: corrupt or age a held copy (tests only)."""
