@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ramster.errors import InvalidPage
 from ramster.pagestore.config import MAX_AREA, PoolConfig
 from ramster.pagestore.pool import PagePool, PoolStatistics
 from ramster.types import Buffer
@@ -222,12 +223,23 @@ class LentPool:
         checksums: Sequence[int],
         payloads: Sequence[bytes | bytearray | memoryview],
     ) -> list[bool]:
-        """Keep pages for an owner; False for each page refused (the lent budget is full)."""
+        """Keep pages for an owner; False for each page refused (the lent budget is full).
+
+        InvalidPage, before anything changes, for a payload that is empty or over a page or
+        a key given twice: a peer's batch is checked whole before any of it is kept.
+        """
+        groups = _by_area(areas)
+        ps = self.pool.config.page_size
+        if payloads and not 0 < min(map(len, payloads)) <= max(map(len, payloads)) <= ps:
+            raise InvalidPage(f"a stored payload is 1 to {ps} bytes long")
+        for _, idx in groups:
+            if len({offsets[i] for i in idx}) != len(idx):
+                raise InvalidPage("a page batch names a key twice")
         self.note_owner(owner, inc)
         ok = [False] * len(offsets)
         if self.draining:
             return ok
-        for area, idx in _by_area(areas):
+        for area, idx in groups:
             ident = self._area_id(owner, inc, area, create=True)
             if ident is None:
                 continue

@@ -15,7 +15,7 @@ import lz4.block
 import numpy as np
 import xxhash
 
-from ramster.errors import CorruptPage
+from ramster.errors import CorruptPage, InvalidPage
 from ramster.pagestore.codec import EMPTY, LZ4, RAW, REMOTE, SAME, stored_kind
 from ramster.pagestore.cold import ColdOrder
 from ramster.pagestore.core import I64, Keys, _keys, _Put
@@ -174,7 +174,10 @@ class PagePool(RemoteEntries, ColdOrder):
 
         Nothing is recompressed here; the checksum travels with the payload and is verified by
         whoever expands the page. Same budget, hysteresis and old-copy rules as `put_many`.
+        InvalidPage, before anything changes, for a payload that is empty or over a page.
         """
+        if payloads and not 0 < min(map(len, payloads)) <= max(map(len, payloads)) <= self._ps:
+            raise InvalidPage(f"a stored payload is 1 to {self._ps} bytes long")
         offs = _keys(offsets)
         ok = [False] * len(payloads)
         put = self._begin_put(area, offs)

@@ -28,8 +28,8 @@ class InProcessHolders:
         self.down: set[str] = set()
 
     def _lent(self, node: str) -> LentPool:
-        if node in self.down:
-            raise PeerLost(f"{node} is down")
+        if node in self.down or node not in self.lents:
+            raise PeerLost(f"{node} is down or unknown")
         return self.lents[node]
 
     def candidates(self) -> list[Candidate]:
@@ -43,7 +43,9 @@ class InProcessHolders:
         return list(self.lents)
 
     def state_of(self, node: str) -> str:
-        """dead while down, else alive."""
+        """dead while down, else alive (unknown for a name that is no holder)."""
+        if node not in self.lents:
+            return "unknown"
         return "dead" if node in self.down else "alive"
 
     async def put(

@@ -150,6 +150,7 @@ class DropQueue:
 
     async def deliver(self) -> int:
         """One round: every queue of a live holder, sent in batches; drops delivered."""
+        self.collect()  # what the pool forgot in a call that was cancelled before it could
         now = time.monotonic()
         todo = []
         for node, q in list(self._q.items()):

@@ -65,9 +65,12 @@ class Fetcher:
         return out
 
     def order(self, nodes: tuple[str, ...]) -> tuple[str, ...]:
-        """The holders to ask, live ones first (stable: the spread by offset stays)."""
+        """The holders to ask, live ones first (stable: the spread by offset stays); never
+        a tombstone (an incarnation whose copies are gone)."""
         state = self._t.holders.state_of
-        return tuple(sorted(nodes, key=lambda n: RANK.get(state(n), 1)))
+        tombs = self._t.sets.tombstones
+        alive = [n for n in nodes if n not in tombs]
+        return tuple(sorted(alive, key=lambda n: RANK.get(state(n), 1)))
 
     async def fetch_group(
         self,

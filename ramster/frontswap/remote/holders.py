@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -172,6 +172,10 @@ class Tier:
     log: LogLimiter = field(default_factory=lambda: LogLimiter(log))
     strays: Callable[[Sequence[str], int, list[int], list[int]], None] = lambda *_: None
     """Queue copies on nodes to be dropped (set by the tier to its drop queue)."""
+    before_put: Callable[[Sequence[str], int, list[int]], Awaitable[None]] = lambda *_: (
+        asyncio.sleep(0)
+    )
+    """Take keys about to be put on nodes out of their drop queues (set by the tier)."""
     reclaimed: Callable[[str], None] = lambda _node: None
     """A holder answered that it reclaimed this owner's pages (set by the tier)."""
     _warned_at: float = -NO_HOLDER_WARN_EVERY
@@ -209,10 +213,13 @@ class Tier:
     ) -> list[tuple[str, ...]]:
         """Send one batch to every node at once; per page, the nodes that kept it (in order).
 
-        Should the caller be cancelled, every node may have kept every page: those copies
-        are queued to be dropped again (`strays`), so that nothing leaks.
+        A node whose call failed may have kept the pages all the same (its answer was lost),
+        and should the caller be cancelled every node may have: those copies are queued to be
+        dropped again (`strays`), so that nothing leaks. Drops queued earlier for these keys on
+        these nodes are withdrawn first: a late one must not take a copy put now.
         """
         areas = [area] * len(offsets)
+        await self.before_put(nodes, area, offsets)
 
         async def one(node: str) -> list[bool]:
             try:
@@ -221,6 +228,7 @@ class Tier:
                 self.reclaimed(node)
                 return [False] * len(offsets)
             except RamsterError as exc:
+                self.strays([node], area, offsets, versions)
                 self.log.info(
                     ("put", node),
                     "holder %s refused a batch of %d pages: %s",

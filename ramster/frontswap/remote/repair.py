@@ -284,6 +284,8 @@ class Repairer:
             try:
                 return await t.holders.copy(source, node, areas, offsets, versions, sums)
             except RamsterError as exc:
+                # It may have landed all the same: dropped again unless relayed (and kept) later.
+                t.strays([node], area, offsets, versions)
                 t.counters["direct_copy_failures"] += 1
                 t.log.info(
                     ("copy", source, node),

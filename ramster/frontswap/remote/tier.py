@@ -49,6 +49,7 @@ class ClusterFrontswap(LocalFrontswap):
         self._tier = Tier(self.pool, holders, self.spill_config, rng or random.Random())
         self._drops = DropQueue(self._tier, self.spill_config.forget_drops_after)
         self._tier.strays = self._drops.enqueue
+        self._tier.before_put = self._drops.before_put
         self._tier.reclaimed = self.holder_reclaimed
         self._spiller = Spiller(self._tier, self._drops)
         self._fetcher = Fetcher(self._tier)
@@ -96,24 +97,27 @@ class ClusterFrontswap(LocalFrontswap):
         n = len(offs)
         generation = self.generation(area)
         versions = list(self._new_versions(n))
-        ok = local(list(range(n)), versions)
-        missing = [i for i, flag in enumerate(ok) if not flag]
-        if missing and await self._spiller.once() and self.generation(area) == generation:
-            # Direct reclaim: the writer waits while cold pages move out, then tries again
-            # (unless the area was invalidated meanwhile: nothing of it may come back).
-            retried = local(missing, [versions[i] for i in missing])
-            for i, flag in zip(missing, retried, strict=True):
-                ok[i] = flag
+        try:
+            ok = local(list(range(n)), versions)
             missing = [i for i, flag in enumerate(ok) if not flag]
-        if missing and self.generation(area) == generation:
-            payloads, sums = encoded(missing)
-            stored = await self._store_remote(
-                area, offs[missing], payloads, sums, [versions[i] for i in missing], generation
-            )
-            for i, flag in zip(missing, stored, strict=True):
-                ok[i] = flag
+            if missing and await self._spiller.once() and self.generation(area) == generation:
+                # Direct reclaim: the writer waits while cold pages move out, then tries again
+                # (unless the area was invalidated meanwhile: nothing of it may come back).
+                retried = local(missing, [versions[i] for i in missing])
+                for i, flag in zip(missing, retried, strict=True):
+                    ok[i] = flag
+                missing = [i for i, flag in enumerate(ok) if not flag]
+            if missing and self.generation(area) == generation:
+                payloads, sums = encoded(missing)
+                stored = await self._store_remote(
+                    area, offs[missing], payloads, sums, [versions[i] for i in missing], generation
+                )
+                for i, flag in zip(missing, stored, strict=True):
+                    ok[i] = flag
+        finally:
+            # The old copies of overwritten keys, even when the call was cancelled.
+            self._drops.collect()
         self._spiller.wake()
-        self._drops.collect()
         return ok
 
     async def _store_remote(

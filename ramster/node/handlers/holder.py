@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ramster.errors import (
     CapacityError,
+    InvalidPage,
     PagesReclaimed,
     ProtocolError,
     RamsterError,
@@ -109,6 +110,8 @@ class HolderService:
             raise ProtocolError(str(exc)) from None
         except Reclaimed as exc:
             raise PagesReclaimed(str(exc)) from None
+        except InvalidPage as exc:
+            raise ProtocolError(str(exc)) from None
         refused = ok.count(False)
         if refused:
             self._refused(req.owner, refused, "lent pool full" if not lent.draining else "draining")
