@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import os
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -37,6 +39,7 @@ LENT = 160 << 10
 INC = "00000001-model"
 VALUES = corpus.pages(24, seed=31)
 ABSENT = None
+T = TypeVar("T")
 
 keys_st = st.lists(st.integers(0, KEYS - 1), min_size=1, max_size=24, unique=True)
 owner_st = st.sampled_from(OWNERS)
@@ -74,7 +77,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
         self.restarts = 0
         self.steps = 0
 
-    def run(self, coro):  # type: ignore[no-untyped-def]
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
     @initialize(seed=st.integers(0, 2**32 - 1), lent=st.sampled_from([LENT, 40 << 10]))
@@ -111,7 +114,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
                 f"allowed {len(allowed)} values"
             )
 
-    async def _settle_to(self, coro, turns: int):  # type: ignore[no-untyped-def]
+    async def _settle_to(self, coro: Coroutine[Any, Any, T], turns: int) -> tuple[bool, T | None]:
         """Run coro as a task for `turns` loop turns, then cancel it; (done, result)."""
         task = self.loop.create_task(coro)
         for _ in range(turns):
@@ -139,9 +142,9 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
     @rule(owner=owner_st, keys=keys_st, v=st.integers(0, 23), turns=st.integers(0, 30))
     def store_cancelled(self, owner: str, keys: list[int], v: int, turns: int) -> None:
         pages = [VALUES[(v + k) % len(VALUES)] for k in keys]
-        done, ok = self.run(self._settle_to(self.owners[owner].store_many(0, keys, pages), turns))
+        _, ok = self.run(self._settle_to(self.owners[owner].store_many(0, keys, pages), turns))
         for i, (k, page) in enumerate(zip(keys, pages, strict=True)):
-            if done:
+            if ok is not None:
                 self.model[owner][k] = {page if ok[i] else ABSENT}
             else:  # the old copy may be gone; the new one may or may not be kept
                 self.model[owner][k] = self.model[owner][k] | {page, ABSENT}
@@ -162,8 +165,8 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
 
     @rule(owner=owner_st, keys=keys_st, turns=st.integers(0, 30))
     def exclusive_load_cancelled(self, owner: str, keys: list[int], turns: int) -> None:
-        done, got = self.run(self._settle_to(self.owners[owner].load_many(0, keys, True), turns))
-        if done:
+        _, got = self.run(self._settle_to(self.owners[owner].load_many(0, keys, True), turns))
+        if got is not None:
             self.check(owner, keys, got)
             for k, page in zip(keys, got, strict=True):
                 if page is not None:
@@ -264,7 +267,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
         finally:
             for task in self.tasks:
                 task.cancel()
-            self.run(asyncio.gather(*self.tasks, return_exceptions=True))
+            self.loop.run_until_complete(asyncio.gather(*self.tasks, return_exceptions=True))
             self.loop.close()
             TOTALS.steps += self.steps
             TOTALS.faults += self.faults.injected
