@@ -5,7 +5,8 @@ usage, per (owner, holder) pages), rebuilt from the reports members send in thei
 a newly elected coordinator knows as much after one round and its memory never grows with pages.
 From them it decides:
 - Repair: an owner has copies on a holder that is no longer a live member (dead, or restarted
-  as a new incarnation) or that is draining: that owner re-replicates them.
+  as a new incarnation) or that is draining, or pages placed with fewer than R copies while
+  holders were missing (and some member has room now): that owner re-replicates them.
 - Move: with redundancy whole, the fullest holder's free room is far below the emptiest's (a
   node joined, or the load is uneven): one owner moves a bounded number of copies across.
 Every order carries the coordinator's term and a number; an owner reports the last order it
@@ -230,7 +231,12 @@ class Coordinator:
         for owner, report in sorted(self.members.items()):
             lost = tuple(sorted(h for h in report.inventory if h not in self.members))
             leaving = tuple(sorted(h for h in report.inventory if h in draining))
-            if not lost and not leaving:
+            # Pages placed with fewer than R copies (degraded mode) are repaired once some
+            # member other than their owner has room again.
+            short = report.under_replicated > 0 and any(
+                r.lent_free > 0 and not r.draining for n, r in self.members.items() if n != owner
+            )
+            if not lost and not leaving and not short:
                 continue
             idle = self._idle_repair.get(owner)
             if idle is not None and self._round - idle < self.config.reissue_rounds:
@@ -245,13 +251,13 @@ class Coordinator:
                 if same and self._round - pending.round < self.config.reissue_rounds:
                     continue
             todo = sum(report.inventory[h] for h in (*lost, *leaving))
-            out.append(
-                Note(
-                    "repair",
-                    owner,
-                    f"{todo} page copies on {', '.join((*lost, *leaving))}",
-                )
+            where = ", ".join((*lost, *leaving))
+            detail = (
+                f"{todo} page copies on {where}"
+                if where
+                else f"{report.under_replicated} pages with fewer than R copies"
             )
+            out.append(Note("repair", owner, detail))
             out.append(self._issue(Repair(owner, self.term, self._next_order, lost, leaving)))
         return out
 

@@ -134,10 +134,15 @@ class OrderFollower:
     """
 
     def __init__(
-        self, worker: Worker, present: Callable[[], set[str]], own_detection: float
+        self,
+        worker: Worker,
+        present: Callable[[], set[str]],
+        own_detection: float,
+        gone: Callable[[], set[str]] = set,
     ) -> None:
         self._worker = worker
         self._present = present
+        self._gone = gone
         self._own_detection = own_detection
         self._repair: Repair | None = None
         self._move: Move | None = None
@@ -192,6 +197,9 @@ class OrderFollower:
             if len(gone) == len(order.lost) or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(OWN_DETECTION_POLL)
+        # Holders this owner itself knows are dead count too: a repair of pages with too few
+        # copies must not count a dead holder's copy as one.
+        gone |= self._gone()
         leaving = set(order.leaving)
         todo = self._worker.under_replicated(gone, leaving)
         if not todo:

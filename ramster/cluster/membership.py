@@ -75,9 +75,11 @@ class Membership:
             return [Transition(node, None, State.ALIVE, incarnation, "first heartbeat")]
         out: list[Transition] = []
         if m.incarnation != incarnation:
-            # A restart: the old incarnation is dead whatever the timers say.
+            # A restart: the old incarnation is dead whatever the timers say. Said even when
+            # silence had made it dead already: whoever kept copies there must learn that they
+            # are gone, not take the new incarnation for the old one come back.
+            out.append(Transition(node, m.state, State.DEAD, m.incarnation, "restarted"))
             if m.state is not State.DEAD:
-                out.append(Transition(node, m.state, State.DEAD, m.incarnation, "restarted"))
                 m.deaths.append(now)
             m.incarnation = incarnation
             m.state = State.DEAD

@@ -91,7 +91,9 @@ class Node:
         ControlService(self, self.lent.note_owner, self.lent.epoch).register(self.server)
         self.discovery: MdnsDiscovery | None = None
         self.election = Election(self.node_id)
-        self.follower = OrderFollower(self.frontswap, self.peers.present, config.dead_after)
+        self.follower = OrderFollower(
+            self.frontswap, self.peers.present, config.dead_after, self.peers.gone
+        )
         self.driver = CoordinatorDriver(
             self.election,
             self._reports,

@@ -153,6 +153,11 @@ def stats(node: Node) -> dict[str, Any]:
         "orphans_pending": node.frontswap.orphans_pending(),
         "copies_refused": node.holder.copies_refused,
         "peers": node.peers.statistics(),
+        "heartbeats": {
+            "bad_answers": node.peers.bad_answers,
+            "duplicates": node.peers.duplicates,
+            "refused_views": node.election.refused_views,
+        },
         "orders": _orders(node),
         "nbd": nbd_view(node),
         "aggregates": node.driver.snapshot(),

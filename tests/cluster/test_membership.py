@@ -85,3 +85,15 @@ def test_flapping_is_damped() -> None:
 def test_bad_config(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="need"):
         MembershipConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_restart_is_told_even_after_silence_made_it_dead() -> None:
+    m = Membership(MembershipConfig(suspect_after=1, dead_after=2))
+    m.heartbeat_ok("a", "inc1", 0.0)
+    m.tick(5.0)
+    assert m.state("a") is State.DEAD
+    # The new incarnation's first heartbeat: whoever kept copies on inc1 must hear of it.
+    out = m.heartbeat_ok("a", "inc2", 6.0)
+    assert [(t.old, t.new, t.incarnation, t.reason) for t in out] == [
+        (State.DEAD, State.DEAD, "inc1", "restarted")
+    ]

@@ -34,6 +34,10 @@ class SpillConfig:
     repair_pause: float = 0.0
     """Pause after each re-replication batch; 0 still yields, so foreground calls get their
     turn between batches."""
+    straggler_timeout: float = 0.25
+    """Seconds the other holders of a batch get once min_replicas have answered: a paused or
+    overloaded holder costs a writer this much, not the call timeout (its copies are dropped
+    and the page is repaired to R copies later)."""
     forget_drops_after: float = 300.0
     """Seconds a holder may stay away before the drops queued for it are given up (it has
     reclaimed this owner's pages by then: the owner grace)."""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from ramster.errors import RamsterError
 from ramster.frontswap.remote.holders import Tier, run_all
@@ -42,6 +43,11 @@ class _Queue:
     areas: dict[int, int] = field(default_factory=dict)
     """area -> the owner's version counter when it was invalidated"""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while this holder's drops are sent: one sender per holder."""
+    inflight: tuple[int, npt.NDArray[np.uint64]] | None = None
+    """(area, offsets) of the batch on its way, taken out of `pages` while it is."""
+    landed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever no batch is on its way."""
     retry_at: float = 0.0
     away_since: float | None = None
 
@@ -111,25 +117,34 @@ class DropQueue:
 
     async def before_put(self, nodes: Sequence[str], area: int, offsets: list[int]) -> None:
         """Pages about to be copied onto `nodes` (with the versions they had) must not be
-        forgotten there by a drop queued earlier: take those keys out of the queues, after any
-        drop on its way to that node has arrived."""
+        forgotten there by a drop queued earlier: take those keys out of the queues. Only if
+        a drop of one of them is on its way to a node right now does this wait for it to land
+        (a slow holder's other drops hold nothing up)."""
         keys = np.asarray(offsets, dtype=np.uint64)
         for node in nodes:
             q = self._q.get(node)
-            if q is None or area not in q.pages:
+            if q is None:
                 continue
-            async with q.lock:
-                pending = q.pages.get(area)
-                if pending is None:
-                    continue
-                offs = np.frombuffer(pending[0], dtype=np.uint64)
-                keep = ~np.isin(offs, keys)
-                if keep.all():
-                    continue
-                vers = np.frombuffer(pending[1], dtype=np.uint64)
-                q.pages[area] = (array("Q", offs[keep].tobytes()), array("Q", vers[keep].tobytes()))
-                if not keep.any():
-                    del q.pages[area]
+            self._withdraw(q, area, keys)
+            flight = q.inflight
+            if flight is not None and flight[0] == area and np.isin(flight[1], keys).any():
+                await q.landed.wait()
+                self._withdraw(q, area, keys)  # a batch that failed came back to the queue
+
+    @staticmethod
+    def _withdraw(q: _Queue, area: int, keys: npt.NDArray[np.uint64]) -> None:
+        pending = q.pages.get(area)
+        if pending is None:
+            return
+        offs = np.frombuffer(pending[0], dtype=np.uint64)
+        keep = ~np.isin(offs, keys)
+        if keep.all():
+            return
+        if not keep.any():
+            del q.pages[area]
+            return
+        vers = np.frombuffer(pending[1], dtype=np.uint64)
+        q.pages[area] = (array("Q", offs[keep].tobytes()), array("Q", vers[keep].tobytes()))
 
     def pending(self) -> int:
         """Drops queued and not yet delivered (orphans on away holders included)."""
@@ -188,14 +203,27 @@ class DropQueue:
                     sent += 1
                 for area in list(q.pages):
                     while (pending := q.pages.get(area)) is not None and len(pending[0]):
+                        # The batch leaves the queue while it is on its way; a failure puts
+                        # it back. before_put may rewrite the queue meanwhile.
                         offs, vers = pending[0][:BATCH], pending[1][:BATCH]
-                        await t.holders.drop(node, [area] * len(offs), list(offs), list(vers))
-                        # Only what was sent: more may have been queued meanwhile.
                         del pending[0][: len(offs)]
                         del pending[1][: len(offs)]
+                        if not len(pending[0]):
+                            del q.pages[area]
+                        q.inflight = (area, np.frombuffer(offs, dtype=np.uint64))
+                        q.landed.clear()
+                        try:
+                            await t.holders.drop(node, [area] * len(offs), list(offs), list(vers))
+                        except BaseException:
+                            back = q.pages.setdefault(area, (array("Q"), array("Q")))
+                            back[0].extend(offs)
+                            back[1].extend(vers)
+                            raise
+                        finally:
+                            q.inflight = None
+                            q.landed.set()
                         sent += len(offs)
                         t.counters["drops_sent"] += len(offs)
-                    q.pages.pop(area, None)
             except RamsterError as exc:
                 t.counters["drop_failures"] += 1
                 q.retry_at = time.monotonic() + RETRY

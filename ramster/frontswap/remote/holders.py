@@ -49,6 +49,7 @@ COUNTERS = (
     "pages_lost",
     "under_replicated_stores",
     "holders_reclaimed",
+    "stragglers",
 )
 """The remote tier's counters (`remote_statistics`), all starting at 0."""
 
@@ -238,19 +239,55 @@ class Tier:
                 )
                 return [False] * len(offsets)
 
+        results = await self._gather_hedged(nodes, one, area, offsets, versions)
+        return [
+            tuple(n for n in nodes if n in results and results[n][i]) for i in range(len(offsets))
+        ]
+
+    async def _gather_hedged(
+        self,
+        nodes: Sequence[str],
+        one: Callable[[str], Coroutine[Any, Any, list[bool]]],
+        area: int,
+        offsets: list[int],
+        versions: list[int],
+    ) -> dict[str, list[bool]]:
+        """Every node's answer, but for stragglers: once min_replicas have answered, the rest
+        get `straggler_timeout` more seconds; a paused holder must not hold up the writer when
+        it is not needed for the answer. A straggler's copies are queued to be dropped."""
+        tasks = {asyncio.ensure_future(one(n)): n for n in nodes}
+        results: dict[str, list[bool]] = {}
+        pending = set(tasks)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
         try:
-            results = await run_all(one(n) for n in nodes)
+            while pending:
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    results[tasks[task]] = task.result()
+                if not done:
+                    break  # the stragglers' time is up
+                if deadline is None and len(results) >= self.config.min_replicas:
+                    deadline = loop.time() + self.config.straggler_timeout
         except BaseException:
             self.strays(nodes, area, offsets, versions)
             raise
-        return (
-            [
-                tuple(n for n, flags in zip(nodes, per_node, strict=True) if flags)
-                for per_node in zip(*[list(r) for r in results], strict=True)
-            ]
-            if results
-            else [() for _ in offsets]
-        )
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        late = [tasks[t] for t in pending]
+        if late:
+            self.counters["stragglers"] += len(late)
+            self.log.info(
+                ("straggler", *late), "holder(s) %s too slow for a batch: left out", ",".join(late)
+            )
+            self.strays(late, area, offsets, versions)
+        return results
 
 
 async def run_all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
