@@ -36,7 +36,8 @@ BUSYBOX_DEB = "busybox-static"
 NBD_CLIENT = "nbd-client"
 APPLETS = (
     "sh", "mount", "mkdir", "cat", "echo", "awk", "grep", "head", "tail", "insmod", "ip",
-    "mkswap", "swapon", "swapoff", "dmesg", "poweroff", "sleep", "sync", "uname", "free", "ls", "ps", "kill",
+    "mkswap", "swapon", "swapoff", "dmesg", "poweroff", "sleep", "sync", "uname", "free", "ls",
+    "ps", "kill",
 )  # fmt: skip
 
 
@@ -188,9 +189,9 @@ def resolve_modules(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
         order.append(path)
 
     for name in wanted:
-        path = by_name.get(name)
-        if path is not None:
-            visit(path)
+        found = by_name.get(name)
+        if found is not None:
+            visit(found)
     return order
 
 
@@ -244,8 +245,7 @@ def _entries(
     init = resources.files("ramster.testing.kernel").joinpath("init.sh").read_bytes()
     file("init", init)
     file("bin/busybox", busybox.read_bytes())
-    for applet in APPLETS:
-        entries.append(Entry(f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox"))
+    entries.extend(Entry(f"bin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in APPLETS)
     file("bin/workload", workload.read_bytes())
     nbd_client = which(NBD_CLIENT)
     file("sbin/nbd-client", Path(nbd_client).read_bytes())

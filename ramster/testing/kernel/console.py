@@ -60,6 +60,8 @@ class GuestRun:
     mismatch_lines: list[str] = field(default_factory=list)
     exit_status: int | None = None
     vmstat: dict[str, int] = field(default_factory=dict)
+    zram_mm: list[int] = field(default_factory=list)
+    """zram0's mm_stat (orig_data_size compr_data_size mem_used_total ...) after the workload."""
     dmesg: list[str] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     """Kernel messages in `dmesg` by ERROR_PATTERNS kind (nbd, io, swap)."""
@@ -127,6 +129,8 @@ def feed(run: GuestRun, line: str) -> None:
         run.exit_status = int(m.group(1)) if m else None
     elif line.startswith("RK VMSTAT"):
         run.vmstat = {k: int(float(v)) for k, v in KEY_VALUE.findall(line)}
+    elif line.startswith("RK ZRAM-MM "):
+        run.zram_mm = [int(f) for f in line.split()[2:] if f.isdigit()]
     elif line.startswith("RK DMESG "):
         text = line[len("RK DMESG ") :]
         run.dmesg.append(text)

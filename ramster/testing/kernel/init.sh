@@ -58,7 +58,9 @@ fi
 
 if [ -n "$swapdev" ]; then
     mkswap "$swapdev" >/dev/null && swapon -d "$swapdev"
-    echo "RK SWAPON rc=$? dev=$swapdev"
+    rc=$?
+    echo "RK SWAPON rc=$rc dev=$swapdev"
+    [ $rc = 0 ] || finish  # without swap the workload only meets the OOM killer
     tail -n +2 /proc/swaps | while read -r line; do echo "RK SWAP $line"; done
 fi
 

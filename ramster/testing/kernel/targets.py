@@ -57,9 +57,12 @@ class Server:
     log: Path
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    offset: int = 0
+    """Where this start's output begins in the log (a log may hold earlier runs)."""
 
     def start(self) -> None:
-        """Start it, output to its log."""
+        """Start it, output appended to its log."""
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 self.args,
@@ -79,13 +82,19 @@ class Server:
         """The first match of `pattern` in the log; AssetError if the process ends first."""
         deadline = time.monotonic() + within
         while True:
-            m = pattern.search(self.log.read_text(errors="replace"))
+            m = pattern.search(self.output())
             if m:
                 return m
             if not self.alive or time.monotonic() > deadline:
                 tail = self.log.read_text(errors="replace")[-2000:]
                 raise AssetError(f"{self.name} did not start; its log ends:\n{tail}")
             time.sleep(0.05)
+
+    def output(self) -> str:
+        """What this start wrote to the log so far."""
+        with self.log.open("rb") as fh:
+            fh.seek(self.offset)
+            return fh.read().decode(errors="replace")
 
     def wait_port(self, port: int, within: float = START_TIMEOUT) -> None:
         """Until 127.0.0.1:port accepts connections."""
@@ -153,11 +162,11 @@ class Target:
 
     def logs(self) -> str:
         """The last lines of every server's log, for a failure message."""
-        out = []
-        for s in self.servers:
-            if s.log.exists():
-                out.append(f"--- {s.name} ({s.log})\n" + s.log.read_text(errors="replace")[-3000:])
-        return "\n".join(out)
+        return "\n".join(
+            f"--- {s.name} ({s.log})\n" + s.log.read_text(errors="replace")[-3000:]
+            for s in self.servers
+            if s.log.exists()
+        )
 
 
 def _python_ramster(*args: str) -> list[str]:
@@ -195,7 +204,7 @@ class RamsterNbd(Target):
 
     def stop(self) -> dict[str, Any]:
         super().stop()
-        text = self.servers[0].log.read_text(errors="replace") if self.servers else ""
+        text = self.servers[0].output() if self.servers else ""
         lines = [line for line in text.splitlines() if "nbd statistics:" in line]
         self.summary = lines[-1] if lines else ""
         return nbd_summary(self.summary)
@@ -252,7 +261,9 @@ class RamsterCluster(Target):
             if i == 0:
                 args += ["--nbd=127.0.0.1:0", f"--export={self.export}:{self.size}"]
             self.servers.append(
-                Server(f"ramster node k{i}", _python_ramster(*args), self.workdir / f"k{i}.log", env)
+                Server(
+                    f"ramster node k{i}", _python_ramster(*args), self.workdir / f"k{i}.log", env
+                )
             )
         for server in self.servers:
             server.start()

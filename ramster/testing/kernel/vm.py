@@ -142,7 +142,7 @@ def boot(
         start_new_session=True,  # a Ctrl-C in the terminal reaches the harness, not qemu
     )
     assert proc.stdout is not None
-    logfh = log.open("a") if log else None
+    logfh = log.open("a", buffering=1) if log else None
     buffer = b""
     try:
         with selectors.DefaultSelector() as sel:
@@ -192,7 +192,7 @@ def _qemu_version() -> str:
 
 
 def probe_accel(guest: Guest, cache: Path, log: Path | None = None) -> str:
-    """"kvm" if a short real boot under KVM reaches init, else "tcg"; `RAMSTER_KERNEL_ACCEL`
+    """ "kvm" if a short real boot under KVM reaches init, else "tcg"; `RAMSTER_KERNEL_ACCEL`
     (kvm or tcg) decides instead. The answer is kept in the cache for a day."""
     forced = os.environ.get("RAMSTER_KERNEL_ACCEL", "")
     if forced in ("kvm", "tcg"):
