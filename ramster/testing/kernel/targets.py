@@ -236,6 +236,8 @@ class RamsterCluster(Target):
     local_budget: str = "16MiB"
     lent_budget: str = "256MiB"
     replicas: int = 2
+    export_node_args: tuple[str, ...] = ()
+    """More `ramster node` options for k0 (e.g. its watermarks)."""
     ports: list[int] = field(default_factory=list)
     last_stats: dict[str, Any] = field(default_factory=dict)
 
@@ -260,6 +262,7 @@ class RamsterCluster(Target):
             ]
             if i == 0:
                 args += ["--nbd=127.0.0.1:0", f"--export={self.export}:{self.size}"]
+                args += self.export_node_args
             self.servers.append(
                 Server(
                     f"ramster node k{i}", _python_ramster(*args), self.workdir / f"k{i}.log", env
