@@ -37,6 +37,7 @@ from typing import Any
 
 from ramster.testing.kernel import (
     AssetError,
+    Guest,
     Nbdkit,
     Outcome,
     RamsterCluster,
@@ -91,8 +92,7 @@ def make(name: str, workdir: Path, size_mib: int) -> Target:
     return Zram(name, workdir, zram_mib=size_mib)
 
 
-def measure(name: str, plan: Plan, accel: str, workdir: Path) -> Outcome:
-    guest = build()
+def measure(name: str, plan: Plan, guest: Guest, accel: str, workdir: Path) -> Outcome:
     size = 2 * plan.workload_mib
     memory = plan.memory_mib * (2 if name == "zram" else 1)
     print(f"{name}: booting a {memory} MiB guest ({accel})...", file=sys.stderr, flush=True)
@@ -139,7 +139,7 @@ def main() -> None:
     except AssetError as exc:
         raise SystemExit(f"cannot build the guest: {exc}") from exc
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ramster-kernel-bench-"))
-    outcomes = {name: measure(name, plan, accel, workdir) for name in TARGETS}
+    outcomes = {name: measure(name, plan, guest, accel, workdir) for name in TARGETS}
     rows = []
     for name, o in outcomes.items():
         run = o.guest
