@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test test-fast test-deploy image lint bench venv clean
+.PHONY: run demo test test-fast test-deploy test-kernel image lint bench venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ image: $(STAMP)
 ## test-deploy: the compose cluster on the local Docker engine (root): bench, kill, partition, drain
 test-deploy: $(STAMP)
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
+
+## test-kernel: a Debian kernel in qemu swaps to ramster nbd and to a 3-node cluster (about 4 min)
+test-kernel: $(STAMP)
+	$(BIN)/python -m pytest tests/kernel $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ramster tests benchmarks
