@@ -132,13 +132,6 @@ def test_killing_a_holder_loses_no_page(holder_killed: Outcome) -> None:
     assert_verified(outcome)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 15 (reliability): with fewer live peers than R the export node spills no "
-    "more ('cannot place 2 copies'), and once its pool is full it answers ENOSPC to every swap "
-    "write although the surviving peer has room; make this strict there",
-)
 def test_killing_a_holder_causes_no_io_error(holder_killed: Outcome) -> None:
     """Degraded mode: with one holder left, k0 keeps spilling (one copy, under-replicated) and
     the kernel sees no error."""
