@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -11,13 +12,46 @@ import numpy.typing as npt
 
 from ramster.errors import InvalidPage
 from ramster.frontswap.contract import PageLike
-from ramster.pagestore import MAX_OFFSET, PagePool, PoolConfig, PoolStatistics
+from ramster.pagestore import (
+    MAX_OFFSET,
+    PagePool,
+    PoolConfig,
+    PoolStatistics,
+    checksum,
+    encode,
+)
 from ramster.pagestore.core import SMALL_BATCH
 
 log = logging.getLogger(__name__)
 
+THREAD_BATCH = 512
+"""Store batches above this many pages are compressed on worker threads."""
+THREAD_CHUNK = 1024
+"""Pages one worker thread compresses at a time."""
 DEFAULT_MAX_AREAS = 32
 """Like the kernel's MAX_SWAPFILES: areas are few and numbered from 0."""
+
+
+async def encode_in_threads(
+    pages: Sequence[bytes | bytearray], config: PoolConfig
+) -> tuple[list[bytes | memoryview], list[int]]:
+    """Stored forms and checksums of pages, computed on worker threads, in order."""
+
+    def encode_chunk(chunk: Sequence[bytes | bytearray]) -> tuple[list[bytes], list[int]]:
+        return [encode(p, config) for p in chunk], [checksum(p) for p in chunk]
+
+    parts = await asyncio.gather(
+        *(
+            asyncio.to_thread(encode_chunk, pages[i : i + THREAD_CHUNK])
+            for i in range(0, len(pages), THREAD_CHUNK)
+        )
+    )
+    payloads: list[bytes | memoryview] = []
+    sums: list[int] = []
+    for chunk_payloads, chunk_sums in parts:
+        payloads += chunk_payloads
+        sums += chunk_sums
+    return payloads, sums
 
 
 def _distinct(offs: npt.NDArray[np.int64]) -> bool:
@@ -155,6 +189,17 @@ class LocalFrontswap:
         if area not in self._areas:
             self._reject_no_area += len(offs)
             return [False] * len(offs)
+        if len(pgs) > THREAD_BATCH and self.pool.config.keep_incompressible:
+            # lz4 and xxh3 release the GIL: a large batch is compressed on worker threads,
+            # so that the loop keeps serving (a 64 MiB NBD write is ~130 ms of lz4) and both
+            # cores work; the pool then keeps the stored form, as for a client's pages.
+            payloads, sums = await encode_in_threads(pgs, self.pool.config)
+            if area not in self._areas:
+                self._reject_no_area += len(offs)
+                return [False] * len(offs)
+            return await self._in_runs(
+                offs, lambda i, j: self._put_encoded(area, offs[i:j], payloads[i:j], sums[i:j])
+            )
         return await self._in_runs(offs, lambda i, j: self._put(area, offs[i:j], pgs[i:j]))
 
     async def store_encoded_many(

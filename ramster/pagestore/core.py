@@ -33,6 +33,9 @@ META_FIELDS: tuple[tuple[str, type[np.generic]], ...] = (
     ("kind", np.uint8),
 )
 SLOT_BYTES = sum(np.dtype(t).itemsize for _, t in META_FIELDS)
+COMPACT_STEP = 2048
+"""Objects one store may move while compacting (about 4 MiB of copies at most): the store path
+pays a bounded pause; the rest waits for the next store."""
 SMALL_BATCH = 64
 """Batches up to this many keys go through plain-int loops: numpy's fixed cost per call (about
 1 µs an operation, dozens of operations a batch) outweighs its speed until batches are larger."""
@@ -83,6 +86,7 @@ class PoolCore:
         self._zero_page = bytes(self._ps)
         self._zero_sum = checksum(self._zero_page)
         self._stored = 0
+        self._futile_at = 0  # fragmented bytes at the last compaction that moved nothing
         self._area_pages: dict[int, int] = {}  # area -> keys present (local or remote)
         self._set_counts: dict[int, int] = {}  # holder set -> remote-only pages in it
         self._same = 0
@@ -356,9 +360,10 @@ class PoolCore:
             tick[:] = ranks.astype(np.uint32) + 1
             self._tick = int(tick.max()) + 1
 
-    def compact(self) -> int:
-        """Move blobs out of sparse slabs so that those slabs return to the OS; returns moves."""
-        moves = self._alloc.compact()
+    def compact(self, max_moves: int | None = None) -> int:
+        """Move blobs out of sparse slabs so that those slabs return to the OS; returns moves
+        (at most about max_moves, when given)."""
+        moves = self._alloc.compact(max_moves)
         if moves:
             handle = self._meta["handle"]
             for slot, new_handle in moves:

@@ -45,7 +45,7 @@ class Reclaimed(Exception):
 
 MAX_REMEMBERED = 4096
 """Owners whose reclaims a holder remembers (epochs and markers): bounded against a flood."""
-RECLAIM_STEP_PAGES = 16384
+RECLAIM_STEP_PAGES = 4096
 """Pages a forgotten owner's reclaim frees per step: each step is a short pause of the loop."""
 
 

@@ -18,7 +18,7 @@ import xxhash
 from ramster.errors import CorruptPage, InvalidPage
 from ramster.pagestore.codec import EMPTY, LZ4, RAW, REMOTE, SAME, stored_kind
 from ramster.pagestore.cold import ColdOrder
-from ramster.pagestore.core import I64, Keys, _keys, _Put
+from ramster.pagestore.core import COMPACT_STEP, I64, Keys, _keys, _Put
 from ramster.pagestore.remote import RemoteEntries
 from ramster.pagestore.slab import OBJ_BITS, OBJ_MASK
 
@@ -66,10 +66,15 @@ class PagePool(RemoteEntries, ColdOrder):
         if self._full and self.used_bytes <= cfg.accept_bytes:
             self._full = False
             log.info("pool below accept threshold again: accepting stores")
-        if self.used_bytes > cfg.accept_bytes and self._alloc.fragmented_bytes() >= max(
-            256 << 10, budget // 20
-        ):
-            self.compact()
+        fragmented = self._alloc.fragmented_bytes()
+        worth = fragmented >= max(256 << 10, budget // 20)
+        if not worth:
+            self._futile_at = 0
+        elif self.used_bytes > cfg.accept_bytes and fragmented > self._futile_at:
+            moved = self.compact(COMPACT_STEP)
+            if not moved:
+                # Nothing worth moving at this fragmentation: try again once it has grown.
+                self._futile_at = fragmented + budget // 100
         if self._full:
             self._c["reject_pool_limit"] += n
             self._c["failed_stores"] += n

@@ -196,10 +196,14 @@ class SlabAllocator:
         """Resident bytes not holding live objects (what compaction could win back, at most)."""
         return max(0, self._resident - self._object_bytes)
 
-    def compact(self) -> list[tuple[int, int]]:
-        """Empty the sparsest slabs of each class; returns (owner, new handle) per move."""
+    def compact(self, max_moves: int | None = None) -> list[tuple[int, int]]:
+        """Empty the sparsest slabs of each class; returns (owner, new handle) per move. With
+        max_moves, stops after the slab that reaches it: a bounded pause per call, the rest
+        for the next call."""
         moves: list[tuple[int, int]] = []
         for cls in self._classes:
+            if max_moves is not None and len(moves) >= max_moves:
+                break
             cands = list(cls.partial.values())
             if cls.current is not None and cls.current.live < cls.objs_per_slab:
                 cands.append(cls.current)
@@ -212,6 +216,8 @@ class SlabAllocator:
                     break
                 moves.extend(self._drain_slab(donor, cls))
                 free_objs = free_elsewhere - donor.live
+                if max_moves is not None and len(moves) >= max_moves:
+                    break
         return moves
 
     def _drain_slab(self, donor: _Slab, cls: _SizeClass) -> list[tuple[int, int]]:

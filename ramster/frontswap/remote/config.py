@@ -35,9 +35,12 @@ class SpillConfig:
     """Pause after each re-replication batch; 0 still yields, so foreground calls get their
     turn between batches."""
     straggler_timeout: float = 0.25
-    """Seconds the other holders of a batch get once min_replicas have answered: a paused or
-    overloaded holder costs a writer this much, not the call timeout (its copies are dropped
-    and the page is repaired to R copies later)."""
+    straggler_min: float = 0.02
+    straggler_pause: float = 2.0
+    """Seconds a holder that straggled is not chosen for new copies."""
+    """Once min_replicas holders of a batch answered, the others get three times what those
+    took, within these bounds (seconds): a paused or overloaded holder costs a writer that
+    much, not the call timeout (its copies are dropped, the pages repaired to R later)."""
     forget_drops_after: float = 300.0
     """Seconds a holder may stay away before the drops queued for it are given up (it has
     reclaimed this owner's pages by then: the owner grace)."""

@@ -44,8 +44,8 @@ class _Queue:
     """area -> the owner's version counter when it was invalidated"""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while this holder's drops are sent: one sender per holder."""
-    inflight: tuple[int, npt.NDArray[np.uint64]] | None = None
-    """(area, offsets) of the batch on its way, taken out of `pages` while it is."""
+    inflight: tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]] | None = None
+    """(area, offsets, versions) of the batch on its way, out of `pages` while it is."""
     landed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever no batch is on its way."""
     retry_at: float = 0.0
@@ -53,6 +53,25 @@ class _Queue:
 
     def size(self) -> int:
         return sum(len(o) for o, _ in self.pages.values()) + len(self.areas)
+
+
+def _reaches(
+    drop_offs: npt.NDArray[np.uint64],
+    drop_vers: npt.NDArray[np.uint64],
+    keys: npt.NDArray[np.uint64],
+    vers: npt.NDArray[np.uint64],
+) -> npt.NDArray[np.bool_]:
+    """Per queued drop: it names one of the keys at a version at least that key's (so it
+    would remove the copy about to be put)."""
+    if not len(drop_offs) or not len(keys):
+        return np.zeros(len(drop_offs), dtype=bool)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    at = np.searchsorted(sorted_keys, drop_offs)
+    at_ok = np.minimum(at, len(sorted_keys) - 1)
+    hit = sorted_keys[at_ok] == drop_offs
+    out: npt.NDArray[np.bool_] = hit & (drop_vers >= vers[order][at_ok])
+    return out
 
 
 class DropQueue:
@@ -115,36 +134,45 @@ class DropQueue:
         q = self._q.pop(node, None)
         return q.size() if q is not None else 0
 
-    async def before_put(self, nodes: Sequence[str], area: int, offsets: list[int]) -> None:
-        """Pages about to be copied onto `nodes` (with the versions they had) must not be
-        forgotten there by a drop queued earlier: take those keys out of the queues. Only if
-        a drop of one of them is on its way to a node right now does this wait for it to land
-        (a slow holder's other drops hold nothing up)."""
+    async def before_put(
+        self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
+    ) -> None:
+        """Pages about to be copied onto `nodes` must not be forgotten there by a drop queued
+        earlier that reaches their version (a drop of an older version cannot touch them):
+        take such drops out of the queues. Only if one is on its way to a node right now
+        does this wait for it to land (a slow holder's other drops hold nothing up)."""
         keys = np.asarray(offsets, dtype=np.uint64)
+        vers = np.asarray(versions, dtype=np.uint64)
         for node in nodes:
             q = self._q.get(node)
             if q is None:
                 continue
-            self._withdraw(q, area, keys)
+            self._withdraw(q, area, keys, vers)
             flight = q.inflight
-            if flight is not None and flight[0] == area and np.isin(flight[1], keys).any():
+            if (
+                flight is not None
+                and flight[0] == area
+                and _reaches(flight[1], flight[2], keys, vers).any()
+            ):
                 await q.landed.wait()
-                self._withdraw(q, area, keys)  # a batch that failed came back to the queue
+                self._withdraw(q, area, keys, vers)  # a batch that failed came back
 
     @staticmethod
-    def _withdraw(q: _Queue, area: int, keys: npt.NDArray[np.uint64]) -> None:
+    def _withdraw(
+        q: _Queue, area: int, keys: npt.NDArray[np.uint64], vers: npt.NDArray[np.uint64]
+    ) -> None:
         pending = q.pages.get(area)
         if pending is None:
             return
         offs = np.frombuffer(pending[0], dtype=np.uint64)
-        keep = ~np.isin(offs, keys)
+        dvers = np.frombuffer(pending[1], dtype=np.uint64)
+        keep = ~_reaches(offs, dvers, keys, vers)
         if keep.all():
             return
         if not keep.any():
             del q.pages[area]
             return
-        vers = np.frombuffer(pending[1], dtype=np.uint64)
-        q.pages[area] = (array("Q", offs[keep].tobytes()), array("Q", vers[keep].tobytes()))
+        q.pages[area] = (array("Q", offs[keep].tobytes()), array("Q", dvers[keep].tobytes()))
 
     def pending(self) -> int:
         """Drops queued and not yet delivered (orphans on away holders included)."""
@@ -210,7 +238,11 @@ class DropQueue:
                         del pending[1][: len(offs)]
                         if not len(pending[0]):
                             del q.pages[area]
-                        q.inflight = (area, np.frombuffer(offs, dtype=np.uint64))
+                        q.inflight = (
+                            area,
+                            np.frombuffer(offs, dtype=np.uint64),
+                            np.frombuffer(vers, dtype=np.uint64),
+                        )
                         q.landed.clear()
                         try:
                             await t.holders.drop(node, [area] * len(offs), list(offs), list(vers))

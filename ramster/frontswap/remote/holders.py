@@ -173,13 +173,25 @@ class Tier:
     log: LogLimiter = field(default_factory=lambda: LogLimiter(log))
     strays: Callable[[Sequence[str], int, list[int], list[int]], None] = lambda *_: None
     """Queue copies on nodes to be dropped (set by the tier to its drop queue)."""
-    before_put: Callable[[Sequence[str], int, list[int]], Awaitable[None]] = lambda *_: (
+    before_put: Callable[[Sequence[str], int, list[int], list[int]], Awaitable[None]] = lambda *_: (
         asyncio.sleep(0)
     )
     """Take keys about to be put on nodes out of their drop queues (set by the tier)."""
     reclaimed: Callable[[str], None] = lambda _node: None
     """A holder answered that it reclaimed this owner's pages (set by the tier)."""
+    slow_until: dict[str, float] = field(default_factory=dict)
+    """Holders left out of a batch as stragglers, not chosen again until then (monotonic)."""
     _warned_at: float = -NO_HOLDER_WARN_EVERY
+
+    def candidates(self) -> list[Candidate]:
+        """Where new copies may go: live holders with room, but not one that just straggled
+        (a paused holder would cost every batch its grace until it is declared suspect)."""
+        now = time.monotonic()
+        slow = self.slow_until
+        for node, until in list(slow.items()):
+            if until <= now:
+                del slow[node]
+        return [c for c in self.holders.candidates() if c.node not in slow]
 
     @property
     def page_size(self) -> int:
@@ -220,7 +232,7 @@ class Tier:
         these nodes are withdrawn first: a late one must not take a copy put now.
         """
         areas = [area] * len(offsets)
-        await self.before_put(nodes, area, offsets)
+        await self.before_put(nodes, area, offsets, versions)
 
         async def one(node: str) -> list[bool]:
             try:
@@ -253,12 +265,14 @@ class Tier:
         versions: list[int],
     ) -> dict[str, list[bool]]:
         """Every node's answer, but for stragglers: once min_replicas have answered, the rest
-        get `straggler_timeout` more seconds; a paused holder must not hold up the writer when
-        it is not needed for the answer. A straggler's copies are queued to be dropped."""
+        get three times as long again (between straggler_min and straggler_timeout). A paused
+        holder must not hold up a writer when it is not needed for the answer: a straggler's
+        copies are queued to be dropped, and it gets no new copies for straggler_pause."""
         tasks = {asyncio.ensure_future(one(n)): n for n in nodes}
         results: dict[str, list[bool]] = {}
         pending = set(tasks)
         loop = asyncio.get_running_loop()
+        started = loop.time()
         deadline: float | None = None
         try:
             while pending:
@@ -271,7 +285,12 @@ class Tier:
                 if not done:
                     break  # the stragglers' time is up
                 if deadline is None and len(results) >= self.config.min_replicas:
-                    deadline = loop.time() + self.config.straggler_timeout
+                    # Healthy holders answer within a small factor of each other: the others
+                    # get three times what the first answers took, within bounds.
+                    took = loop.time() - started
+                    cfg = self.config
+                    grace = min(cfg.straggler_timeout, max(cfg.straggler_min, 3 * took))
+                    deadline = loop.time() + grace
         except BaseException:
             self.strays(nodes, area, offsets, versions)
             raise
@@ -281,6 +300,8 @@ class Tier:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         late = [tasks[t] for t in pending]
+        for node in late:
+            self.slow_until[node] = time.monotonic() + self.config.straggler_pause
         if late:
             self.counters["stragglers"] += len(late)
             self.log.info(

@@ -162,7 +162,7 @@ class Repairer:
             [target]
             if target is not None
             else choose_holders(
-                t.holders.candidates(),
+                t.candidates(),
                 max(missing, 1),
                 len(pages) * t.page_size // 2,  # an estimate: the copies are not read yet
                 t.rng,
@@ -172,7 +172,7 @@ class Repairer:
         if not new:
             t.warn_no_holders()
             return -1
-        await self._drops.before_put(new, area, offsets)
+        await self._drops.before_put(new, area, offsets, versions)
         try:
             kept_by, sent = await self._copy(readable, new, area, offs, versions, sums)
         except BaseException:

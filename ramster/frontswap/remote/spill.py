@@ -79,7 +79,7 @@ class Spiller:
         cfg = t.config
         payloads = [c.payload for c in cold]
         nodes = choose_holders(
-            t.holders.candidates(),
+            t.candidates(),
             cfg.replicas,
             sum(len(p) for p in payloads),
             t.rng,

@@ -135,9 +135,7 @@ class ClusterFrontswap(LocalFrontswap):
         cfg = t.config
         n = len(payloads)
         need = sum(len(p) for p in payloads)
-        nodes = choose_holders(
-            t.holders.candidates(), cfg.replicas, need, t.rng, minimum=cfg.min_replicas
-        )
+        nodes = choose_holders(t.candidates(), cfg.replicas, need, t.rng, minimum=cfg.min_replicas)
         if not nodes:
             t.counters["direct_remote_refused"] += n
             t.warn_no_holders()
