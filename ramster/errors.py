@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class RamsterError(Exception):
     """Root of every error ramster raises on purpose."""
@@ -92,6 +94,13 @@ class PagesReclaimed(RemoteError):
     owner grace): every copy that owner had there is gone; it must count them as lost."""
 
     code = 20
+
+    @property
+    def epoch(self) -> int:
+        """Which reclaim of this owner's pages the holder means (its count, from 1), as the
+        message names it; 0 if it names none."""
+        found = re.search(r"\(epoch (\d+)\)", str(self))
+        return int(found.group(1)) if found else 0
 
 
 class DuplicateNode(RemoteError):

@@ -95,7 +95,7 @@ class Peers:
         """Called with every change of a peer's state (for the event log)."""
         self.changed = asyncio.Event()
         """Set when a peer dies or comes (back) alive; whoever waits on it clears it."""
-        self.on_reclaimed: Callable[[str], None] | None = None
+        self.on_reclaimed: Callable[[str, int], None] | None = None
         """Called with a holder that says it reclaimed this node's pages (a long silence)."""
         self.on_duplicate: Callable[[str], None] | None = None
         """Called when this process turns out to be a second one under a live node id."""
@@ -230,7 +230,7 @@ class Peers:
         peer.epoch = (incarnation, epoch)
         rose = seen is not None and seen[0] == incarnation and epoch > seen[1]
         if rose and self.on_reclaimed is not None:
-            self.on_reclaimed(node)
+            self.on_reclaimed(node, epoch)
 
     def _twin(self, peer: Peer, incarnation: str) -> None:
         """Another process answered under this node's id."""

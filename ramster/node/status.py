@@ -97,6 +97,7 @@ def _lent(node: Node) -> dict[str, Any]:
     return {
         **dataclasses.asdict(lent.pool),
         "owners": lent.owners,
+        "by_owner": node.lent.pages_by_owner(),
         "reclaimed_pages": lent.reclaimed_pages,
     }
 

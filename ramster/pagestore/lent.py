@@ -327,6 +327,13 @@ class LentPool:
         else:
             self.pool.corrupt_for_test(ident, offset)
 
+    def pages_by_owner(self) -> dict[str, int]:
+        """Pages held per owner (all its incarnations), from kept counts."""
+        out: dict[str, int] = {}
+        for (owner, _, _), ident in self._ids.items():
+            out[owner] = out.get(owner, 0) + self.pool.area_pages(ident)
+        return out
+
     def free_bytes(self) -> int:
         """Room left in the lent budget, in bytes (0 while the pool refuses stores)."""
         if self.pool.full or self.draining:

@@ -9,13 +9,14 @@ import collections
 import contextlib
 import logging
 import socket
+import struct
 from typing import TYPE_CHECKING, cast
 
 from ramster.errors import AuthError, PeerLost, PeerTimeout, ProtocolError, RpcError
 from ramster.rpc.auth import ClientHandshake, Secret
 from ramster.rpc.codes import error_from_wire
 from ramster.rpc.config import RpcConfig
-from ramster.rpc.const import AUTH, CHALLENGE, HELLO, MAX_MSGID, READY, REFUSED
+from ramster.rpc.const import AUTH, CHALLENGE, HELLO, MAX_MSGID, READY, REFUSED, SILENT_ABORT
 from ramster.rpc.frames import (
     FrameDecoder,
     FrameEncoder,
@@ -176,6 +177,15 @@ class Endpoint(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def abort_hard(self) -> None:
+        """Drop the connection with a reset: the kernel discards what it has not delivered
+        yet instead of sending it on (a plain close still flushes the socket's buffer)."""
+        if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError, TypeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.abort()
+
 
 class ClientConnection(Endpoint):
     """The calling side: handshake, then pipelined calls matched by msgid."""
@@ -194,6 +204,10 @@ class ClientConnection(Endpoint):
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._ready_ok = False
         self.late_replies = 0
+        self._sent_at: dict[int, float] = {}
+        self._last_rx = 0.0
+        self.silent_aborts = 0
+        """Connections dropped because a call timed out with nothing heard since it was sent."""
 
     @property
     def in_flight(self) -> int:
@@ -218,6 +232,7 @@ class ClientConnection(Endpoint):
         self.abort()
 
     def _on_message(self, message: Message) -> None:
+        self._last_rx = self._loop.time()
         if type(message) is Response:
             if not self._ready.done():
                 self._fail_handshake(ProtocolError("response before the handshake"))
@@ -294,6 +309,7 @@ class ClientConnection(Endpoint):
             self._pending[msgid] = future
             if deadline is not None:
                 self._deadlines[msgid] = deadline
+                self._sent_at[msgid] = self._loop.time()
                 if self._watchdog is None or deadline < self._watchdog.when():
                     self._arm_watchdog(deadline)
             try:
@@ -305,6 +321,7 @@ class ClientConnection(Endpoint):
                 # On cancel or timeout the msgid is forgotten; a late reply is then dropped.
                 self._pending.pop(msgid, None)
                 self._deadlines.pop(msgid, None)
+                self._sent_at.pop(msgid, None)
         finally:
             self._release_slot()
 
@@ -319,12 +336,23 @@ class ClientConnection(Endpoint):
         self._watchdog = None
         now = self._loop.time()
         deadlines = self._deadlines
+        silent = False
         for msgid, deadline in list(deadlines.items()):
             if deadline <= now:
                 del deadlines[msgid]
+                sent = self._sent_at.pop(msgid, now)
+                silent = silent or (sent >= self._last_rx and now - self._last_rx >= SILENT_ABORT)
                 future = self._pending.get(msgid)
                 if future is not None and not future.done():
                     future.set_exception(PeerTimeout(f"call to {self.peer}: no answer in time"))
+        if silent and not self._closing:
+            # Nothing at all came back since that call was sent: the path or the peer is gone.
+            # Drop the connection and what it still holds, so that requests queued in it are
+            # not delivered much later (a healed partition retransmits them; a resumed peer
+            # would act on them long after the caller gave up).
+            self.silent_aborts += 1
+            self.abort_hard()
+            return
         if deadlines and not self._closing:
             self._arm_watchdog(min(deadlines.values()))
 

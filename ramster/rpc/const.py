@@ -55,3 +55,8 @@ MAX_OFFSET = (1 << 32) - 1
 MAX_VERSION = (1 << 63) - 1
 MAX_CHECKSUM = (1 << 64) - 1  # xxh3-64 of the uncompressed page
 """Ranges of the page batch fields (they match the page store's key space)."""
+
+SILENT_ABORT = 1.0
+"""Seconds of silence after which a call's timeout drops its connection: nothing came back
+since the call was sent, for this long, so the path or the peer is gone. Shorter silences (a
+slow handler on an idle connection) keep it; heartbeats break the silence of a live peer."""

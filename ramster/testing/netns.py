@@ -118,3 +118,29 @@ class NetnsLab:
     def link(self, i: int, up: bool) -> None:
         """Cut (or heal) host i's link to the bridge."""
         _ip("link", "set", self.veth(i), "up" if up else "down")
+
+    def partition(self, groups: list[list[int]]) -> None:
+        """Split the hosts into groups that cannot reach each other (the test process still
+        reaches all of them over the bridge): packets from and to other groups are dropped
+        inside every namespace, multicast included."""
+        self.heal()
+        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        for i in range(self.hosts):
+            for j in range(self.hosts):
+                if j != i and group_of.get(j) != group_of.get(i):
+                    self._iptables(i, "-A", "INPUT", "-s", self.addr(j), "-j", "DROP")
+                    self._iptables(i, "-A", "OUTPUT", "-d", self.addr(j), "-j", "DROP")
+
+    def heal(self) -> None:
+        """Undo `partition`."""
+        for i in range(self.hosts):
+            self._iptables(i, "-F", "INPUT")
+            self._iptables(i, "-F", "OUTPUT")
+
+    def _iptables(self, i: int, *rule: str) -> None:
+        subprocess.run(
+            ["ip", "netns", "exec", self.ns(i), "iptables", *rule],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )

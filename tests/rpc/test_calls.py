@@ -341,3 +341,23 @@ async def test_cancellations_and_timeouts_leak_no_slots(harness: Harness) -> Non
     again = await asyncio.gather(*(client.call("maybe_slow", [0.01, n]) for n in range(4)))
     assert [r[1] for r in again] == [0, 1, 2, 3]  # type: ignore[index]
     assert client.statistics().connects == 1
+
+
+@pytest.mark.asyncio
+async def test_a_call_timing_out_on_a_silent_connection_drops_it(harness: Harness) -> None:
+    """Nothing came back for longer than SILENT_ABORT since the call went out: the path or
+    the peer is gone, and what the connection still holds must not be delivered later (a
+    healed partition would retransmit it). The next call dials afresh."""
+    from ramster.rpc.const import SILENT_ABORT
+
+    async def forever(params: list[object]) -> None:
+        await asyncio.Event().wait()
+
+    harness.server.register("forever", forever)
+    harness.server.register("echo", lambda params: params)
+    client = harness.client()
+    assert await client.call("echo", [1]) == [1]
+    with pytest.raises(PeerTimeout):
+        await client.call("forever", [], timeout=SILENT_ABORT + 0.2)
+    assert await client.call("echo", [2]) == [2]
+    assert client.statistics().connects == 2

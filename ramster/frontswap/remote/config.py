@@ -41,9 +41,6 @@ class SpillConfig:
     """Once min_replicas holders of a batch answered, the others get three times what those
     took, within these bounds (seconds): a paused or overloaded holder costs a writer that
     much, not the call timeout (its copies are dropped, the pages repaired to R later)."""
-    forget_drops_after: float = 300.0
-    """Seconds a holder may stay away before the drops queued for it are given up (it has
-    reclaimed this owner's pages by then: the owner grace)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.replicas:

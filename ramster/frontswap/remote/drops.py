@@ -3,11 +3,14 @@
 complete, and orphans (copies re-replicated away from a holder that was gone or leaving).
 
 One queue per holder. Nothing in the foreground waits for a drop: a drop is queued and sent
-when its holder is alive, retried while it fails, kept while the holder is away, and given up
-only when the holder's copies are gone anyway (it restarted, reclaimed this owner's pages, or
-has been away longer than `forget_after`). Drops are versioned, so a late one never removes a
-newer copy: a page drop names the version it forgets, an area drop the owner's version counter
-when the area was invalidated (every later store of that area is newer).
+when its holder is alive, retried while it fails, kept while the holder is away (however long:
+a holder that comes back may still hold the copies, even ones it took in after reclaiming this
+owner, from requests it read late), and given up only when that holder restarted (its copies
+are gone) or its queue passes MAX_QUEUED (counted, logged).
+
+Drops are versioned, so a late one never removes a newer copy: a page drop names the version it
+forgets, an area drop the owner's version counter when the area was invalidated (every later
+store of that area is newer).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ BATCH = 4096
 """Keys per hold.drop call."""
 RETRY = 0.5
 """Seconds before a holder whose drop failed is tried again."""
+MAX_QUEUED = 1 << 21
+"""Drops kept for one holder (16 bytes each): bounded, even for one that never returns."""
 
 
 @dataclass(slots=True)
@@ -49,7 +54,6 @@ class _Queue:
     landed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever no batch is on its way."""
     retry_at: float = 0.0
-    away_since: float | None = None
 
     def size(self) -> int:
         return sum(len(o) for o, _ in self.pages.values()) + len(self.areas)
@@ -77,12 +81,11 @@ def _reaches(
 class DropQueue:
     """Versioned drops per holder, sent by `run` (a task of the owner's TaskGroup)."""
 
-    def __init__(self, tier: Tier, forget_after: float = 300.0) -> None:
+    def __init__(self, tier: Tier) -> None:
         self._t = tier
         self._q: dict[str, _Queue] = {}
         self._wake = asyncio.Event()
         self._log = LogLimiter(log)
-        self.forget_after = forget_after
 
     def _queue(self, node: str) -> _Queue:
         q = self._q.get(node)
@@ -101,9 +104,22 @@ class DropQueue:
         for node in nodes:
             if node in self._t.sets.tombstones:
                 continue  # that incarnation's copies are gone already
-            offs, vers = self._queue(node).pages.setdefault(area, (array("Q"), array("Q")))
+            q = self._queue(node)
+            offs, vers = q.pages.setdefault(area, (array("Q"), array("Q")))
             offs.extend(offsets)
             vers.extend(versions)
+            over = len(offs) - MAX_QUEUED
+            if over > 0:
+                del offs[:over]
+                del vers[:over]
+                self._t.counters["drops_given_up"] += over
+                self._log.error(
+                    ("given up", node),
+                    "%d drops for %s given up: its queue is full (copies may stay there until "
+                    "it restarts or reclaims this owner)",
+                    over,
+                    node,
+                )
         self._wake.set()
 
     def collect(self) -> None:
@@ -201,19 +217,7 @@ class DropQueue:
                 del self._q[node]
                 continue
             if self._t.holders.state_of(node) != "alive":
-                if q.away_since is None:
-                    q.away_since = now
-                elif now - q.away_since > self.forget_after:
-                    # Away that long, it has reclaimed this owner's pages (or is gone).
-                    self._log.warning(
-                        ("forget", node),
-                        "giving up %d drops for %s, away for %.0f s",
-                        self.forget_node(node),
-                        node,
-                        now - q.away_since,
-                    )
-                continue
-            q.away_since = None
+                continue  # kept until it answers again (or restarts)
             if now >= q.retry_at:
                 todo.append((node, q))
         results = await run_all(self._send(node, q) for node, q in todo)

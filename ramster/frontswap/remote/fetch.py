@@ -97,8 +97,8 @@ class Fetcher:
             try:
                 got = await t.holders.get(node, [area] * len(keys), keys)
                 self.latency_us.append((time.perf_counter() - started) * 1e6)
-            except PagesReclaimed:
-                t.reclaimed(node)
+            except PagesReclaimed as exc:
+                t.reclaimed(node, exc.epoch)
                 continue
             except RamsterError as exc:
                 c["remote_unreachable"] += 1

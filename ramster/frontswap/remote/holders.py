@@ -50,6 +50,7 @@ COUNTERS = (
     "under_replicated_stores",
     "holders_reclaimed",
     "stragglers",
+    "drops_given_up",
 )
 """The remote tier's counters (`remote_statistics`), all starting at 0."""
 
@@ -177,7 +178,7 @@ class Tier:
         asyncio.sleep(0)
     )
     """Take keys about to be put on nodes out of their drop queues (set by the tier)."""
-    reclaimed: Callable[[str], None] = lambda _node: None
+    reclaimed: Callable[[str, int], None] = lambda _node, _epoch: None
     """A holder answered that it reclaimed this owner's pages (set by the tier)."""
     slow_until: dict[str, float] = field(default_factory=dict)
     """Holders left out of a batch as stragglers, not chosen again until then (monotonic)."""
@@ -237,8 +238,8 @@ class Tier:
         async def one(node: str) -> list[bool]:
             try:
                 return await self.holders.put(node, areas, offsets, versions, sums, payloads)
-            except PagesReclaimed:
-                self.reclaimed(node)
+            except PagesReclaimed as exc:
+                self.reclaimed(node, exc.epoch)
                 return [False] * len(offsets)
             except RamsterError as exc:
                 self.strays([node], area, offsets, versions)

@@ -47,7 +47,7 @@ class ClusterFrontswap(LocalFrontswap):
         self.holders = holders
         self.spill_config = spill or SpillConfig()
         self._tier = Tier(self.pool, holders, self.spill_config, rng or random.Random())
-        self._drops = DropQueue(self._tier, self.spill_config.forget_drops_after)
+        self._drops = DropQueue(self._tier)
         self._tier.strays = self._drops.enqueue
         self._tier.before_put = self._drops.before_put
         self._tier.reclaimed = self.holder_reclaimed
@@ -55,6 +55,7 @@ class ClusterFrontswap(LocalFrontswap):
         self._fetcher = Fetcher(self._tier)
         self._repairer = Repairer(self._tier, self._fetcher, self._drops)
         self._reclaims = 0
+        self._reclaim_epochs: dict[str, int] = {}
 
     def holder_set(self, ident: int) -> tuple[str, ...]:
         """The nodes of a holder-set number."""
@@ -279,14 +280,23 @@ class ClusterFrontswap(LocalFrontswap):
         """A holder came back as a new incarnation: the copies its old one held are gone."""
         self._tier.sets.bury(node, old_incarnation)
         self._drops.forget_node(node)
+        self._reclaim_epochs.pop(node, None)  # a new incarnation counts its reclaims anew
         log.warning("holder %s restarted: its copies count as lost", node)
 
-    def holder_reclaimed(self, node: str) -> None:
+    def holder_reclaimed(self, node: str, epoch: int) -> None:
         """A holder reclaimed this owner's pages (it did not hear from it for longer than its
-        owner grace): the copies there are gone; repair gives those pages new ones."""
+        owner grace): the copies there are gone; repair gives those pages new ones.
+
+        Told twice (a refused call and the heartbeat), the same reclaim (epoch) counts once:
+        copies put there after the first telling are real."""
+        if epoch and epoch <= self._reclaim_epochs.get(node, 0):
+            return
+        if epoch:
+            self._reclaim_epochs[node] = epoch
         self._reclaims += 1
+        # Its queued drops stay: copies it took in late (requests it read after the reclaim)
+        # are still there to be dropped.
         self._tier.sets.bury(node, f"reclaimed{self._reclaims}")
-        self._drops.forget_node(node)
         self._tier.counters["holders_reclaimed"] += 1
         log.error("holder %s reclaimed this node's pages: its copies count as lost", node)
 
