@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from ramster.errors import AuthError, PeerLost, PeerTimeout, RpcError
-from ramster.rpc.auth import Secret
+from ramster.rpc.auth import KeyKind, Secret
 from ramster.rpc.codes import error_from_wire
 from ramster.rpc.config import RpcConfig
 from ramster.rpc.connection import ClientConnection
 from ramster.rpc.const import DROP_PAGES, GET_PAGES, PING, PUT_PAGES
 from ramster.rpc.pages import Keys, PageBatch, flags_from_wire
-from ramster.rpc.session import Identity
+from ramster.rpc.session import Identity, Role
 from ramster.rpc.tls import client_context
 
 log = logging.getLogger("ramster.rpc")
@@ -64,6 +64,8 @@ class RpcClient:
         self.config = config if config is not None else RpcConfig()
         self.identity = identity if identity is not None else Identity.client()
         """Who this client says it is (a program by default; nodes name themselves)."""
+        if self.identity.role is Role.NODE and secret.kind is not KeyKind.CLUSTER:
+            raise ValueError("a node authenticates with the cluster secret, not a client secret")
         self._secret = secret
         self._peer: Identity | None = None
         self._ssl = client_context(self.config)
