@@ -185,7 +185,7 @@ async def test_the_relay_cannot_downgrade_the_session(scene: Scene) -> None:
             writer.write(header + hello[:-1] + b"\xc2")
         await original(reader, writer, way)
 
-    relay._pump = pump  # type: ignore[method-assign]
+    relay._pump = pump  # type: ignore[method-assign,assignment]
     await relay.start()
     client = RpcClient("127.0.0.1", relay.port, SECRET, RpcConfig(cluster="test"))
     try:
