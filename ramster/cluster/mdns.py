@@ -8,14 +8,16 @@ operator's decision, not a default.
 
 Anyone on the link can announce, so everything here is bounded: at most MAX_RESOLVING
 lookups at once (names beyond wait in a bounded queue, the oldest dropped), a table of at most
-MAX_ANNOUNCERS announcers that expire, and records of services that are not ours are removed
-from zeroconf's cache once looked at, so that a flood of announcements costs neither memory
-nor a task per name.
+MAX_ANNOUNCERS announcers that expire, and a service's records are removed from zeroconf's
+cache (and its refresh queries cancelled) once looked at: what a hint needs is in the table,
+so a flood of announcements costs neither memory nor a task per name. A live node that is
+forgotten here is found again when it next answers or announces.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import socket
 import time
@@ -39,6 +41,18 @@ MAX_ANNOUNCERS = 64
 """Announcers of our cluster remembered (node -> address), so that a repeat is not a new hint."""
 ANNOUNCER_TTL = 300.0
 """Seconds an announcer is remembered without being seen again."""
+
+
+def _compact(scheduler: object) -> None:
+    """Drop cancelled refreshes from zeroconf's query heap: it keeps them until they are due
+    (80% of a TTL the announcer chose), which a flood would turn into unbounded memory."""
+    heap = getattr(scheduler, "_query_heap", None)
+    live = getattr(scheduler, "_next_scheduled_for_alias", None)
+    if not isinstance(heap, list) or not isinstance(live, dict):
+        return
+    if len(heap) > 2 * len(live) + 64:  # amortised: rebuilt after as many cancels as entries
+        heap[:] = [q for q in heap if not getattr(q, "cancelled", False)]
+        heapq.heapify(heap)
 
 
 def _txt(props: dict[bytes, bytes | None], key: bytes) -> str:
@@ -152,7 +166,9 @@ class MdnsDiscovery:
         queue = self._queue
         queue.pop(name, None)
         if len(queue) >= MAX_QUEUED:
-            self._forget(next(iter(queue)))
+            oldest = next(iter(queue))
+            del queue[oldest]
+            self._forget(oldest)
             self.counters["dropped"] += 1
         queue[name] = service_type
         self._pump()
@@ -175,16 +191,13 @@ class MdnsDiscovery:
             return
         self.counters["looked_up"] += 1
         info = AsyncServiceInfo(service_type, name)
-        ours = False
         try:
             if await info.async_request(
                 self._azc.zeroconf, LOOKUP_MS, question_type=DNSQuestionType.QM
-            ):
-                ours = self._consider(info)
-        finally:
-            if not ours:
+            ) and not self._consider(info):
                 self.counters["foreign"] += 1
-                self._forget(name, info.server)
+        finally:
+            self._forget(name, info.server)
 
     def _consider(self, info: AsyncServiceInfo) -> bool:
         """Hand a looked-up service of this cluster on as a hint; False if it is not ours."""
@@ -217,20 +230,30 @@ class MdnsDiscovery:
         return True
 
     def _forget(self, name: str, server: str | None = None) -> None:
-        """Remove a service that is not ours from zeroconf's cache (a flood must not stay)."""
+        """Remove a looked-up (or dropped) service from zeroconf's cache and its refresh
+        schedule: a flood of records must not stay."""
         if self._azc is None:
             return
         cache = self._azc.zeroconf.cache
-        stale = [
+        pointers = [
             r
             for r in cache.async_entries_with_name(SERVICE_TYPE)
             if getattr(r, "alias", "") == name
         ]
-        stale += cache.async_entries_with_name(name)
-        if server:
-            stale += cache.async_entries_with_name(server)
+        records = cache.async_entries_with_name(name)
+        stale = [*pointers, *records]
+        own = self._info.server if self._info is not None else None
+        servers = {server} | {getattr(r, "server", None) for r in records}
+        for host in servers - {None, own}:
+            stale += cache.async_entries_with_name(host)  # type: ignore[arg-type]
         if stale:
             cache.async_remove_records(stale)
+        scheduler = getattr(self._browser, "query_scheduler", None)
+        cancel = getattr(scheduler, "cancel_ptr_refresh", None)
+        if cancel is not None:  # zeroconf's browser schedules a refresh query per pointer
+            for pointer in pointers:
+                cancel(pointer)
+            _compact(scheduler)
 
     async def close(self) -> None:
         """Say goodbye and stop browsing (idempotent)."""
