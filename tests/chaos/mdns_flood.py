@@ -16,7 +16,8 @@ import socket
 import struct
 import time
 
-from zeroconf import DNSAddress, DNSOutgoing, DNSPointer, DNSService, DNSText
+from zeroconf._dns import DNSAddress, DNSPointer, DNSService, DNSText
+from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.const import (
     _CLASS_IN,
     _CLASS_IN_UNIQUE,
