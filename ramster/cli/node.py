@@ -132,6 +132,15 @@ def add_parser(sub: Sub) -> None:
         type=Path,
         help="CA bundle (PEM) peers must have certificates from: mutual TLS (needs --tls-cert)",
     )
+    rpc.add_argument(
+        "--no-tls-client-auth",
+        dest="tls_client_auth",
+        action="store_const",
+        const=False,
+        default=None,
+        help="with --tls-ca, do not require client certificates (programs then need only the CA; "
+        "peers still prove the cluster secret)",
+    )
     admin = p.add_argument_group(
         "admin API", "HTTP JSON under /v1, /metrics and the dashboard at / (see README)"
     )

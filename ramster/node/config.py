@@ -50,6 +50,9 @@ class NodeConfig:
     tls_ca: Path | None = None
     """CA bundle (PEM) peers' certificates must chain to; with it, TLS is mutual: a peer
     without a certificate from this CA is refused before the handshake."""
+    tls_client_auth: bool = True
+    """With tls_ca: require client certificates (False: programs need only the CA to verify
+    the node, and prove the secret as always)."""
     listen: str = "127.0.0.1:7070"
     """RPC address (host:port; port 0 picks a free one)."""
     local_budget: int = 256 << 20
@@ -182,6 +185,7 @@ class NodeConfig:
             tls_cert=self.tls_cert,
             tls_key=self.tls_key,
             tls_ca=self.tls_ca,
+            tls_client_auth=self.tls_client_auth,
         )
 
     @property
@@ -215,7 +219,10 @@ KINDS: dict[str, Kind] = {
     ),
     "admin_listen": Kind.OPTIONAL,
     **dict.fromkeys(("peers", "nbd_exports", "nbd_allow"), Kind.LIST),
-    **dict.fromkeys(("nbd_swap_safety", "encrypt", "test_hooks", "admin_read_token"), Kind.BOOL),
+    **dict.fromkeys(
+        ("nbd_swap_safety", "encrypt", "test_hooks", "admin_read_token", "tls_client_auth"),
+        Kind.BOOL,
+    ),
 }
 """How each setting that is not plain text is read."""
 

@@ -211,7 +211,10 @@ class Node:
 
     def _log_transport(self) -> None:
         config = self.config
-        tls = "mutual TLS" if config.tls_ca else "TLS" if config.tls_cert else "no TLS"
+        if config.tls_ca and config.tls_client_auth:
+            tls = "mutual TLS"
+        else:
+            tls = "TLS" if config.tls_cert else "no TLS"
         if config.encrypt:
             log.info("rpc sessions: authenticated and encrypted (AES-256-GCM), %s", tls)
         else:

@@ -68,6 +68,9 @@ class RpcConfig:
     """This node's certificate chain and private key (PEM); both or neither."""
     tls_ca: Path | None = None
     """CA bundle that peers' certificates must chain to; on a server it turns on mutual TLS."""
+    tls_client_auth: bool = True
+    """With tls_ca, a server requires client certificates from it (mutual TLS); False: the
+    server only proves itself, and clients are authenticated by the secret alone."""
 
     def __post_init__(self) -> None:
         name: object = self.cluster
