@@ -3,9 +3,8 @@ it, hold more than a few event streams, or make a scrape cost more as the node h
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +17,15 @@ from ramster.errors import ConfigError
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
 from ramster.testing.wait import wait_until
-from tests.admin.conftest import SECRET, TOKEN
+from tests.admin.conftest import SECRET, TOKEN, started_node
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@contextlib.asynccontextmanager
-async def started(tmp_path: Path, **settings: Any) -> AsyncIterator[Node]:
-    token_file = tmp_path / "admin.token"
-    token_file.write_text(TOKEN + "\n")
-    config = NodeConfig(
-        node_id="solo",
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        admin_token_file=token_file,
-        state_dir=tmp_path,
-        **settings,
-    )
-    node = Node(config, SECRET)
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.close()
 
 
 @pytest.mark.asyncio
 async def test_reads_can_require_the_token(tmp_path: Path) -> None:
     async with (
-        started(tmp_path, admin_read_token=True) as node,
+        started_node(tmp_path, admin_read_token=True) as node,
         aiohttp.ClientSession(base_url=f"http://{node.admin_address}") as http,
     ):
         for path in ("/v1/node", "/v1/cluster", "/v1/areas", "/v1/events", "/metrics"):
@@ -89,7 +68,7 @@ def test_reads_need_the_token_by_default_off_loopback(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_event_streams_are_bounded_per_client(tmp_path: Path) -> None:
     async with (
-        started(tmp_path) as node,
+        started_node(tmp_path) as node,
         aiohttp.ClientSession(base_url=f"http://{node.admin_address}") as http,
     ):
         streams = [await http.get("/v1/events/stream") for _ in range(MAX_STREAMS_PER_CLIENT)]
@@ -121,7 +100,7 @@ def _counting(obj: object, name: str, calls: dict[str, int]) -> None:
 @pytest.mark.asyncio
 async def test_a_scrape_scans_no_pages(tmp_path: Path) -> None:
     async with (
-        started(tmp_path, local_budget=64 << 20, heartbeat=0.5, dead_after=2.5) as node,
+        started_node(tmp_path, local_budget=64 << 20, heartbeat=0.5, dead_after=2.5) as node,
         aiohttp.ClientSession(base_url=f"http://{node.admin_address}") as http,
     ):
         async with Client(node.address, SECRET) as client:

@@ -16,8 +16,8 @@ import pytest
 
 from ramster.testing import corpus
 from ramster.testing.cluster import Cluster, make_cluster
-from ramster.testing.netns import NetnsLab, available
-from tests.conftest import REQUIRE_ALL
+from ramster.testing.netns import NetnsLab
+from tests.conftest import need_netns
 from tests.node.test_node import load_all, store_all
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -29,11 +29,7 @@ FLOOD_HOST = 3
 
 @pytest.fixture
 def lab() -> Iterator[NetnsLab]:
-    reason = available()
-    if reason is not None:
-        if REQUIRE_ALL:
-            pytest.fail(f"RAMSTER_REQUIRE_ALL=1 and {reason}")
-        pytest.skip(reason)
+    need_netns()
     with NetnsLab(4, net=8) as built:
         yield built
 

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from ramster import protocol
 from ramster.client import Client
-from ramster.errors import AuthError, Forbidden
+from ramster.errors import AuthError, Forbidden, RpcError
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
 from ramster.rpc import Identity, KeyKind, Keys, PageBatch, RpcClient, Secret
@@ -165,3 +165,19 @@ async def test_debug_damage_needs_the_test_hooks_flag(node: Node) -> None:
         await _owner_stores(node, owner)
         with pytest.raises(Exception, match="no method"):
             await owner.call(protocol.DEBUG_DAMAGE, [OWNER.node_id, 0, 0, False])
+
+
+@pytest.mark.asyncio
+async def test_the_client_role_is_exactly_the_documented_methods(node: Node) -> None:
+    # Every node method outside CLIENT_METHODS is refused to a program, whatever its params
+    # (the role is checked before they are even decoded); every one inside is not.
+    async with rpc(node, Identity.client()) as program:
+        for method in protocol.METHODS:
+            try:
+                await program.call(method, [])
+            except Forbidden:
+                assert method not in protocol.CLIENT_METHODS, method
+            except RpcError:
+                assert method in protocol.CLIENT_METHODS, method  # a bad-params error only
+            else:
+                assert method in protocol.CLIENT_METHODS, method
