@@ -23,7 +23,15 @@ from ramster.errors import (
 from ramster.rpc.auth import ClientHandshake, Secret, SessionKeys
 from ramster.rpc.codes import error_from_wire
 from ramster.rpc.config import RpcConfig
-from ramster.rpc.const import AUTH, CHALLENGE, HELLO, MAX_MSGID, READY, REFUSED
+from ramster.rpc.const import (
+    AUTH,
+    CHALLENGE,
+    HELLO,
+    MAX_MSGID,
+    READY,
+    REFUSED,
+    WRITE_HIGH_WATER,
+)
 from ramster.rpc.frames import (
     FrameDecoder,
     FrameEncoder,
@@ -133,6 +141,9 @@ class Endpoint(asyncio.BufferedProtocol):
             # Not TCP (a unix socket in a test) or already closed: nothing to tune.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Room for a few batches in the transport before writers wait (its default is 64 KiB,
+        # less than one 64-page batch): calls in flight then keep both ends busy.
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._closing:
@@ -211,6 +222,11 @@ class Endpoint(asyncio.BufferedProtocol):
             raise PeerLost(f"connection to {self.peer} is closed")
         if len(buffers) == 1:
             transport.write(buffers[0])
+            encoder = self._encoder
+            if encoder.lent:
+                # Reusable only if the transport handed every byte to the kernel and so keeps
+                # no reference to it; otherwise it stays the transport's.
+                encoder.written(transport.get_write_buffer_size() == 0)
         elif len(buffers) <= WRITELINES_MAX:
             transport.writelines(buffers)
         else:

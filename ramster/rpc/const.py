@@ -56,6 +56,12 @@ SCRATCH_BYTES = 64 * 1024
 """Per-connection read buffer: small frames are parsed in place from it; a frame larger than
 this is read straight into a buffer of its own exact size (one allocation, no regrowth)."""
 
+WRITE_HIGH_WATER = 1024 * 1024
+"""Bytes a connection's transport may hold unsent before writers wait for it to drain (and a
+server stops reading that peer): a few 64-page batches, so that pipelined calls keep both ends
+busy instead of each batch waiting for the last to leave (the transports' default is 64 KiB,
+a quarter of one batch). Bounded per connection all the same."""
+
 RETAIN_BYTES = 512 * 1024
 """A connection keeps its large-frame buffer for the next frame if it is at most this big
 (a 64-page batch is ~260 KiB); a bigger one is freed after use."""

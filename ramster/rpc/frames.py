@@ -37,6 +37,9 @@ from ramster.rpc.const import (
 from ramster.rpc.session import Opener, Sealer
 from ramster.types import Buffer
 
+LARGE_SEALED = 64 * 1024
+"""Sealed bodies above this are encrypted into the encoder's kept buffer."""
+
 _HEADER = struct.Struct(">I")
 _BIN8 = struct.Struct(">BB")
 _BIN16 = struct.Struct(">BH")
@@ -367,7 +370,7 @@ class FrameEncoder:
     Once `sealer` is set every frame is sealed by it, in the order frames are encoded: encode
     a frame only to write it at once."""
 
-    __slots__ = ("_max", "_packer", "_plain", "sealer")
+    __slots__ = ("_max", "_out", "_packer", "_plain", "lent", "sealer")
 
     def __init__(self, max_message_bytes: int) -> None:
         self._max = max_message_bytes
@@ -375,6 +378,10 @@ class FrameEncoder:
         self.sealer: Sealer | None = None
         self._plain: bytearray | None = None
         """Kept buffer a multi-part body is gathered in before it is encrypted."""
+        self._out: bytearray | None = None
+        """Kept buffer large frames are encrypted into (fresh ones cost cache misses)."""
+        self.lent = False
+        """The last frame is in _out: call written() once it was handed to the transport."""
 
     def request(self, msgid: int, method: str, params: list[object]) -> list[Buffer]:
         """Frame `[0, msgid, method, params]`."""
@@ -404,7 +411,10 @@ class FrameEncoder:
             if size > self._max:
                 raise ProtocolError(f"message of {size} bytes exceeds the limit of {self._max}")
             if sealer is not None:
-                return sealer.seal(_HEADER.pack(size + TAG_BYTES), body)
+                header = _HEADER.pack(size + TAG_BYTES)
+                if sealer.encrypt and size > LARGE_SEALED:
+                    return self._seal_into(sealer, header, body, size)
+                return sealer.seal(header, body)
             return [_HEADER.pack(size) + body]
         bin_header = _bin_header(tail.nbytes)
         size = len(body) + len(bin_header) + tail.nbytes
@@ -415,11 +425,31 @@ class FrameEncoder:
             if not sealer.encrypt:
                 # In the clear the body itself is written: it must be a buffer of its own.
                 return sealer.seal(header, b"".join((body, bin_header, *tail.parts)))
-            # One AEAD call over the whole body, gathered in a kept buffer: a fresh one of a
-            # few hundred KiB costs page faults, more than the copy (the AEAD writes a new one).
+            # One AEAD call over the whole body, gathered in a kept buffer (fresh ones of a few
+            # hundred KiB cost page faults and cache misses, more than the copy).
             with self._gather(size, (body, bin_header, *tail.parts)) as plain:
+                if size > LARGE_SEALED:
+                    return self._seal_into(sealer, header, plain, size)
                 return sealer.seal(header, plain)
         return [b"".join((_HEADER.pack(size), body, bin_header)), *tail.parts]
+
+    def _seal_into(self, sealer: Sealer, header: bytes, body: Buffer, size: int) -> list[Buffer]:
+        total = HEADER_BYTES + size + TAG_BYTES
+        out = None if self.lent else self._out  # a lent buffer may still be the transport's
+        if out is None or len(out) < total:
+            out = bytearray(total)
+        self._out = out if total <= RETAIN_BYTES else None
+        self.lent = self._out is not None
+        view = memoryview(out)[:total]
+        sealer.seal_into(header, body, view)
+        return [view]
+
+    def written(self, flushed: bool) -> None:
+        """The frame of the kept buffer was given to the transport; flushed: all of it went
+        to the kernel (the transport keeps no reference), so the buffer can be used again."""
+        if not flushed:
+            self._out = None
+        self.lent = False
 
     def _gather(self, size: int, parts: Sequence[Buffer]) -> memoryview:
         plain = self._plain

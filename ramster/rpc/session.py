@@ -140,6 +140,13 @@ class Sealer:
             return [header + sealed]
         return [header, sealed]
 
+    def seal_into(self, header: bytes, body: Buffer, out: memoryview) -> None:
+        """Encrypt body into out, after header: out is exactly header + body + tag long."""
+        nonce = self._nonce()
+        n = len(header)
+        out[:n] = header
+        self._aead.encrypt_into(nonce, body, None, out[n:])
+
 
 class Opener:
     """Opens the frames of one direction, in order; IntegrityError for any that fails."""
