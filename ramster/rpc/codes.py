@@ -6,6 +6,8 @@ from ramster.errors import (
     AuthError,
     Busy,
     CapacityError,
+    Forbidden,
+    IntegrityError,
     NoSuchMethod,
     PeerLost,
     PeerTimeout,
@@ -30,11 +32,13 @@ ERROR_CLASSES: dict[int, type[RpcError]] = {
         RemoteError,
         NoSuchMethod,
         CapacityError,
+        Forbidden,
+        IntegrityError,
     )
 }
 """Every code a peer may send; an unknown code is raised as RemoteError."""
 
-assert len(ERROR_CLASSES) == 10, "two error classes share a wire code"
+assert len(ERROR_CLASSES) == 12, "two error classes share a wire code"
 
 
 def error_from_wire(error: WireError) -> RpcError:
