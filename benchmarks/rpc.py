@@ -6,7 +6,9 @@ Our side: an RpcServer with an in-memory dict holder (no page pool: this measure
 child process, the client here, both on uvloop, over 127.0.0.1. Pages are 4096 random bytes
 (an incompressible page, the same size as redis-benchmark's -d 4096 values).
   (a) one page per call, sequential: pages/s, p50, p99 for put and get;
-  (b) 64-page batches with several calls in flight: pages/s for put and get.
+  (b) 64-page batches with several calls in flight: pages/s for put and get;
+both over the default transport (every frame encrypted, AES-256-GCM) and, in the same rounds,
+with encryption off (frames in the clear, each still authenticated by its GCM tag).
 Context: the floor, one page per round trip over a bare asyncio Protocol on the same loop and
 placement (no framing, no checks): no RPC on this machine can beat its latency.
 Anchors: redis-server (persistence off, free loopback port) measured with
@@ -139,7 +141,8 @@ class BareClient(asyncio.Protocol):
 async def serve() -> None:
     """Child mode: serve pages from a dict (and the bare floor) on free ports, print them, run
     until stdin closes."""
-    config = RpcConfig(cluster=CLUSTER, max_in_flight=1024, idle_timeout=None)
+    # The server leaves the choice to each client: a session is encrypted if either side asks.
+    config = RpcConfig(cluster=CLUSTER, max_in_flight=1024, idle_timeout=None, encrypt=False)
     server = RpcServer(load_secret(), config)
     server.register_pages(DictPageStore())
     await server.start()
@@ -251,11 +254,13 @@ async def measure_floor(port: int, n: int) -> dict[str, float]:
     }
 
 
-async def measure_ours(port: int, secret: str, plan: Plan) -> dict[str, float]:
-    """Every figure of our RPC against the child server."""
+async def measure_ours(
+    port: int, secret: str, plan: Plan, *, encrypt: bool = True
+) -> dict[str, float]:
+    """Every figure of our RPC against the child server (keys end in _plain without encryption)."""
     from ramster.rpc import Secret
 
-    config = RpcConfig(cluster=CLUSTER, max_in_flight=256, call_timeout=30.0)
+    config = RpcConfig(cluster=CLUSTER, max_in_flight=256, call_timeout=30.0, encrypt=encrypt)
     client = RpcClient("127.0.0.1", port, Secret(secret.encode()), config)
     payload = os.urandom(PAGE)
     batches = [
@@ -292,9 +297,13 @@ async def measure_ours(port: int, secret: str, plan: Plan) -> dict[str, float]:
         got = await client.get_pages(key_batches[0])
         assert len(got) == BATCH and bytes(got.payloads[0]) == payload
         out["get_batch_pages_per_s"] = await batched(plan.seconds, IN_FLIGHT, get_batch)
+        assert client._conns[0].encrypted is encrypt
     finally:
         await client.close()
-    return out
+    if encrypt:
+        return out
+    return {f"{k.removesuffix('_per_s')}_plain_per_s" if k.endswith("_per_s") else f"{k}_plain": v
+            for k, v in out.items()}  # fmt: skip
 
 
 # -- redis anchors ------------------------------------------------------------------------
@@ -463,6 +472,12 @@ def report(figures: dict[str, float], quick: bool, rounds: int) -> dict[str, obj
         "single_get_p50_vs_redis_py": ratio(
             get("single_get_p50_us"), get("redis_py_single_get_p50_us")
         ),
+        "put_batch_encrypted_vs_plain": ratio(
+            get("put_batch_pages_per_s"), get("put_batch_pages_plain_per_s")
+        ),
+        "get_batch_encrypted_vs_plain": ratio(
+            get("get_batch_pages_per_s"), get("get_batch_pages_plain_per_s")
+        ),
     }
     result.update({k: round(v, 1) for k, v in figures.items() if k not in result})
     result.update(
@@ -488,6 +503,21 @@ def report(figures: dict[str, float], quick: bool, rounds: int) -> dict[str, obj
             figures,
             "get_batch_pages_per_s",
             "pages/s",
+        ),
+        rate_row(
+            f"  encryption off: put, {BATCH}-page batches x{IN_FLIGHT}",
+            figures,
+            "put_batch_pages_plain_per_s",
+            "pages/s",
+        ),
+        rate_row(
+            f"  encryption off: get, {BATCH}-page batches x{IN_FLIGHT}",
+            figures,
+            "get_batch_pages_plain_per_s",
+            "pages/s",
+        ),
+        rate_row(
+            "  encryption off: get, 1 page/call", figures, "single_get_pages_plain_per_s", "pages/s"
         ),
         rate_row(
             "floor: bare asyncio Protocol, 1 page/trip",
@@ -516,6 +546,16 @@ def report(figures: dict[str, float], quick: bool, rounds: int) -> dict[str, obj
         ["put batch / redis-benchmark SET", result["put_vs_redis_benchmark"], ">= 0.6"],
         ["get batch / redis-benchmark GET", result["get_vs_redis_benchmark"], ">= 0.6"],
         ["single get p50 / redis-py GET p50", result["single_get_p50_vs_redis_py"], "<= 0.6"],
+        [
+            "put batch: encrypted / encryption off",
+            result["put_batch_encrypted_vs_plain"],
+            ">= 0.85",
+        ],
+        [
+            "get batch: encrypted / encryption off",
+            result["get_batch_encrypted_vs_plain"],
+            ">= 0.85",
+        ],
     ]
     print(table(["ratio", "value", "goal"], [[a, "-" if b is None else b, c] for a, b, c in goals]))
     return result
@@ -545,7 +585,11 @@ def main() -> None:
             stack.callback(stop_redis, redis_proc)
         for i in range(plan.rounds):
             print(f"round {i + 1}/{plan.rounds}", file=sys.stderr, flush=True)
-            figures = run(measure_ours(port, secret, plan))
+            # Alternate which goes first, so that neither always gets the fresher machine.
+            modes = (True, False) if i % 2 == 0 else (False, True)
+            figures = {}
+            for encrypt in modes:
+                figures.update(run(measure_ours(port, secret, plan, encrypt=encrypt)))
             figures.update(run(measure_floor(bare_port, plan.single_calls)))
             if redis_port is not None:
                 figures.update(measure_redis(redis_port, plan))

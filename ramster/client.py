@@ -1,4 +1,8 @@
-"""`ramster.Client`: the frontswap contract of a running node, over the authenticated RPC."""
+"""`ramster.Client`: the frontswap contract of a running node, over the authenticated RPC.
+
+A client authenticates in the client role: it may store, load and invalidate pages and read
+the node's status, never act as a node. The cluster secret or, where the node has one, the
+client secret (`load_secret(path, kind=KeyKind.CLIENT)`) both do."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from ramster.errors import ProtocolError
 from ramster.frontswap.contract import PageLike
 from ramster.pagestore import PoolConfig, checksum, encode, expand
 from ramster.protocol import (
-    DRAIN,
     FS_INIT,
     FS_INVALIDATE,
     FS_INVALIDATE_AREA,
@@ -63,16 +66,9 @@ class Client:
 
     async def hello(self) -> dict[str, Any]:
         """The node's identity and capacity."""
-        result = await self._rpc.call(HELLO, ["client", "00-client"])
+        result = await self._rpc.call(HELLO, [])
         if type(result) is not dict:
             raise ProtocolError("node.hello must answer a map")
-        return result
-
-    async def drain(self) -> dict[str, Any]:
-        """Ask the node to take no new pages, so that owners move theirs away."""
-        result = await self._rpc.call(DRAIN, [])
-        if type(result) is not dict:
-            raise ProtocolError("node.drain must answer a map")
         return result
 
     async def stats(self) -> dict[str, Any]:

@@ -109,6 +109,20 @@ class DuplicateNode(RemoteError):
     code = 21
 
 
+class Forbidden(RemoteError, PermissionError):
+    """The authenticated peer may not make this call: its role does not allow the method, or
+    the call names an identity other than the one its session proved."""
+
+    code = 11
+
+
+class IntegrityError(ProtocolError):
+    """A sealed frame failed to open (modified, reordered, replayed or injected); the
+    connection that carried it is closed."""
+
+    code = 12
+
+
 class PageUnavailable(RamsterError, LookupError):
     """A spilled page could not be read back from any of its holders (all gone or all bad)."""
 

@@ -3,12 +3,18 @@ ends share. A leaf: the client, the peers' calls and the node's handlers all imp
 imports only the error tree.
 
 Parameters are checked by the handlers (ProtocolError when off, never a crash) before anything
-runs; page batches and key lists use `ramster.rpc.pages`:
+runs; page batches and key lists use `ramster.rpc.pages`. Who may call what is bound to the
+session (`ramster.rpc.session`): hold.*, node.drain and coord.* are for nodes only, and a
+node acts only as itself (the owner of hold.*, the id of node.hello, the coordinator of
+coord.order must be the node its handshake proved; Forbidden otherwise); programs (the client
+role) may call fs.*, node.stats and node.hello [] (no owner noted):
 
-- node.hello      [node_id, incarnation]                      -> {node, incarnation, ...}
+- node.hello      [node_id, incarnation] (nodes), [] (clients) -> {node, incarnation, ...}
 - node.stats      []                                          -> {...}
 - node.drain      []                                          -> {...}  (stop taking pages)
 - hold.put        [owner, incarnation, page batch]            -> [kept?]  (CapacityError if none)
+- hold.put_copy   [owner, incarnation, page batch]            -> [kept?]  (a holder forwarding
+                  another owner's verified copies for that owner's hold.copy)
 - hold.get        [owner, incarnation, keys]                  -> page batch of held pages
 - hold.drop       [owner, incarnation, keys, versions]        -> [dropped?]
 - hold.drop_area  [owner, incarnation, area]                  -> pages dropped
@@ -35,6 +41,7 @@ HELLO = "node.hello"
 DRAIN = "node.drain"
 STATS = "node.stats"
 HOLD_PUT = "hold.put"
+HOLD_PUT_COPY = "hold.put_copy"
 HOLD_GET = "hold.get"
 HOLD_DROP = "hold.drop"
 HOLD_DROP_AREA = "hold.drop_area"
@@ -50,14 +57,15 @@ COORD_ORDER = "coord.order"
 COORD_REBALANCE = "coord.rebalance"
 
 DEBUG_DAMAGE = "debug.damage"
-TEST_HOOKS_ENV = "RAMSTER_TEST_HOOKS"
-"""Set to 1 to serve debug.damage, which corrupts held copies: for tests only."""
+"""Served only by a node started with --test-hooks (it logs that loudly): corrupts or ages a
+held copy, for tests of the read path."""
 
 METHODS = (
     HELLO,
     STATS,
     DRAIN,
     HOLD_PUT,
+    HOLD_PUT_COPY,
     HOLD_GET,
     HOLD_COPY,
     HOLD_DROP,
@@ -72,7 +80,22 @@ METHODS = (
     COORD_ORDER,
     COORD_REBALANCE,
 )
-"""Every method a node serves (debug.damage only with the test hooks)."""
+"""Every method a node serves (debug.damage only with --test-hooks)."""
+
+CLIENT_METHODS = frozenset(
+    {
+        HELLO,
+        STATS,
+        FS_INIT,
+        FS_STORE,
+        FS_STORE_ENCODED,
+        FS_LOAD,
+        FS_LOAD_ENCODED,
+        FS_INVALIDATE,
+        FS_INVALIDATE_AREA,
+    }
+)
+"""What a program (the client role) may call: the frontswap contract and read-only node calls."""
 
 MAX_ID_CHARS = 128
 """Node ids, incarnations and targets are short strings."""

@@ -28,6 +28,17 @@ def need_tool(name: str, install_hint: str) -> str:
     return path
 
 
+def need_netns() -> None:
+    """Skip (or fail under RAMSTER_REQUIRE_ALL=1) unless network namespaces can be built."""
+    from ramster.testing.netns import available
+
+    reason = available()
+    if reason is not None:
+        if REQUIRE_ALL:
+            pytest.fail(f"RAMSTER_REQUIRE_ALL=1 and {reason}")
+        pytest.skip(reason)
+
+
 ClusterFactory = Callable[..., Cluster]
 
 

@@ -2,7 +2,9 @@
 
 Errors are JSON `{"error": {"code", "message"}}` with a stable code; nothing else leaks (an
 unexpected exception is logged here and answered as `internal`). Mutating calls need the bearer
-token; reads do not.
+token; with `read_token` (the default off loopback) reads need it too, except /v1/health (with
+no identity in it then) and the dashboard's own files. Event streams are bounded per client
+address and in total.
 """
 
 from __future__ import annotations
@@ -32,12 +34,18 @@ log = logging.getLogger(__name__)
 NODE_KEY: web.AppKey[NodeSource] = web.AppKey("node")
 CONTROL_KEY: web.AppKey[NodeControl] = web.AppKey("control")
 TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token")
+READ_TOKEN_KEY: web.AppKey[bool] = web.AppKey("read_token")
+STREAMS_KEY: web.AppKey[dict[str, int]] = web.AppKey("streams")
 REGISTRY_KEY: web.AppKey[CollectorRegistry] = web.AppKey("registry")
 MAX_EVENTS_LIMIT = 1000
 SSE_KEEPALIVE = 15.0
 """Seconds between comment lines on an idle event stream, so that proxies keep it open."""
 STATIC = ("index.html", "dashboard.js", "dashboard.css")
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+MAX_STREAMS_PER_CLIENT = 4
+"""Event streams one client address may hold open (the event log caps them all at 64)."""
+OPEN_PATHS = frozenset({"/v1/health", "/"})
+"""Reads that never need the token: liveness probes and the dashboard page itself."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,8 +103,22 @@ def _node(request: web.Request) -> NodeSource:
     return request.app[NODE_KEY]
 
 
+@web.middleware
+async def read_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With read_token, every read but the open ones needs the token too."""
+    if (
+        request.app[READ_TOKEN_KEY]
+        and request.method in ("GET", "HEAD")
+        and request.path not in OPEN_PATHS
+        and not request.path.startswith("/static/")
+    ):
+        require_token(request)
+    return await handler(request)
+
+
 def require_token(request: web.Request) -> None:
-    """Refuse a mutating call without the right bearer token."""
+    """Refuse a call without the right bearer token (for the event stream, which browsers
+    open without headers, `?token=` is accepted too)."""
     token = request.app[TOKEN_KEY]
     if token is None:
         raise ApiError(
@@ -107,6 +129,8 @@ def require_token(request: web.Request) -> None:
         )
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
+    if not header and request.path == "/v1/events/stream":
+        scheme, given = "bearer", request.query.get("token", "")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()
     ):
@@ -132,6 +156,8 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
 async def get_health(request: web.Request) -> web.Response:
     """Liveness and readiness: 200 when ready, 503 while starting or stopping."""
     body = views.health(_node(request))
+    if request.app[READ_TOKEN_KEY]:
+        body = {k: body[k] for k in ("status", "live", "ready")}  # nothing about who we are
     return web.json_response(body, status=200 if body["ready"] else 503)
 
 
@@ -164,10 +190,17 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     after = _int_query(request, "after", 0, 0, 1 << 62)
     with contextlib.suppress(ValueError):
         after = max(after, int(request.headers.get("Last-Event-ID", "0")))
+    streams = request.app[STREAMS_KEY]
+    client = request.remote or "?"
+    if streams.get(client, 0) >= MAX_STREAMS_PER_CLIENT:
+        raise ApiError(
+            429, "too-many-streams", f"at most {MAX_STREAMS_PER_CLIENT} event streams per client"
+        )
     try:
         queue = node.events.subscribe()
     except TooManySubscribers as exc:
         raise ApiError(503, "too-many-streams", str(exc)) from None
+    streams[client] = streams.get(client, 0) + 1
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -191,6 +224,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         pass  # the reader went away
     finally:
         node.events.unsubscribe(queue)
+        streams[client] -= 1
+        if streams[client] <= 0:
+            del streams[client]
     return response
 
 
@@ -263,12 +299,16 @@ def make_app(
     token: str | None,
     loop_lag: Histogram,
     last_lag: list[float],
+    *,
+    read_token: bool = False,
 ) -> web.Application:
     """The admin application of one node."""
-    app = web.Application(middlewares=[errors], client_max_size=64 << 10)
+    app = web.Application(middlewares=[errors, read_auth], client_max_size=64 << 10)
     app[NODE_KEY] = node
     app[CONTROL_KEY] = control
     app[TOKEN_KEY] = token
+    app[READ_TOKEN_KEY] = read_token
+    app[STREAMS_KEY] = {}
     app[REGISTRY_KEY] = registry_for(node, loop_lag, last_lag)
     app.router.add_get("/v1/health", get_health)
     app.router.add_get("/v1/node", get_node)

@@ -52,6 +52,10 @@ RPC_COUNTERS = {
     "handshakes": "Authenticated handshakes",
     "handshake_failures": "Handshakes that failed (wrong secret, cluster, protocol)",
     "protocol_errors": "Malformed frames or messages (the connection was closed)",
+    "integrity_failures": "Frames that failed to open: modified, reordered, replayed or injected "
+    "(the connection was closed)",
+    "preauth_evicted": "Unauthenticated connections dropped to make room for newer handshakes",
+    "forbidden": "Calls refused because the caller's role or identity does not allow them",
     "calls": "Calls answered",
     "busy_replies": "Calls refused with Busy (too many in flight)",
     "error_replies": "Calls answered with an error",
@@ -126,7 +130,12 @@ class NodeCollector(Collector):
         for key, doc in RPC_COUNTERS.items():
             yield CounterMetricFamily(f"ramster_rpc_{key}", doc, value=rpc[key])
         yield GaugeMetricFamily(
-            "ramster_rpc_connections", "Open RPC connections", rpc["connections"]
+            "ramster_rpc_connections", "Open authenticated RPC connections", rpc["connections"]
+        )
+        yield GaugeMetricFamily(
+            "ramster_rpc_unauthenticated_connections",
+            "Open RPC connections still in their handshake",
+            rpc["unauthenticated"],
         )
         yield GaugeMetricFamily(
             "ramster_rpc_in_flight", "RPC calls being handled", rpc["in_flight"]

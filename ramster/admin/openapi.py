@@ -50,7 +50,12 @@ NODE = _obj(
         "budgets": _obj({"local": INT, "lent": INT}),
         "draining": BOOL,
         "pool": POOL,
-        "lent": POOL,
+        "lent": {
+            "type": "object",
+            "properties": {"by_owner": COUNTS},
+            "additionalProperties": {"type": ["integer", "boolean"]},
+            "description": "the lent pool's counters, and its pages per owner (by_owner)",
+        },
         "remote": {"type": "object", "additionalProperties": NUM},
         "counters": COUNTS,
         "copies_refused": INT,

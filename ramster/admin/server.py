@@ -51,12 +51,29 @@ class AdminServer:
     """Serves one node's admin API; `start()` returns once it listens."""
 
     def __init__(
-        self, node: NodeSource, control: NodeControl, listen: str, token: str | None
+        self,
+        node: NodeSource,
+        control: NodeControl,
+        listen: str,
+        token: str | None,
+        *,
+        read_token: bool | None = None,
     ) -> None:
         self.host, self._port = check_bind(listen, token)
+        if read_token is None:
+            read_token = not is_loopback(self.host)
+        if read_token and token is None:
+            raise ConfigError(
+                "the admin API is to require its token for reads, but no token is configured "
+                "(--admin-token-file or RAMSTER_ADMIN_TOKEN)"
+            )
+        self.read_token = read_token
+        """Reads need the token too (default: when bound off loopback)."""
         self.loop_lag = Histogram()
         self.last_lag = [0.0]
-        self._app = make_app(node, control, token, self.loop_lag, self.last_lag)
+        self._app = make_app(
+            node, control, token, self.loop_lag, self.last_lag, read_token=read_token
+        )
         # handler_cancellation: an event stream ends as soon as its reader goes away.
         self._runner = web.AppRunner(
             self._app,
@@ -87,7 +104,11 @@ class AdminServer:
         if addresses:
             self._port = int(addresses[0][1])
         self._probe = asyncio.create_task(self._measure_lag(), name="admin-loop-lag")
-        log.info("admin API on http://%s", self.address)
+        log.info(
+            "admin API on http://%s (reads %s)",
+            self.address,
+            "need the token" if self.read_token else "open, mutating calls need the token",
+        )
 
     async def _measure_lag(self) -> None:
         while True:

@@ -194,7 +194,7 @@ def _admin(args: argparse.Namespace) -> int:
 def _pages(args: argparse.Namespace) -> int:
     from ramster.cli import pages
 
-    secret = options.secret(args.secret_file)
+    secret = options.access(args)
     cmd = args.command
     if cmd == "bench":
         return pages.bench(args.node, secret, args.mib, args.batch, args.seed, args.area)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ramster.cli import options
 from ramster.cli.options import positive_int, size
+from ramster.settings import parse_bool
 
 if TYPE_CHECKING:
     from ramster.cli.options import Sub
@@ -37,6 +38,13 @@ def add_parser(sub: Sub) -> None:
         "--secret-file",
         type=Path,
         help="file with the cluster secret, mode 600 (default: $RAMSTER_CLUSTER_SECRET)",
+    )
+    p.add_argument(
+        "--client-secret-file",
+        type=Path,
+        help="file with a second secret, mode 600, that lets programs store and load pages and "
+        "read stats but never act as a node (default: $RAMSTER_CLIENT_SECRET; none: programs "
+        "use the cluster secret)",
     )
     p.add_argument("--listen", help="RPC address host:port (default: 127.0.0.1:7070; port 0 = any)")
     p.add_argument(
@@ -85,11 +93,54 @@ def add_parser(sub: Sub) -> None:
         "default: no multicast, static --peer seeds only",
     )
     p.add_argument(
+        "--max-dials",
+        type=positive_int,
+        help="addresses found by mDNS dialled at once; each is a hint until its handshake names "
+        "a node (default: 4)",
+    )
+    p.add_argument(
         "--owner-grace",
         type=float,
         help="seconds a silent owner's pages are kept before they are reclaimed (default: 300)",
     )
     options.log_level(p)
+    p.add_argument(
+        "--test-hooks",
+        action="store_const",
+        const=True,
+        default=None,
+        help="serve debug.damage, which corrupts held copies: for tests only (logged as a warning)",
+    )
+    rpc = p.add_argument_group(
+        "RPC security",
+        "every session is authenticated with the cluster secret and every frame sealed "
+        "(AES-256-GCM); TLS from a PKI can wrap it (see docs/rpc.md)",
+    )
+    rpc.add_argument(
+        "--no-encryption",
+        dest="encrypt",
+        action="store_const",
+        const=False,
+        default=None,
+        help="frames in the clear, still authenticated and checked: for a trusted network only "
+        "(a peer that asks for encryption still gets it)",
+    )
+    rpc.add_argument("--tls-cert", type=Path, help="this node's TLS certificate chain (PEM)")
+    rpc.add_argument("--tls-key", type=Path, help="the key of --tls-cert (PEM)")
+    rpc.add_argument(
+        "--tls-ca",
+        type=Path,
+        help="CA bundle (PEM) peers must have certificates from: mutual TLS (needs --tls-cert)",
+    )
+    rpc.add_argument(
+        "--no-tls-client-auth",
+        dest="tls_client_auth",
+        action="store_const",
+        const=False,
+        default=None,
+        help="with --tls-ca, do not require client certificates (programs then need only the CA; "
+        "peers still prove the cluster secret)",
+    )
     admin = p.add_argument_group(
         "admin API", "HTTP JSON under /v1, /metrics and the dashboard at / (see README)"
     )
@@ -105,6 +156,13 @@ def add_parser(sub: Sub) -> None:
         type=Path,
         help="file with the bearer token mutating calls need (default: $RAMSTER_ADMIN_TOKEN; "
         "none: mutating calls are refused)",
+    )
+    admin.add_argument(
+        "--admin-read-token",
+        type=parse_bool,
+        metavar="yes|no",
+        help="require the token for reads too, all but /v1/health and the dashboard's files "
+        "(default: yes when --admin binds a non-loopback address)",
     )
     nbd = p.add_argument_group(
         "NBD exports",

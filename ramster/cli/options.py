@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ramster.settings import parse_size
 
 if TYPE_CHECKING:
-    from ramster.rpc import Secret
+    from ramster.rpc import RpcConfig, Secret
 
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
     """The subparsers of the `ramster` parser."""
@@ -113,10 +114,20 @@ def no_swap_safety(p: ArgGroup, dest: str) -> None:
     )
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def client(p: ArgGroup) -> None:
-    """--node and --secret-file: how a program reaches a node over the RPC."""
+    """--node, the secret and TLS: how a program reaches a node over the RPC."""
     p.add_argument(
         "--node", default=os.environ.get("RAMSTER_NODE", "127.0.0.1:7070"), help=NODE_HELP
+    )
+    p.add_argument(
+        "--cluster",
+        default=os.environ.get("RAMSTER_CLUSTER", "ramster"),
+        help="cluster name (default: $RAMSTER_CLUSTER or ramster)",
     )
     p.add_argument(
         "--secret-file",
@@ -125,6 +136,41 @@ def client(p: ArgGroup) -> None:
         help="file holding the cluster secret (default: $RAMSTER_SECRET_FILE, "
         "else the secret itself in $RAMSTER_CLUSTER_SECRET)",
     )
+    p.add_argument(
+        "--client-secret-file",
+        type=Path,
+        default=_env_path("RAMSTER_CLIENT_SECRET_FILE"),
+        help="file holding the node's client secret, used instead of the cluster secret "
+        "(default: $RAMSTER_CLIENT_SECRET_FILE)",
+    )
+    for flag, name, what in (
+        ("--tls-ca", "RAMSTER_TLS_CA", "CA bundle the node's certificate must chain to"),
+        ("--tls-cert", "RAMSTER_TLS_CERT", "this program's certificate, for mutual TLS"),
+        ("--tls-key", "RAMSTER_TLS_KEY", "the key of --tls-cert"),
+    ):
+        p.add_argument(flag, type=Path, default=_env_path(name), help=f"{what} (default: ${name})")
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a program needs to call a node: a secret and the RPC settings (cluster, TLS)."""
+
+    secret: Secret
+    config: RpcConfig
+
+
+def access(args: argparse.Namespace) -> Access:
+    """The secret and RPC settings from the client options."""
+    from ramster.rpc import KeyKind, RpcConfig, load_secret
+
+    if args.client_secret_file is not None:
+        key = load_secret(args.client_secret_file, kind=KeyKind.CLIENT)
+    else:
+        key = secret(args.secret_file)
+    config = RpcConfig(
+        cluster=args.cluster, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
+    )
+    return Access(key, config)
 
 
 def admin_client(p: ArgGroup) -> None:

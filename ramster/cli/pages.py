@@ -10,25 +10,25 @@ from typing import Any
 
 import numpy as np
 
+from ramster.cli.options import Access
 from ramster.cli.report import Progress, human_bytes, table
 from ramster.client import Client
 from ramster.errors import RamsterError
 from ramster.pagestore.codec import checksum
-from ramster.rpc import Secret
 from ramster.rpc.loop import run
 from ramster.testing import corpus
 
 
-async def _store(address: str, secret: Secret, area: int, offset: int, data: bytes) -> int:
-    async with Client(address, secret, page_size=len(data)) as client:
+async def _store(address: str, access: Access, area: int, offset: int, data: bytes) -> int:
+    async with Client(address, access.secret, access.config, page_size=len(data)) as client:
         await client.init(area)
         ok = await client.store(area, offset, data)
     print("stored" if ok else "refused (the node and its peers are full)")
     return 0 if ok else 1
 
 
-async def _load(address: str, secret: Secret, area: int, offset: int, page_size: int) -> int:
-    async with Client(address, secret, page_size=page_size) as client:
+async def _load(address: str, access: Access, area: int, offset: int, page_size: int) -> int:
+    async with Client(address, access.secret, access.config, page_size=page_size) as client:
         page = await client.load(area, offset)
     if page is None:
         print(f"area {area} offset {offset}: not stored", file=sys.stderr)
@@ -38,8 +38,8 @@ async def _load(address: str, secret: Secret, area: int, offset: int, page_size:
     return 0
 
 
-async def _invalidate(address: str, secret: Secret, area: int, offsets: list[int]) -> int:
-    async with Client(address, secret) as client:
+async def _invalidate(address: str, access: Access, area: int, offsets: list[int]) -> int:
+    async with Client(address, access.secret, access.config) as client:
         if offsets:
             await client.invalidate_many(area, offsets)
         else:
@@ -47,8 +47,8 @@ async def _invalidate(address: str, secret: Secret, area: int, offsets: list[int
     return 0
 
 
-async def _stats(address: str, secret: Secret, as_json: bool) -> int:
-    async with Client(address, secret) as client:
+async def _stats(address: str, access: Access, as_json: bool) -> int:
+    async with Client(address, access.secret, access.config) as client:
         st = await client.stats()
     if as_json:
         print(json.dumps(st, indent=2, sort_keys=True))
@@ -85,9 +85,9 @@ async def _stats(address: str, secret: Secret, as_json: bool) -> int:
 
 
 async def _bench(
-    address: str, secret: Secret, mib: int, batch: int, seed: int, area: int
+    address: str, access: Access, mib: int, batch: int, seed: int, area: int
 ) -> dict[str, Any]:
-    async with Client(address, secret) as client:
+    async with Client(address, access.secret, access.config) as client:
         hello = await client.hello()
         ps = int(hello.get("page_size", 4096))
         client.page_size = ps
@@ -135,7 +135,7 @@ async def _bench(
         if not peer["alive"]:
             continue
         try:
-            async with Client(peer["address"], secret) as other:
+            async with Client(peer["address"], access.secret, access.config) as other:
                 pst = await other.stats()
             holders.append([peer["node"], f"{pst['lent']['stored_pages']:,}"])
         except RamsterError:
@@ -155,9 +155,9 @@ async def _bench(
     }
 
 
-def bench(address: str, secret: Secret, mib: int, batch: int, seed: int, area: int) -> int:
+def bench(address: str, access: Access, mib: int, batch: int, seed: int, area: int) -> int:
     """Store a corpus through a node, load it back in random order, verify, report."""
-    r = run(_bench(address, secret, mib, batch, seed, area))
+    r = run(_bench(address, access, mib, batch, seed, area))
     mib_s = r["page_size"] / (1 << 20)
     store_rate, load_rate = r["store_pages_per_s"], r["load_pages_per_s"]
     good = r["stored"] - r["bad"] - r["missing"]
@@ -182,21 +182,21 @@ def bench(address: str, secret: Secret, mib: int, batch: int, seed: int, area: i
     return 0 if not r["bad"] and not r["missing"] else 1
 
 
-def store(address: str, secret: Secret, area: int, offset: int, data: bytes) -> int:
+def store(address: str, access: Access, area: int, offset: int, data: bytes) -> int:
     """Store one page read from a file or stdin."""
-    return run(_store(address, secret, area, offset, data))
+    return run(_store(address, access, area, offset, data))
 
 
-def load(address: str, secret: Secret, area: int, offset: int, page_size: int) -> int:
+def load(address: str, access: Access, area: int, offset: int, page_size: int) -> int:
     """Write one page to stdout."""
-    return run(_load(address, secret, area, offset, page_size))
+    return run(_load(address, access, area, offset, page_size))
 
 
-def invalidate(address: str, secret: Secret, area: int, offsets: list[int]) -> int:
+def invalidate(address: str, access: Access, area: int, offsets: list[int]) -> int:
     """Invalidate pages, or the whole area when no offsets are given."""
-    return run(_invalidate(address, secret, area, offsets))
+    return run(_invalidate(address, access, area, offsets))
 
 
-def stats(address: str, secret: Secret, as_json: bool) -> int:
+def stats(address: str, access: Access, as_json: bool) -> int:
     """Print a node's statistics."""
-    return run(_stats(address, secret, as_json))
+    return run(_stats(address, access, as_json))

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ramster.cli import pages
+from ramster.cli.options import Access
 from ramster.client import Client
 from ramster.errors import RamsterError
-from ramster.rpc import Secret, load_secret
+from ramster.rpc import RpcConfig, Secret, load_secret
 from ramster.rpc.loop import run
 
 
@@ -169,7 +170,8 @@ def up(
         print(f"cluster ready: {nodes} nodes, local budget {local_budget}, lent {lent_budget}")
         status = 0
         if bench_mib:
-            status = pages.bench(cluster.address(0), secret, bench_mib, 256, 1, 0)
+            access = Access(secret, RpcConfig())
+            status = pages.bench(cluster.address(0), access, bench_mib, 256, 1, 0)
         env = f"RAMSTER_SECRET_FILE={cluster.secret_file}"
         print()
         print("talk to it (from this directory):")

@@ -5,13 +5,22 @@ peer table admits them only through the authenticated RPC handshake and heartbea
 goodbyes are ignored for liveness (after kill -9 a record lingers for ~19 minutes).
 Multicast goes only to the interfaces named: announcing on every interface of a host is the
 operator's decision, not a default.
+
+Anyone on the link can announce, so everything here is bounded: at most MAX_RESOLVING
+lookups at once (names beyond wait in a bounded queue, the oldest dropped), a table of at most
+MAX_ANNOUNCERS announcers that expire, and a service's records are removed from zeroconf's
+cache (and its refresh queries cancelled) once looked at: what a hint needs is in the table,
+so a flood of announcements costs neither memory nor a task per name. A live node that is
+forgotten here is found again when it next answers or announces.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange, Zeroconf
@@ -24,6 +33,26 @@ log = logging.getLogger(__name__)
 SERVICE_TYPE = "_ramster._tcp.local."
 LOOKUP_MS = 3000
 """How long to wait for a found service's records (ms); probing takes about 1.2 s."""
+MAX_RESOLVING = 4
+"""Service lookups at once; each waits up to LOOKUP_MS for records."""
+MAX_QUEUED = 256
+"""Names waiting for a lookup; past it the oldest is dropped (a live node announces again)."""
+MAX_ANNOUNCERS = 64
+"""Announcers of our cluster remembered (node -> address), so that a repeat is not a new hint."""
+ANNOUNCER_TTL = 300.0
+"""Seconds an announcer is remembered without being seen again."""
+
+
+def _compact(scheduler: object) -> None:
+    """Drop cancelled refreshes from zeroconf's query heap: it keeps them until they are due
+    (80% of a TTL the announcer chose), which a flood would turn into unbounded memory."""
+    heap = getattr(scheduler, "_query_heap", None)
+    live = getattr(scheduler, "_next_scheduled_for_alias", None)
+    if not isinstance(heap, list) or not isinstance(live, dict):
+        return
+    if len(heap) > 2 * len(live) + 64:  # amortised: rebuilt after as many cancels as entries
+        heap[:] = [q for q in heap if not getattr(q, "cancelled", False)]
+        heapq.heapify(heap)
 
 
 def _txt(props: dict[bytes, bytes | None], key: bytes) -> str:
@@ -57,7 +86,18 @@ class MdnsDiscovery:
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.found: dict[str, tuple[str, int]] = {}
+        self._queue: dict[str, str] = {}
+        """Names waiting for a lookup (name -> service type), oldest first."""
+        self.found: dict[str, tuple[str, int, float]] = {}
+        """node -> (host, port, last seen): announcers of this cluster, oldest first."""
+        self.counters = dict.fromkeys(
+            ("announcements", "dropped", "looked_up", "foreign", "hints"), 0
+        )
+
+    @property
+    def queued(self) -> int:
+        """Names waiting for a lookup, and lookups running."""
+        return len(self._queue) + len(self._tasks)
 
     def _interfaces(self) -> list[str] | None:
         if self.interface == "all":
@@ -122,34 +162,98 @@ class MdnsDiscovery:
     ) -> None:
         if state_change is ServiceStateChange.Removed:
             return  # a hint only: liveness comes from heartbeats
-        task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.counters["announcements"] += 1
+        queue = self._queue
+        queue.pop(name, None)
+        if len(queue) >= MAX_QUEUED:
+            oldest = next(iter(queue))
+            del queue[oldest]
+            self._forget(oldest)
+            self.counters["dropped"] += 1
+        queue[name] = service_type
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._queue and len(self._tasks) < MAX_RESOLVING:
+            name = next(iter(self._queue))
+            service_type = self._queue.pop(name)
+            task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))
+            self._tasks.add(task)
+            task.add_done_callback(self._resolved)
+
+    def _resolved(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._azc is not None:
+            self._pump()
 
     async def _resolve(self, service_type: str, name: str) -> None:
         if self._azc is None:
             return
+        self.counters["looked_up"] += 1
         info = AsyncServiceInfo(service_type, name)
-        if not await info.async_request(
-            self._azc.zeroconf, LOOKUP_MS, question_type=DNSQuestionType.QM
-        ):
-            return
+        try:
+            if await info.async_request(
+                self._azc.zeroconf, LOOKUP_MS, question_type=DNSQuestionType.QM
+            ) and not self._consider(info):
+                self.counters["foreign"] += 1
+        finally:
+            self._forget(name, info.server)
+
+    def _consider(self, info: AsyncServiceInfo) -> bool:
+        """Hand a looked-up service of this cluster on as a hint; False if it is not ours."""
         props = info.properties
         cluster, node = _txt(props, b"cluster"), _txt(props, b"node")
-        if cluster != self.cluster or not node or node == self.node_id:
-            return
+        if cluster == self.cluster and node == self.node_id:
+            return True  # our own announcement
+        if cluster != self.cluster or not node:
+            return False
         if _txt(props, b"proto") != str(PROTOCOL_VERSION):
-            log.warning("mDNS: %s speaks protocol %s; ignored", node, _txt(props, b"proto"))
-            return
+            log.debug("mDNS: %s speaks protocol %s; ignored", node, _txt(props, b"proto"))
+            return False
         addresses = info.parsed_addresses(IPVersion.V4Only)
         if not addresses or not info.port:
+            return False
+        host, port, now = addresses[0], info.port, time.monotonic()
+        found = self.found
+        for old in [n for n, (_, _, seen) in found.items() if now - seen > ANNOUNCER_TTL]:
+            del found[old]
+        known = found.pop(node, None)
+        if len(found) >= MAX_ANNOUNCERS:
+            del found[next(iter(found))]
+        found[node] = (host, port, now)
+        if known is not None and known[:2] == (host, port):
+            return True
+        self.counters["hints"] += 1
+        log.info("mDNS: %s announces itself at %s:%d (a hint until it authenticates)", node,
+                 host, port)  # fmt: skip
+        self.on_found(node, host, port)
+        return True
+
+    def _forget(self, name: str, server: str | None = None) -> None:
+        """Remove a looked-up (or dropped) service from zeroconf's cache and its refresh
+        schedule: a flood of records must not stay."""
+        if self._azc is None:
             return
-        where = (addresses[0], info.port)
-        if self.found.get(node) == where:
-            return
-        self.found[node] = where
-        log.info("mDNS: found %s at %s:%d", node, *where)
-        self.on_found(node, *where)
+        cache = self._azc.zeroconf.cache
+        pointers = [
+            r
+            for r in cache.async_entries_with_name(SERVICE_TYPE)
+            if getattr(r, "alias", "") == name
+        ]
+        records = cache.async_entries_with_name(name)
+        stale = [*pointers, *records]
+        own = self._info.server if self._info is not None else None
+        servers = {server} | {getattr(r, "server", None) for r in records}
+        for host in servers - {None, own}:
+            stale += cache.async_entries_with_name(host)  # type: ignore[arg-type]
+        if stale:
+            cache.async_remove_records(stale)
+        scheduler = getattr(self._browser, "query_scheduler", None)
+        cancel = getattr(scheduler, "cancel_ptr_refresh", None)
+        if cancel is not None:  # zeroconf's browser schedules a refresh query per pointer
+            for pointer in pointers:
+                cancel(pointer)
+            _compact(scheduler)
 
     async def close(self) -> None:
         """Say goodbye and stop browsing (idempotent)."""

@@ -1,5 +1,11 @@
-"""Static peers over the RPC: heartbeats that learn each peer's identity and free capacity, and
-the holder calls the remote tier makes (the RPC form of `frontswap.remote.Holders`)."""
+"""Peers over the RPC: heartbeats that learn each peer's identity and free capacity, and the
+holder calls the remote tier makes (the RPC form of `frontswap.remote.Holders`).
+
+Static seeds are in the table from the start. Discovered addresses are only hints (see
+`hints.py`): at most a few are dialled at once, and one joins the table only when a handshake
+from it names a node. A node has one address here: a second address that names a node already
+reachable elsewhere (a relay, another interface) is not used for it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ramster.cluster.hints import Hints
 from ramster.cluster.membership import Membership, MembershipConfig, State, Transition
 from ramster.cluster.placement import Candidate
 from ramster.errors import DuplicateNode, PeerLost, ProtocolError, RamsterError
@@ -24,9 +31,10 @@ from ramster.protocol import (
     HOLD_DROP_AREA,
     HOLD_GET,
     HOLD_PUT,
+    HOLD_PUT_COPY,
     check_hello_answer,
 )
-from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, Secret
+from ramster.rpc import Identity, Keys, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.rpc.pages import flags_from_wire
 from ramster.settings import parse_address
 from ramster.telemetry.ratelimit import LogLimiter
@@ -36,6 +44,8 @@ log = logging.getLogger(__name__)
 
 MAX_PEERS = 256
 """Bound on the peer table: discovery cannot grow it without limit."""
+MAX_DIALS = 4
+"""Discovered addresses dialled at once (static seeds and known peers are not held back)."""
 
 
 @dataclass(slots=True)
@@ -55,6 +65,11 @@ class Peer:
     """(its incarnation, how many times it reclaimed this node's pages) as last heard."""
     refused_since: float | None = None
     """When this peer began refusing this node as a duplicate of a live node id."""
+    seed: bool = True
+    """Configured (kept while it fails), not discovered."""
+    alias_of: str | None = None
+    """The node this address also reaches, known at another address (not used for it)."""
+    task: asyncio.Task[None] | None = None
 
 
 class Peers:
@@ -69,25 +84,31 @@ class Peers:
         addresses: Sequence[str],
         heartbeat: float,
         dead_after: float,
+        max_dials: int = MAX_DIALS,
     ) -> None:
         self.me = me
         self.incarnation = incarnation
+        self.identity = Identity.node(me, incarnation)
+        """Who this node is in every handshake it makes."""
+        self.max_dials = max_dials
         self.heartbeat = heartbeat
         self.dead_after = dead_after
         # A holder that cannot answer a batch within the dead timeout is as good as gone for
         # that batch: never hold a writer longer than that behind a paused or cut-off peer.
         self.call_timeout = dead_after
-        self._peers: list[Peer] = []
-        for address in addresses:
-            host, port = parse_address(address)
-            self._peers.append(Peer(address, RpcClient(host, port, secret, rpc_config)))
+        self._secret = secret
+        self._rpc_config = rpc_config
+        self._peers: list[Peer] = [self._new_peer(a) for a in addresses]
         self._by_id: dict[str, Peer] = {}
+        self.hints = Hints()
+        self._hinted = asyncio.Event()
+        self.dialling = 0
+        self.most_dialling = 0
+        """The most discovered addresses ever dialled at once (at most max_dials)."""
         self._ever: set[str] = set()
         self.membership = Membership(
             MembershipConfig(suspect_after=dead_after / 2, dead_after=dead_after)
         )
-        self._secret = secret
-        self._rpc_config = rpc_config
         self._tg: asyncio.TaskGroup | None = None
         self.on_restart: Callable[[str, str], None] | None = None
         """Called with (node, old incarnation) when a peer restarted: its copies are gone."""
@@ -104,29 +125,85 @@ class Peers:
         self.duplicates = 0
         """Answers ignored because another live process answers under the same node id."""
         self._log = LogLimiter(log)
+        self._closing: set[asyncio.Future[None]] = set()
+        """Clients of evicted peers being closed (close() waits for them)."""
 
     # -- heartbeats ------------------------------------------------------------------------------
 
+    def _new_peer(self, address: str, *, seed: bool = True) -> Peer:
+        host, port = parse_address(address)
+        client = RpcClient(host, port, self._secret, self._rpc_config, identity=self.identity)
+        return Peer(address, client, seed=seed)
+
     async def run(self) -> None:
-        """Heartbeat every peer and watch the silence, until cancelled."""
+        """Heartbeat every peer, dial hints and watch the silence, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             for peer in self._peers:
-                tg.create_task(self._beat(peer))
+                peer.task = tg.create_task(self._beat(peer))
             tg.create_task(self._watch())
+            tg.create_task(self._dial_hints(tg))
 
     def add_peer(self, address: str) -> bool:
-        """Start heartbeating a newly discovered address (False if it is known already)."""
+        """A discovered address: a hint to dial, not a peer until a handshake from it names a
+        node (False if it is known, pending, or failed recently)."""
         if any(p.address == address for p in self._peers):
             return False
-        if len(self._peers) >= MAX_PEERS:
-            log.warning("ignoring peer %s: already %d peers", address, MAX_PEERS)
+        if not self.hints.offer(address, time.monotonic()):
             return False
-        host, port = parse_address(address)
-        peer = Peer(address, RpcClient(host, port, self._secret, self._rpc_config))
-        self._peers.append(peer)
+        self._hinted.set()
+        return True
+
+    async def _dial_hints(self, tg: asyncio.TaskGroup) -> None:
+        running: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            self._hinted.set()
+
+        while True:
+            await self._hinted.wait()
+            self._hinted.clear()
+            while len(running) < self.max_dials:
+                address = self.hints.take(time.monotonic())
+                if address is None:
+                    break
+                task = tg.create_task(self._try_hint(address))
+                running.add(task)
+                task.add_done_callback(done)
+
+    async def _try_hint(self, address: str) -> None:
+        if any(p.address == address for p in self._peers):
+            return
+        peer = self._new_peer(address, seed=False)
+        self.dialling += 1
+        self.most_dialling = max(self.most_dialling, self.dialling)
+        try:
+            joined = await self.beat_once(peer, join=True)
+        finally:
+            self.dialling -= 1
+        if not joined:
+            self.hints.failed(address, time.monotonic())
+            await peer.client.close()
+            return
+        log.info("peer %s at %s joined (discovered)", peer.node_id, address)
         if self._tg is not None:
-            self._tg.create_task(self._beat(peer))
+            peer.task = self._tg.create_task(self._beat(peer))
+
+    def _make_room(self) -> bool:
+        """Room for one more peer: evict a never-authenticated one when the table is full."""
+        if len(self._peers) < MAX_PEERS:
+            return True
+        stale = next((p for p in self._peers if p.node_id is None), None)
+        if stale is None:
+            return False
+        log.warning("peer table full: dropping %s (never authenticated)", stale.address)
+        self._peers.remove(stale)
+        if stale.task is not None:
+            stale.task.cancel()
+        closing = asyncio.ensure_future(stale.client.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
         return True
 
     async def _beat(self, peer: Peer) -> None:
@@ -159,22 +236,25 @@ class Peers:
             if self.on_transition is not None:
                 self.on_transition(t)
 
-    async def beat_once(self, peer: Peer) -> None:
+    async def beat_once(self, peer: Peer, *, join: bool = False) -> bool:
         """One heartbeat: learn the peer's identity and capacity, or note its silence.
 
-        A malformed answer is counted and dropped (it reads as silence), never fatal.
-        """
+        With join, peer is a discovered address not in the table yet: it is added only if
+        the handshake named a node not known elsewhere. True when the answer was recorded.
+        A malformed answer is counted and dropped (it reads as silence), never fatal."""
         try:
             result = await peer.client.call(
                 HELLO, [self.me, self.incarnation], timeout=max(self.heartbeat * 2, 0.5)
             )
         except DuplicateNode as exc:
             self._refused_as_duplicate(peer, str(exc))
-            return
-        except RamsterError:
-            return  # silence: the membership's timers decide what it means
+            return False
+        except RamsterError as exc:
+            if isinstance(exc, ProtocolError):
+                log.warning("peer %s: %s", peer.address, exc)
+            return False  # silence: the membership's timers decide what it means
         try:
-            info = check_hello_answer(result)
+            info = _hello_result(result, peer.client.peer_identity)
         except ProtocolError as exc:
             self.bad_answers += 1
             self._log.warning(
@@ -183,7 +263,7 @@ class Peers:
                 peer.address,
                 exc,
             )
-            return
+            return False
         peer.refused_since = None
         now = time.monotonic()
         node_id, incarnation = info["node"], info["incarnation"]
@@ -193,7 +273,7 @@ class Peers:
             peer.node_id = node_id
             if incarnation != self.incarnation:
                 self._twin(peer, incarnation)
-            return
+            return False
         current = self._by_id.get(node_id)
         if (
             current is not None
@@ -212,7 +292,14 @@ class Peers:
                 peer.address,
                 peer.address,
             )
-            return
+            return False
+        if not self._owns_address(peer, info):
+            return False
+        if join:
+            if not self._make_room():
+                log.warning("ignoring peer %s: already %d peers", peer.address, MAX_PEERS)
+                return False
+            self._peers.append(peer)
         self._note_epoch(peer, node_id, incarnation, info.get("reclaimed_epoch", 0))
         peer.node_id = node_id
         peer.incarnation = incarnation
@@ -223,6 +310,7 @@ class Peers:
         self._by_id[node_id] = peer
         self._ever.add(node_id)
         self._apply(self.membership.heartbeat_ok(node_id, incarnation, now))
+        return True
 
     def _note_epoch(self, peer: Peer, node: str, incarnation: str, epoch: int) -> None:
         """A holder's count of reclaims of this node's pages rose: its copies are gone."""
@@ -262,6 +350,38 @@ class Peers:
         if self.on_duplicate is not None:
             self.on_duplicate(reason)
 
+    def _owns_address(self, peer: Peer, info: dict[str, Any]) -> bool:
+        """Whether peer's address is (now) the one used for the node it reached.
+
+        A node reachable at one address keeps it while it answers there: a second address
+        that names it is an alias (a relay, another route) and not recorded. The node's own
+        advertised address wins over another; a silent or restarted node moves."""
+        node_id = info["node"]
+        known = self._by_id.get(node_id)
+        if known is None or known is peer:
+            peer.alias_of = None
+            return True
+        fresh = time.monotonic() - known.last_ok < self.dead_after
+        same_run = known.incarnation == info["incarnation"]
+        advertised = info.get("address")
+        prefer_new = advertised == peer.address and advertised != known.address
+        if fresh and same_run and not prefer_new:
+            peer.alive = False
+            if peer.alias_of != node_id:
+                log.warning(
+                    "%s names node %s, which is reachable at %s: not used for it",
+                    peer.address,
+                    node_id,
+                    known.address,
+                )
+            peer.alias_of = node_id
+            return False
+        log.info("node %s: now at %s (was %s)", node_id, peer.address, known.address)
+        known.alias_of = node_id
+        known.alive = False
+        peer.alias_of = None
+        return True
+
     # -- what the remote tier asks -------------------------------------------------------------
 
     def peers(self) -> list[Peer]:
@@ -274,6 +394,7 @@ class Peers:
             Candidate(p.node_id, p.lent_free)
             for p in self._peers
             if p.alive
+            and p.alias_of is None
             and p.node_id is not None
             and p.node_id != self.me
             and not p.info.get("draining")
@@ -290,7 +411,11 @@ class Peers:
     def leaving(self) -> set[str]:
         """Live peers that are draining."""
         alive = self.alive()
-        return {p.node_id for p in self._peers if p.node_id in alive and p.info.get("draining")}
+        return {
+            p.node_id
+            for p in self._peers
+            if p.alias_of is None and p.node_id in alive and p.info.get("draining")
+        }
 
     def gone(self) -> set[str]:
         """Peers seen alive once and dead now (silent for longer than dead_after)."""
@@ -333,9 +458,11 @@ class Peers:
     async def put_for(
         self, node: str, owner: str, incarnation: str, batch: PageBatch
     ) -> list[bool]:
-        """hold.put on node for an owner (this node's own pages, or another's it copies)."""
+        """hold.put on node for an owner: this node's own pages, or (hold.put_copy) another
+        owner's verified copies this holder forwards for that owner's hold.copy."""
+        method = HOLD_PUT if (owner, incarnation) == (self.me, self.incarnation) else HOLD_PUT_COPY
         result = await self._client(node).call(
-            HOLD_PUT, [owner, incarnation, batch.to_wire()], timeout=self.call_timeout
+            method, [owner, incarnation, batch.to_wire()], timeout=self.call_timeout
         )
         self._spent(node, sum(len(p) for p in batch.payloads))
         return flags_from_wire(result, len(batch.offsets))
@@ -420,6 +547,23 @@ class Peers:
         """Close every client."""
         for peer in self._peers:
             await peer.client.close()
+        if self._closing:
+            await asyncio.wait(self._closing)
+
+    def discovery_statistics(self) -> dict[str, int]:
+        """Hints and dials (what discovery has cost)."""
+        hints = self.hints.statistics()
+        return {
+            "hints_pending": hints.pending,
+            "hints_offered": hints.offered,
+            "hints_dropped": hints.dropped,
+            "dials": hints.taken,
+            "dial_failures": hints.failed,
+            "dialling": self.dialling,
+            "most_dialling": self.most_dialling,
+            "max_dials": self.max_dials,
+            "peers": len(self._peers),
+        }
 
     def statistics(self) -> list[dict[str, Any]]:
         """One row per peer."""
@@ -436,6 +580,19 @@ class Peers:
                 ),
                 "lent_free": p.lent_free,
                 "lent_budget": p.lent_budget,
+                "alias_of": p.alias_of,
             }
             for p in self._peers
         ]
+
+
+def _hello_result(result: object, session: Identity | None) -> dict[str, Any]:
+    """The checked answer of node.hello (every field by schema); it must name the node the
+    session authenticated."""
+    info = check_hello_answer(result)
+    if session is None or (session.node_id, session.incarnation) != (
+        info["node"],
+        info["incarnation"],
+    ):
+        raise ProtocolError(f"node.hello names {info['node']}, not the node its session proved")
+    return info

@@ -15,6 +15,10 @@ from ramster.settings import Kind, load_settings, parse_address
 
 if TYPE_CHECKING:
     from ramster.nbd.config import NbdConfig
+    from ramster.rpc import RpcConfig, Secret
+
+CLIENT_SECRET_ENV = "RAMSTER_CLIENT_SECRET"
+"""The client secret itself, when no client secret file is given."""
 
 
 def default_state_dir() -> Path:
@@ -32,6 +36,23 @@ class NodeConfig:
     cluster: str = "ramster"
     secret_file: Path | None = None
     """File holding the cluster secret; else $RAMSTER_CLUSTER_SECRET."""
+    client_secret_file: Path | None = None
+    """File holding a second secret for programs: it lets them use the frontswap calls and read
+    node.stats, never act as a node; else $RAMSTER_CLIENT_SECRET; else programs need the
+    cluster secret."""
+    encrypt: bool = True
+    """Encrypt every RPC frame after the handshake. False: integrity only (frames in the clear,
+    still authenticated and checked), for a trusted network; a peer that wants encryption
+    still gets it."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    """This node's TLS certificate chain and key (PEM): the RPC runs inside TLS."""
+    tls_ca: Path | None = None
+    """CA bundle (PEM) peers' certificates must chain to; with it, TLS is mutual: a peer
+    without a certificate from this CA is refused before the handshake."""
+    tls_client_auth: bool = True
+    """With tls_ca: require client certificates (False: programs need only the CA to verify
+    the node, and prove the secret as always)."""
     listen: str = "127.0.0.1:7070"
     """RPC address (host:port; port 0 picks a free one)."""
     local_budget: int = 256 << 20
@@ -55,6 +76,9 @@ class NodeConfig:
     mdns_interface: str | None = None
     """Announce and browse with mDNS on this interface address (e.g. 127.0.0.1) or "all";
     None: no multicast, static peers only."""
+    max_dials: int = 4
+    """Addresses found by discovery dialled at once (each is only a hint until a handshake
+    from it names a node); static peers and known ones are never held back."""
     owner_grace: float = 300.0
     """Seconds a silent owner's pages are kept before they are reclaimed (survives partitions)."""
     log_level: str = "info"
@@ -75,6 +99,11 @@ class NodeConfig:
     """Client addresses or networks allowed to use the NBD exports."""
     nbd_swap_safety: bool = True
     """With NBD: mlockall, oom_score_adj -1000 and PR_SET_IO_FLUSHER where the OS allows them."""
+    admin_read_token: bool | None = None
+    """Require the admin token for reads too (everything but /v1/health and the dashboard's
+    files); None: yes when the admin API binds a non-loopback address."""
+    test_hooks: bool = False
+    """Serve debug.damage, which corrupts held copies: for tests only, logged as a warning."""
 
     def __post_init__(self) -> None:
         parse_address(self.listen)
@@ -86,6 +115,8 @@ class NodeConfig:
             raise ValueError("node id must be 1 to 64 characters")
         if self.local_budget < 0 or self.lent_budget < 0:
             raise ValueError("budgets cannot be negative")
+        if not 1 <= self.max_dials <= 64:
+            raise ValueError(f"max_dials must be within 1..64, got {self.max_dials}")
         if not 1 <= self.replicas <= 8:
             raise ValueError(f"replicas must be within 1..8, got {self.replicas}")
         if not 0 < self.low_watermark < self.high_watermark <= 1:
@@ -101,6 +132,10 @@ class NodeConfig:
             raise ValueError(f"log level must be debug, info, warning or error: {self.log_level}")
         if self.admin_listen is not None:
             parse_address(self.admin_listen)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("a node with tls_ca needs its own tls_cert and tls_key")
         if self.nbd is not None:
             self.nbd_config()
         elif self.nbd_exports:
@@ -131,6 +166,28 @@ class NodeConfig:
         token = (os.environ if env is None else env).get("RAMSTER_ADMIN_TOKEN", "").strip()
         return token or None
 
+    def client_secret(self, env: Mapping[str, str] | None = None) -> Secret | None:
+        """The client secret from client_secret_file, else $RAMSTER_CLIENT_SECRET, else None."""
+        from ramster.rpc import KeyKind, Secret, load_secret
+
+        if self.client_secret_file is not None:
+            return load_secret(self.client_secret_file, kind=KeyKind.CLIENT)
+        text = (os.environ if env is None else env).get(CLIENT_SECRET_ENV, "")
+        return Secret(text.encode(), KeyKind.CLIENT) if text else None
+
+    def rpc_config(self) -> RpcConfig:
+        """The RPC settings of this node's server and of its calls to peers."""
+        from ramster.rpc import RpcConfig
+
+        return RpcConfig(
+            cluster=self.cluster,
+            encrypt=self.encrypt,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            tls_ca=self.tls_ca,
+            tls_client_auth=self.tls_client_auth,
+        )
+
     @property
     def host(self) -> str:
         """Host part of `listen`."""
@@ -147,11 +204,25 @@ KINDS: dict[str, Kind] = {
     **dict.fromkeys(
         ("high_watermark", "low_watermark", "heartbeat", "dead_after", "owner_grace"), Kind.FLOAT
     ),
-    "replicas": Kind.INT,
-    **dict.fromkeys(("secret_file", "state_dir", "admin_token_file"), Kind.PATH),
+    **dict.fromkeys(("replicas", "max_dials"), Kind.INT),
+    **dict.fromkeys(
+        (
+            "secret_file",
+            "client_secret_file",
+            "state_dir",
+            "admin_token_file",
+            "tls_cert",
+            "tls_key",
+            "tls_ca",
+        ),
+        Kind.PATH,
+    ),
     "admin_listen": Kind.OPTIONAL,
     **dict.fromkeys(("peers", "nbd_exports", "nbd_allow"), Kind.LIST),
-    "nbd_swap_safety": Kind.BOOL,
+    **dict.fromkeys(
+        ("nbd_swap_safety", "encrypt", "test_hooks", "admin_read_token", "tls_client_auth"),
+        Kind.BOOL,
+    ),
 }
 """How each setting that is not plain text is read."""
 

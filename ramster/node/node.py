@@ -33,7 +33,7 @@ from ramster.node.handlers import ControlService, FrontswapService, HolderServic
 from ramster.node.refusals import Refusals
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool, incarnation_order
-from ramster.rpc import RpcConfig, RpcServer, Secret
+from ramster.rpc import Identity, RpcServer, Secret
 from ramster.telemetry.events import EventLog
 
 if TYPE_CHECKING:
@@ -53,8 +53,16 @@ class Node:
         self.node_id = node_id_for(config)
         self.incarnation = new_incarnation()
         self.started_at = time.time()
-        rpc_config = RpcConfig(cluster=config.cluster)
-        self.server = RpcServer(secret, rpc_config, host=config.host, port=config.port)
+        rpc_config = config.rpc_config()
+        identity = Identity.node(self.node_id, self.incarnation)
+        self.server = RpcServer(
+            secret,
+            rpc_config,
+            host=config.host,
+            port=config.port,
+            identity=identity,
+            client_secret=config.client_secret(),
+        )
         self.lent = LentPool(
             PoolConfig(page_size=config.page_size, budget_bytes=config.lent_budget),
             twin_window=config.dead_after,
@@ -68,6 +76,7 @@ class Node:
             config.peers,
             config.heartbeat,
             config.dead_after,
+            max_dials=config.max_dials,
         )
         self.frontswap = ClusterFrontswap(
             PoolConfig(page_size=config.page_size, budget_bytes=config.local_budget),
@@ -85,7 +94,13 @@ class Node:
         self.fatal: str | None = None
         """Why this node stopped itself (another live process runs under its id)."""
         self.refusals = Refusals(self._events)
-        self.holder = HolderService(self.node_id, self.lent, self.peers.put_for, self.refusals)
+        self.holder = HolderService(
+            self.node_id,
+            self.lent,
+            self.peers.put_for,
+            self.refusals,
+            test_hooks=config.test_hooks,
+        )
         self.holder.register(self.server)
         FrontswapService(self.frontswap).register(self.server)
         ControlService(self, self.lent.note_owner, self.lent.epoch).register(self.server)
@@ -114,7 +129,13 @@ class Node:
             # off loopback) stops the start.
             from ramster.admin.server import AdminServer
 
-            self.admin = AdminServer(self, self, config.admin_listen, config.admin_token())
+            self.admin = AdminServer(
+                self,
+                self,
+                config.admin_listen,
+                config.admin_token(),
+                read_token=config.admin_read_token,
+            )
         self._own_host: str | None = None
         self.inventory = status.InventoryCache(config.heartbeat)
         self._runner: asyncio.Task[None] | None = None
@@ -193,6 +214,29 @@ class Node:
             self.config.replicas,
             ",".join(self.config.peers) or "-",
         )
+        self._log_transport()
+
+    def _log_transport(self) -> None:
+        config = self.config
+        if config.tls_ca and config.tls_client_auth:
+            tls = "mutual TLS"
+        else:
+            tls = "TLS" if config.tls_cert else "no TLS"
+        if config.encrypt:
+            log.info("rpc sessions: authenticated and encrypted (AES-256-GCM), %s", tls)
+        else:
+            log.warning(
+                "rpc sessions: encryption OFF (--no-encryption): frames are authenticated but "
+                "readable on the network, %s; peers that ask for encryption still get it",
+                tls,
+            )
+        if self.server.client_secret is not None:
+            log.info("rpc: a client secret is configured: programs may use it (client role)")
+        if config.test_hooks:
+            log.warning(
+                "TEST HOOKS ON (--test-hooks): debug.damage lets any authenticated peer corrupt "
+                "held copies. Never run a real node like this."
+            )
 
     def _found(self, address: str) -> None:
         if address not in (self.address, self.advertised_address) and self.peers.add_peer(address):
@@ -330,7 +374,7 @@ class Node:
         out = [Member(self.node_id, self.advertised_address, "alive", self.hello_info())]
         for peer in self.peers.statistics():
             node = peer["node"]
-            if node == self.node_id:
+            if node == self.node_id or peer["alias_of"]:
                 continue
             info = next((p.info for p in self.peers.peers() if p.node_id == node), {})
             out.append(Member(node or "", peer["address"], peer["state"], info if node else {}))
@@ -344,8 +388,9 @@ class Node:
         )
 
     def areas(self) -> list[dict[str, Any]]:
-        """This node's frontswap areas and how many pages each has here and on holders."""
-        counts = self.frontswap.pool.area_counts()
+        """This node's frontswap areas and how many pages each has here and on holders (the
+        counts are at most one heartbeat old)."""
+        counts = self.inventory.areas(self)
         return [
             {
                 "area": area,
@@ -363,7 +408,7 @@ class Node:
             rpc=self.server.statistics(),
             method_latencies=self.server.method_latencies(),
             remote=self.frontswap.remote_statistics(),
-            under_replicated=self.frontswap.under_replicated(self.peers.gone()),
+            under_replicated=int(self.inventory.get(self)["under_replicated"]),
             repairing=self.follower.repairing,
             orders_refused=self.orders_refused,
             copies_refused=self.holder.copies_refused,

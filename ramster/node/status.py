@@ -17,12 +17,23 @@ STATS_EVENTS = 50
 
 
 class InventoryCache:
-    """The slow part of a heartbeat report, computed at most once per heartbeat."""
+    """The slow parts of a node's reports (those that scan the pool), computed at most once
+    per heartbeat: heartbeats, /metrics scrapes and dashboards then cost O(1) in pages."""
 
     def __init__(self, every: float) -> None:
         self._every = every
         self._at = -1e9
+        self._areas_at = -1e9
         self._cached: dict[str, Any] = {}
+        self._areas: dict[int, tuple[int, int]] = {}
+
+    def areas(self, node: Node) -> dict[int, tuple[int, int]]:
+        """area -> (local pages, remote pages), at most one heartbeat old."""
+        now = time.monotonic()
+        if now - self._areas_at >= self._every:
+            self._areas_at = now
+            self._areas = node.frontswap.pool.area_counts()
+        return self._areas
 
     def get(self, node: Node) -> dict[str, Any]:
         """The cached inventory, refreshed when older than one heartbeat."""
@@ -58,6 +69,7 @@ def hello_info(node: Node) -> dict[str, Any]:
     config = node.config
     return {
         **_identity(node),
+        "address": node.advertised_address,
         "lent_free": node.lent.free_bytes(),
         "lent_budget": config.lent_budget,
         "local_used": node.frontswap.pool.used_bytes,
@@ -99,6 +111,16 @@ def _lent(node: Node) -> dict[str, Any]:
         "owners": lent.owners,
         "by_owner": node.lent.pages_by_owner(),
         "reclaimed_pages": lent.reclaimed_pages,
+    }
+
+
+def _discovery(node: Node) -> dict[str, Any]:
+    mdns = node.discovery
+    return {
+        **node.peers.discovery_statistics(),
+        "mdns": None
+        if mdns is None
+        else {**mdns.counters, "announcers": len(mdns.found), "queued": mdns.queued},
     }
 
 
@@ -159,6 +181,8 @@ def stats(node: Node) -> dict[str, Any]:
             "duplicates": node.peers.duplicates,
             "refused_views": node.election.refused_views,
         },
+        "rpc": dataclasses.asdict(node.server.statistics()),
+        "discovery": _discovery(node),
         "orders": _orders(node),
         "nbd": nbd_view(node),
         "aggregates": node.driver.snapshot(),

@@ -109,6 +109,9 @@ class SlabAllocator:
         self._objects = 0
         self._object_bytes = 0
         self._bookkeeping = 0
+        self._free_entries = 0
+        """Entries in every slab's free list (2 bytes each): kept, so statistics never scan."""
+        self._live_slabs = 0
 
     # -- sizes ---------------------------------------------------------------------------------
 
@@ -142,6 +145,7 @@ class SlabAllocator:
             cls.current = slab
         if slab.free:
             idx = slab.free.pop()
+            self._free_entries -= 1
         else:
             idx = slab.hwm
             slab.hwm = idx + 1
@@ -180,6 +184,7 @@ class SlabAllocator:
             self._release(slab)
             return
         slab.free.append(handle & OBJ_MASK)
+        self._free_entries += 1
         if was_full and cls.current is not slab:
             cls.partial[slab.ident] = slab
 
@@ -267,6 +272,7 @@ class SlabAllocator:
             self._slabs[ident] = slab
         self._bookkeeping += 4 * cls.objs_per_slab
         self._resident += slab.resident_bytes()
+        self._live_slabs += 1
         return slab
 
     def _release(self, slab: _Slab) -> None:
@@ -275,6 +281,8 @@ class SlabAllocator:
         span = cls.pages_per_slab * OS_PAGE
         self._resident -= slab.resident_bytes()
         self._bookkeeping -= 4 * cls.objs_per_slab
+        self._free_entries -= len(slab.free)
+        self._live_slabs -= 1
         slab.buf.release()
         self._chunks[chunk].madvise(mmap.MADV_DONTNEED, start, span)
         self._free_ranges.setdefault(cls.pages_per_slab, []).append((chunk, start))
@@ -282,14 +290,13 @@ class SlabAllocator:
         self._free_ids.append(slab.ident)
 
     def statistics(self) -> SlabStatistics:
-        """A snapshot of the allocator's counters."""
-        live = [s for s in self._slabs if s is not None]
+        """A snapshot of the allocator's counters (running counts: no scan of the slabs)."""
         return SlabStatistics(
             classes=len(self._classes),
-            slabs=len(live),
+            slabs=self._live_slabs,
             objects=self._objects,
             object_bytes=self._object_bytes,
             resident_bytes=self._resident,
-            bookkeeping_bytes=self._bookkeeping + sum(2 * len(s.free) for s in live),
+            bookkeeping_bytes=self._bookkeeping + 2 * self._free_entries,
             mapped_bytes=len(self._chunks) * CHUNK_BYTES,
         )

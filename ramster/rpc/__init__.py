@@ -1,5 +1,6 @@
-"""Peer RPC: length-prefixed msgpack-RPC over TCP (optionally TLS), an HMAC handshake over the
-cluster secret, pipelined calls, page batches, and backpressure everywhere.
+"""Peer RPC: length-prefixed msgpack-RPC over TCP (optionally TLS), a handshake over the
+cluster secret that names both ends and yields session keys, every frame after it sealed
+(AES-256-GCM), per-method roles, pipelined calls, page batches, and backpressure everywhere.
 
 Only this package imports msgpack.
 """
@@ -8,6 +9,8 @@ from ramster.errors import (
     AuthError,
     Busy,
     CapacityError,
+    Forbidden,
+    IntegrityError,
     NoSuchMethod,
     PeerLost,
     PeerTimeout,
@@ -16,7 +19,7 @@ from ramster.errors import (
     RpcError,
     VersionMismatch,
 )
-from ramster.rpc.auth import SECRET_ENV, Secret, load_secret
+from ramster.rpc.auth import CLIENT_SECRET_ENV, SECRET_ENV, KeyKind, Secret, load_secret
 from ramster.rpc.client import DEFAULT, ClientStatistics, RpcClient
 from ramster.rpc.codes import ERROR_CLASSES
 from ramster.rpc.config import RpcConfig
@@ -25,23 +28,32 @@ from ramster.rpc.frames import Chunks, FrameDecoder, FrameEncoder, Notification,
 from ramster.rpc.loop import new_event_loop, run
 from ramster.rpc.pages import Keys, Page, PageBatch, flags_from_wire
 from ramster.rpc.server import PageService, RpcServer, ServerStatistics, plain_params
+from ramster.rpc.session import ANYONE, NODES, Caller, Identity, Role, caller
 
 __all__ = [
+    "ANYONE",
+    "CLIENT_SECRET_ENV",
     "DEFAULT",
     "DROP_PAGES",
     "ERROR_CLASSES",
     "GET_PAGES",
+    "NODES",
     "PING",
     "PROTOCOL_VERSION",
     "PUT_PAGES",
     "SECRET_ENV",
     "AuthError",
     "Busy",
+    "Caller",
     "CapacityError",
     "Chunks",
     "ClientStatistics",
+    "Forbidden",
     "FrameDecoder",
     "FrameEncoder",
+    "Identity",
+    "IntegrityError",
+    "KeyKind",
     "Keys",
     "NoSuchMethod",
     "Notification",
@@ -54,6 +66,7 @@ __all__ = [
     "RemoteError",
     "Request",
     "Response",
+    "Role",
     "RpcClient",
     "RpcConfig",
     "RpcError",
@@ -61,6 +74,7 @@ __all__ = [
     "Secret",
     "ServerStatistics",
     "VersionMismatch",
+    "caller",
     "flags_from_wire",
     "load_secret",
     "new_event_loop",

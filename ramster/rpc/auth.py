@@ -1,15 +1,25 @@
-"""The handshake, without I/O: version, cluster name and a mutual HMAC-SHA256 challenge.
+"""The handshake, without I/O: version, cluster, both identities, a mutual proof of the secret,
+and the session keys it yields.
 
-    client -> server  HELLO      [version, cluster, client_nonce]
-    server -> client  CHALLENGE  [version, cluster, server_nonce, mac("server")]
-    client -> server  AUTH       [mac("client")]
-    server -> client  READY      []
+    client -> server  HELLO      [version, cluster, client_nonce, key, role, node, incarnation,
+                                  encrypt]
+    server -> client  CHALLENGE  [version, cluster, server_nonce, node, incarnation, encrypt,
+                                  proof("server")]
+    client -> server  AUTH       [proof("client")]
+    server -> client  READY      []   the first frame sealed with the session keys
     either way        REFUSED    [code, reason]   (then the connection closes)
 
-mac(role) = HMAC-SHA256(secret, label | role | version | cluster | client_nonce | server_nonce).
-Each side contributes a fresh nonce, so a recorded transcript never verifies again (replay), and
-the role is inside the MAC, so a server's answer cannot be reflected back as a client's.
-The server proves itself first; a client never sends its MAC to a peer that did not.
+`key` names the secret the client holds: "cluster" (nodes, and programs given the cluster
+secret) or "client" (a program given only the client secret, which can never be a node).
+The transcript is everything both sides said: version, cluster, both nonces, the key kind,
+both identities and both encryption wishes. HKDF-SHA256 (salt: both nonces, info: the
+transcript) turns the secret into four keys: one per side to prove itself (HMAC-SHA256 of the
+transcript) and one per direction to seal frames (AES-256-GCM). Fresh nonces on both sides make
+every session's keys new (a recorded handshake never verifies again, a recorded frame never
+opens in another session); the role is inside each proof, so one cannot be reflected back as
+the other; the server proves itself first, and a client never sends its proof to a peer that
+did not. A relay that forwards the handshake ends up with neither the keys nor a way to send
+a frame that opens. Frames are encrypted unless both sides turned encryption off.
 """
 
 from __future__ import annotations
@@ -21,30 +31,55 @@ import secrets
 import stat
 import struct
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from ramster.errors import AuthError, ProtocolError, VersionMismatch
-from ramster.rpc.const import MIN_SECRET_BYTES, NONCE_BYTES, PROTOCOL_VERSION
+from ramster.rpc.const import (
+    KEY_BYTES,
+    MAX_IDENTITY_BYTES,
+    MIN_SECRET_BYTES,
+    NONCE_BYTES,
+    PROTOCOL_VERSION,
+)
+from ramster.rpc.session import Identity, Opener, Role, Sealer
 
 SECRET_ENV = "RAMSTER_CLUSTER_SECRET"
 """Environment variable holding the cluster secret when no secret file is given."""
+CLIENT_SECRET_ENV = "RAMSTER_CLIENT_SECRET"
+"""Environment variable holding the client secret when no client secret file is given."""
 
-_LABEL = b"ramster-rpc-handshake\x00"
-_MAC_BYTES = 32
+_LABEL = b"ramster-rpc-v2\x00"
+_PROOF_BYTES = 32
+
+
+class KeyKind(Enum):
+    """Which secret a key is: the cluster's (nodes) or the clients' (programs only)."""
+
+    CLUSTER = "cluster"
+    CLIENT = "client"
 
 
 @dataclass(frozen=True, slots=True)
 class Secret:
-    """The cluster secret; its repr never shows the bytes."""
+    """A shared secret; its repr never shows the bytes."""
 
     value: bytes = field(repr=False)
+    kind: KeyKind = KeyKind.CLUSTER
 
     def __post_init__(self) -> None:
         if len(self.value) < MIN_SECRET_BYTES:
             raise ValueError(f"the cluster secret must be at least {MIN_SECRET_BYTES} bytes")
 
 
-def load_secret(file: str | os.PathLike[str] | None = None, env: str = SECRET_ENV) -> Secret:
+def load_secret(
+    file: str | os.PathLike[str] | None = None,
+    env: str = SECRET_ENV,
+    kind: KeyKind = KeyKind.CLUSTER,
+) -> Secret:
     """The secret from a file (trailing newline dropped) or else from an environment variable."""
     if file is not None:
         path = Path(file)
@@ -54,115 +89,279 @@ def load_secret(file: str | os.PathLike[str] | None = None, env: str = SECRET_EN
         value = path.read_bytes().rstrip(b"\r\n")
         if not value:
             raise ValueError(f"{path} is empty")
-        return Secret(value)
+        return Secret(value, kind)
     text = os.environ.get(env)
     if not text:
         raise LookupError(f"no secret file given and ${env} is not set")
-    return Secret(text.encode())
+    return Secret(text.encode(), kind)
 
 
-def _mac(
-    secret: Secret, role: bytes, version: int, cluster: str, nonces: tuple[bytes, bytes]
-) -> bytes:
-    """HMAC over everything both sides said; nonces is (client's, server's), fixed-size."""
-    name = cluster.encode()
-    msg = b"".join(
-        [_LABEL, role, struct.pack(">IH", version, len(name)), name, nonces[0], nonces[1]]
-    )
-    return hmac.new(secret.value, msg, hashlib.sha256).digest()
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """What a finished handshake gives one side: the peer, and how to seal and open frames."""
+
+    peer: Identity
+    sealer: Sealer
+    opener: Opener
+    encrypted: bool
 
 
-def _hello_fields(params: list[object]) -> tuple[int, str, bytes]:
-    if len(params) < 3:
-        raise ProtocolError("malformed hello")
-    version, cluster, nonce = params[0], params[1], params[2]
-    if type(version) is not int:
-        raise ProtocolError("malformed hello")
-    if version != PROTOCOL_VERSION:
-        raise VersionMismatch(f"peer speaks protocol {version}, this node {PROTOCOL_VERSION}")
-    if len(params) != 3 or type(cluster) is not str or type(nonce) is not bytes:
-        raise ProtocolError("malformed hello")
-    if len(nonce) != NONCE_BYTES:
-        raise ProtocolError("malformed hello nonce")
-    return version, cluster, nonce
+def _field(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack(">H", len(data)) + data
+
+
+@dataclass(frozen=True, slots=True)
+class _Transcript:
+    version: int
+    cluster: str
+    client_nonce: bytes
+    server_nonce: bytes
+    kind: KeyKind
+    client: Identity
+    client_encrypt: bool
+    server: Identity
+    server_encrypt: bool
+
+    def encode(self) -> bytes:
+        return b"".join(
+            [
+                _LABEL,
+                struct.pack(">I", self.version),
+                _field(self.cluster),
+                self.client_nonce,
+                self.server_nonce,
+                _field(self.kind.value),
+                _field(self.client.role.value),
+                _field(self.client.node_id),
+                _field(self.client.incarnation),
+                bytes([self.client_encrypt]),
+                _field(self.server.node_id),
+                _field(self.server.incarnation),
+                bytes([self.server_encrypt]),
+            ]
+        )
+
+    @property
+    def encrypted(self) -> bool:
+        return self.client_encrypt or self.server_encrypt
+
+    def keys(self, secret: Secret) -> tuple[bytes, bytes, bytes, bytes]:
+        """(server proof key, client proof key, client->server key, server->client key)."""
+        okm = HKDF(
+            algorithm=hashes.SHA256(),
+            length=4 * KEY_BYTES,
+            salt=self.client_nonce + self.server_nonce,
+            info=self.encode(),
+        ).derive(secret.value)
+        k = KEY_BYTES
+        return okm[:k], okm[k : 2 * k], okm[2 * k : 3 * k], okm[3 * k :]
+
+
+def _proof(key: bytes, side: bytes, transcript: _Transcript) -> bytes:
+    return hmac.new(key, side + transcript.encode(), hashlib.sha256).digest()
+
+
+def _text(obj: object, what: str) -> str:
+    if type(obj) is not str or len(obj.encode()) > MAX_IDENTITY_BYTES:
+        raise ProtocolError(f"malformed {what}")
+    return obj
+
+
+def _flag(obj: object, what: str) -> bool:
+    if type(obj) is not bool:
+        raise ProtocolError(f"malformed {what}")
+    return obj
+
+
+def _version(params: list[object], what: str) -> None:
+    if not params or type(params[0]) is not int:
+        raise ProtocolError(f"malformed {what}")
+    if params[0] != PROTOCOL_VERSION:
+        raise VersionMismatch(f"peer speaks protocol {params[0]}, this node {PROTOCOL_VERSION}")
+
+
+def _nonce(obj: object, what: str) -> bytes:
+    if type(obj) is not bytes or len(obj) != NONCE_BYTES:
+        raise ProtocolError(f"malformed {what} nonce")
+    return obj
+
+
+def _peer_identity(role: object, node: object, incarnation: object) -> Identity:
+    if role == Role.NODE.value:
+        node_id, inc = _text(node, "hello"), _text(incarnation, "hello")
+        if not node_id or not inc:
+            raise ProtocolError("a node must name its id and incarnation")
+        return Identity(Role.NODE, node_id, inc)
+    if role == Role.CLIENT.value:
+        if node != "" or incarnation != "":
+            raise ProtocolError("a client names no node")
+        return Identity(Role.CLIENT)
+    raise ProtocolError("malformed hello role")
 
 
 class ClientHandshake:
-    """The client's side: hello(), then challenge() -> auth params, then ready()."""
+    """The client's side: hello(), then challenge() -> auth params, then ready(keys)."""
 
-    def __init__(self, secret: Secret, cluster: str, nonce: bytes | None = None) -> None:
+    def __init__(
+        self,
+        secret: Secret,
+        cluster: str,
+        identity: Identity | None = None,
+        *,
+        encrypt: bool = True,
+        nonce: bytes | None = None,
+    ) -> None:
         self._secret = secret
         self._cluster = cluster
+        self.identity = identity if identity is not None else Identity.client()
+        if self.identity.role is Role.NODE and secret.kind is not KeyKind.CLUSTER:
+            raise ValueError("a node authenticates with the cluster secret, not a client secret")
+        self._encrypt = encrypt
         self._nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
-        self._server_nonce: bytes | None = None
+        self.keys: SessionKeys | None = None
         self.done = False
 
     def hello(self) -> list[object]:
         """Params of the HELLO notification."""
-        return [PROTOCOL_VERSION, self._cluster, self._nonce]
+        me = self.identity
+        return [
+            PROTOCOL_VERSION,
+            self._cluster,
+            self._nonce,
+            self._secret.kind.value,
+            me.role.value,
+            me.node_id,
+            me.incarnation,
+            self._encrypt,
+        ]
 
     def challenge(self, params: list[object]) -> list[object]:
-        """Check the server's CHALLENGE; return the params of AUTH."""
-        if self._server_nonce is not None:
+        """Check the server's CHALLENGE; return the params of AUTH (the keys are then set)."""
+        if self.keys is not None:
             raise ProtocolError("second challenge")
-        if len(params) != 4:
+        _version(params, "challenge")
+        if len(params) != 7:
             raise ProtocolError("malformed challenge")
-        version, cluster, nonce, mac = params
-        if type(version) is not int:
-            raise ProtocolError("malformed challenge")
-        if version != PROTOCOL_VERSION:
-            raise VersionMismatch(f"peer speaks protocol {version}, this node {PROTOCOL_VERSION}")
-        if type(cluster) is not str or type(nonce) is not bytes or type(mac) is not bytes:
+        _, cluster, nonce, node, incarnation, encrypt, proof = params
+        if type(cluster) is not str or type(proof) is not bytes:
             raise ProtocolError("malformed challenge")
         if cluster != self._cluster:
             raise AuthError(f"peer belongs to cluster {cluster!r}, not {self._cluster!r}")
-        if len(nonce) != NONCE_BYTES or nonce == self._nonce:
+        server_nonce = _nonce(nonce, "challenge")
+        if server_nonce == self._nonce:
             raise AuthError("bad server nonce")
-        expected = _mac(self._secret, b"server", version, cluster, (self._nonce, nonce))
-        if not hmac.compare_digest(expected, mac):
+        server = Identity(Role.NODE, _text(node, "challenge"), _text(incarnation, "challenge"))
+        transcript = _Transcript(
+            PROTOCOL_VERSION,
+            cluster,
+            self._nonce,
+            server_nonce,
+            self._secret.kind,
+            self.identity,
+            self._encrypt,
+            server,
+            _flag(encrypt, "challenge"),
+        )
+        server_key, client_key, up, down = transcript.keys(self._secret)
+        if not hmac.compare_digest(_proof(server_key, b"server", transcript), proof):
             raise AuthError("the peer does not know the cluster secret")
-        self._server_nonce = nonce
-        return [_mac(self._secret, b"client", version, cluster, (self._nonce, nonce))]
+        on = transcript.encrypted
+        self.keys = SessionKeys(server, Sealer(up, on), Opener(down, on), on)
+        return [_proof(client_key, b"client", transcript)]
 
     def ready(self, params: list[object]) -> None:
-        """Accept READY; only valid after a verified challenge."""
-        if self._server_nonce is None or params:
+        """Accept READY (it arrived sealed); only valid after a verified challenge."""
+        if self.keys is None or params:
             raise ProtocolError("ready before challenge")
         self.done = True
 
 
 class ServerHandshake:
-    """The server's side: hello() -> challenge params, then auth() -> ready params."""
+    """The server's side: hello() -> challenge params, then auth() -> the session keys."""
 
-    def __init__(self, secret: Secret, cluster: str, nonce: bytes | None = None) -> None:
-        self._secret = secret
+    def __init__(
+        self,
+        secret: Secret,
+        cluster: str,
+        identity: Identity | None = None,
+        *,
+        client_secret: Secret | None = None,
+        encrypt: bool = True,
+        nonce: bytes | None = None,
+    ) -> None:
+        self._secrets = {KeyKind.CLUSTER: secret}
+        if client_secret is not None:
+            self._secrets[KeyKind.CLIENT] = client_secret
         self._cluster = cluster
+        self.identity = identity if identity is not None else Identity(Role.NODE)
+        self._encrypt = encrypt
         self._nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
-        self._client_nonce: bytes | None = None
-        self.done = False
+        self._pending: tuple[_Transcript, tuple[bytes, bytes, bytes, bytes]] | None = None
+        self.keys: SessionKeys | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the client proved itself."""
+        return self.keys is not None
 
     def hello(self, params: list[object]) -> list[object]:
         """Check the client's HELLO; return the params of CHALLENGE."""
-        if self._client_nonce is not None:
+        if self._pending is not None or self.keys is not None:
             raise ProtocolError("second hello")
-        version, cluster, client_nonce = _hello_fields(params)
+        _version(params, "hello")
+        if len(params) != 8 or type(params[1]) is not str:
+            raise ProtocolError("malformed hello")
+        _, cluster, nonce, key, role, node, incarnation, encrypt = params
+        client_nonce = _nonce(nonce, "hello")
         if cluster != self._cluster:
             raise AuthError(f"peer belongs to cluster {cluster!r}, not {self._cluster!r}")
         if client_nonce == self._nonce:
             raise AuthError("reflected nonce")
-        self._client_nonce = client_nonce
-        mac = _mac(self._secret, b"server", version, cluster, (client_nonce, self._nonce))
-        return [PROTOCOL_VERSION, self._cluster, self._nonce, mac]
+        try:
+            kind = KeyKind(key)
+        except ValueError:
+            raise ProtocolError("malformed hello key") from None
+        peer = _peer_identity(role, node, incarnation)
+        if peer.role is Role.NODE and kind is not KeyKind.CLUSTER:
+            raise AuthError("a node must prove the cluster secret")
+        secret = self._secrets.get(kind)
+        if secret is None:
+            raise AuthError("this server has no client secret: use the cluster secret")
+        transcript = _Transcript(
+            PROTOCOL_VERSION,
+            self._cluster,
+            client_nonce,
+            self._nonce,
+            kind,
+            peer,
+            _flag(encrypt, "hello"),
+            self.identity,
+            self._encrypt,
+        )
+        keys = transcript.keys(secret)
+        self._pending = (transcript, keys)
+        proof = _proof(keys[0], b"server", transcript)
+        me = self.identity
+        return [
+            PROTOCOL_VERSION,
+            self._cluster,
+            self._nonce,
+            me.node_id,
+            me.incarnation,
+            self._encrypt,
+            proof,
+        ]
 
     def auth(self, params: list[object]) -> list[object]:
-        """Check the client's AUTH; return the params of READY."""
-        if self._client_nonce is None or self.done:
+        """Check the client's AUTH; return the params of READY (the keys are then set)."""
+        if self._pending is None or self.keys is not None:
             raise ProtocolError("auth out of order")
-        if len(params) != 1 or type(params[0]) is not bytes or len(params[0]) != _MAC_BYTES:
+        if len(params) != 1 or type(params[0]) is not bytes or len(params[0]) != _PROOF_BYTES:
             raise ProtocolError("malformed auth")
-        nonces = (self._client_nonce, self._nonce)
-        expected = _mac(self._secret, b"client", PROTOCOL_VERSION, self._cluster, nonces)
-        if not hmac.compare_digest(expected, params[0]):
+        transcript, (_, client_key, up, down) = self._pending
+        if not hmac.compare_digest(_proof(client_key, b"client", transcript), params[0]):
             raise AuthError("the peer does not know the cluster secret")
-        self.done = True
+        on = transcript.encrypted
+        self.keys = SessionKeys(transcript.client, Sealer(down, on), Opener(up, on), on)
         return []

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from ramster.errors import AuthError, PeerLost, PeerTimeout, RpcError
-from ramster.rpc.auth import Secret
+from ramster.rpc.auth import KeyKind, Secret
 from ramster.rpc.codes import error_from_wire
 from ramster.rpc.config import RpcConfig
 from ramster.rpc.connection import ClientConnection
 from ramster.rpc.const import DROP_PAGES, GET_PAGES, PING, PUT_PAGES
 from ramster.rpc.pages import Keys, PageBatch, flags_from_wire
+from ramster.rpc.session import Identity, Role
 from ramster.rpc.tls import client_context
 from ramster.telemetry.ratelimit import LogLimiter
 
@@ -45,18 +46,30 @@ class ClientStatistics:
     in_flight: int
     timeouts: int
     late_replies: int
+    integrity_failures: int
 
 
 class RpcClient:
     """Calls one peer; safe to share between tasks; reconnects on the next call after a loss."""
 
     def __init__(
-        self, host: str, port: int, secret: Secret, config: RpcConfig | None = None
+        self,
+        host: str,
+        port: int,
+        secret: Secret,
+        config: RpcConfig | None = None,
+        *,
+        identity: Identity | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.config = config if config is not None else RpcConfig()
+        self.identity = identity if identity is not None else Identity.client()
+        """Who this client says it is (a program by default; nodes name themselves)."""
+        if self.identity.role is Role.NODE and secret.kind is not KeyKind.CLUSTER:
+            raise ValueError("a node authenticates with the cluster secret, not a client secret")
         self._secret = secret
+        self._peer: Identity | None = None
         self._ssl = client_context(self.config)
         self._conns: list[ClientConnection] = []
         self._connect_lock = asyncio.Lock()
@@ -68,11 +81,17 @@ class RpcClient:
         self._calls = 0
         self._timeouts = 0
         self._late_from_closed = 0
+        self._integrity_from_closed = 0
 
     @property
     def address(self) -> str:
         """'host:port' of the peer."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def peer_identity(self) -> Identity | None:
+        """Who the peer proved to be in the latest handshake (None before the first one)."""
+        return self._peer
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -155,6 +174,9 @@ class RpcClient:
 
     async def _connection(self) -> ClientConnection:
         async with self._connect_lock:
+            for gone in (c for c in self._conns if not c.is_open):
+                self._late_from_closed += gone.late_replies
+                self._integrity_from_closed += gone.integrity_failures
             self._conns = conns = [c for c in self._conns if c.is_open]
             best = _least_loaded(conns)
             if best is not None and (
@@ -180,7 +202,7 @@ class RpcClient:
         try:
             async with asyncio.timeout(config.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: ClientConnection(config, self._secret),
+                    lambda: ClientConnection(config, self._secret, self.identity),
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -206,6 +228,7 @@ class RpcClient:
             raise
         self._failures = 0
         self._connects += 1
+        self._peer = conn.remote
         return conn
 
     def _connect_failed(self) -> None:
@@ -223,6 +246,7 @@ class RpcClient:
         conns, self._conns = self._conns, []
         for conn in conns:
             self._late_from_closed += conn.late_replies
+            self._integrity_from_closed += conn.integrity_failures
             conn.close()
 
     async def __aenter__(self) -> RpcClient:
@@ -241,6 +265,8 @@ class RpcClient:
             in_flight=sum(c.in_flight for c in self._conns),
             timeouts=self._timeouts,
             late_replies=self._late_from_closed + sum(c.late_replies for c in self._conns),
+            integrity_failures=self._integrity_from_closed
+            + sum(c.integrity_failures for c in self._conns),
         )
 
 

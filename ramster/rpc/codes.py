@@ -7,6 +7,8 @@ from ramster.errors import (
     Busy,
     CapacityError,
     DuplicateNode,
+    Forbidden,
+    IntegrityError,
     NoSuchMethod,
     PagesReclaimed,
     PeerLost,
@@ -34,11 +36,13 @@ ERROR_CLASSES: dict[int, type[RpcError]] = {
         CapacityError,
         PagesReclaimed,
         DuplicateNode,
+        Forbidden,
+        IntegrityError,
     )
 }
 """Every code a peer may send; an unknown code is raised as RemoteError."""
 
-assert len(ERROR_CLASSES) == 12, "two error classes share a wire code"
+assert len(ERROR_CLASSES) == 14, "two error classes share a wire code"
 
 
 def error_from_wire(error: WireError) -> RpcError:

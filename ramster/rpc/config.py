@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ramster.rpc.const import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_SOURCE
+
 _DEFAULT_CLUSTER = "ramster"
 
 
@@ -37,7 +39,16 @@ class RpcConfig:
     max_in_flight: int = 128
     """Calls outstanding per connection: past it a client waits, a server answers Busy."""
     max_connections: int = 512
-    """Connections a server keeps at once; one more is told Busy and closed."""
+    """Authenticated connections a server keeps at once; one more is told Busy and closed."""
+    max_unauthenticated: int = MAX_UNAUTHENTICATED
+    """Connections still in their handshake, counted apart from the authenticated ones; past
+    it the oldest handshake is dropped."""
+    max_unauthenticated_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE
+    """Handshakes under way from one address; more from there are refused."""
+    encrypt: bool = True
+    """Encrypt every frame after the handshake (AES-256-GCM). False asks for integrity only
+    (frames in the clear, still authenticated): for a trusted network, and only if the peer
+    agrees (a session is encrypted when either side wants it)."""
     idle_timeout: float | None = 60.0
     """A server closes a connection that completed no message for this long and has no call
     running (a silent or trickling client)."""
@@ -57,6 +68,9 @@ class RpcConfig:
     """This node's certificate chain and private key (PEM); both or neither."""
     tls_ca: Path | None = None
     """CA bundle that peers' certificates must chain to; on a server it turns on mutual TLS."""
+    tls_client_auth: bool = True
+    """With tls_ca, a server requires client certificates from it (mutual TLS); False: the
+    server only proves itself, and clients are authenticated by the secret alone."""
 
     def __post_init__(self) -> None:
         name: object = self.cluster
@@ -67,6 +81,10 @@ class RpcConfig:
             raise ValueError(f"max_message_bytes must be <= 2 GiB, got {self.max_message_bytes}")
         _check_count("max_in_flight", self.max_in_flight, 1)
         _check_count("max_connections", self.max_connections, 1)
+        _check_count("max_unauthenticated", self.max_unauthenticated, 1)
+        _check_count("max_unauthenticated_per_source", self.max_unauthenticated_per_source, 1)
+        if not isinstance(self.encrypt, bool):
+            raise TypeError(f"encrypt must be True or False, got {self.encrypt!r}")
         _check_count("pool_size", self.pool_size, 1)
         _check_timeout("idle_timeout", self.idle_timeout, optional=True)
         _check_timeout("call_timeout", self.call_timeout, optional=True)

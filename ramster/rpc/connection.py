@@ -10,13 +10,30 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, cast
 
-from ramster.errors import AuthError, PeerLost, PeerTimeout, ProtocolError, RpcError
-from ramster.rpc.auth import ClientHandshake, Secret
+from ramster.errors import (
+    AuthError,
+    IntegrityError,
+    PeerLost,
+    PeerTimeout,
+    ProtocolError,
+    RpcError,
+)
+from ramster.rpc.auth import ClientHandshake, Secret, SessionKeys
 from ramster.rpc.codes import error_from_wire
 from ramster.rpc.config import RpcConfig
-from ramster.rpc.const import AUTH, CHALLENGE, HELLO, MAX_MSGID, READY, REFUSED, SILENT_ABORT
+from ramster.rpc.const import (
+    AUTH,
+    CHALLENGE,
+    HELLO,
+    MAX_MSGID,
+    READY,
+    REFUSED,
+    SILENT_ABORT,
+    WRITE_HIGH_WATER,
+)
 from ramster.rpc.frames import (
     FrameDecoder,
     FrameEncoder,
@@ -25,6 +42,7 @@ from ramster.rpc.frames import (
     Response,
     WireError,
 )
+from ramster.rpc.session import Identity
 from ramster.types import Buffer
 
 if TYPE_CHECKING:
@@ -37,6 +55,44 @@ WRITELINES_MAX = 8
 
 _DISCARD = memoryview(bytearray(4096))
 """Where bytes go after a connection failed and before the transport stops reading."""
+
+
+class _Throttle:
+    """At most BURST warnings per key per second, then a count of those held back: a flood of
+    junk connections must not become a flood of log lines."""
+
+    BURST = 10
+
+    def __init__(self) -> None:
+        self._window: dict[str, tuple[float, int]] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def warn(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        start, count = self._window.get(key, (-1e9, 0))
+        if now - start >= 1.0:
+            start, count = now, 0
+            held = self._held.pop(key, 0)
+            if held:
+                log.warning("%d more warnings like this were held back: " + message, held, *args)
+        if count >= self.BURST:
+            self._held[key] += 1
+            self._window[key] = (start, count)
+            return
+        self._window[key] = (start, count + 1)
+        log.warning(message, *args)
+
+
+warn_limited = _Throttle().warn
+"""log.warning, throttled per key (for what unauthenticated peers can provoke)."""
+
+
+def peer_host(transport: asyncio.BaseTransport) -> str:
+    """The other end's address without its port (what per-source limits count)."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
 
 
 def peer_name(transport: asyncio.BaseTransport) -> str:
@@ -53,7 +109,7 @@ class Endpoint(asyncio.BufferedProtocol):
     def __init__(self, config: RpcConfig) -> None:
         self._config = config
         self._loop = asyncio.get_running_loop()
-        self._decoder = FrameDecoder(config.max_message_bytes)
+        self._decoder = FrameDecoder(config.max_message_bytes, preauth=True)
         self._encoder = FrameEncoder(config.max_message_bytes)
         self._transport: asyncio.Transport | None = None
         self._closing = False
@@ -87,6 +143,9 @@ class Endpoint(asyncio.BufferedProtocol):
             # Not TCP (a unix socket in a test) or already closed: nothing to tune.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Room for a few batches in the transport before writers wait (its default is 64 KiB,
+        # less than one 64-page batch): calls in flight then keep both ends busy.
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._closing:
@@ -96,15 +155,21 @@ class Endpoint(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._closing:
             return
+        decoder = self._decoder
         try:
-            messages = self._decoder.buffer_updated(nbytes)
+            messages = decoder.buffer_updated(nbytes)
+            while messages:
+                # Before the handshake is done the decoder hands out one message at a time:
+                # the message may install the session keys the next frame is opened with.
+                stepping = not decoder.authenticated
+                self._deliver(messages)
+                if not stepping or self._closing:
+                    return
+                messages = decoder.next_messages()
+        except IntegrityError as exc:
+            self._integrity_failure(exc)
         except ProtocolError as exc:
             self._protocol_violation(exc)
-            return
-        for message in messages:
-            if self.closing:
-                return
-            self._on_message(message)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -129,11 +194,28 @@ class Endpoint(asyncio.BufferedProtocol):
 
     # -- shared behaviour -------------------------------------------------------------------
 
+    def _deliver(self, messages: list[Message]) -> None:
+        for message in messages:
+            if self._closing:
+                return
+            self._on_message(message)
+
     def _on_message(self, message: Message) -> None:
         raise NotImplementedError
 
+    def _start_session(self, keys: SessionKeys) -> None:
+        """Seal every frame sent from now on and open every frame read from now on."""
+        self._encoder.sealer = keys.sealer
+        self._decoder.authenticate(keys.opener)
+
     def _protocol_violation(self, exc: ProtocolError) -> None:
-        log.warning("protocol error from %s: %s; closing", self.peer, exc)
+        warn_limited("protocol", "protocol error from %s: %s; closing", self.peer, exc)
+        self.abort()
+
+    def _integrity_failure(self, exc: IntegrityError) -> None:
+        # Modified, reordered, replayed or injected: someone else is on this connection.
+        warn_limited("integrity", "frame from %s failed its integrity check (%s); closing",
+                     self.peer, exc)  # fmt: skip
         self.abort()
 
     def _send(self, buffers: Sequence[Buffer]) -> None:
@@ -142,6 +224,11 @@ class Endpoint(asyncio.BufferedProtocol):
             raise PeerLost(f"connection to {self.peer} is closed")
         if len(buffers) == 1:
             transport.write(buffers[0])
+            encoder = self._encoder
+            if encoder.lent:
+                # Reusable only if the transport handed every byte to the kernel and so keeps
+                # no reference to it; otherwise it stays the transport's.
+                encoder.written(transport.get_write_buffer_size() == 0)
         elif len(buffers) <= WRITELINES_MAX:
             transport.writelines(buffers)
         else:
@@ -190,9 +277,13 @@ class Endpoint(asyncio.BufferedProtocol):
 class ClientConnection(Endpoint):
     """The calling side: handshake, then pipelined calls matched by msgid."""
 
-    def __init__(self, config: RpcConfig, secret: Secret) -> None:
+    def __init__(self, config: RpcConfig, secret: Secret, identity: Identity | None = None) -> None:
         super().__init__(config)
-        self._handshake = ClientHandshake(secret, config.cluster)
+        self._handshake = ClientHandshake(secret, config.cluster, identity, encrypt=config.encrypt)
+        self.remote: Identity | None = None
+        """The server's identity, as its handshake proved it."""
+        self.encrypted = False
+        self.integrity_failures = 0
         self._ready: asyncio.Future[None] = self._loop.create_future()
         # A handshake abandoned by its caller (timeout) may still fail later: never unretrieved.
         self._ready.add_done_callback(_retrieve)
@@ -256,9 +347,16 @@ class ClientConnection(Endpoint):
             return
         try:
             if method == CHALLENGE:
-                self._notify(AUTH, self._handshake.challenge(message.params))
+                hs = self._handshake
+                self._notify(AUTH, hs.challenge(message.params))
+                assert hs.keys is not None
+                self._start_session(hs.keys)  # READY must arrive sealed
             elif method == READY:
                 self._handshake.ready(message.params)
+                keys = self._handshake.keys
+                assert keys is not None
+                self.remote = keys.peer
+                self.encrypted = keys.encrypted
                 self._ready_ok = True
                 self._ready.set_result(None)
             elif method == REFUSED:
@@ -272,6 +370,12 @@ class ClientConnection(Endpoint):
         if not self._ready.done():
             self._ready.set_exception(exc)
         super()._protocol_violation(exc)
+
+    def _integrity_failure(self, exc: IntegrityError) -> None:
+        self.integrity_failures += 1
+        if not self._ready.done():
+            self._ready.set_exception(AuthError(f"{self.peer} broke the handshake: {exc}"))
+        super()._integrity_failure(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -3,6 +3,11 @@
 The decoder never sees a socket: `feed(bytes)` (or the zero-copy pair `get_buffer()` /
 `buffer_updated(n)`) returns whole, schema-checked messages and raises only `ProtocolError`.
 An announced length above the limit is refused before a byte of its body is buffered.
+
+Until `authenticate()` a decoder made with `preauth=True` holds a tiny buffer, refuses frames
+above PREAUTH_MAX_FRAME and hands out one message at a time (the handshake changes how the
+next frame is read); afterwards every frame is opened by the session's `Opener` before it is
+decoded, and the encoder seals every frame with the session's `Sealer`.
 """
 
 from __future__ import annotations
@@ -21,12 +26,19 @@ from ramster.rpc.const import (
     MAX_METHOD_CHARS,
     MAX_MSGID,
     NOTIFICATION,
+    PREAUTH_MAX_FRAME,
+    PREAUTH_SCRATCH_BYTES,
     REQUEST,
     RESPONSE,
     RETAIN_BYTES,
     SCRATCH_BYTES,
+    TAG_BYTES,
 )
+from ramster.rpc.session import Opener, Sealer
 from ramster.types import Buffer
+
+LARGE_SEALED = 64 * 1024
+"""Sealed bodies above this are encrypted into the encoder's kept buffer."""
 
 _HEADER = struct.Struct(">I")
 _BIN8 = struct.Struct(">BB")
@@ -171,15 +183,31 @@ class FrameDecoder:
         "_big_view",
         "_end",
         "_failed",
+        "_full",
         "_max",
+        "_opener",
         "_scratch",
         "_start",
+        "_step",
         "_view",
     )
 
-    def __init__(self, max_message_bytes: int, scratch_bytes: int = SCRATCH_BYTES) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int,
+        scratch_bytes: int = SCRATCH_BYTES,
+        *,
+        preauth: bool = False,
+    ) -> None:
         if max_message_bytes < 1 or scratch_bytes < HEADER_BYTES + 1:
             raise ValueError("max_message_bytes and scratch_bytes must be positive")
+        self._full = (max_message_bytes, scratch_bytes)
+        self._step = preauth
+        """One message per call: the next frame may have to be read another way."""
+        self._opener: Opener | None = None
+        if preauth:
+            max_message_bytes = min(max_message_bytes, PREAUTH_MAX_FRAME)
+            scratch_bytes = min(scratch_bytes, PREAUTH_SCRATCH_BYTES)
         self._max = max_message_bytes
         self._scratch = bytearray(scratch_bytes)
         self._view = memoryview(self._scratch)
@@ -199,6 +227,42 @@ class FrameDecoder:
         if self._big_len:
             return HEADER_BYTES + self._big_filled
         return self._end - self._start
+
+    @property
+    def authenticated(self) -> bool:
+        """True once authenticate() installed the session's opener."""
+        return self._opener is not None
+
+    def authenticate(self, opener: Opener) -> None:
+        """From the next frame on: the full limits, and every frame opened by `opener`."""
+        max_message_bytes, scratch_bytes = self._full
+        pending = self._view[self._start : self._end]
+        scratch = bytearray(max(scratch_bytes, pending.nbytes + 1))
+        scratch[: pending.nbytes] = pending
+        self._view.release()
+        self._scratch = scratch
+        self._view = memoryview(scratch)
+        self._end = pending.nbytes
+        self._start = 0
+        self._max = max_message_bytes + TAG_BYTES
+        self._opener = opener
+        self._step = False
+
+    def next_messages(self) -> list[Message]:
+        """Messages already buffered but held back (one at a time before authenticate())."""
+        if self._failed or self._big_len:
+            return []
+        try:
+            return self._parse_scratch()
+        except ProtocolError:
+            self._failed = True
+            raise
+
+    def _decode(self, body: memoryview) -> Message:
+        opener = self._opener
+        if opener is None:
+            return decode_body(body)
+        return decode_body(opener.open(body, RETAIN_BYTES))
 
     @property
     def allocated_bytes(self) -> int:
@@ -236,7 +300,7 @@ class FrameDecoder:
                 self._big_len = 0
                 with self._big_view[:length] as body:
                     # msgpack copies what it returns: nothing keeps pointing into the buffer.
-                    message = decode_body(body)
+                    message = self._decode(body)
                 if length > RETAIN_BYTES:
                     self._big_view.release()
                     self._big_view = memoryview(b"")
@@ -274,8 +338,10 @@ class FrameDecoder:
             body_start = start + HEADER_BYTES
             body_end = body_start + length
             if body_end <= end:
-                out.append(decode_body(view[body_start:body_end]))
+                out.append(self._decode(view[body_start:body_end]))
                 start = body_end
+                if self._step:
+                    break
                 continue
             if HEADER_BYTES + length > len(self._scratch):
                 # Too big for the scratch: the rest goes straight into the large-frame buffer.
@@ -299,13 +365,23 @@ class FrameDecoder:
 
 
 class FrameEncoder:
-    """Messages to lists of buffers ready for `writelines`; the msgpack packer is reused."""
+    """Messages to lists of buffers ready for `writelines`; the msgpack packer is reused.
 
-    __slots__ = ("_max", "_packer")
+    Once `sealer` is set every frame is sealed by it, in the order frames are encoded: encode
+    a frame only to write it at once."""
+
+    __slots__ = ("_max", "_out", "_packer", "_plain", "lent", "sealer")
 
     def __init__(self, max_message_bytes: int) -> None:
         self._max = max_message_bytes
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        self.sealer: Sealer | None = None
+        self._plain: bytearray | None = None
+        """Kept buffer a multi-part body is gathered in before it is encrypted."""
+        self._out: bytearray | None = None
+        """Kept buffer large frames are encrypted into (fresh ones cost cache misses)."""
+        self.lent = False
+        """The last frame is in _out: call written() once it was handed to the transport."""
 
     def request(self, msgid: int, method: str, params: list[object]) -> list[Buffer]:
         """Frame `[0, msgid, method, params]`."""
@@ -329,16 +405,65 @@ class FrameEncoder:
             raise ProtocolError(f"cannot encode message: {exc}") from exc
         finally:
             packer.reset()
+        sealer = self.sealer
         if tail is None:
             size = len(body)
             if size > self._max:
                 raise ProtocolError(f"message of {size} bytes exceeds the limit of {self._max}")
+            if sealer is not None:
+                header = _HEADER.pack(size + TAG_BYTES)
+                if sealer.encrypt and size > LARGE_SEALED:
+                    return self._seal_into(sealer, header, body, size)
+                return sealer.seal(header, body)
             return [_HEADER.pack(size) + body]
         bin_header = _bin_header(tail.nbytes)
         size = len(body) + len(bin_header) + tail.nbytes
         if size > self._max:
             raise ProtocolError(f"message of {size} bytes exceeds the limit of {self._max}")
+        if sealer is not None:
+            header = _HEADER.pack(size + TAG_BYTES)
+            if not sealer.encrypt:
+                # In the clear the body itself is written: it must be a buffer of its own.
+                return sealer.seal(header, b"".join((body, bin_header, *tail.parts)))
+            # One AEAD call over the whole body, gathered in a kept buffer (fresh ones of a few
+            # hundred KiB cost page faults and cache misses, more than the copy).
+            with self._gather(size, (body, bin_header, *tail.parts)) as plain:
+                if size > LARGE_SEALED:
+                    return self._seal_into(sealer, header, plain, size)
+                return sealer.seal(header, plain)
         return [b"".join((_HEADER.pack(size), body, bin_header)), *tail.parts]
+
+    def _seal_into(self, sealer: Sealer, header: bytes, body: Buffer, size: int) -> list[Buffer]:
+        total = HEADER_BYTES + size + TAG_BYTES
+        out = None if self.lent else self._out  # a lent buffer may still be the transport's
+        if out is None or len(out) < total:
+            out = bytearray(total)
+        self._out = out if total <= RETAIN_BYTES else None
+        self.lent = self._out is not None
+        view = memoryview(out)[:total]
+        sealer.seal_into(header, body, view)
+        return [view]
+
+    def written(self, flushed: bool) -> None:
+        """The frame of the kept buffer was given to the transport; flushed: all of it went
+        to the kernel (the transport keeps no reference), so the buffer can be used again."""
+        if not flushed:
+            self._out = None
+        self.lent = False
+
+    def _gather(self, size: int, parts: Sequence[Buffer]) -> memoryview:
+        plain = self._plain
+        if plain is None or len(plain) < size:
+            plain = bytearray(size)
+            if size <= RETAIN_BYTES:
+                self._plain = plain
+        view = memoryview(plain)[:size]
+        pos = 0
+        for part in parts:
+            end = pos + (part.nbytes if type(part) is memoryview else len(part))
+            view[pos:end] = part
+            pos = end
+        return view
 
 
 def _pack(packer: msgpack.Packer, obj: object) -> Chunks | None:

@@ -1,5 +1,6 @@
-"""RpcServer: handshake, a handler registry, Busy past the in-flight limit, idle and connection
-limits. `start()` returns when listening; `close()` is idempotent and drains, then cancels.
+"""RpcServer: handshake, a handler registry with the roles allowed to call each method, Busy past
+the in-flight limit, idle and connection limits (unauthenticated connections count apart).
+`start()` returns when listening; `close()` is idempotent and drains, then cancels.
 """
 
 from __future__ import annotations
@@ -11,14 +12,22 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, cast
+from typing import TypeVar, cast
 
-from ramster.errors import AuthError, Busy, NoSuchMethod, ProtocolError, RpcError
+from ramster.errors import (
+    AuthError,
+    Busy,
+    Forbidden,
+    IntegrityError,
+    NoSuchMethod,
+    ProtocolError,
+    RpcError,
+)
+from ramster.rpc.admission import Admission, Limits
 from ramster.rpc.auth import Secret, ServerHandshake
 from ramster.rpc.codes import error_to_wire
 from ramster.rpc.config import RpcConfig
-from ramster.rpc.connection import Endpoint
+from ramster.rpc.connection import Endpoint, peer_host, warn_limited
 from ramster.rpc.const import (
     AUTH,
     CHALLENGE,
@@ -30,10 +39,29 @@ from ramster.rpc.const import (
     READY,
     REFUSED,
 )
-from ramster.rpc.frames import Message, Notification, Request, WireError, check_plain
+from ramster.rpc.frames import Message, Notification, Request, WireError
+from ramster.rpc.methods import (
+    Method,
+    PageService,
+    ServerStatistics,
+    no_params,
+    plain_params,
+    wire_result,
+)
 from ramster.rpc.pages import Keys, PageBatch
+from ramster.rpc.session import (
+    ANYONE,
+    NODES,
+    Caller,
+    Identity,
+    Role,
+    reset_caller,
+    set_caller,
+)
 from ramster.rpc.tls import server_context
 from ramster.telemetry.latency import Histogram
+
+__all__ = ["PageService", "RpcServer", "ServerStatistics", "plain_params"]
 
 log = logging.getLogger("ramster.rpc")
 
@@ -42,70 +70,23 @@ P = TypeVar("P")
 Handler = Callable[[P], object] | Callable[[P], Awaitable[object]]
 
 
-def plain_params(params: list[object]) -> list[object]:
-    """The default params check: only msgpack's plain types (no extension, no timestamp)."""
-    check_plain(params)
-    return params
-
-
-def _no_params(params: list[object]) -> None:
-    if params:
-        raise ProtocolError("this method takes no params")
-
-
-@dataclass(frozen=True, slots=True)
-class _Method:
-    decode: Callable[[list[object]], object]
-    handler: Callable[[object], object]
-    is_async: bool
-    latency: Histogram = field(default_factory=Histogram)
-    """Seconds from decoded params to result, successful or not."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServerStatistics:
-    """Counters of one server since start."""
-
-    connections: int
-    accepted: int
-    refused_connections: int
-    handshakes: int
-    handshake_failures: int
-    protocol_errors: int
-    calls: int
-    busy_replies: int
-    error_replies: int
-    idle_closed: int
-    in_flight: int
-
-
-class PageService(Protocol):
-    """What a holder of pages offers to peers; every method handles a whole batch."""
-
-    def put_pages(self, batch: PageBatch) -> list[bool]:
-        """Keep these pages (True) or refuse each one (False)."""
-
-    def get_pages(self, keys: Keys) -> PageBatch:
-        """The pages held among keys; missing ones are left out."""
-
-    def drop_pages(self, keys: Keys) -> list[bool]:
-        """Forget these pages; True where one was held."""
-
-
-def _wire_result(result: object) -> object:
-    if isinstance(result, PageBatch | Keys):
-        return result.to_wire()
-    return result
-
-
 class ServerConnection(Endpoint):
     """The serving side of one connection."""
 
     def __init__(self, server: RpcServer) -> None:
         super().__init__(server.config)
         self._server = server
-        self._handshake = ServerHandshake(server.secret, server.config.cluster)
+        self._handshake = ServerHandshake(
+            server.secret,
+            server.config.cluster,
+            server.identity,
+            client_secret=server.client_secret,
+            encrypt=server.config.encrypt,
+        )
         self._open = False
+        self.caller: Caller | None = None
+        """The authenticated peer, once its handshake is done."""
+        self.source = "?"
         self._tasks: set[asyncio.Task[None]] = set()
         self._backlog: collections.deque[Message] = collections.deque()
         self.opened_at = self._loop.time()
@@ -118,6 +99,7 @@ class ServerConnection(Endpoint):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.source = peer_host(transport)
         if not self._server._admit(self):
             self._send(self._encoder.notification(REFUSED, [Busy.code, "too many connections"]))
             self.close()
@@ -128,14 +110,7 @@ class ServerConnection(Endpoint):
         for task in self._tasks:
             task.cancel()
 
-    def buffer_updated(self, nbytes: int) -> None:
-        if self._closing:
-            return
-        try:
-            messages = self._decoder.buffer_updated(nbytes)
-        except ProtocolError as exc:
-            self._protocol_violation(exc)
-            return
+    def _deliver(self, messages: list[Message]) -> None:
         self._backlog.extend(messages)
         self._serve_backlog()
 
@@ -162,8 +137,23 @@ class ServerConnection(Endpoint):
             self._transport.resume_reading()
 
     def _protocol_violation(self, exc: ProtocolError) -> None:
+        if not self._open:
+            # Before the handshake anything malformed is a failed handshake: say so, count it.
+            self._refuse(exc)
+            return
         self._server._stats["protocol_errors"] += 1
         super()._protocol_violation(exc)
+
+    def _integrity_failure(self, exc: IntegrityError) -> None:
+        self._server._stats["integrity_failures"] += 1
+        super()._integrity_failure(exc)
+
+    def _refuse(self, exc: RpcError) -> None:
+        self._server._handshake_failed(self.peer, str(exc))
+        # The reasons name no secret material: wrong cluster, version, proof or order.
+        with contextlib.suppress(RpcError):
+            self._notify(REFUSED, [type(exc).code, str(exc)[:256]])
+        self.close()
 
     def check_timers(self, now: float) -> None:
         """Close the connection if its handshake or its silence lasted too long."""
@@ -204,48 +194,62 @@ class ServerConnection(Endpoint):
             self._protocol_violation(ProtocolError("a client sent a response"))
 
     def _handshake_step(self, message: Message) -> None:
+        hs = self._handshake
         try:
             if type(message) is Notification and message.method == HELLO:
-                self._notify(CHALLENGE, self._handshake.hello(message.params))
+                self._notify(CHALLENGE, hs.hello(message.params))
             elif type(message) is Notification and message.method == AUTH:
-                ready = self._handshake.auth(message.params)
+                ready = hs.auth(message.params)
+                keys = hs.keys
+                assert keys is not None
+                self._start_session(keys)  # READY, and everything after it, is sealed
+                if not self._server._authenticated(self, keys.encrypted):
+                    self._notify(REFUSED, [Busy.code, "too many connections"])
+                    self.close()
+                    return
                 self._open = True
-                self._server._stats["handshakes"] += 1
+                self.caller = Caller(keys.peer, self.peer)
                 self._notify(READY, ready)
             else:
                 raise AuthError("a message before the handshake")
         except RpcError as exc:
-            self._server._handshake_failed(self.peer, str(exc))
-            # The reasons name no secret material: wrong cluster, version, MAC or order.
-            with contextlib.suppress(RpcError):
-                self._notify(REFUSED, [type(exc).code, str(exc)])
-            self.close()
+            self._refuse(exc)
 
     def _on_notification(self, message: Notification) -> None:
         method = self._server._methods.get(message.method)
         if method is None:
             log.debug("ignoring notification %r from %s", message.method, self.peer)
             return
+        caller = self.caller
+        assert caller is not None
+        if caller.identity.role not in method.roles:
+            self._server._forbidden(caller, message.method)
+            return
         try:
             params = method.decode(message.params)
         except ProtocolError as exc:
             log.warning("bad %r notification from %s: %s", message.method, self.peer, exc)
             return
-        if method.is_async:
-            if len(self._tasks) >= self._config.max_in_flight:
-                self._server._stats["busy_replies"] += 1
-                log.warning("dropping %r notification from %s: busy", message.method, self.peer)
-                return
-            task = self._loop.create_task(self._run_notification(method, params))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
+        token = set_caller(caller)
         try:
-            method.handler(params)
-        except Exception:
-            log.exception("notification handler %r failed", message.method)
+            if method.is_async:
+                if len(self._tasks) >= self._config.max_in_flight:
+                    self._server._stats["busy_replies"] += 1
+                    log.warning("dropping %r notification from %s: busy", message.method, self.peer)
+                    return
+                # The task copies the context, caller included.
+                task = self._loop.create_task(self._run_notification(method, params))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            try:
+                method.handler(params)
+            except Exception:
+                log.exception("notification handler %r failed", message.method)
+        finally:
+            reset_caller(token)
 
-    async def _run_notification(self, method: _Method, params: object) -> None:
+    async def _run_notification(self, method: Method, params: object) -> None:
         try:
             await cast(Awaitable[object], method.handler(params))
         except Exception:
@@ -259,31 +263,42 @@ class ServerConnection(Endpoint):
         if method is None:
             self._reply_error(request.msgid, NoSuchMethod(f"no method {request.method!r}"))
             return
+        caller = self.caller
+        assert caller is not None
+        if caller.identity.role not in method.roles:
+            role = caller.identity.role.value
+            self._reply_error(request.msgid, Forbidden(f"{request.method} is not for a {role}"))
+            return
         try:
             params = method.decode(request.params)
         except ProtocolError as exc:
             self._reply_error(request.msgid, exc)
             return
-        if method.is_async:
-            if len(self._tasks) >= self._config.max_in_flight:
-                stats["busy_replies"] += 1
-                self._reply_error(request.msgid, Busy("too many calls in flight"))
-                return
-            task = self._loop.create_task(self._run(request.msgid, method, params))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
-        started = time.perf_counter()
+        token = set_caller(caller)
         try:
-            result = method.handler(params)
-        except Exception as exc:
+            if method.is_async:
+                if len(self._tasks) >= self._config.max_in_flight:
+                    stats["busy_replies"] += 1
+                    self._reply_error(request.msgid, Busy("too many calls in flight"))
+                    return
+                # The task copies the context, caller included.
+                task = self._loop.create_task(self._run(request.msgid, method, params))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            started = time.perf_counter()
+            try:
+                result = method.handler(params)
+            except Exception as exc:
+                method.latency.observe(time.perf_counter() - started)
+                self._reply_error(request.msgid, exc)
+                return
             method.latency.observe(time.perf_counter() - started)
-            self._reply_error(request.msgid, exc)
-            return
-        method.latency.observe(time.perf_counter() - started)
+        finally:
+            reset_caller(token)
         self._reply(request.msgid, result)
 
-    async def _run(self, msgid: int, method: _Method, params: object) -> None:
+    async def _run(self, msgid: int, method: Method, params: object) -> None:
         started = time.perf_counter()
         try:
             result = await cast(Awaitable[object], method.handler(params))
@@ -298,7 +313,7 @@ class ServerConnection(Endpoint):
         if self._closing:
             return
         try:
-            buffers = self._encoder.response(msgid, None, _wire_result(result))
+            buffers = self._encoder.response(msgid, None, wire_result(result))
         except ProtocolError as exc:
             self._reply_error(msgid, exc)
             return
@@ -308,6 +323,8 @@ class ServerConnection(Endpoint):
         if self._closing:
             return
         self._server._stats["error_replies"] += 1
+        if isinstance(exc, Forbidden) and self.caller is not None:
+            self._server._forbidden(self.caller, str(exc))
         if not isinstance(exc, RpcError):
             log.error("handler failed for %s", self.peer, exc_info=exc)
         error: WireError = error_to_wire(exc)
@@ -324,13 +341,29 @@ class RpcServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        identity: Identity | None = None,
+        client_secret: Secret | None = None,
     ) -> None:
         self.secret = secret
+        self.client_secret = client_secret
+        """A second secret that authenticates programs in the client role only."""
+        self.identity = identity if identity is not None else Identity(Role.NODE)
+        """Who this server says it is in every handshake (a node id, or none)."""
+        if self.identity.role is not Role.NODE:
+            raise ValueError("a server is a node")
         self.config = config if config is not None else RpcConfig()
         self._host = host
         self._requested_port = port
-        self._methods: dict[str, _Method] = {}
+        self._methods: dict[str, Method] = {}
         self._connections: set[ServerConnection] = set()
+        config = self.config
+        self._admission: Admission[ServerConnection] = Admission(
+            Limits(
+                config.max_connections,
+                config.max_unauthenticated,
+                config.max_unauthenticated_per_source,
+            )
+        )
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
@@ -342,14 +375,17 @@ class RpcServer:
                 "handshakes",
                 "handshake_failures",
                 "protocol_errors",
+                "integrity_failures",
                 "calls",
+                "forbidden",
                 "busy_replies",
                 "error_replies",
                 "idle_closed",
+                "encrypted_sessions",
             ),
             0,
         )
-        self.register(PING, lambda _: None, decode=_no_params)
+        self.register(PING, lambda _: None, decode=no_params, roles=ANYONE)
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -359,22 +395,25 @@ class RpcServer:
         handler: Callable[[P], object],
         *,
         decode: Callable[[list[object]], P] | None = None,
+        roles: frozenset[Role] = NODES,
     ) -> None:
-        """Serve method: decode checks params (ProtocolError if off); handler may be async."""
+        """Serve method to `roles` (others get Forbidden): decode checks params (ProtocolError
+        if off); handler may be async and learns who calls from `rpc.session.caller()`."""
         if method in self._methods:
             raise ValueError(f"method {method!r} is already registered")
         check = decode if decode is not None else plain_params
-        self._methods[method] = _Method(
+        self._methods[method] = Method(
             decode=check,
             handler=cast(Callable[[object], object], handler),
             is_async=inspect.iscoroutinefunction(handler),
+            roles=roles,
         )
 
-    def register_pages(self, service: PageService) -> None:
+    def register_pages(self, service: PageService, roles: frozenset[Role] = ANYONE) -> None:
         """Serve pages.put, pages.get and pages.drop from service."""
-        self.register(PUT_PAGES, service.put_pages, decode=PageBatch.from_wire)
-        self.register(GET_PAGES, service.get_pages, decode=Keys.from_wire)
-        self.register(DROP_PAGES, service.drop_pages, decode=Keys.from_wire)
+        self.register(PUT_PAGES, service.put_pages, decode=PageBatch.from_wire, roles=roles)
+        self.register(GET_PAGES, service.get_pages, decode=Keys.from_wire, roles=roles)
+        self.register(DROP_PAGES, service.drop_pages, decode=Keys.from_wire, roles=roles)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -446,9 +485,13 @@ class RpcServer:
 
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters."""
-        in_flight = sum(c.in_flight for c in self._connections)
+        admission = self._admission
         return ServerStatistics(
-            connections=len(self._connections), in_flight=in_flight, **self._stats
+            connections=admission.authenticated,
+            unauthenticated=admission.unauthenticated,
+            preauth_evicted=admission.evicted,
+            in_flight=sum(c.in_flight for c in self._connections),
+            **self._stats,
         )
 
     def method_latencies(self) -> dict[str, Histogram]:
@@ -458,20 +501,41 @@ class RpcServer:
     # -- called by connections --------------------------------------------------------------
 
     def _admit(self, conn: ServerConnection) -> bool:
-        if self._closed or len(self._connections) >= self.config.max_connections:
+        admitted, evicted = (False, None)
+        if not self._closed:
+            admitted, evicted = self._admission.arrive(conn, conn.source)
+        if evicted is not None:
+            evicted.abort()
+            warn_limited("evicted", "dropped a handshake from %s: too many at once", evicted.peer)
+        if not admitted:
             self._stats["refused_connections"] += 1
-            log.warning("refusing connection from %s: too many connections", conn.peer)
+            warn_limited("refused", "refusing %s: too many handshakes from that address", conn.peer)
             return False
         self._stats["accepted"] += 1
         self._connections.add(conn)
         return True
 
+    def _authenticated(self, conn: ServerConnection, encrypted: bool) -> bool:
+        if self._closed or not self._admission.authenticate(conn):
+            self._stats["refused_connections"] += 1
+            log.warning("refusing %s: too many connections", conn.peer)
+            return False
+        self._stats["handshakes"] += 1
+        self._stats["encrypted_sessions"] += int(encrypted)
+        return True
+
     def _forget(self, conn: ServerConnection) -> None:
         self._connections.discard(conn)
+        self._admission.leave(conn)
 
     def _handshake_failed(self, peer: str, reason: str) -> None:
         self._stats["handshake_failures"] += 1
-        log.warning("handshake with %s failed: %s", peer, reason)
+        warn_limited("handshake", "handshake with %s failed: %s", peer, reason)
+
+    def _forbidden(self, caller: Caller, what: str) -> None:
+        self._stats["forbidden"] += 1
+        warn_limited("forbidden", "refused a call of %s at %s: %s", caller.identity,
+                     caller.address, what)  # fmt: skip
 
     async def _sweep(self) -> None:
         config = self.config

@@ -1,4 +1,5 @@
-"""TLS contexts from certificate, key and CA files; mutual TLS when a CA is given."""
+"""TLS contexts from certificate, key and CA files; mutual TLS when a CA is given (unless
+client authentication is turned off: then only servers prove themselves)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def server_context(config: RpcConfig) -> ssl.SSLContext | None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(config.tls_cert, config.tls_key)
-    if config.tls_ca is not None:
+    if config.tls_ca is not None and config.tls_client_auth:
         ctx.load_verify_locations(cafile=config.tls_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx

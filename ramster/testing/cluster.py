@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -64,18 +63,18 @@ class Cluster:
     secret: Secret
     name: str = "ramster"
     nodes: list[NodeProc] = field(default_factory=list)
+    rpc: RpcConfig | None = None
+    """How clients of the test reach the nodes (TLS settings, say); default: the cluster name."""
 
     def start(self, i: int) -> None:
         """Start node i (again), logging to its file."""
         node = self.nodes[i]
-        env = {**os.environ, "RAMSTER_TEST_HOOKS": "1"}
         with node.log.open("ab") as log:
             node.proc = subprocess.Popen(
                 [*node.prefix, sys.executable, "-m", "ramster", "node", *node.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env,
             )
 
     async def start_all(self, within: float = 20) -> None:
@@ -149,7 +148,7 @@ class Cluster:
 
     def client(self, i: int = 0) -> Client:
         """A client of node i."""
-        return Client(self.nodes[i].address, self.secret, RpcConfig(cluster=self.name))
+        return Client(self.nodes[i].address, self.secret, self.rpc or RpcConfig(cluster=self.name))
 
     async def stats(self, i: int) -> dict[str, Any]:
         """node.stats of node i."""
@@ -217,6 +216,7 @@ def make_cluster(
             f"--cluster={cluster_name}",
             "--admin=127.0.0.1:0",
             f"--admin-token-file={token_file}",
+            "--test-hooks",
             *mdns,
             *(peers if static_peers else []),
             *(extra or []),

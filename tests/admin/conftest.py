@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest_asyncio
@@ -16,23 +18,33 @@ SECRET = Secret(b"admin-test-secret-0123456789abcdef")
 TOKEN = "test-admin-token-0123456789"
 
 
-@pytest_asyncio.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
+@contextlib.asynccontextmanager
+async def started_node(tmp_path: Path, **settings: Any) -> AsyncIterator[Node]:
+    """A started node "solo" with its admin API (and the token) on a free loopback port."""
     token_file = tmp_path / "admin.token"
     token_file.write_text(TOKEN + "\n")
     config = NodeConfig(
-        node_id="solo",
-        listen="127.0.0.1:0",
-        admin_listen="127.0.0.1:0",
-        admin_token_file=token_file,
-        state_dir=tmp_path,
-        local_budget=4 << 20,
-        lent_budget=4 << 20,
+        **{
+            "node_id": "solo",
+            "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",
+            "admin_token_file": token_file,
+            "state_dir": tmp_path,
+            **settings,
+        }
     )
     node = Node(config, SECRET)
     await node.start()
-    yield node
-    await node.close()
+    try:
+        yield node
+    finally:
+        await node.close()
+
+
+@pytest_asyncio.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with started_node(tmp_path, local_budget=4 << 20, lent_budget=4 << 20) as node:
+        yield node
 
 
 @pytest_asyncio.fixture

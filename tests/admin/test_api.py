@@ -218,6 +218,9 @@ async def test_a_wildcard_listener_reports_an_address_others_can_use(tmp_path: P
         async with aiohttp.ClientSession() as http:
             url = f"http://127.0.0.1:{node.admin.port if node.admin else 0}"
             async with http.get(f"{url}/v1/cluster") as r:
+                assert r.status == 401  # off loopback, reads need the token too
+            bearer = {"Authorization": f"Bearer {'x' * 20}"}
+            async with http.get(f"{url}/v1/cluster", headers=bearer) as r:
                 (me,) = (await r.json())["members"]
         assert me["rpc"] == f"10.9.8.7:{port}"
         assert me["admin"].startswith("10.9.8.7:")

@@ -16,9 +16,9 @@ import pytest
 
 from ramster.testing import corpus
 from ramster.testing.cluster import Cluster, make_cluster
-from ramster.testing.netns import NetnsLab, available
+from ramster.testing.netns import NetnsLab
 from ramster.testing.wait import wait_until
-from tests.conftest import REQUIRE_ALL
+from tests.conftest import need_netns
 from tests.node.test_node import load_all, store_all
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -26,11 +26,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 @pytest.fixture
 def lab() -> Iterator[NetnsLab]:
-    reason = available()
-    if reason is not None:
-        if REQUIRE_ALL:
-            pytest.fail(f"RAMSTER_REQUIRE_ALL=1 and {reason}")
-        pytest.skip(reason)
+    need_netns()
     with NetnsLab(5, net=7) as built:
         yield built
 

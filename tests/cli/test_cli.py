@@ -44,3 +44,15 @@ def test_bad_arguments_give_a_clear_error() -> None:
     assert out.returncode == 2
     assert "power of two" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_node_help_shows_the_security_options() -> None:
+    out = ramster("node", "--help")
+    assert out.returncode == 0
+    for flag in ("--client-secret-file", "--no-encryption", "--tls-cert", "--tls-key",
+                 "--tls-ca", "--no-tls-client-auth", "--test-hooks", "--admin-read-token",
+                 "--max-dials"):  # fmt: skip
+        assert flag in out.stdout, flag
+    stats = ramster("stats", "--help")
+    for flag in ("--client-secret-file", "--tls-ca", "--tls-cert", "--cluster"):
+        assert flag in stats.stdout, flag

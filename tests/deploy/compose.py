@@ -126,6 +126,8 @@ class Project:
     compose: list[str]
     env: dict[str, str]
     secret: Secret
+    token: str = ""
+    """The admin token: off loopback (as on the bridge) reads need it too."""
     anonymous_volumes: set[str] = field(default_factory=set)
 
     def run(self, *args: str, timeout: float = 180, extra: bool = False) -> str:
@@ -176,7 +178,10 @@ class Project:
 
     def admin(self, cid: str, path: str) -> dict[str, Any]:
         """GET a JSON document from the node's admin API, on its bridge address."""
-        with urllib.request.urlopen(f"http://{self.ip(cid)}:7171{path}", timeout=10) as answer:
+        request = urllib.request.Request(
+            f"http://{self.ip(cid)}:7171{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
             document: dict[str, Any] = json.load(answer)
             return document
 

@@ -77,7 +77,8 @@ def project(image: str, tmp_path: Path) -> Iterator[Project]:
         "RAMSTER_DEAD_AFTER": "1.5",
     }
     name = f"{PROJECT_PREFIX}{uuid.uuid4().hex[:8]}"
-    proj = Project(name, compose, env, load_secret(secrets_dir / "cluster.secret"))
+    token = (secrets_dir / "admin.token").read_text().strip()
+    proj = Project(name, compose, env, load_secret(secrets_dir / "cluster.secret"), token)
     try:
         yield proj
     finally:
@@ -226,7 +227,9 @@ def scenario(project: Project) -> None:
     timed("up_to_one_cluster_s", t0)
     # `ramster status` on this host, through node 1's admin port published on loopback.
     admin1 = f"http://127.0.0.1:{env['RAMSTER_ADMIN_PORT']}"
-    status = json.loads(cli("status", "--admin", admin1, "--json"))
+    # The node binds its admin API off loopback (in its container): reads need the token too.
+    token = Path(env["RAMSTER_SECRETS_DIR"]) / "admin.token"
+    status = json.loads(cli("status", "--admin", admin1, "--token-file", str(token), "--json"))
     assert status["coordinator"] == "node1"
     assert sorted(m["node"] for m in status["members"] if m["state"] == "alive") == sorted(
         nodes.cid

@@ -90,3 +90,47 @@ def test_addresses() -> None:
     assert parse_address("[::1]:7070") == ("::1", 7070)
     with pytest.raises(ValueError, match="port"):
         parse_address("host:99999")
+
+
+def test_security_settings_from_flags_env_and_file(tmp_path: Path) -> None:
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        '[node]\ntls_cert = "/etc/r/node.pem"\ntls_key = "/etc/r/node.key"\n'
+        'tls_ca = "/etc/r/ca.pem"\nclient_secret_file = "/etc/r/client.secret"\n'
+    )
+    env = {"RAMSTER_ENCRYPT": "false", "RAMSTER_TLS_CLIENT_AUTH": "no", "RAMSTER_MAX_DIALS": "2"}
+    cfg = load_config({"test_hooks": True, "admin_read_token": True}, env=env, file=toml)
+    assert cfg.tls_cert == Path("/etc/r/node.pem") and cfg.tls_ca == Path("/etc/r/ca.pem")
+    assert cfg.client_secret_file == Path("/etc/r/client.secret")
+    assert not cfg.encrypt and not cfg.tls_client_auth and cfg.test_hooks
+    assert cfg.admin_read_token is True and cfg.max_dials == 2
+    rpc = cfg.rpc_config()
+    assert rpc.tls and not rpc.encrypt and not rpc.tls_client_auth
+    assert NodeConfig().encrypt and not NodeConfig().test_hooks  # the defaults
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        ({"tls_cert": "/x.pem"}, "together"),
+        ({"tls_ca": "/ca.pem"}, "needs its own"),
+        ({"max_dials": 0}, "max_dials"),
+        ({"encrypt": "maybe"}, "yes/no"),
+    ],
+)
+def test_security_settings_are_validated(flags: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_config(flags, env={})
+
+
+def test_the_client_secret_comes_from_its_file_or_the_environment(tmp_path: Path) -> None:
+    from ramster.rpc import KeyKind
+
+    assert NodeConfig().client_secret(env={}) is None
+    from_env = NodeConfig().client_secret(env={"RAMSTER_CLIENT_SECRET": "c" * 20})
+    assert from_env is not None and from_env.kind is KeyKind.CLIENT
+    path = tmp_path / "client.secret"
+    path.write_text("d" * 24 + "\n")
+    path.chmod(0o600)
+    from_file = NodeConfig(client_secret_file=path).client_secret(env={})
+    assert from_file is not None and from_file.value == b"d" * 24

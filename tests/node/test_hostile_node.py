@@ -1,4 +1,5 @@
-"""Garbage parameters to every node method: a typed error reply, nothing stored, still serving."""
+"""Garbage parameters to every node method, from a program and from a node, over encrypted and
+integrity-only sessions: a typed error reply, nothing stored, still serving."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from hypothesis import strategies as st
 
 from ramster import protocol
 from ramster.client import Client
-from ramster.errors import ProtocolError, RemoteError, RpcError
+from ramster.errors import Forbidden, ProtocolError, RemoteError, RpcError
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
-from ramster.rpc import RpcClient, Secret
+from ramster.rpc import Identity, RpcClient, RpcConfig, Secret
 from ramster.testing.wait import wait_until
 
 SECRET = Secret(b"hostile-test-secret-0123456789")
@@ -36,8 +37,11 @@ METHODS = [
     protocol.COORD_ORDER,
     protocol.COORD_REBALANCE,
     protocol.HOLD_COPY,
+    protocol.HOLD_PUT_COPY,
     protocol.DRAIN,
+    protocol.DEBUG_DAMAGE,
 ]
+FUZZER = Identity.node("fuzzer", "1-f")
 
 plain = st.recursive(
     st.none()
@@ -62,10 +66,19 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 
 
 @pytest.mark.asyncio
-async def test_garbage_params_get_errors_and_harm_nothing(node: Node) -> None:
+@pytest.mark.parametrize("role", ["client", "node"])
+@pytest.mark.parametrize("encrypt", [True, False], ids=["encrypted", "integrity-only"])
+async def test_garbage_params_get_errors_and_harm_nothing(
+    node: Node, role: str, encrypt: bool
+) -> None:
     address = node.address
     host, port = address.rsplit(":", 1)
-    async with RpcClient(host, int(port), SECRET) as rpc, Client(address, SECRET) as client:
+    identity = FUZZER if role == "node" else Identity.client()
+    config = RpcConfig(encrypt=encrypt)
+    async with (
+        RpcClient(host, int(port), SECRET, config, identity=identity) as rpc,
+        Client(address, SECRET) as client,
+    ):
         await client.init(0)
         page = bytes(range(256)) * 16
         assert await client.store(0, 1, page)
@@ -81,7 +94,7 @@ async def test_garbage_params_get_errors_and_harm_nothing(node: Node) -> None:
                 try:
                     await rpc.call(method, params, timeout=5)
                 except (ProtocolError, RemoteError):
-                    pass
+                    pass  # Forbidden is a RemoteError too
                 except RpcError as exc:  # anything else would be a transport failure
                     raise AssertionError(f"{method} {params!r}: {exc!r}") from exc
 
@@ -98,6 +111,11 @@ async def test_garbage_params_get_errors_and_harm_nothing(node: Node) -> None:
         assert await client.load(3, 9) == page
         st_ = await client.stats()
         assert st_["pool"]["pool_total_size"] <= 1 << 20
+        # A program can never drain a node (a node may: node.drain [] is a valid call).
+        assert not st_["draining"] or role == "node"
+    rpc_stats = node.server.statistics()
+    assert rpc_stats.integrity_failures == 0 and rpc_stats.protocol_errors == 0
+    assert rpc_stats.encrypted_sessions == rpc_stats.handshakes  # the node asks for it
 
 
 @pytest.mark.asyncio
@@ -105,16 +123,23 @@ async def test_orders_from_an_older_term_or_another_coordinator_are_refused(node
     host, port = node.address.rsplit(":", 1)
     term = node.election.view.term
     move = ["move", "target", "a", "b", 10]
-    async with RpcClient(host, int(port), SECRET) as rpc:
+
+    def as_node(name: str) -> RpcClient:
+        return RpcClient(host, int(port), SECRET, identity=Identity.node(name, "1-" + name))
+
+    async with as_node("impostor") as impostor, as_node("x") as x, as_node("newcomer") as new:
         with pytest.raises(ProtocolError, match="stale order"):
-            await rpc.call(protocol.COORD_ORDER, [term, "impostor", 1, *move])
+            await impostor.call(protocol.COORD_ORDER, [term, "impostor", 1, *move])
         with pytest.raises(ProtocolError, match="sent to target"):
-            await rpc.call(protocol.COORD_ORDER, [term + 1, "x", 1, "move", "other", "a", "b", 1])
+            await x.call(protocol.COORD_ORDER, [term + 1, "x", 1, "move", "other", "a", "b", 1])
         with pytest.raises(ProtocolError, match="malformed order"):
-            await rpc.call(protocol.COORD_ORDER, [term, "target", 1, "move", "target", "a"])
+            await new.call(protocol.COORD_ORDER, [term, "newcomer", 1, "move", "target", "a"])
+        # An order in another coordinator's name is refused before it is even looked at.
+        with pytest.raises(Forbidden, match="only as itself"):
+            await impostor.call(protocol.COORD_ORDER, [term + 5, "newcomer", 9, *move])
         # A newer term than this node knows is followed (it has not heard of the election yet).
-        await rpc.call(protocol.COORD_ORDER, [term + 1, "newcomer", 7, *move])
-        stats = await rpc.call(protocol.STATS, [])
+        await new.call(protocol.COORD_ORDER, [term + 1, "newcomer", 7, *move])
+        stats = await new.call(protocol.STATS, [])
     assert isinstance(stats, dict)
     assert stats["orders"]["refused"] == 1
     # a and b are unknown here: nothing moved.

@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
-from ramster.rpc import RpcConfig, RpcServer, Secret
+from ramster.rpc import Identity, RpcConfig, RpcServer, Secret
 from ramster.testing import corpus
 from ramster.testing.cluster import free_port
 from ramster.testing.wait import wait_until
@@ -169,13 +169,29 @@ async def test_a_second_process_under_a_live_node_id_stops_and_harms_nothing(
 
 # -- a node facing a hostile peer's heartbeat answers ------------------------------------------
 
+GOOD = {
+    "node": "peer",
+    "incarnation": "00000001-x",
+    "lent_free": 1 << 20,
+    "lent_budget": 1 << 20,
+    "coordinator": "peer",
+    "term": 3,
+}
+
+
 NODE_SECRET = Secret(b"reliability-test-secret-0123456789")
 
 
 @pytest_asyncio.fixture
 async def node_with_fake_peer(tmp_path: Path) -> AsyncIterator[tuple[Node, dict[str, Any]]]:
     answer: dict[str, Any] = {}
-    fake = RpcServer(NODE_SECRET, RpcConfig(), host="127.0.0.1", port=0)
+    fake = RpcServer(
+        NODE_SECRET,
+        RpcConfig(),
+        host="127.0.0.1",
+        port=0,
+        identity=Identity.node(str(GOOD["node"]), str(GOOD["incarnation"])),
+    )
     fake.register("node.hello", lambda params: answer.get("value"))
     await fake.start()
     node = Node(
@@ -194,16 +210,6 @@ async def node_with_fake_peer(tmp_path: Path) -> AsyncIterator[tuple[Node, dict[
     yield node, answer
     await node.close()
     await fake.close()
-
-
-GOOD = {
-    "node": "peer",
-    "incarnation": "00000001-x",
-    "lent_free": 1 << 20,
-    "lent_budget": 1 << 20,
-    "coordinator": "peer",
-    "term": 3,
-}
 
 
 @pytest.mark.asyncio

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ramster.pagestore.slab import OS_PAGE, SlabAllocator
 
 
@@ -70,3 +73,23 @@ def test_compaction_moves_objects_and_releases_slabs() -> None:
     assert a.fragmented_bytes() < after.resident_bytes // 2 + OS_PAGE * 8
     for i in keep:
         assert bytes(a.view(handles[i], 700)) == blobs[i]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 4096)), min_size=1, max_size=400))
+def test_statistics_are_running_counts_equal_to_a_full_scan(ops: list[tuple[bool, int]]) -> None:
+    # /metrics reads these on every scrape: they must be kept, not recomputed over the slabs.
+    alloc = SlabAllocator(4096, 32)
+    handles: dict[int, int] = {}  # owner -> handle
+    for i, (free, size) in enumerate(ops):
+        if free and handles:
+            owner = sorted(handles)[size % len(handles)]
+            alloc.free(handles.pop(owner))
+        else:
+            handles[i] = alloc.alloc(b"x" * size, owner=i)
+        if i % 50 == 49:
+            handles.update(alloc.compact())
+        live = [s for s in alloc.table() if s is not None]
+        stats = alloc.statistics()
+        assert stats.slabs == len(live)
+        assert stats.bookkeeping_bytes == alloc._bookkeeping + sum(2 * len(s.free) for s in live)

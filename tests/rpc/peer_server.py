@@ -10,6 +10,7 @@ import asyncio
 import sys
 
 from ramster.rpc import RpcConfig, RpcServer, load_secret, run
+from ramster.rpc.session import ANYONE
 from ramster.rpc.testing import DictPageStore
 
 
@@ -24,7 +25,7 @@ async def main(port: int) -> None:
         await asyncio.sleep(delay)
         return "slept"
 
-    server.register("sleep", sleep)
+    server.register("sleep", sleep, roles=ANYONE)
     await server.start()
     print(server.port, flush=True)
     try:

@@ -20,6 +20,7 @@ from ramster.errors import (
     RpcError,
 )
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcServer
+from ramster.rpc.session import ANYONE
 from ramster.testing.wait import wait_until
 from tests.rpc.conftest import FAST, SECRET, Harness
 
@@ -53,7 +54,7 @@ async def test_pipelined_calls_with_out_of_order_replies(harness: Harness) -> No
         order.append(int(delay * 100))
         return params
 
-    harness.server.register("slow_echo", slow_echo)
+    harness.server.register("slow_echo", slow_echo, roles=ANYONE)
     client = harness.client()
     delays = [0.2, 0.15, 0.1, 0.05, 0.0]
     results = await asyncio.gather(
@@ -66,7 +67,7 @@ async def test_pipelined_calls_with_out_of_order_replies(harness: Harness) -> No
 
 @pytest.mark.asyncio
 async def test_many_concurrent_callers_each_get_their_answer(harness: Harness) -> None:
-    harness.server.register("echo", lambda params: params)
+    harness.server.register("echo", lambda params: params, roles=ANYONE)
     client = harness.client()
     results = await asyncio.gather(*(client.call("echo", [i, "x" * i]) for i in range(500)))
     assert results == [[i, "x" * i] for i in range(500)]
@@ -85,7 +86,7 @@ async def test_batch_near_the_size_limit(harness: Harness) -> None:
         await client.put_pages(pages(256))
     assert await client.call("rpc.ping", []) is None  # refused locally; connection intact
     # A reply that would exceed the limit becomes an error reply, not a dead connection.
-    harness.server.register("big", lambda params: b"x" * limit)
+    harness.server.register("big", lambda params: b"x" * limit, roles=ANYONE)
     with pytest.raises(ProtocolError):
         await client.call("big", [])
     await client.ping()
@@ -99,8 +100,8 @@ async def test_errors_map_to_classes(harness: Harness) -> None:
     def broken(params: list[object]) -> None:
         raise KeyError("secret detail")
 
-    harness.server.register("full", full)
-    harness.server.register("broken", broken)
+    harness.server.register("full", full, roles=ANYONE)
+    harness.server.register("broken", broken, roles=ANYONE)
     client = harness.client()
     with pytest.raises(NoSuchMethod):
         await client.call("nope", [])
@@ -126,7 +127,7 @@ async def test_server_answers_busy_past_its_in_flight_limit() -> None:
         await release.wait()
 
     server = RpcServer(SECRET, config)
-    server.register("wait", wait)
+    server.register("wait", wait, roles=ANYONE)
     await server.start()
     # The client allows more in flight than the server: the surplus gets Busy.
     client = RpcClient("127.0.0.1", server.port, SECRET, dataclasses.replace(FAST, max_in_flight=8))
@@ -155,7 +156,7 @@ async def test_client_waits_for_a_slot_then_times_out(harness: Harness) -> None:
     async def wait(params: list[object]) -> None:
         await release.wait()
 
-    harness.server.register("wait", wait)
+    harness.server.register("wait", wait, roles=ANYONE)
     client = harness.client(dataclasses.replace(FAST, max_in_flight=2))
     first = [asyncio.ensure_future(client.call("wait", [])) for _ in range(2)]
     await wait_until(lambda: harness.server.statistics().in_flight == 2, 2, "two calls in flight")
@@ -173,8 +174,8 @@ async def test_call_timeout_keeps_the_connection_usable(harness: Harness) -> Non
         await asyncio.sleep(0.3)
         return "late"
 
-    harness.server.register("sleepy", sleepy)
-    harness.server.register("echo", lambda params: params)
+    harness.server.register("sleepy", sleepy, roles=ANYONE)
+    harness.server.register("echo", lambda params: params, roles=ANYONE)
     client = harness.client()
     with pytest.raises(PeerTimeout):
         await client.call("sleepy", [], timeout=0.05)
@@ -215,7 +216,7 @@ async def test_pending_calls_fail_when_the_server_closes(harness: Harness) -> No
     async def forever(params: list[object]) -> None:
         await asyncio.Event().wait()
 
-    harness.server.register("forever", forever)
+    harness.server.register("forever", forever, roles=ANYONE)
     client = harness.client()
     calls = [asyncio.ensure_future(client.call("forever", [])) for _ in range(5)]
     await wait_until(lambda: harness.server.statistics().in_flight == 5, 2, "five calls in flight")
@@ -275,7 +276,7 @@ async def test_pool_spreads_calls_over_connections() -> None:
         await release.wait()
 
     server = RpcServer(SECRET, FAST)
-    server.register("wait", wait)
+    server.register("wait", wait, roles=ANYONE)
     await server.start()
     config = dataclasses.replace(FAST, pool_size=2, max_in_flight=2)
     client = RpcClient("127.0.0.1", server.port, SECRET, config)
@@ -299,8 +300,8 @@ async def test_notifications_reach_sync_and_async_handlers(harness: Harness) -> 
         seen.append(("async", params))
         arrived.set()
 
-    harness.server.register("beat", lambda params: seen.append(("sync", params)))
-    harness.server.register("beat_async", heard)
+    harness.server.register("beat", lambda params: seen.append(("sync", params)), roles=ANYONE)
+    harness.server.register("beat_async", heard, roles=ANYONE)
     client = harness.client()
     with pytest.raises(PeerLost):
         client.notify("beat", [0])  # no connection yet
@@ -321,7 +322,7 @@ async def test_cancellations_and_timeouts_leak_no_slots(harness: Harness) -> Non
         await asyncio.sleep(delay)
         return params
 
-    harness.server.register("maybe_slow", maybe_slow)
+    harness.server.register("maybe_slow", maybe_slow, roles=ANYONE)
     config = dataclasses.replace(FAST, max_in_flight=4)
     client = harness.client(config)
     rng = random.Random(7)
@@ -353,8 +354,8 @@ async def test_a_call_timing_out_on_a_silent_connection_drops_it(harness: Harnes
     async def forever(params: list[object]) -> None:
         await asyncio.Event().wait()
 
-    harness.server.register("forever", forever)
-    harness.server.register("echo", lambda params: params)
+    harness.server.register("forever", forever, roles=ANYONE)
+    harness.server.register("echo", lambda params: params, roles=ANYONE)
     client = harness.client()
     assert await client.call("echo", [1]) == [1]
     with pytest.raises(PeerTimeout):

@@ -18,6 +18,7 @@ import pytest_asyncio
 from ramster.errors import PeerLost, PeerTimeout
 from ramster.rpc import Keys, PageBatch, RpcClient
 from ramster.rpc.auth import SECRET_ENV
+from ramster.rpc.session import ANYONE
 from tests.rpc.conftest import FAST, SECRET, Harness
 from tests.rpc.proxy import DelayProxy
 
@@ -40,7 +41,7 @@ async def test_cancelled_call_does_not_leak_its_answer_into_the_next(
 ) -> None:
     # Modelled on redis-py's regression test for CVE-2023-28858 (tests/test_asyncio/test_cwe_404).
     harness, proxy = proxied
-    harness.server.register("echo", lambda params: params)
+    harness.server.register("echo", lambda params: params, roles=ANYONE)
     client = RpcClient("127.0.0.1", proxy.port, SECRET, FAST)
     harness.clients.append(client)
     await client.put_pages(PageBatch.of([(0, 1, 1, 11, b"one"), (0, 2, 1, 22, b"two")]))
@@ -69,7 +70,7 @@ async def test_timed_out_call_does_not_leak_its_answer(
     proxied: tuple[Harness, DelayProxy],
 ) -> None:
     harness, proxy = proxied
-    harness.server.register("echo", lambda params: params)
+    harness.server.register("echo", lambda params: params, roles=ANYONE)
     client = RpcClient("127.0.0.1", proxy.port, SECRET, FAST)
     harness.clients.append(client)
     await client.ping()

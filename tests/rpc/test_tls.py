@@ -3,58 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ramster.errors import AuthError, RpcError
 from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, RpcServer
 from ramster.rpc.testing import DictPageStore
-from tests.conftest import need_tool
+from tests.pki import Pki, make_pki
 from tests.rpc.conftest import FAST, SECRET
 
 
-@dataclasses.dataclass(frozen=True)
-class Pki:
-    ca: Path
-    node_cert: Path
-    node_key: Path
-    other_cert: Path
-    other_key: Path
-
-
-def _openssl(openssl: str, *args: str) -> None:
-    subprocess.run([openssl, *args], check=True, capture_output=True)
-
-
-def _leaf(openssl: str, d: Path, name: str, ca: Path, ca_key: Path) -> tuple[Path, Path]:
-    key, csr, cert = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.pem"
-    _openssl(openssl, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")  # fmt: skip
-    _openssl(openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-             "-CAcreateserial", "-out", str(cert), "-days", "2")  # fmt: skip
-    return cert, key
-
-
-def _ca(openssl: str, d: Path, name: str) -> tuple[Path, Path]:
-    ca, key = d / f"{name}.pem", d / f"{name}.key"
-    _openssl(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", str(key), "-out", str(ca), "-days", "2",
-             "-subj", f"/CN={name}")  # fmt: skip
-    return ca, key
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
-    openssl = need_tool("openssl", "apt-get install openssl")
-    d = tmp_path_factory.mktemp("pki")
-    ca, ca_key = _ca(openssl, d, "cluster-ca")
-    rogue_ca, rogue_key = _ca(openssl, d, "rogue-ca")
-    node_cert, node_key = _leaf(openssl, d, "node", ca, ca_key)
-    other_cert, other_key = _leaf(openssl, d, "stranger", rogue_ca, rogue_key)
-    yield Pki(ca, node_cert, node_key, other_cert, other_key)
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _config(pki: Pki, *, cert: bool = True, ca: bool = True, rogue: bool = False) -> RpcConfig:
@@ -131,3 +92,18 @@ def test_tls_config_is_validated(pki: Pki) -> None:
         RpcConfig(tls_cert=pki.node_cert)
     assert RpcConfig(tls_ca=pki.ca).tls
     assert not RpcConfig().tls
+
+
+@pytest.mark.asyncio
+async def test_tls_without_client_certificates(pki: Pki) -> None:
+    config = dataclasses.replace(_config(pki), tls_client_auth=False)
+    server = RpcServer(SECRET, config)
+    await server.start()
+    # A client with only the CA: it verifies the server, and proves the secret as always.
+    client = RpcClient("127.0.0.1", server.port, SECRET, _config(pki, cert=False))
+    try:
+        await client.ping()
+        assert server.statistics().handshakes == 1
+    finally:
+        await client.close()
+        await server.close()

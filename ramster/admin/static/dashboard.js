@@ -10,6 +10,18 @@ const RATES = [
 ];
 const samples = []; // {t, totals: {counter: sum over members}}
 
+// A node that requires its admin token for reads: open the dashboard as /#token=TOKEN once;
+// the token is kept for this tab only and never sent anywhere but this node.
+const TOKEN = (() => {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem("ramster-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname);
+  }
+  return sessionStorage.getItem("ramster-token");
+})();
+const AUTH = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
@@ -116,7 +128,8 @@ function renderRates() {
 async function poll() {
   const conn = document.getElementById("connection");
   try {
-    const r = await fetch("/v1/cluster", { cache: "no-store" });
+    const r = await fetch("/v1/cluster", { cache: "no-store", headers: AUTH });
+    if (r.status === 401) throw new Error("this node needs its admin token: open /#token=TOKEN");
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const cluster = await r.json();
     conn.textContent = `live · via ${cluster.answered_by}`;
@@ -148,7 +161,9 @@ function addEvent(e) {
 function follow() {
   // EventSource reconnects by itself and sends Last-Event-ID: no event is shown twice.
   const seen = new Set();
-  const source = new EventSource("/v1/events/stream");
+  // EventSource sends no headers: the stream also takes the token as a query parameter.
+  const query = TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : "";
+  const source = new EventSource(`/v1/events/stream${query}`);
   source.onmessage = (m) => {
     const e = JSON.parse(m.data);
     if (seen.has(e.id)) return;

@@ -1,5 +1,11 @@
 """The node's control methods: heartbeats, stats, drain and the coordinator's orders
-(node.*, coord.*). They act through a `Control`, never the node itself."""
+(node.*, coord.*). They act through a `Control`, never the node itself.
+
+node.stats and node.hello [] are read-only and open to programs (the client role); everything
+else is for nodes, each acting only as itself: node.hello names the caller's own id and
+incarnation, coord.order the caller as its coordinator (Forbidden otherwise, counted by the
+server). node.drain and coord.rebalance from a program go through the admin API and its token.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ramster.errors import DuplicateNode, ProtocolError
+from ramster.errors import DuplicateNode, Forbidden, ProtocolError
 from ramster.pagestore.lent import LiveTwin, StaleIncarnation
 from ramster.protocol import (
     COORD_ORDER,
@@ -18,7 +24,7 @@ from ramster.protocol import (
     arity,
     text,
 )
-from ramster.rpc import RpcServer
+from ramster.rpc import ANYONE, Role, RpcServer, caller
 
 
 class Control(Protocol):
@@ -73,16 +79,24 @@ class ControlService:
 
     def register(self, server: RpcServer) -> None:
         """Serve the control methods on `server`."""
-        server.register(HELLO, self.hello)
-        server.register(STATS, self.stats)
+        server.register(HELLO, self.hello, roles=ANYONE)
+        server.register(STATS, self.stats, roles=ANYONE)
         server.register(DRAIN, self.drain)
-        server.register(COORD_ORDER, self._control.accept_order)
+        server.register(COORD_ORDER, self.order)
         server.register(COORD_REBALANCE, self.rebalance)
 
     def hello(self, params: list[object]) -> dict[str, Any]:
-        """node.hello [node_id, incarnation]: the caller is alive; answer who we are."""
+        """node.hello [node_id, incarnation]: the calling node is alive; answer who we are.
+        A program calls node.hello [] (it is no owner: nothing is noted)."""
+        who = caller().identity
+        if who.role is Role.CLIENT:
+            if params:
+                raise Forbidden("a client names no node in node.hello")
+            return self._control.hello_info()
         arity(params, 2, "[node_id, incarnation]")
         peer, inc = text(params[0], "node_id"), text(params[1], "incarnation")
+        if (peer, inc) != (who.node_id, who.incarnation):
+            raise Forbidden(f"{who} may act only as itself, not as {peer} ({inc})")
         control = self._control
         if peer == control.node_id and inc != control.incarnation:
             reason = (
@@ -109,6 +123,13 @@ class ControlService:
         arity(params, 0, "[]")
         self._control.start_drain()
         return self._control.hello_info()
+
+    def order(self, params: list[object]) -> None:
+        """coord.order [term, coordinator, ...]: only from the coordinator it names."""
+        who = caller().identity
+        if len(params) >= 2 and params[1] != who.node_id:
+            raise Forbidden(f"{who} may send orders only as itself, not as {params[1]!r}")
+        self._control.accept_order(params)
 
     async def rebalance(self, params: list[object]) -> bool:
         """coord.rebalance []: True if this node coordinates and evened the holders out."""

@@ -23,7 +23,7 @@ from ramster.protocol import (
     arity,
     integer,
 )
-from ramster.rpc import RpcServer
+from ramster.rpc import ANYONE, RpcServer
 from ramster.rpc.const import MAX_CHECKSUM, MAX_OFFSET
 from ramster.rpc.frames import Chunks
 from ramster.rpc.pages import int_list
@@ -83,13 +83,13 @@ class FrontswapService:
 
     def register(self, server: RpcServer) -> None:
         """Serve the fs.* methods on `server`."""
-        server.register(FS_INIT, self.init)
-        server.register(FS_STORE, self.store)
-        server.register(FS_STORE_ENCODED, self.store_encoded)
-        server.register(FS_LOAD, self.load)
-        server.register(FS_LOAD_ENCODED, self.load_encoded)
-        server.register(FS_INVALIDATE, self.invalidate)
-        server.register(FS_INVALIDATE_AREA, self.invalidate_area)
+        server.register(FS_INIT, self.init, roles=ANYONE)
+        server.register(FS_STORE, self.store, roles=ANYONE)
+        server.register(FS_STORE_ENCODED, self.store_encoded, roles=ANYONE)
+        server.register(FS_LOAD, self.load, roles=ANYONE)
+        server.register(FS_LOAD_ENCODED, self.load_encoded, roles=ANYONE)
+        server.register(FS_INVALIDATE, self.invalidate, roles=ANYONE)
+        server.register(FS_INVALIDATE_AREA, self.invalidate_area, roles=ANYONE)
 
     async def init(self, params: list[object]) -> None:
         """fs.init [area]."""

@@ -2,16 +2,19 @@
 
 A handler sees the lent pool and two callbacks, never the node: `forward` puts a verified
 batch on another holder (hold.copy), `refused` counts pages this holder turned away.
+Only nodes may call them, and each only as itself: the owner and incarnation a call names must
+be the ones its session proved (Forbidden otherwise). The one exception is hold.put_copy, the
+second half of an owner's hold.copy: a holder putting that owner's verified copies here.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ramster.errors import (
     CapacityError,
+    Forbidden,
     InvalidPage,
     PagesReclaimed,
     ProtocolError,
@@ -27,13 +30,13 @@ from ramster.protocol import (
     HOLD_DROP_AREA,
     HOLD_GET,
     HOLD_PUT,
+    HOLD_PUT_COPY,
     MAX_AREA,
-    TEST_HOOKS_ENV,
     arity,
     integer,
     text,
 )
-from ramster.rpc import Keys, PageBatch, RpcServer
+from ramster.rpc import ANYONE, Keys, PageBatch, RpcServer, caller
 from ramster.rpc.const import MAX_CHECKSUM, MAX_VERSION
 from ramster.rpc.pages import int_list
 
@@ -60,11 +63,28 @@ def _owned(n: int, shape: str) -> Callable[[list[object]], Owned]:
     return decode
 
 
+def _as_itself(req: Owned) -> None:
+    """Forbidden unless the call names the owner its session authenticated as."""
+    who = caller().identity
+    if req.owner != who.node_id or req.incarnation != who.incarnation:
+        raise Forbidden(f"{who} may act only as itself, not as {req.owner} ({req.incarnation})")
+
+
 class HolderService:
     """hold.put, hold.get, hold.copy, hold.drop and hold.drop_area over one lent pool."""
 
-    def __init__(self, node_id: str, lent: LentPool, forward: Forward, refused: Refused) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        lent: LentPool,
+        forward: Forward,
+        refused: Refused,
+        *,
+        test_hooks: bool = False,
+    ) -> None:
         self.node_id = node_id
+        self.test_hooks = test_hooks
+        """Serve debug.damage (corrupts held copies): only when the node was told to."""
         self.lent = lent
         self._forward = forward
         self._refused = refused
@@ -74,6 +94,9 @@ class HolderService:
     def register(self, server: RpcServer) -> None:
         """Serve the hold.* methods (and debug.damage with the test hooks) on `server`."""
         server.register(HOLD_PUT, self.put, decode=_owned(3, "[owner, incarnation, batch]"))
+        server.register(
+            HOLD_PUT_COPY, self.put_copy, decode=_owned(3, "[owner, incarnation, batch]")
+        )
         server.register(HOLD_GET, self.get, decode=_owned(3, "[owner, incarnation, keys]"))
         server.register(
             HOLD_COPY,
@@ -88,11 +111,22 @@ class HolderService:
             self.drop_area,
             decode=_owned(4, "[owner, incarnation, area, max_version]"),
         )
-        if os.environ.get(TEST_HOOKS_ENV) == "1":
-            server.register(DEBUG_DAMAGE, self.damage)
+        if self.test_hooks:
+            server.register(DEBUG_DAMAGE, self.damage, roles=ANYONE)
 
     def put(self, req: Owned) -> list[bool]:
-        """Keep pages of an owner; CapacityError when none fits."""
+        """Keep pages of the calling owner; CapacityError when none fits."""
+        _as_itself(req)
+        return self._keep(req)
+
+    def put_copy(self, req: Owned) -> list[bool]:
+        """Keep verified copies of another owner's pages that a holder forwards for its
+        hold.copy (it only adds copies; the owner checks version and checksum on every read)."""
+        if req.owner == caller().identity.node_id:
+            raise Forbidden("an owner stores its own pages with hold.put")
+        return self._keep(req)
+
+    def _keep(self, req: Owned) -> list[bool]:
         batch = PageBatch.from_wire(req.rest[0])
         lent = self.lent
         try:
@@ -121,6 +155,7 @@ class HolderService:
 
     def get(self, req: Owned) -> list[object]:
         """The held pages among the keys, as a page batch."""
+        _as_itself(req)
         keys = Keys.from_wire(req.rest[0])
         try:
             held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
@@ -140,6 +175,7 @@ class HolderService:
 
     async def copy(self, req: Owned) -> list[object]:
         """Verify held copies against the owner's versions and checksums; put them on target."""
+        _as_itself(req)
         target = text(req.rest[0], "target")
         keys = Keys.from_wire(req.rest[1])
         n = len(keys)
@@ -172,6 +208,7 @@ class HolderService:
 
     def drop(self, req: Owned) -> list[bool]:
         """Forget copies no newer than the versions named."""
+        _as_itself(req)
         keys = Keys.from_wire(req.rest[0])
         versions = int_list(req.rest[1], "versions", MAX_VERSION, None)
         if len(versions) != len(keys):
@@ -185,6 +222,7 @@ class HolderService:
 
     def drop_area(self, req: Owned) -> int:
         """Forget the pages of one area of an owner no newer than max_version."""
+        _as_itself(req)
         area = integer(req.rest[0], "area", MAX_AREA)
         max_version = integer(req.rest[1], "max_version", MAX_VERSION)
         try:
