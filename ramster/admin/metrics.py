@@ -73,6 +73,12 @@ REMOTE_COUNTERS = {
     "pages_unreadable": "Pages found with no good copy left while re-replicating",
     "direct_copies": "Pages re-replicated holder to holder (not through this node)",
     "orphans_dropped": "Copies dropped on holders that came back after a repair",
+    "under_replicated_stores": "Pages placed with fewer than R copies (degraded mode)",
+    "holders_reclaimed": "Times a holder said it reclaimed this owner's pages",
+    "stragglers": "Holders left out of a batch for answering too late",
+    "drops_sent": "Copies dropped on holders",
+    "drop_failures": "Drop calls that failed (retried)",
+    "drops_given_up": "Drops given up (a holder's queue was full)",
 }
 
 

@@ -198,7 +198,8 @@ class LocalFrontswap:
                 self._reject_no_area += len(offs)
                 return [False] * len(offs)
             return await self._in_runs(
-                offs, lambda i, j: self._put_encoded(area, offs[i:j], payloads[i:j], sums[i:j])
+                offs,
+                lambda i, j: self._put_encoded_chunked(area, offs[i:j], payloads[i:j], sums[i:j]),
             )
         return await self._in_runs(offs, lambda i, j: self._put(area, offs[i:j], pgs[i:j]))
 
@@ -272,6 +273,26 @@ class LocalFrontswap:
     ) -> list[bool]:
         """Store distinct keys in stored form (validated)."""
         return self.pool.put_stored_many(area, offs, payloads, self._new_versions(len(offs)), sums)
+
+    async def _put_encoded_chunked(
+        self,
+        area: int,
+        offs: npt.NDArray[np.int64],
+        payloads: list[bytes | memoryview],
+        sums: list[int],
+    ) -> list[bool]:
+        """`_put_encoded` a chunk at a time, yielding between chunks: keeping 16k pages is
+        itself tens of milliseconds of the loop."""
+        ok: list[bool] = []
+        for i in range(0, len(offs), THREAD_CHUNK):
+            j = i + THREAD_CHUNK
+            if i:
+                await asyncio.sleep(0)
+                if area not in self._areas:  # invalidated meanwhile: keep nothing more
+                    ok += [False] * (len(offs) - i)
+                    break
+            ok += await self._put_encoded(area, offs[i:j], payloads[i:j], sums[i:j])
+        return ok
 
     def _new_versions(self, count: int) -> range:
         first = self._version + 1
