@@ -109,6 +109,13 @@ class DuplicateNode(RemoteError):
     code = 21
 
 
+class ExportFenced(RemoteError):
+    """The holder has seen a newer term of this export (another server took it over): the
+    caller no longer serves it, and nothing it sends for it lands."""
+
+    code = 22
+
+
 class Forbidden(RemoteError, PermissionError):
     """The authenticated peer may not make this call: its role does not allow the method, or
     the call names an identity other than the one its session proved."""

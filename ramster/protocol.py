@@ -6,8 +6,9 @@ Parameters are checked by the handlers (ProtocolError when off, never a crash) b
 runs; page batches and key lists use `ramster.rpc.pages`. Who may call what is bound to the
 session (`ramster.rpc.session`): hold.*, node.drain and coord.* are for nodes only, and a
 node acts only as itself (the owner of hold.*, the id of node.hello, the coordinator of
-coord.order must be the node its handshake proved; Forbidden otherwise); programs (the client
-role) may call fs.*, node.stats and node.hello [] (no owner noted):
+coord.order must be the node its handshake proved; Forbidden otherwise) or for an export
+(`export:NAME`, incarnation `t<term>@<node>`, node being itself), fenced by term; programs
+(the client role) may call fs.*, node.stats and node.hello [] (no owner noted):
 
 - node.hello      [node_id, incarnation] (nodes), [] (clients) -> {node, incarnation, ...}
 - node.stats      []                                          -> {...}
@@ -20,6 +21,12 @@ role) may call fs.*, node.stats and node.hello [] (no owner noted):
 - hold.drop_area  [owner, incarnation, area]                  -> pages dropped
 - hold.copy       [owner, incarnation, target, keys, versions, checksums]
                   -> [[kept on target?], bytes sent]  (verified here, then hold.put on target)
+- hold.claim      [owner, term, size]         -> [taken?, term, server node, size]  (an export's
+                  server takes or keeps its term; term 0 only asks what the holder has seen)
+- hold.inventory  [owner, incarnation, area, start, limit] -> [offsets, versions, checksums]
+                  (int64/uint64 little-endian blobs: held keys from `start` on, ascending)
+- hold.delete_export [owner, term]            -> pages dropped (the export is gone for good)
+- export.adopt    [name, size, area]          -> term  (serve that export from this node now)
 - fs.init         [area]
 - fs.store        [area, offsets, pages blob]                 -> [stored?]
 - fs.store_encoded [area, offsets, checksums, lengths, blob]  -> [stored?]  (client-compressed)
@@ -46,6 +53,10 @@ HOLD_GET = "hold.get"
 HOLD_DROP = "hold.drop"
 HOLD_DROP_AREA = "hold.drop_area"
 HOLD_COPY = "hold.copy"
+HOLD_CLAIM = "hold.claim"
+HOLD_INVENTORY = "hold.inventory"
+HOLD_DELETE_EXPORT = "hold.delete_export"
+EXPORT_ADOPT = "export.adopt"
 FS_INIT = "fs.init"
 FS_STORE = "fs.store"
 FS_STORE_ENCODED = "fs.store_encoded"
@@ -70,6 +81,10 @@ METHODS = (
     HOLD_COPY,
     HOLD_DROP,
     HOLD_DROP_AREA,
+    HOLD_CLAIM,
+    HOLD_INVENTORY,
+    HOLD_DELETE_EXPORT,
+    EXPORT_ADOPT,
     FS_INIT,
     FS_STORE,
     FS_STORE_ENCODED,

@@ -103,6 +103,12 @@ def add_parser(sub: Sub) -> None:
         type=float,
         help="seconds a silent owner's pages are kept before they are reclaimed (default: 300)",
     )
+    p.add_argument(
+        "--export-grace",
+        type=float,
+        help="seconds the pages of an export whose server is silent are kept (default: 3600; "
+        "0: until `ramster export delete`)",
+    )
     options.log_level(p)
     p.add_argument(
         "--test-hooks",

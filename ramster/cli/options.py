@@ -22,7 +22,9 @@ ArgGroup = argparse.ArgumentParser | argparse._ArgumentGroup
 EXPORT_HELP = (
     "an export (repeatable): a name of letters, digits, '.', '_', '-' and a size, a multiple of "
     "4 KiB with K, M, G, T suffixes (powers of 1024), e.g. swap0:8GiB; AREA picks the frontswap "
-    "area (default: 31, 30, ... so that exports stay clear of clients using area 0)"
+    "area (default: 31, 30, ... so that exports stay clear of clients using area 0); a last "
+    ":local or :replicated picks the durability (ramster node: replicated by default, acknowledged "
+    "once R other nodes hold each block, so the export survives its node; ramster nbd: local)"
 )
 ALLOW_HELP = (
     "client addresses or networks allowed to connect, comma-separated, repeatable "

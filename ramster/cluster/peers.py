@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ramster.cluster.calls import HolderCalls
 from ramster.cluster.hints import Hints
 from ramster.cluster.membership import Membership, MembershipConfig, State, Transition
 from ramster.cluster.placement import Candidate
@@ -26,16 +27,9 @@ from ramster.protocol import (
     COORD_REBALANCE,
     DRAIN,
     HELLO,
-    HOLD_COPY,
-    HOLD_DROP,
-    HOLD_DROP_AREA,
-    HOLD_GET,
-    HOLD_PUT,
-    HOLD_PUT_COPY,
     check_hello_answer,
 )
-from ramster.rpc import Identity, Keys, PageBatch, RpcClient, RpcConfig, Secret
-from ramster.rpc.pages import flags_from_wire
+from ramster.rpc import Identity, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.settings import parse_address
 from ramster.telemetry.ratelimit import LogLimiter
 from ramster.types import Buffer
@@ -89,6 +83,8 @@ class Peers:
         self.me = me
         self.incarnation = incarnation
         self.identity = Identity.node(me, incarnation)
+        self.identity_pair = (me, incarnation)
+        """(owner, incarnation) as this node's own hold.* calls name it."""
         """Who this node is in every handshake it makes."""
         self.max_dials = max_dials
         self.heartbeat = heartbeat
@@ -96,6 +92,7 @@ class Peers:
         # A holder that cannot answer a batch within the dead timeout is as good as gone for
         # that batch: never hold a writer longer than that behind a paused or cut-off peer.
         self.call_timeout = dead_after
+        self.calls = HolderCalls(self._client, self._spent, dead_after)
         self._secret = secret
         self._rpc_config = rpc_config
         self._peers: list[Peer] = [self._new_peer(a) for a in addresses]
@@ -430,6 +427,10 @@ class Peers:
         state = self.membership.state(node)
         return "unknown" if state is None else state.value
 
+    def client_of(self, node: str) -> RpcClient:
+        """The connection to a node (PeerLost if no address is known)."""
+        return self._client(node)
+
     def _client(self, node: str) -> RpcClient:
         peer = self._by_id.get(node)
         if peer is None:
@@ -453,19 +454,14 @@ class Peers:
     ) -> list[bool]:
         """hold.put on node."""
         batch = PageBatch(areas, offsets, versions, checksums, payloads)
-        return await self.put_for(node, self.me, self.incarnation, batch)
+        return await self.calls.put(node, self.identity_pair, batch)
 
     async def put_for(
         self, node: str, owner: str, incarnation: str, batch: PageBatch
     ) -> list[bool]:
-        """hold.put on node for an owner: this node's own pages, or (hold.put_copy) another
-        owner's verified copies this holder forwards for that owner's hold.copy."""
-        method = HOLD_PUT if (owner, incarnation) == (self.me, self.incarnation) else HOLD_PUT_COPY
-        result = await self._client(node).call(
-            method, [owner, incarnation, batch.to_wire()], timeout=self.call_timeout
-        )
-        self._spent(node, sum(len(p) for p in batch.payloads))
-        return flags_from_wire(result, len(batch.offsets))
+        """hold.put_copy on node: another owner's verified copies this holder forwards for
+        that owner's hold.copy."""
+        return await self.calls.put(node, (owner, incarnation), batch, forwarded=True)
 
     async def copy(
         self,
@@ -477,58 +473,23 @@ class Peers:
         checksums: list[int],
     ) -> tuple[list[bool], int]:
         """hold.copy on source: it verifies its copies and puts them on target."""
-        result = await self._client(source).call(
-            HOLD_COPY,
-            [
-                self.me,
-                self.incarnation,
-                target,
-                Keys(areas, offsets).to_wire(),
-                versions,
-                checksums,
-            ],
-            timeout=self.call_timeout * 2,  # two hops
+        return await self.calls.copy(
+            self.identity_pair, source, target, areas, offsets, versions, checksums
         )
-        if type(result) is not list or len(result) != 2 or type(result[1]) is not int:
-            raise ProtocolError("hold.copy must answer [flags, bytes]")
-        self._spent(target, result[1])
-        return flags_from_wire(result[0], len(offsets)), result[1]
 
     async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
         """hold.get on node, answers in the order of the keys."""
-        result = await self._client(node).call(
-            HOLD_GET,
-            [self.me, self.incarnation, Keys(areas, offsets).to_wire()],
-            timeout=self.call_timeout,
-        )
-        batch = PageBatch.from_wire(result)
-        found = dict(
-            zip(
-                zip(batch.areas, batch.offsets, strict=True),
-                zip(batch.versions, batch.checksums, batch.payloads, strict=True),
-                strict=True,
-            )
-        )
-        return [found.get(key) for key in zip(areas, offsets, strict=True)]
+        return await self.calls.get(self.identity_pair, node, areas, offsets)
 
     async def drop(
         self, node: str, areas: list[int], offsets: list[int], versions: list[int]
     ) -> None:
         """hold.drop on node (versioned: newer copies stay)."""
-        result = await self._client(node).call(
-            HOLD_DROP,
-            [self.me, self.incarnation, Keys(areas, offsets).to_wire(), versions],
-            timeout=self.call_timeout,
-        )
-        flags_from_wire(result, len(offsets))
+        await self.calls.drop(self.identity_pair, node, areas, offsets, versions)
 
     async def drop_area(self, node: str, area: int, max_version: int) -> None:
         """hold.drop_area on node: its pages of the area no newer than max_version."""
-        await self._client(node).call(
-            HOLD_DROP_AREA,
-            [self.me, self.incarnation, area, max_version],
-            timeout=self.call_timeout,
-        )
+        await self.calls.drop_area(self.identity_pair, node, area, max_version)
 
     async def order(self, node: str, params: list[object]) -> object:
         """Send the coordinator's order to a node (it only queues it, so answers at once)."""

@@ -23,13 +23,21 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
+LOCAL, REPLICATED = "local", "replicated"
+DURABILITIES = (LOCAL, REPLICATED)
+"""local: a write is acknowledged once in the serving node's pool (lost with that node);
+replicated: once R copies (at least min_replicas) are held by other nodes (survives it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExportSpec:
-    """One export: its name, its size in bytes and the frontswap area that holds its blocks."""
+    """One export: its name, its size in bytes, the frontswap area that holds its blocks (of
+    the node's own frontswap; a replicated export has one of its own) and its durability."""
 
     name: str
     size: int
     area: int
+    durability: str = LOCAL
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -42,6 +50,11 @@ class ExportSpec:
                 f"export {self.name}: size must be a positive multiple of {PAGE} bytes up to "
                 f"16TiB, got {self.size}"
             )
+        if self.durability not in DURABILITIES:
+            raise ValueError(
+                f"export {self.name}: durability must be local or replicated, "
+                f"got {self.durability!r}"
+            )
         if not 0 <= self.area < DEFAULT_MAX_AREAS:
             raise ValueError(
                 f"export {self.name}: area must be within 0..{DEFAULT_MAX_AREAS - 1}, "
@@ -49,18 +62,27 @@ class ExportSpec:
             )
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.size}:{self.area}"
+        return f"{self.name}:{self.size}:{self.area}:{self.durability}"
 
 
-def parse_exports(texts: Iterable[str]) -> tuple[ExportSpec, ...]:
-    """Specs from 'NAME:SIZE[:AREA]' texts; areas not given are taken from the top (31, 30, ...)
-
-    so that exports do not share an area with clients that store pages in area 0."""
-    parsed: list[tuple[str, int, int | None]] = []
+def parse_exports(
+    texts: Iterable[str], durability: str = LOCAL, allowed: Sequence[str] = DURABILITIES
+) -> tuple[ExportSpec, ...]:
+    """Specs from 'NAME:SIZE[:AREA][:local|replicated]' texts (durability by default as given);
+    areas not given are taken from the top (31, 30, ...) so that exports do not share an area
+    with clients that store pages in area 0."""
+    parsed: list[tuple[str, int, int | None, str]] = []
     for text in texts:
         parts = str(text).strip().split(":")
+        chosen = durability
+        if len(parts) > 2 and parts[-1] in DURABILITIES:
+            chosen = parts.pop()
+        if chosen not in allowed:
+            raise ValueError(f"export {parts[0]!r}: {chosen} durability needs a cluster node")
         if len(parts) not in (2, 3):
-            raise ValueError(f"not an export: {text!r} (expected NAME:SIZE or NAME:SIZE:AREA)")
+            raise ValueError(
+                f"not an export: {text!r} (expected NAME:SIZE[:AREA][:local|replicated])"
+            )
         try:
             size = parse_size(parts[1])
         except ValueError as exc:
@@ -71,12 +93,13 @@ def parse_exports(texts: Iterable[str]) -> tuple[ExportSpec, ...]:
                 area = int(parts[2])
             except ValueError:
                 raise ValueError(f"export {parts[0]!r}: area must be a number") from None
-        parsed.append((parts[0], size, area))
-    taken = {a for _, _, a in parsed if a is not None}
+        parsed.append((parts[0], size, area, chosen))
+    taken = {a for _, _, a, _ in parsed if a is not None}
     free = (a for a in range(DEFAULT_MAX_AREAS - 1, -1, -1) if a not in taken)
     specs = []
-    for name, size, given in parsed:
-        specs.append(ExportSpec(name, size, next(free, -1) if given is None else given))
+    for name, size, given, chosen in parsed:
+        area = next(free, -1) if given is None else given
+        specs.append(ExportSpec(name, size, area, chosen))
     return tuple(specs)
 
 
@@ -130,9 +153,12 @@ class NbdConfig:
     """mlockall, oom_score_adj -1000 and PR_SET_IO_FLUSHER where the OS allows them."""
     networks: tuple[IpNetwork, ...] = field(init=False, repr=False, compare=False)
 
+    allow_no_exports: bool = False
+    """A node may listen with no export of its own yet (it can adopt moved ones)."""
+
     def __post_init__(self) -> None:
         parse_address(self.listen)
-        if not self.exports:
+        if not self.exports and not self.allow_no_exports:
             raise ValueError("at least one export is needed (--export NAME:SIZE)")
         names = [e.name for e in self.exports]
         if len(set(names)) != len(names):
@@ -155,7 +181,7 @@ class NbdConfig:
     def export(self, name: str) -> ExportSpec | None:
         """The export of that name; the empty name is the first export (the spec's default)."""
         if name == "":
-            return self.exports[0]
+            return self.exports[0] if self.exports else None
         return next((e for e in self.exports if e.name == name), None)
 
 
@@ -183,7 +209,7 @@ class StandaloneConfig:
     def nbd_config(self) -> NbdConfig:
         """The server's settings (validated)."""
         return NbdConfig(
-            exports=parse_exports(self.exports),
+            exports=parse_exports(self.exports, allowed=(LOCAL,)),
             listen=self.listen,
             allow=self.allow,
             max_connections=self.max_connections,

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from ramster.errors import RamsterError
 from ramster.frontswap.contract import Frontswap
-from ramster.nbd import const
-from ramster.nbd.config import ExportSpec
+from ramster.nbd import const, manifest
+from ramster.nbd.config import LOCAL, ExportSpec
 from ramster.nbd.handshake import ExportInfo
 from ramster.nbd.pagemap import PageMap
 
@@ -69,15 +71,35 @@ class ExportStatistics:
     restore_failures: int
     """Refused sub-page writes whose page could be neither put back nor held: bytes outside the
     failed request were lost (a swap client never writes less than a page)."""
+    durability: str = LOCAL
+    pages_lost: int = 0
+    """Written blocks with no copy left anywhere (found by a rebuild): they read as EIO."""
+    fenced: str | None = None
+    """Why this server no longer serves the export (another one took it over)."""
+    manifest_failures: int = 0
+    """Batches whose manifest pages could not be stored (their writes got EIO)."""
 
 
 class Export:
     """An NBD export over a frontswap area; every method reports errors as NBD error numbers."""
 
-    def __init__(self, frontswap: Frontswap, spec: ExportSpec, max_payload: int) -> None:
+    def __init__(
+        self,
+        frontswap: Frontswap,
+        spec: ExportSpec,
+        max_payload: int,
+        *,
+        area: int | None = None,
+        manifest_area: int | None = None,
+        fenced: Callable[[], str | None] | None = None,
+    ) -> None:
         self.fs = frontswap
         self.spec = spec
-        self.area = spec.area
+        self.area = spec.area if area is None else area
+        self.manifest_area = manifest_area
+        """Where the written-blocks map is kept (replicated exports; see nbd.manifest)."""
+        self._fenced_by = fenced
+        self.fenced: str | None = None
         self.size = spec.size
         self.page_size = ps = frontswap.page_size
         if spec.size % ps:
@@ -103,10 +125,45 @@ class Export:
         self._read_errors = 0
         self._load_failures = 0
         self._restore_failures = 0
+        self._lost: PageMap | None = None
+        self._dirty: set[int] = set()
+        """Manifest pages changed and not yet stored."""
+        self._manifest_failures = 0
+        self.prepare: Callable[[], Awaitable[None]] | None = None
+        """Run by open() instead of open_areas() (a replicated export claims and rebuilds)."""
 
     async def open(self) -> None:
-        """Make the export's area usable."""
+        """Make the export usable (before it takes connections)."""
+        if self.prepare is not None:
+            await self.prepare()
+        else:
+            await self.open_areas()
+
+    async def open_areas(self) -> None:
+        """Make the export's areas usable."""
         await self.fs.init(self.area)
+        if self.manifest_area is not None:
+            await self.fs.init(self.manifest_area)
+
+    def restore_index(self, written: Sequence[int] | np.ndarray, lost: np.ndarray) -> None:
+        """After a rebuild: the blocks written, and those of them with no copy left."""
+        self._map.add(np.asarray(written, dtype=np.int64))
+        if len(lost):
+            self._lost = PageMap()
+            self._lost.add(lost)
+
+    def fence(self, why: str) -> None:
+        """Serve nothing more: another server took the export over."""
+        if self.fenced is None:
+            self.fenced = why
+            log.error("nbd export %s: fenced, no longer served here: %s", self.spec.name, why)
+
+    def _check_fenced(self) -> bool:
+        if self.fenced is None and self._fenced_by is not None:
+            why = self._fenced_by()
+            if why is not None:
+                self.fence(why)
+        return self.fenced is not None
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -145,9 +202,13 @@ class Export:
         out = [zero] * len(pages)
         if not pages:
             return out
+        if self._check_fenced():
+            return None
         where = self._map.present(pages)
         if not where:
             return out
+        if self._lost is not None and self._lost.contains(pages).any():
+            return None  # written, and no copy left anywhere: never zeros
         try:
             got = await self.fs.load_many(self.area, [pages[i] for i in where])
         except RamsterError as exc:
@@ -248,6 +309,66 @@ class Export:
         return old, bad
 
     async def _mutate_locked(self, ops: Sequence[Mutation]) -> list[int]:
+        if self._check_fenced():
+            return [const.EIO] * len(ops)
+        errors = await self._mutate_pages(ops)
+        if self._dirty and not await self._persist():
+            errors = [e or const.EIO for e in errors]
+        return errors
+
+    def _note_changed(self, pages: Sequence[int]) -> None:
+        """Blocks whose written-or-not changed: their manifest pages are to be stored."""
+        if self.manifest_area is not None and len(pages):
+            self._dirty.update(manifest.pages_of(pages))
+
+    async def _persist(self) -> bool:
+        """Store the changed manifest pages; False if any could not be stored."""
+        if self.manifest_area is None or not self._dirty:
+            return True
+        numbers = sorted(self._dirty)
+        pages = [manifest.encode(self._map, n) for n in numbers]
+        try:
+            kept = await self.fs.store_many(self.manifest_area, numbers, pages)
+        except RamsterError:
+            kept = [False] * len(numbers)
+        for number, ok in zip(numbers, kept, strict=True):
+            if ok:
+                self._dirty.discard(number)
+        if all(kept):
+            return True
+        self._manifest_failures += 1
+        if _worth_logging(self._manifest_failures):
+            log.error("nbd export %s: manifest pages not stored: writes get EIO", self.spec.name)
+        return False
+
+    async def _store_new(self, stores: list[int], contents: list[bytes]) -> list[bool]:
+        """Store pages; blocks written for the first time are recorded in the manifest at the
+        same time (both must hold before the writes are acknowledged)."""
+        fresh = [stores[i] for i in self._missing(stores)]
+        self._map.add(stores)  # before the store: the map stays a superset of the area
+        if self.manifest_area is None or not fresh:
+            return await self.fs.store_many(self.area, stores, contents)
+        self._note_changed(fresh)
+        data = asyncio.ensure_future(self.fs.store_many(self.area, stores, contents))
+        meta = asyncio.ensure_future(self._persist())
+        try:
+            await asyncio.wait((data, meta))
+        except BaseException:
+            data.cancel()
+            meta.cancel()
+            await asyncio.gather(data, meta, return_exceptions=True)
+            raise
+        kept = data.result()
+        if not meta.result():
+            raise RamsterError("the manifest could not be stored")
+        return kept
+
+    def _missing(self, pages: list[int]) -> list[int]:
+        """Indexes of the pages not marked as written."""
+        present = set(self._map.present(pages))
+        return [i for i in range(len(pages)) if i not in present]
+
+    async def _mutate_pages(self, ops: Sequence[Mutation]) -> list[int]:
         ps = self.page_size
         zero = self._zero
         if self._held:
@@ -295,11 +416,10 @@ class Export:
         failed: dict[int, int] = {}
         """Pages whose new content is not stored, with the error their operations get."""
         if stores:
-            self._map.add(stores)  # before the store: the map stays a superset of the area
             kept: list[bool] | None = None
             failure: RamsterError | None = None
             try:
-                kept = await self.fs.store_many(self.area, stores, contents)
+                kept = await self._store_new(stores, contents)
             except RamsterError as exc:
                 failure = exc
             if kept is None:
@@ -313,6 +433,11 @@ class Export:
             else:
                 refused = [p for p, ok in zip(stores, kept, strict=True) if not ok]
                 self._stored += len(stores) - len(refused)
+                if self._lost is not None:
+                    self._lost.discard([p for p, ok in zip(stores, kept, strict=True) if ok])
+                if refused and self._check_fenced():
+                    failed.update(dict.fromkeys(stores, const.EIO))
+                    refused = []
                 if self._held:
                     for page, ok in zip(stores, kept, strict=True):
                         if ok:
@@ -372,6 +497,7 @@ class Export:
         for page in gone:
             self._held.pop(page, None)
         self._map.discard(gone)
+        self._note_changed(gone)
 
     async def _retry_held(self) -> None:
         """Offer held pages to the pool again; those it takes are no longer held."""
@@ -393,6 +519,9 @@ class Export:
                 for page in part:
                     self._held.pop(page, None)
             self._map.discard(part)
+            if self._lost is not None:
+                self._lost.discard(part)
+            self._note_changed(part)
             self._discarded += len(part)
             if i + const.INVALIDATE_CHUNK < len(pages):
                 await asyncio.sleep(0)
@@ -405,7 +534,10 @@ class Export:
         first = -(-offset // ps)
         end = (offset + length) // ps
         async with self._lock:
-            return await self._invalidate_range(first, end)
+            if self._check_fenced():
+                return const.EIO
+            error = await self._invalidate_range(first, end)
+            return error or (0 if await self._persist() else const.EIO)
 
     async def write_zeroes(self, offset: int, length: int) -> int:
         """Make the range read as zeros: whole pages are invalidated, partial ones rewritten."""
@@ -416,6 +548,8 @@ class Export:
         first_full = -(-offset // ps)
         end_full = end // ps
         async with self._lock:
+            if self._check_fenced():
+                return const.EIO
             edges: list[Mutation] = []
             if first_full > end_full:
                 edges.append((ZERO, offset, length))
@@ -430,7 +564,7 @@ class Export:
             error = next((e for e in errors if e), 0)
             if first_full < end_full:
                 error = await self._invalidate_range(first_full, end_full) or error
-            return error
+            return error or (0 if await self._persist() else const.EIO)
 
     async def _invalidate_range(self, first: int, end: int) -> int:
         if end <= first:
@@ -451,7 +585,9 @@ class Export:
     async def flush(self) -> int:
         """Every write answered before is stored; this waits for writes still being stored."""
         async with self._lock:
-            return 0
+            if self._check_fenced():
+                return const.EIO
+            return 0 if await self._persist() else const.EIO
 
     def statistics(self) -> ExportStatistics:
         """A snapshot of the export's counters."""
@@ -468,6 +604,10 @@ class Export:
             read_errors=self._read_errors,
             pages_held=len(self._held),
             restore_failures=self._restore_failures,
+            durability=self.spec.durability,
+            pages_lost=0 if self._lost is None else len(self._lost),
+            fenced=self.fenced,
+            manifest_failures=self._manifest_failures,
         )
 
 

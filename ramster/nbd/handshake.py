@@ -64,13 +64,12 @@ class Phase(enum.Enum):
 
 class Handshake:
     """Feed it the client's bytes; send what data_to_send() returns; stop at TRANSMISSION or
-    CLOSED. The first export is also the default one (the empty name)."""
+    CLOSED. The first export is also the default one (the empty name). With no exports (a
+    node that may adopt moved ones) every name is unknown."""
 
     def __init__(self, exports: Sequence[ExportInfo]) -> None:
-        if not exports:
-            raise ValueError("a handshake needs at least one export")
         self._exports = {e.name: e for e in exports}
-        self._default = exports[0]
+        self._default = exports[0] if exports else None
         self._in = bytearray()
         self._out = bytearray(GREETING)
         self.phase = Phase.CLIENT_FLAGS

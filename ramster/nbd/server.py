@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 from ramster.errors import NbdProtocolError
 from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const, plan
-from ramster.nbd.config import NbdConfig, allowed
+from ramster.nbd.config import ExportSpec, NbdConfig, allowed
 from ramster.nbd.export import Export, ExportStatistics
 from ramster.nbd.handshake import Handshake
 from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, reply
@@ -57,11 +57,15 @@ class NbdStatistics:
 class NbdServer:
     """Serves `config.exports` from one frontswap; `start()` returns when listening."""
 
-    def __init__(self, frontswap: Frontswap, config: NbdConfig) -> None:
+    def __init__(
+        self,
+        frontswap: Frontswap,
+        config: NbdConfig,
+        build: Callable[[ExportSpec], Export] | None = None,
+    ) -> None:
         self.config = config
-        self.exports = {
-            spec.name: Export(frontswap, spec, config.max_payload) for spec in config.exports
-        }
+        make = build or (lambda spec: Export(frontswap, spec, config.max_payload))
+        self.exports = {spec.name: make(spec) for spec in config.exports}
         self.infos = [e.info for e in self.exports.values()]
         self._server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -107,6 +111,28 @@ class NbdServer:
                 spec.area,
                 self.address,
             )
+
+    async def add_export(self, export: Export) -> None:
+        """Serve one more export (opened here); new connections see it at once."""
+        name = export.spec.name
+        if name in self.exports:
+            raise ValueError(f"export {name} is served already")
+        await export.open()
+        self.exports[name] = export
+        self.infos.append(export.info)
+        log.info("nbd: export %s (%d bytes) now served on %s", name, export.size, self.address)
+
+    def remove_export(self, name: str) -> Export | None:
+        """Stop serving an export: its connections are closed (their clients reconnect)."""
+        export = self.exports.pop(name, None)
+        if export is None:
+            return None
+        self.infos[:] = [i for i in self.infos if i.name != name]
+        for conn in list(self._connections):
+            if conn._export is export:
+                conn.shutdown()
+        log.warning("nbd: export %s no longer served here", name)
+        return export
 
     async def _run(self, ready: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:

@@ -94,7 +94,11 @@ class NodeConfig:
     nbd: str | None = None
     """Serve NBD exports of this node's frontswap on this address (host:port); None: no NBD."""
     nbd_exports: tuple[str, ...] = ()
-    """NBD exports, NAME:SIZE[:AREA] each (sizes in bytes or with K, M, G, T suffixes)."""
+    """NBD exports, NAME:SIZE[:AREA][:local|replicated] each (sizes in bytes or with K, M, G,
+    T suffixes; replicated by default: the export survives this node)."""
+    export_grace: float = 3600.0
+    """Seconds a holder keeps the pages of an export whose server it does not hear from (0:
+    until `ramster export delete`); a node's own pages use owner_grace."""
     nbd_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     """Client addresses or networks allowed to use the NBD exports."""
     nbd_swap_safety: bool = True
@@ -124,6 +128,8 @@ class NodeConfig:
                 "watermarks must satisfy 0 < low < high <= 1, "
                 f"got low={self.low_watermark} high={self.high_watermark}"
             )
+        if self.export_grace < 0:
+            raise ValueError("export_grace cannot be negative")
         if self.owner_grace <= self.dead_after:
             raise ValueError("owner_grace must be longer than dead_after")
         if not 0 < self.heartbeat < self.dead_after:
@@ -143,14 +149,13 @@ class NodeConfig:
 
     def nbd_config(self) -> NbdConfig:
         """The NBD server's settings (validated); ValueError when `nbd` is not set."""
-        from ramster.nbd.config import NbdConfig, parse_exports
+        from ramster.nbd.config import REPLICATED, NbdConfig, parse_exports
 
         if self.nbd is None:
             raise ValueError("no NBD address configured")
-        if not self.nbd_exports:
-            raise ValueError("--nbd needs at least one --export NAME:SIZE")
         return NbdConfig(
-            exports=parse_exports(self.nbd_exports),
+            exports=parse_exports(self.nbd_exports, REPLICATED),
+            allow_no_exports=True,
             listen=self.nbd,
             allow=self.nbd_allow,
             swap_safety=self.nbd_swap_safety,
@@ -202,7 +207,15 @@ class NodeConfig:
 KINDS: dict[str, Kind] = {
     **dict.fromkeys(("local_budget", "lent_budget", "page_size"), Kind.SIZE),
     **dict.fromkeys(
-        ("high_watermark", "low_watermark", "heartbeat", "dead_after", "owner_grace"), Kind.FLOAT
+        (
+            "high_watermark",
+            "low_watermark",
+            "heartbeat",
+            "dead_after",
+            "owner_grace",
+            "export_grace",
+        ),
+        Kind.FLOAT,
     ),
     **dict.fromkeys(("replicas", "max_dials"), Kind.INT),
     **dict.fromkeys(

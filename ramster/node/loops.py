@@ -32,9 +32,11 @@ RECLAIM_PAUSE = 0.005
 """Seconds between two steps of freeing a forgotten owner's pages: RPCs run in between."""
 
 
-async def reclaim_forever(lent: LentPool, heartbeat: float, owner_grace: float) -> None:
-    """Forget the pages of owners silent for longer than owner_grace, and free forgotten
-    owners' pages a bounded step at a time."""
+async def reclaim_forever(
+    lent: LentPool, heartbeat: float, owner_grace: float, export_grace: float = 0.0
+) -> None:
+    """Forget the pages of owners silent for longer than owner_grace (exports: export_grace),
+    and free forgotten owners' pages a bounded step at a time."""
     last = time.monotonic()
     while True:
         await asyncio.sleep(RECLAIM_PAUSE if lent.reclaim_pending() else heartbeat)
@@ -43,3 +45,4 @@ async def reclaim_forever(lent: LentPool, heartbeat: float, owner_grace: float) 
         if now - last >= heartbeat:
             last = now
             lent.reclaim_silent(now, owner_grace)
+            lent.reclaim_exports(export_grace)

@@ -29,6 +29,7 @@ from ramster.errors import ProtocolError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.node import loops, status
 from ramster.node.config import NodeConfig, new_incarnation, node_id_for
+from ramster.node.exports import ExportService
 from ramster.node.handlers import ControlService, FrontswapService, HolderService
 from ramster.node.refusals import Refusals
 from ramster.pagestore import PoolConfig
@@ -87,7 +88,8 @@ class Node:
                 low_watermark=config.low_watermark,
             ),
         )
-        self.peers.on_restart = self.frontswap.holder_restarted
+        self.exports = ExportService(config, self.peers, self.frontswap, self._events.add)
+        self.peers.on_restart = self._holder_restarted
         self.peers.on_transition = self._peer_changed
         self.peers.on_reclaimed = self.frontswap.holder_reclaimed
         self.peers.on_duplicate = self._duplicate
@@ -248,7 +250,8 @@ class Node:
             tg.create_task(self.peers.run(), name="heartbeats")
             tg.create_task(self.frontswap.spill_forever(), name="spiller and drops")
             tg.create_task(
-                loops.reclaim_forever(self.lent, cfg.heartbeat, cfg.owner_grace), name="reclaim"
+                loops.reclaim_forever(self.lent, cfg.heartbeat, cfg.owner_grace, cfg.export_grace),
+                name="reclaim",
             )
             tg.create_task(
                 loops.elect_forever(self.election, self.peers, self._events, cfg.heartbeat),
@@ -256,6 +259,7 @@ class Node:
             )
             tg.create_task(self.driver.run(), name="coordinator")
             tg.create_task(self.follower.run(), name="orders")
+            tg.create_task(self.exports.run(), name="exports")
 
     async def wait_closed(self) -> None:
         """Return when the background tasks end (they only end on close or on a bug)."""
@@ -305,6 +309,14 @@ class Node:
         )
         if self._runner is not None:
             self._runner.cancel()
+
+    def _holder_restarted(self, node: str, old_incarnation: str) -> None:
+        self.frontswap.holder_restarted(node, old_incarnation)
+        self.exports.holder_restarted(node, old_incarnation)
+
+    async def adopt_export(self, name: str, size: int, area: int) -> int:
+        """Take an export over from its server (export.adopt): its new term."""
+        return await self.exports.adopt(name, size, area)
 
     def _peer_changed(self, t: Transition) -> None:
         if t.new is State.SUSPECT:

@@ -32,7 +32,11 @@ async def serve(config: NodeConfig, secret: Secret) -> int:
     try:
         await node.start()
         if nbd_config is not None:
-            nbd = NbdServer(node.frontswap, nbd_config)
+            limit = nbd_config.max_payload
+            nbd = NbdServer(
+                node.frontswap, nbd_config, lambda spec: node.exports.build(spec, limit)
+            )
+            node.exports.nbd = nbd
             await nbd.start()
             node.nbd_statistics = nbd.statistics
         waiter = asyncio.create_task(stop.wait())

@@ -1,13 +1,22 @@
 """The lent pool: other owners' pages kept in stored form, keyed by (owner, incarnation, area,
-offset). Pure logic; the node serves it over the RPC."""
+offset). Pure logic; the node serves it over the RPC.
+
+Two kinds of owner: a node (its pages die with its incarnation: a newer one reclaims them) and
+an export (`export:NAME`, see EXPORT_PREFIX): its pages outlive the process that serves it and
+belong to the export, guarded by a term. The incarnation an export's calls carry is
+`t<term>@<node>`; a holder refuses (Fenced) any call with an older term than it has seen, or
+the same term from another node, so that a stale server can never change a newer one's pages.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ramster.errors import InvalidPage
 from ramster.pagestore.config import MAX_AREA, PoolConfig
@@ -27,6 +36,56 @@ def incarnation_order(incarnation: str) -> int:
         return int(head, 16)
     except ValueError:
         return 0
+
+
+EXPORT_PREFIX = "export:"
+"""Owners named so are exports, not nodes."""
+MAX_EXPORTS = 1024
+"""Exports one holder keeps pages or terms for: bounded against a flood of made-up names."""
+INVENTORY_LIMIT = 65536
+"""Keys one inventory answer carries at most (about 1.3 MiB on the wire)."""
+
+
+def is_export(owner: str) -> bool:
+    """Is this owner an export (whose pages outlive the process serving it)?"""
+    return owner.startswith(EXPORT_PREFIX)
+
+
+def export_incarnation(term: int, node: str) -> str:
+    """What an export's server puts where a node puts its incarnation."""
+    return f"t{term}@{node}"
+
+
+def parse_export_incarnation(incarnation: str) -> tuple[int, str]:
+    """(term, serving node) of an export incarnation; ValueError if it is none."""
+    head, sep, node = incarnation.partition("@")
+    if not sep or not node or not head.startswith("t") or not head[1:].isdigit():
+        raise ValueError(f"not an export incarnation (t<term>@<node>): {incarnation!r}")
+    return int(head[1:]), node
+
+
+@dataclass(frozen=True, slots=True)
+class ExportClaim:
+    """What a holder knows of an export: the newest term and its server, the size."""
+
+    term: int
+    node: str
+    size: int
+
+
+class Fenced(Exception):
+    """A call for an export from an older term (or the same term from another server) than
+    this holder has seen: the caller no longer serves that export."""
+
+    def __init__(self, owner: str, claim: ExportClaim) -> None:
+        super().__init__(
+            f"{owner} is served under term {claim.term} by {claim.node}: older terms are fenced"
+        )
+        self.claim = claim
+
+
+class TooManyExports(Exception):
+    """This holder keeps MAX_EXPORTS exports already."""
 
 
 class StaleIncarnation(Exception):
@@ -61,6 +120,9 @@ class LentStatistics:
     twins_refused: int
     reclaim_pending_pages: int
     """Pages of forgotten owners not yet freed (freed a step at a time)."""
+    exports: int = 0
+    fenced_requests: int = 0
+    """Export calls refused for an older term (a stale server fenced)."""
 
 
 class LentPool:
@@ -84,6 +146,11 @@ class LentPool:
         self._stale = 0
         self.draining = False
         """While draining, new pages are refused; owners move theirs elsewhere."""
+        self.clock: Callable[[], float] = time.monotonic
+        """When export calls were last heard (exports say no hello: every call counts)."""
+        self._claims: dict[str, ExportClaim] = {}
+        self._export_seen: dict[str, float] = {}
+        self._fenced = 0
 
     # -- owners and incarnations ---------------------------------------------------------------
 
@@ -95,6 +162,9 @@ class LentPool:
         older than the newest seen, LiveTwin for a newer one while the older is still heard
         from, Reclaimed for a data call of an incarnation whose pages were reclaimed.
         """
+        if is_export(owner):
+            self._note_export(owner, incarnation, hello=now is not None)
+            return 0
         known = self._current.get(owner)
         if known is not None and known != incarnation:
             if incarnation_order(incarnation) < incarnation_order(known):
@@ -129,6 +199,89 @@ class LentPool:
                 dropped,
             )
         return dropped
+
+    def _note_export(self, owner: str, incarnation: str, *, hello: bool = False) -> None:
+        """Check an export call's term against the newest seen (Fenced if older), learn a
+        newer one, and note that the export is alive."""
+        term, node = parse_export_incarnation(incarnation)
+        claim = self._claims.get(owner)
+        if claim is not None and (term < claim.term or (term == claim.term and node != claim.node)):
+            self._fenced += 1
+            raise Fenced(owner, claim)
+        if claim is None or term > claim.term:
+            if claim is None and len(self._claims) >= MAX_EXPORTS:
+                raise TooManyExports(f"this holder keeps {MAX_EXPORTS} exports already")
+            self._claims[owner] = ExportClaim(term, node, claim.size if claim else 0)
+        if (owner, "") in self._marked:
+            if not hello:
+                raise Reclaimed(
+                    f"the pages of {owner} were reclaimed here (epoch {self._marked[(owner, '')]})"
+                )
+            del self._marked[(owner, "")]
+        self._export_seen[owner] = self.clock()
+
+    def claim(self, owner: str, term: int, node: str, size: int) -> tuple[bool, ExportClaim]:
+        """Take (or keep alive) an export under `term`: refused for an older term or the same
+        term from another node; term 0 only asks. The claim after the call either way."""
+        known = self._claims.get(owner)
+        if term == 0:
+            return True, known or ExportClaim(0, "", 0)
+        try:
+            self._note_export(owner, export_incarnation(term, node), hello=True)
+        except Fenced as exc:
+            return False, exc.claim
+        current = self._claims[owner]
+        if size and current.size != size:
+            current = self._claims[owner] = ExportClaim(current.term, current.node, size)
+        return True, current
+
+    def inventory(
+        self, owner: str, incarnation: str, area: int, start: int, limit: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """(offsets, versions, checksums) of up to `limit` pages of an export's area from
+        `start` on, ascending: what a restarted server rebuilds its index from."""
+        self.note_owner(owner, incarnation)
+        ident = self._ids.get((owner, "", area))
+        if ident is None:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty.astype(np.uint64), empty.astype(np.uint64)
+        return self.pool.held_meta(ident, start, min(limit, INVENTORY_LIMIT))
+
+    def delete_export(self, owner: str, term: int, node: str) -> int:
+        """Forget an export's pages for good (its term is kept: older servers stay fenced)."""
+        self._note_export(owner, export_incarnation(term, node), hello=True)
+        dropped = self.forget(owner)
+        self._export_seen.pop(owner, None)
+        return dropped
+
+    def reclaim_exports(self, grace: float) -> dict[str, int]:
+        """Forget the pages of exports not heard from for `grace` seconds (0: never)."""
+        if grace <= 0:
+            return {}
+        now = self.clock()
+        dropped: dict[str, int] = {}
+        for owner, seen in list(self._export_seen.items()):
+            if now - seen > grace:
+                dropped[owner] = self.forget(owner)
+                del self._export_seen[owner]
+                epoch = self._epochs.pop(owner, 0) + 1
+                self._epochs[owner] = epoch
+                self._marked[(owner, "")] = epoch
+                while len(self._marked) > MAX_REMEMBERED:
+                    self._marked.pop(next(iter(self._marked)))
+                log.warning(
+                    "export %s silent for %.0f s (export grace %.0f s): reclaimed %d pages",
+                    owner.removeprefix(EXPORT_PREFIX),
+                    now - seen,
+                    grace,
+                    dropped[owner],
+                )
+        return dropped
+
+    def exports(self) -> dict[str, tuple[ExportClaim, int]]:
+        """Every export this holder knows: its claim and the pages held here."""
+        pages = self.pages_by_owner()
+        return {o: (c, pages.get(o, 0)) for o, c in self._claims.items()}
 
     def epoch(self, owner: str) -> int:
         """How many times this holder reclaimed the owner's pages (0: never)."""
@@ -198,7 +351,7 @@ class LentPool:
         return dropped
 
     def _area_id(self, owner: str, inc: str, area: int, create: bool) -> int | None:
-        key = (owner, inc, area)
+        key = (owner, _keyed(owner, inc), area)
         ident = self._ids.get(key)
         if ident is None and create:
             if self._free_ids:
@@ -301,6 +454,7 @@ class LentPool:
         """Forget the pages of one of an owner's areas (only those no newer than max_version,
         when given: a late area drop must not take pages stored after it was sent)."""
         self.note_owner(owner, inc)
+        inc = _keyed(owner, inc)
         ident = self._ids.get((owner, inc, area))
         if ident is None:
             return 0
@@ -321,7 +475,8 @@ class LentPool:
 
     def damage_for_test(self, owner: str, area: int, offset: int, stale: bool) -> None:
         """Corrupt (or make stale) the copy held for an owner's current incarnation."""
-        ident = self._ids[(owner, self._current[owner], area)]
+        inc = "" if is_export(owner) else self._current[owner]
+        ident = self._ids[(owner, inc, area)]
         if stale:
             self.pool.age_for_test(ident, offset)
         else:
@@ -350,7 +505,14 @@ class LentPool:
             stale_requests=self._stale,
             twins_refused=self._twins,
             reclaim_pending_pages=sum(self.pool.area_pages(i) for i in self._doomed),
+            exports=len(self._claims),
+            fenced_requests=self._fenced,
         )
+
+
+def _keyed(owner: str, incarnation: str) -> str:
+    """The incarnation part of a page's key: an export's pages outlive its terms."""
+    return "" if is_export(owner) else incarnation
 
 
 def _by_area(areas: Sequence[int]) -> list[tuple[int, list[int]]]:

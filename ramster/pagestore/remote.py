@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ramster.pagestore.codec import EMPTY, LZ4, RAW, REMOTE, SAME
 from ramster.pagestore.core import I64, PoolCore, _keys, _Put
+
+U64 = npt.NDArray[np.uint64]
 
 
 class RemoteEntries(PoolCore):
@@ -180,6 +183,17 @@ class RemoteEntries(PoolCore):
                 del self._set_counts[old_set]
         m["handle"][slots[ok]] = new_set
         return ok.tolist()  # type: ignore[no-any-return]
+
+    def held_meta(self, area: int, start: int, limit: int) -> tuple[I64, U64, U64]:
+        """(offsets, versions, checksums) of up to `limit` keys of an area from `start` on, in
+        ascending offset order: an inventory, a batch at a time, without the payloads."""
+        offs = self._index.area_offsets(area)
+        offs = np.sort(offs[offs >= start])[:limit]
+        slots = self._index.lookup(area, offs)
+        m = self._meta
+        versions: U64 = m["version"][slots].astype(np.uint64)
+        sums: U64 = m["checksum"][slots].astype(np.uint64)
+        return offs, versions, sums
 
     def drain_remote_drops(self) -> list[tuple[int, int, int, int]]:
         """(holder set, area, offset, version) of remote copies forgotten since the last call."""

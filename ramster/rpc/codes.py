@@ -7,6 +7,7 @@ from ramster.errors import (
     Busy,
     CapacityError,
     DuplicateNode,
+    ExportFenced,
     Forbidden,
     IntegrityError,
     NoSuchMethod,
@@ -36,13 +37,14 @@ ERROR_CLASSES: dict[int, type[RpcError]] = {
         CapacityError,
         PagesReclaimed,
         DuplicateNode,
+        ExportFenced,
         Forbidden,
         IntegrityError,
     )
 }
 """Every code a peer may send; an unknown code is raised as RemoteError."""
 
-assert len(ERROR_CLASSES) == 14, "two error classes share a wire code"
+assert len(ERROR_CLASSES) == 15, "two error classes share a wire code"
 
 
 def error_from_wire(error: WireError) -> RpcError:

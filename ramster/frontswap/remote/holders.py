@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ramster.cluster.placement import Candidate
-from ramster.errors import PagesReclaimed, RamsterError
+from ramster.errors import ExportFenced, PagesReclaimed, RamsterError
 from ramster.frontswap.remote.config import SpillConfig
 from ramster.pagestore import PagePool
 from ramster.pagestore.lent import Stored
@@ -180,6 +180,8 @@ class Tier:
     """Take keys about to be put on nodes out of their drop queues (set by the tier)."""
     reclaimed: Callable[[str, int], None] = lambda _node, _epoch: None
     """A holder answered that it reclaimed this owner's pages (set by the tier)."""
+    fenced: Callable[[str, str], None] = lambda _node, _why: None
+    """A holder answered that a newer server took this export over (set by the tier)."""
     slow_until: dict[str, float] = field(default_factory=dict)
     """Holders left out of a batch as stragglers, not chosen again until then (monotonic)."""
     _warned_at: float = -NO_HOLDER_WARN_EVERY
@@ -240,6 +242,9 @@ class Tier:
                 return await self.holders.put(node, areas, offsets, versions, sums, payloads)
             except PagesReclaimed as exc:
                 self.reclaimed(node, exc.epoch)
+                return [False] * len(offsets)
+            except ExportFenced as exc:
+                self.fenced(node, str(exc))  # nothing was kept: no strays to drop
                 return [False] * len(offsets)
             except RamsterError as exc:
                 self.strays([node], area, offsets, versions)

@@ -30,6 +30,7 @@ from ramster.types import Buffer
 log = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
 
 
 class ClusterFrontswap(LocalFrontswap):
@@ -42,8 +43,17 @@ class ClusterFrontswap(LocalFrontswap):
         spill: SpillConfig | None = None,
         max_areas: int = DEFAULT_MAX_AREAS,
         rng: random.Random | None = None,
+        *,
+        replicated: bool = False,
+        version_base: int = 0,
     ) -> None:
         super().__init__(config, max_areas)
+        self.replicated = replicated
+        """Every store goes to R holders (at least min_replicas) before it is acknowledged:
+        the local pool keeps only the index (an export that must outlive this process)."""
+        self._version = version_base  # an export's versions rise across its terms
+        self.fenced: str | None = None
+        """Why a holder refused this owner as stale (another server took the export over)."""
         self.holders = holders
         self.spill_config = spill or SpillConfig()
         self._tier = Tier(self.pool, holders, self.spill_config, rng or random.Random())
@@ -51,6 +61,7 @@ class ClusterFrontswap(LocalFrontswap):
         self._tier.strays = self._drops.enqueue
         self._tier.before_put = self._drops.before_put
         self._tier.reclaimed = self.holder_reclaimed
+        self._tier.fenced = self._fenced
         self._spiller = Spiller(self._tier, self._drops)
         self._fetcher = Fetcher(self._tier)
         self._repairer = Repairer(self._tier, self._fetcher, self._drops)
@@ -98,6 +109,15 @@ class ClusterFrontswap(LocalFrontswap):
         n = len(offs)
         generation = self.generation(area)
         versions = list(self._new_versions(n))
+        if self.replicated:
+            try:
+                # The old copies go first (their drops are versioned: the new ones stay), so
+                # that a refused store leaves no stale page behind, as the contract says.
+                self.pool.drop_many(area, offs)
+                payloads, sums = encoded(list(range(n)))
+                return await self._store_remote(area, offs, payloads, sums, versions, generation)
+            finally:
+                self._drops.collect()
         try:
             ok = local(list(range(n)), versions)
             missing = [i for i, flag in enumerate(ok) if not flag]
@@ -171,6 +191,34 @@ class ClusterFrontswap(LocalFrontswap):
         t.counters["direct_remote_stores"] += n - len(stray)
         t.counters["direct_remote_refused"] += len(stray)
         return ok
+
+    def adopt(self, area: int, groups: Sequence[tuple[tuple[str, ...], I64, U64, U64]]) -> int:
+        """Record rebuilt pages as held remotely: (holders, offsets, versions, checksums) per
+        holder set; returns pages recorded. Later versions of this owner are newer."""
+        recorded = 0
+        for nodes, offs, versions, sums in groups:
+            if not len(offs):
+                continue
+            ident = self._tier.sets.intern(tuple(nodes))
+            ok = self.pool.put_remote(
+                area, offs, [int(v) for v in versions], [int(s) for s in sums], ident
+            )
+            recorded += sum(ok)
+            self._version = max(self._version, int(np.max(versions)))
+        return recorded
+
+    def start_versions_at(self, base: int) -> None:
+        """Issue versions above `base` from now on (an export's new term)."""
+        self._version = max(self._version, base)
+
+    def queue_drops(self, node: str, area: int, offsets: list[int], versions: list[int]) -> None:
+        """Copies on a holder to be dropped (versioned), in the background."""
+        self._drops.enqueue([node], area, offsets, versions)
+
+    def _fenced(self, node: str, why: str) -> None:
+        if self.fenced is None:
+            self.fenced = why
+            log.error("holder %s fenced this owner: %s", node, why)
 
     # -- loads -----------------------------------------------------------------------------------
 

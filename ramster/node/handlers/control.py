@@ -19,9 +19,12 @@ from ramster.protocol import (
     COORD_ORDER,
     COORD_REBALANCE,
     DRAIN,
+    EXPORT_ADOPT,
     HELLO,
+    MAX_AREA,
     STATS,
     arity,
+    integer,
     text,
 )
 from ramster.rpc import ANYONE, Role, RpcServer, caller
@@ -57,6 +60,10 @@ class Control(Protocol):
     def accept_order(self, params: list[object]) -> None:
         """Check and queue an order of the coordinator; ProtocolError when refused."""
 
+    async def adopt_export(self, name: str, size: int, area: int) -> int:
+        """Take an export over (export.adopt); its new term."""
+        ...
+
     async def coordinate_rebalance(self) -> bool:
         """Even out the holders now if this node coordinates (False otherwise)."""
         ...
@@ -84,6 +91,7 @@ class ControlService:
         server.register(DRAIN, self.drain)
         server.register(COORD_ORDER, self.order)
         server.register(COORD_REBALANCE, self.rebalance)
+        server.register(EXPORT_ADOPT, self.adopt)
 
     def hello(self, params: list[object]) -> dict[str, Any]:
         """node.hello [node_id, incarnation]: the calling node is alive; answer who we are.
@@ -130,6 +138,17 @@ class ControlService:
         if len(params) >= 2 and params[1] != who.node_id:
             raise Forbidden(f"{who} may send orders only as itself, not as {params[1]!r}")
         self._control.accept_order(params)
+
+    async def adopt(self, params: list[object]) -> int:
+        """export.adopt [name, size, area]: serve that export from this node (next term)."""
+        arity(params, 3, "[name, size, area]")
+        name = text(params[0], "name")
+        size = integer(params[1], "size")
+        area = integer(params[2], "area", MAX_AREA)
+        try:
+            return await self._control.adopt_export(name, size, area)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
 
     async def rebalance(self, params: list[object]) -> bool:
         """coord.rebalance []: True if this node coordinates and evened the holders out."""

@@ -9,11 +9,13 @@ second half of an owner's hold.copy: a holder putting that owner's verified copi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from ramster.errors import (
     CapacityError,
+    ExportFenced,
     Forbidden,
     InvalidPage,
     PagesReclaimed,
@@ -21,17 +23,30 @@ from ramster.errors import (
     RamsterError,
     RemoteError,
 )
-from ramster.pagestore.lent import LentPool, Reclaimed, StaleIncarnation
+from ramster.pagestore.lent import (
+    INVENTORY_LIMIT,
+    Fenced,
+    LentPool,
+    Reclaimed,
+    StaleIncarnation,
+    TooManyExports,
+    is_export,
+    parse_export_incarnation,
+)
 from ramster.pagestore.verify import copyable, spread
 from ramster.protocol import (
     DEBUG_DAMAGE,
+    HOLD_CLAIM,
     HOLD_COPY,
+    HOLD_DELETE_EXPORT,
     HOLD_DROP,
     HOLD_DROP_AREA,
     HOLD_GET,
+    HOLD_INVENTORY,
     HOLD_PUT,
     HOLD_PUT_COPY,
     MAX_AREA,
+    MAX_TERM,
     arity,
     integer,
     text,
@@ -64,10 +79,34 @@ def _owned(n: int, shape: str) -> Callable[[list[object]], Owned]:
 
 
 def _as_itself(req: Owned) -> None:
-    """Forbidden unless the call names the owner its session authenticated as."""
+    """Forbidden unless the call names the owner its session authenticated as, or an export
+    served (by the incarnation it names) by that node: the term then decides (fencing)."""
     who = caller().identity
-    if req.owner != who.node_id or req.incarnation != who.incarnation:
-        raise Forbidden(f"{who} may act only as itself, not as {req.owner} ({req.incarnation})")
+    if is_export(req.owner):
+        with _refusals():
+            _, node = parse_export_incarnation(req.incarnation)
+        if node == who.node_id:
+            return
+    elif req.owner == who.node_id and req.incarnation == who.incarnation:
+        return
+    raise Forbidden(f"{who} may act only as itself, not as {req.owner} ({req.incarnation})")
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The lent pool's refusals as the errors a caller gets over the wire."""
+    try:
+        yield
+    except StaleIncarnation as exc:
+        raise ProtocolError(str(exc)) from None
+    except Reclaimed as exc:
+        raise PagesReclaimed(str(exc)) from None
+    except Fenced as exc:
+        raise ExportFenced(str(exc)) from None
+    except TooManyExports as exc:
+        raise CapacityError(str(exc)) from None
+    except (InvalidPage, ValueError) as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 class HolderService:
@@ -111,6 +150,13 @@ class HolderService:
             self.drop_area,
             decode=_owned(4, "[owner, incarnation, area, max_version]"),
         )
+        server.register(HOLD_CLAIM, self.claim)
+        server.register(
+            HOLD_INVENTORY,
+            self.inventory,
+            decode=_owned(5, "[owner, incarnation, area, start, limit]"),
+        )
+        server.register(HOLD_DELETE_EXPORT, self.delete_export)
         if self.test_hooks:
             server.register(DEBUG_DAMAGE, self.damage, roles=ANYONE)
 
@@ -130,22 +176,20 @@ class HolderService:
         batch = PageBatch.from_wire(req.rest[0])
         lent = self.lent
         try:
-            ok = lent.put(
-                req.owner,
-                req.incarnation,
-                batch.areas,
-                batch.offsets,
-                batch.versions,
-                batch.checksums,
-                batch.payloads,
-            )
-        except StaleIncarnation as exc:
-            self._refused(req.owner, len(batch.offsets), "stale incarnation")
-            raise ProtocolError(str(exc)) from None
-        except Reclaimed as exc:
-            raise PagesReclaimed(str(exc)) from None
-        except InvalidPage as exc:
-            raise ProtocolError(str(exc)) from None
+            with _refusals():
+                ok = lent.put(
+                    req.owner,
+                    req.incarnation,
+                    batch.areas,
+                    batch.offsets,
+                    batch.versions,
+                    batch.checksums,
+                    batch.payloads,
+                )
+        except (ProtocolError, ExportFenced) as exc:
+            reason = "fenced" if isinstance(exc, ExportFenced) else "refused"
+            self._refused(req.owner, len(batch.offsets), reason)
+            raise
         refused = ok.count(False)
         if refused:
             self._refused(req.owner, refused, "lent pool full" if not lent.draining else "draining")
@@ -157,12 +201,8 @@ class HolderService:
         """The held pages among the keys, as a page batch."""
         _as_itself(req)
         keys = Keys.from_wire(req.rest[0])
-        try:
+        with _refusals():
             held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
-        except StaleIncarnation as exc:
-            raise ProtocolError(str(exc)) from None
-        except Reclaimed as exc:
-            raise PagesReclaimed(str(exc)) from None
         idx = [i for i, item in enumerate(held) if item is not None]
         found = [item for item in held if item is not None]
         return PageBatch(
@@ -183,12 +223,8 @@ class HolderService:
         sums = int_list(req.rest[3], "checksums", MAX_CHECKSUM, n)
         if target == self.node_id:
             raise ProtocolError("hold.copy onto the holder itself")
-        try:
+        with _refusals():
             held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
-        except StaleIncarnation as exc:
-            raise ProtocolError(str(exc)) from None
-        except Reclaimed as exc:
-            raise PagesReclaimed(str(exc)) from None
         good, payloads = copyable(held, versions, sums, self.lent.pool.config.page_size)
         self.copies_refused += n - len(good)
         if not good:
@@ -213,24 +249,58 @@ class HolderService:
         versions = int_list(req.rest[1], "versions", MAX_VERSION, None)
         if len(versions) != len(keys):
             raise ProtocolError("one version per key")
-        try:
+        with _refusals():
             return self.lent.drop(req.owner, req.incarnation, keys.areas, keys.offsets, versions)
-        except StaleIncarnation as exc:
-            raise ProtocolError(str(exc)) from None
-        except Reclaimed as exc:
-            raise PagesReclaimed(str(exc)) from None
 
     def drop_area(self, req: Owned) -> int:
         """Forget the pages of one area of an owner no newer than max_version."""
         _as_itself(req)
         area = integer(req.rest[0], "area", MAX_AREA)
         max_version = integer(req.rest[1], "max_version", MAX_VERSION)
-        try:
+        with _refusals():
             return self.lent.drop_area(req.owner, req.incarnation, area, max_version)
-        except StaleIncarnation as exc:
-            raise ProtocolError(str(exc)) from None
-        except Reclaimed as exc:
-            raise PagesReclaimed(str(exc)) from None
+
+    def claim(self, params: list[object]) -> list[object]:
+        """hold.claim [owner, term, size]: the calling node takes (or keeps) an export's term;
+        [taken?, term, server, size] as this holder now knows them."""
+        arity(params, 3, "[owner, term, size]")
+        owner = text(params[0], "owner")
+        if not is_export(owner):
+            raise ProtocolError("hold.claim is for exports (export:NAME)")
+        term = integer(params[1], "term", MAX_TERM)
+        size = integer(params[2], "size")
+        with _refusals():
+            taken, known = self.lent.claim(owner, term, caller().identity.node_id, size)
+        return [taken, known.term, known.node, known.size]
+
+    def inventory(self, req: Owned) -> list[object]:
+        """The keys of an export's area held here from `start` on: offsets, versions, checksums
+        as little-endian blobs (int64, uint64, uint64), ascending."""
+        _as_itself(req)
+        if not is_export(req.owner):
+            raise ProtocolError("hold.inventory is for exports (export:NAME)")
+        area = integer(req.rest[0], "area", MAX_AREA)
+        start = integer(req.rest[1], "start")
+        limit = integer(req.rest[2], "limit", INVENTORY_LIMIT)
+        with _refusals():
+            offs, versions, sums = self.lent.inventory(
+                req.owner, req.incarnation, area, start, limit
+            )
+        return [
+            offs.astype("<i8").tobytes(),
+            versions.astype("<u8").tobytes(),
+            sums.astype("<u8").tobytes(),
+        ]
+
+    def delete_export(self, params: list[object]) -> int:
+        """hold.delete_export [owner, term]: forget an export's pages for good."""
+        arity(params, 2, "[owner, term]")
+        owner = text(params[0], "owner")
+        if not is_export(owner):
+            raise ProtocolError("hold.delete_export is for exports (export:NAME)")
+        term = integer(params[1], "term", MAX_TERM)
+        with _refusals():
+            return self.lent.delete_export(owner, term, caller().identity.node_id)
 
     def damage(self, params: list[object]) -> None:
         """debug.damage [owner, area, offset, stale]: corrupt or age a held copy (tests only)."""

@@ -1,0 +1,179 @@
+"""The holder calls (hold.*) over the RPC for any owner a node speaks for: itself, or an export
+it serves. Answers are checked for shape here; the page batches by `ramster.rpc.pages`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ramster.errors import ProtocolError
+from ramster.pagestore.lent import Stored
+from ramster.protocol import (
+    EXPORT_ADOPT,
+    HOLD_CLAIM,
+    HOLD_COPY,
+    HOLD_DELETE_EXPORT,
+    HOLD_DROP,
+    HOLD_DROP_AREA,
+    HOLD_GET,
+    HOLD_INVENTORY,
+    HOLD_PUT,
+    HOLD_PUT_COPY,
+)
+from ramster.rpc import Keys, PageBatch, RpcClient
+from ramster.rpc.pages import flags_from_wire
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+Owner = tuple[str, str]
+"""(owner, incarnation) as a hold.* call names it."""
+
+ADOPT_TIMEOUT = 120.0
+"""Seconds an export.adopt may take: the target rebuilds the export before it answers."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimAnswer:
+    """A holder's answer to hold.claim: whether the claim was taken, and the newest claim."""
+
+    taken: bool
+    term: int
+    node: str
+    size: int
+
+
+class HolderCalls:
+    """hold.* calls to nodes by id; `spent` learns the bytes sent to a node."""
+
+    def __init__(
+        self,
+        client_of: Callable[[str], RpcClient],
+        spent: Callable[[str, int], None],
+        timeout: float,
+    ) -> None:
+        self._client = client_of
+        self._spent = spent
+        self.timeout = timeout
+
+    async def put(
+        self, node: str, owner: Owner, batch: PageBatch, *, forwarded: bool = False
+    ) -> list[bool]:
+        """hold.put (or, forwarded, hold.put_copy: another owner's verified copies) on node."""
+        result = await self._client(node).call(
+            HOLD_PUT_COPY if forwarded else HOLD_PUT,
+            [*owner, batch.to_wire()],
+            timeout=self.timeout,
+        )
+        self._spent(node, sum(len(p) for p in batch.payloads))
+        return flags_from_wire(result, len(batch.offsets))
+
+    async def copy(
+        self,
+        owner: Owner,
+        source: str,
+        target: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+    ) -> tuple[list[bool], int]:
+        """hold.copy on source: it verifies its copies and puts them on target."""
+        result = await self._client(source).call(
+            HOLD_COPY,
+            [*owner, target, Keys(areas, offsets).to_wire(), versions, checksums],
+            timeout=self.timeout * 2,  # two hops
+        )
+        if type(result) is not list or len(result) != 2 or type(result[1]) is not int:
+            raise ProtocolError("hold.copy must answer [flags, bytes]")
+        self._spent(target, result[1])
+        return flags_from_wire(result[0], len(offsets)), result[1]
+
+    async def get(
+        self, owner: Owner, node: str, areas: list[int], offsets: list[int]
+    ) -> list[Stored | None]:
+        """hold.get on node, answers in the order of the keys."""
+        result = await self._client(node).call(
+            HOLD_GET, [*owner, Keys(areas, offsets).to_wire()], timeout=self.timeout
+        )
+        batch = PageBatch.from_wire(result)
+        found = dict(
+            zip(
+                zip(batch.areas, batch.offsets, strict=True),
+                zip(batch.versions, batch.checksums, batch.payloads, strict=True),
+                strict=True,
+            )
+        )
+        return [found.get(key) for key in zip(areas, offsets, strict=True)]
+
+    async def drop(
+        self, owner: Owner, node: str, areas: list[int], offsets: list[int], versions: list[int]
+    ) -> None:
+        """hold.drop on node (versioned: newer copies stay)."""
+        result = await self._client(node).call(
+            HOLD_DROP, [*owner, Keys(areas, offsets).to_wire(), versions], timeout=self.timeout
+        )
+        flags_from_wire(result, len(offsets))
+
+    async def drop_area(self, owner: Owner, node: str, area: int, max_version: int) -> None:
+        """hold.drop_area on node: the owner's pages of the area no newer than max_version."""
+        await self._client(node).call(
+            HOLD_DROP_AREA, [*owner, area, max_version], timeout=self.timeout
+        )
+
+    # -- exports: their servers' calls ---------------------------------------------------------
+
+    async def claim(self, node: str, owner: str, term: int, size: int) -> ClaimAnswer:
+        """hold.claim on node: take (term > 0) or ask about (term 0) an export's term."""
+        result = await self._client(node).call(
+            HOLD_CLAIM, [owner, term, size], timeout=self.timeout
+        )
+        if (
+            type(result) is not list
+            or len(result) != 4
+            or type(result[0]) is not bool
+            or type(result[1]) is not int
+            or type(result[2]) is not str
+            or type(result[3]) is not int
+        ):
+            raise ProtocolError("hold.claim must answer [taken, term, node, size]")
+        return ClaimAnswer(result[0], result[1], result[2], result[3])
+
+    async def inventory(
+        self, node: str, owner: Owner, area: int, start: int, limit: int
+    ) -> tuple[I64, U64, U64]:
+        """hold.inventory on node: (offsets, versions, checksums) of held keys from start on."""
+        result = await self._client(node).call(
+            HOLD_INVENTORY, [*owner, area, start, limit], timeout=self.timeout * 2
+        )
+        if (
+            type(result) is not list
+            or len(result) != 3
+            or not all(type(b) is bytes for b in result)
+            or not len(result[0]) == len(result[1]) == len(result[2])
+            or len(result[0]) % 8
+            or len(result[0]) > 8 * limit
+        ):
+            raise ProtocolError("hold.inventory must answer three blobs of one length")
+        offs = np.frombuffer(result[0], dtype="<i8").astype(np.int64)
+        if len(offs) and (offs[0] < start or bool(np.any(np.diff(offs) <= 0))):
+            raise ProtocolError("hold.inventory: offsets must ascend from start")
+        versions = np.frombuffer(result[1], dtype="<u8").astype(np.uint64)
+        sums = np.frombuffer(result[2], dtype="<u8").astype(np.uint64)
+        return offs, versions, sums
+
+    async def delete_export(self, node: str, owner: str, term: int) -> int:
+        """hold.delete_export on node: its copies of the export are dropped for good."""
+        result = await self._client(node).call(
+            HOLD_DELETE_EXPORT, [owner, term], timeout=self.timeout
+        )
+        return result if type(result) is int else 0
+
+    async def adopt(self, node: str, name: str, size: int, area: int) -> int:
+        """export.adopt on node: it takes the export over (next term, rebuild, serve)."""
+        result = await self._client(node).call(
+            EXPORT_ADOPT, [name, size, area], timeout=ADOPT_TIMEOUT
+        )
+        return result if type(result) is int else 0
