@@ -5,8 +5,9 @@ asyncio shell in `server`.
 """
 
 from ramster.nbd.config import ExportSpec, NbdConfig, parse_allow, parse_exports
-from ramster.nbd.export import Export, ExportStatistics
+from ramster.nbd.export import Export
 from ramster.nbd.server import NbdServer, NbdStatistics
+from ramster.nbd.statistics import ExportStatistics
 
 __all__ = [
     "Export",

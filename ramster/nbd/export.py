@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from ramster.errors import RamsterError
 from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const, manifest
-from ramster.nbd.config import LOCAL, ExportSpec
+from ramster.nbd.config import ExportSpec
 from ramster.nbd.handshake import ExportInfo
 from ramster.nbd.pagemap import PageMap
+from ramster.nbd.statistics import ExportStatistics
 
 log = logging.getLogger(__name__)
 
@@ -47,37 +47,6 @@ Mutation = tuple[int, int, bytes | int]
 HELD_PAGES = 256
 """Pages an export keeps itself (1 MiB at 4 KiB) when a refused sub-page write took their old
 copy with it and the pool would not take it back either; retried on every write."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExportStatistics:
-    """Counters of one export."""
-
-    name: str
-    area: int
-    size: int
-    pages_mapped: int
-    """Pages that may hold data (written and not since invalidated)."""
-    pages_stored: int
-    zero_pages: int
-    """Pages written as zeros: invalidated instead of stored."""
-    read_modify_writes: int
-    pages_refused: int
-    """Stores the pool and the cluster could not take (their requests got ENOSPC)."""
-    pages_discarded: int
-    read_errors: int
-    pages_held: int
-    """Pages kept by the export itself until the pool takes them back (see HELD_PAGES)."""
-    restore_failures: int
-    """Refused sub-page writes whose page could be neither put back nor held: bytes outside the
-    failed request were lost (a swap client never writes less than a page)."""
-    durability: str = LOCAL
-    pages_lost: int = 0
-    """Written blocks with no copy left anywhere (found by a rebuild): they read as EIO."""
-    fenced: str | None = None
-    """Why this server no longer serves the export (another one took it over)."""
-    manifest_failures: int = 0
-    """Batches whose manifest pages could not be stored (their writes got EIO)."""
 
 
 class Export:

@@ -21,8 +21,9 @@ from ramster.errors import NbdProtocolError
 from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const, plan
 from ramster.nbd.config import ExportSpec, NbdConfig, allowed
-from ramster.nbd.export import Export, ExportStatistics
+from ramster.nbd.export import Export
 from ramster.nbd.handshake import Handshake
+from ramster.nbd.statistics import ExportStatistics
 from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, reply
 from ramster.settings import parse_address
 

@@ -29,7 +29,8 @@ from ramster.nbd.export import Export
 from ramster.nbd.server import NbdServer
 from ramster.node.config import NodeConfig
 from ramster.pagestore import PoolConfig
-from ramster.pagestore.lent import INVENTORY_LIMIT
+from ramster.pagestore.codec import expand
+from ramster.pagestore.lent import INVENTORY_LIMIT, LentPool
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,11 @@ class ExportService:
         peers: Peers,
         frontswap: ClusterFrontswap,
         events: Callable[[str, str, str, int], object],
+        lent: LentPool,
     ) -> None:
         self.config = config
+        self.lent = lent
+        """This node as a holder: it may hold copies of an export it takes over."""
         self.peers = peers
         self.frontswap = frontswap
         self._event = events
@@ -174,8 +178,14 @@ class ExportService:
         owner = export_owner(name)
         nodes = sorted(self.peers.alive())
         asked = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, 0, 0))
-        term = max((a.term for a in asked.values()), default=0) + 1
+        here = self.lent.claim(owner, 0, self.peers.me, 0)[1].term
+        term = max((a.term for a in asked.values()), default=here) + 1
+        term = max(term, here + 1)
         taken = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, term, size))
+        # This node's own lent pool is a holder too (of the previous server's copies).
+        ok, claim = self.lent.claim(owner, term, self.peers.me, size)
+        if not ok:
+            raise ExportTaken(f"export {name}: term {claim.term} by {claim.node} is newer")
         refused = {n: a for n, a in taken.items() if not a.taken}
         if refused:
             node, answer = next(iter(refused.items()))
@@ -224,6 +234,9 @@ class ExportService:
 
         results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
         out: dict[str, Inventory] = {}
+        own = self.lent.inventory(served.holders.owner, identity[1], area, 0, 1 << 62)
+        if len(own[0]):
+            out[self.peers.me] = own
         for node, result in zip(nodes, results, strict=True):
             if isinstance(result, tuple):
                 out[node] = result
@@ -238,8 +251,9 @@ class ExportService:
         fs, export, name = served.fs, served.export, served.spec.name
         t0 = time.monotonic()
         meta = merge(await self._inventories(served, MANIFEST_AREA))
-        fs.adopt(MANIFEST_AREA, meta.groups)
+        fs.adopt(MANIFEST_AREA, [g for g in meta.groups if self.peers.me not in g[0]])
         self._drop_stale(fs, MANIFEST_AREA, meta)
+        await self._rehome(served, MANIFEST_AREA, [g for g in meta.groups if self.peers.me in g[0]])
         numbers = sorted(int(o) for g in meta.groups for o in g[1])
         written: list[np.ndarray] = []
         unreadable = 0
@@ -268,9 +282,10 @@ class ExportService:
             found = [inv[0] for inv in data_inv.values()]
             wanted = np.union1d(wanted, np.concatenate(found) if found else wanted)
         data = merge(data_inv, wanted)
-        fs.adopt(DATA_AREA, data.groups)
+        fs.adopt(DATA_AREA, [g for g in data.groups if self.peers.me not in g[0]])
         self._drop_stale(fs, DATA_AREA, data)
         export.restore_index(wanted, data.lost)
+        await self._rehome(served, DATA_AREA, [g for g in data.groups if self.peers.me in g[0]])
         took = max(time.monotonic() - t0, 1e-6)
         served.rebuild.update(
             pages=float(data.pages),
@@ -281,10 +296,35 @@ class ExportService:
         )
         return data
 
-    @staticmethod
-    def _drop_stale(fs: ClusterFrontswap, area: int, rebuilt: Rebuilt) -> None:
+    def _drop_stale(self, fs: ClusterFrontswap, area: int, rebuilt: Rebuilt) -> None:
         for node, (offs, vers) in rebuilt.stale.items():
-            fs.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
+            if node != self.peers.me:
+                fs.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
+        own = rebuilt.stale.get(self.peers.me)
+        if own is not None and len(own[0]):
+            owner, inc = fs.holders.identity  # type: ignore[attr-defined]
+            self.lent.drop(owner, inc, [area] * len(own[0]), own[0].tolist(), own[1].tolist())
+
+    async def _rehome(self, served: Served, area: int, groups: list[Any]) -> None:
+        """Copies this node held of the export it now serves: a server never holds its own
+        pages, so they are stored again (R copies elsewhere), then dropped here."""
+        owner, inc = served.holders.identity
+        ps = self.config.page_size
+        for _, offs, _, _ in groups:
+            for i in range(0, len(offs), 1024):
+                part = offs[i : i + 1024].tolist()
+                held = self.lent.get(owner, inc, [area] * len(part), part)
+                found = [(o, expand(h[2], ps)) for o, h in zip(part, held, strict=True) if h]
+                keys = [o for o, page in found if len(page) == ps]
+                pages = [page for _, page in found if len(page) == ps]
+                kept = await served.fs.store_many(area, keys, pages)
+                if not all(kept):
+                    log.error(
+                        "export %s: %d blocks held only here could not be stored elsewhere",
+                        served.spec.name,
+                        kept.count(False),
+                    )
+                self.lent.drop(owner, inc, [area] * len(keys), keys)
 
     # -- serving -----------------------------------------------------------------------------------
 

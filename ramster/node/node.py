@@ -88,7 +88,9 @@ class Node:
                 low_watermark=config.low_watermark,
             ),
         )
-        self.exports = ExportService(config, self.peers, self.frontswap, self._events.add)
+        self.exports = ExportService(
+            config, self.peers, self.frontswap, self._events.add, self.lent
+        )
         self.peers.on_restart = self._holder_restarted
         self.peers.on_transition = self._peer_changed
         self.peers.on_reclaimed = self.frontswap.holder_reclaimed

@@ -111,6 +111,8 @@ def _lent(node: Node) -> dict[str, Any]:
         "owners": lent.owners,
         "by_owner": node.lent.pages_by_owner(),
         "reclaimed_pages": lent.reclaimed_pages,
+        "exports": lent.exports,
+        "fenced_requests": lent.fenced_requests,
     }
 
 
@@ -152,7 +154,23 @@ def describe(node: Node) -> dict[str, Any]:
         "orders": _orders(node),
         "copies_refused": node.holder.copies_refused,
         "nbd": nbd_view(node),
+        "exports": node.exports.describe(),
+        "held_exports": held_exports(node),
     }
+
+
+def held_exports(node: Node) -> list[dict[str, Any]]:
+    """The exports whose pages this node holds: their newest term, server and pages here."""
+    return [
+        {
+            "name": owner.removeprefix("export:"),
+            "term": claim.term,
+            "server": claim.node,
+            "size": claim.size,
+            "pages_here": pages,
+        }
+        for owner, (claim, pages) in sorted(node.lent.exports().items())
+    ]
 
 
 def stats(node: Node) -> dict[str, Any]:
@@ -185,6 +203,8 @@ def stats(node: Node) -> dict[str, Any]:
         "discovery": _discovery(node),
         "orders": _orders(node),
         "nbd": nbd_view(node),
+        "exports": node.exports.describe(),
+        "held_exports": held_exports(node),
         "aggregates": node.driver.snapshot(),
         "events": [e.to_json() for e in node.events.recent(limit=STATS_EVENTS)],
     }

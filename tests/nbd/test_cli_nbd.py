@@ -116,7 +116,8 @@ def ramster(*args: str) -> subprocess.CompletedProcess[str]:
         (["nbd", "--export", "a:1G", "--allow", "300.1.1.1"], "not an address"),
         (["nbd", "--export", "a:1G", "--listen", "nowhere"], "host:port"),
         (["node", "--export", "a:1G"], "--nbd HOST:PORT"),
-        (["node", "--nbd", "127.0.0.1:10809"], "--export"),
+        (["nbd", "--export", "a:1G:replicated"], "needs a cluster node"),
+        (["node", "--nbd", "127.0.0.1:10809", "--export", "a:1G:safe"], "NAME:SIZE"),
     ],
 )
 def test_bad_nbd_settings_are_refused_clearly(args: list[str], message: str) -> None:
@@ -139,7 +140,7 @@ async def test_a_node_export_spills_its_pages_to_peers(tmp_path: Path) -> None:
     nbdcopy, qemu_img = need("nbdcopy"), need("qemu-img")
     cluster = make_cluster(tmp_path, 3, local_budget="4MiB", lent_budget="64MiB")
     nbd_port = free_port()
-    cluster.nodes[0].args += [f"--nbd=127.0.0.1:{nbd_port}", "--export=swap0:32MiB"]
+    cluster.nodes[0].args += [f"--nbd=127.0.0.1:{nbd_port}", "--export=swap0:32MiB:local"]
     try:
         await cluster.start_all()
         image = tmp_path / "corpus.img"

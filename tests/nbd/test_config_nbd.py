@@ -78,7 +78,7 @@ def test_node_config_nbd_fields_from_flags_env_and_file(tmp_path: Path) -> None:
     )
     nbd = config.nbd_config()
     assert nbd.listen == "0.0.0.0:10809"
-    assert nbd.exports == (ExportSpec("swap0", 8 << 30, 31),)
+    assert nbd.exports == (ExportSpec("swap0", 8 << 30, 31, "replicated"),)
     assert nbd.allow == ("10.0.0.0/8", "127.0.0.1")
     assert nbd.swap_safety is False
     flags = {"nbd": "127.0.0.1:0", "nbd_exports": ("a:1GiB", "b:2GiB")}
@@ -89,7 +89,7 @@ def test_node_config_nbd_fields_from_flags_env_and_file(tmp_path: Path) -> None:
     ("flags", "env", "match"),
     [
         ({"nbd_exports": ("a:1G",)}, {}, "--nbd HOST:PORT"),
-        ({"nbd": "127.0.0.1:10809"}, {}, "--export"),
+        ({"nbd": "127.0.0.1:10809", "nbd_exports": ("a:1G:fast",)}, {}, "NAME:SIZE"),
         ({"nbd": "127.0.0.1:10809", "nbd_exports": ("a:1000",)}, {}, "multiple of 4096"),
         ({}, {"RAMSTER_NBD_SWAP_SAFETY": "maybe"}, "yes/no"),
         ({"nbd": "here", "nbd_exports": ("a:1G",)}, {}, "host:port"),
