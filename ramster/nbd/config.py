@@ -92,7 +92,10 @@ def parse_exports(
             try:
                 area = int(parts[2])
             except ValueError:
-                raise ValueError(f"export {parts[0]!r}: area must be a number") from None
+                raise ValueError(
+                    f"export {parts[0]!r}: {parts[2]!r} is no area number nor durability "
+                    "(local or replicated)"
+                ) from None
         parsed.append((parts[0], size, area, chosen))
     taken = {a for _, _, a, _ in parsed if a is not None}
     free = (a for a in range(DEFAULT_MAX_AREAS - 1, -1, -1) if a not in taken)

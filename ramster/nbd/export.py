@@ -121,6 +121,10 @@ class Export:
             self._lost = PageMap()
             self._lost.add(lost)
 
+    def mark_manifest(self, numbers: Sequence[int]) -> None:
+        """Manifest pages to store before the next write is answered."""
+        self._dirty.update(numbers)
+
     def fence(self, why: str) -> None:
         """Serve nothing more: another server took the export over."""
         if self.fenced is None:

@@ -41,6 +41,8 @@ KEEPALIVE_EVERY = 5.0
 """Seconds between an export's claims on every live peer (keeps it alive, notices fencing)."""
 REPAIR_EVERY = 2.0
 """Seconds between checks for copies to repair."""
+MANIFEST_REPLICAS = 8
+"""Copies of each manifest page (at most; as many as there are live peers)."""
 INDEX_BYTES_PER_PAGE = 64
 """The export's own pool keeps only the index: about this much per block, plus slack."""
 
@@ -107,6 +109,9 @@ class ExportService:
             max_areas=2,
             replicated=True,
         )
+        # The manifest is tiny (4 KiB per 128 MiB) and tells lost blocks from unwritten ones:
+        # it goes to every live peer (up to MANIFEST_REPLICAS), not just R.
+        fs.replicas_of[MANIFEST_AREA] = MANIFEST_REPLICAS
 
         def fenced() -> str | None:
             return fs.fenced
@@ -256,7 +261,7 @@ class ExportService:
         await self._rehome(served, MANIFEST_AREA, [g for g in meta.groups if self.peers.me in g[0]])
         numbers = sorted(int(o) for g in meta.groups for o in g[1])
         written: list[np.ndarray] = []
-        unreadable = 0
+        unreadable: list[int] = []
         for i in range(0, len(numbers), 256):
             chunk = numbers[i : i + 256]
             try:
@@ -266,21 +271,33 @@ class ExportService:
                 pages = [None] * len(chunk)
             for number, page in zip(chunk, pages, strict=True):
                 if page is None:
-                    unreadable += 1
+                    unreadable.append(number)
                 else:
                     written.append(manifest.decode(number, page))
         data_inv = await self._inventories(served, DATA_AREA)
+        total = max(1, -(-(served.spec.size // self.config.page_size) // manifest.SPAN))
+        if not numbers and not any(len(inv[0]) for inv in data_inv.values()):
+            await self._new_manifest(served, total)  # a new export (or one with nothing left)
+        else:
+            # Every manifest page exists from the export's first start: one missing lost its
+            # copies everywhere, and its range is as unknown as an unreadable one's.
+            unreadable += sorted(set(range(total)) - set(numbers))
         wanted = np.concatenate(written) if written else np.zeros(0, dtype=np.int64)
         if unreadable:
-            # Which blocks those manifest pages marked is unknown: keep every copy found.
+            # Which blocks those pages marked is unknown: every copy found in their ranges is
+            # kept, and every other block there reads as an I/O error (never as zeros).
             log.error(
-                "export %s: %d manifest pages have no good copy: lost blocks cannot be told "
-                "apart from never-written ones in their ranges",
+                "export %s: %d manifest pages have no good copy: blocks in their ranges that no "
+                "holder has read as I/O errors",
                 name,
-                unreadable,
+                len(unreadable),
             )
-            found = [inv[0] for inv in data_inv.values()]
-            wanted = np.union1d(wanted, np.concatenate(found) if found else wanted)
+            pages_total = served.spec.size // self.config.page_size
+            spans = [
+                np.arange(n << manifest.PAGE_BITS, min((n + 1) << manifest.PAGE_BITS, pages_total))
+                for n in unreadable
+            ]
+            wanted = np.union1d(wanted, np.concatenate(spans))
         data = merge(data_inv, wanted)
         fs.adopt(DATA_AREA, [g for g in data.groups if self.peers.me not in g[0]])
         self._drop_stale(fs, DATA_AREA, data)
@@ -295,6 +312,16 @@ class ExportService:
             pages_per_s=data.pages / took,
         )
         return data
+
+    async def _new_manifest(self, served: Served, total: int) -> None:
+        """Store every manifest page of a new export (all clear: pages of one repeated byte
+        cost a few bytes each), so that a missing one later means lost, not never written."""
+        blank = bytes(self.config.page_size)
+        for i in range(0, total, 1024):
+            numbers = list(range(i, min(i + 1024, total)))
+            kept = await served.fs.store_many(MANIFEST_AREA, numbers, [blank] * len(numbers))
+            # What could not be stored (no peer yet) is stored before the first write's answer.
+            served.export.mark_manifest([n for n, ok in zip(numbers, kept, strict=True) if not ok])
 
     def _drop_stale(self, fs: ClusterFrontswap, area: int, rebuilt: Rebuilt) -> None:
         for node, (offs, vers) in rebuilt.stale.items():

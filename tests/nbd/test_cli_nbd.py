@@ -117,7 +117,7 @@ def ramster(*args: str) -> subprocess.CompletedProcess[str]:
         (["nbd", "--export", "a:1G", "--listen", "nowhere"], "host:port"),
         (["node", "--export", "a:1G"], "--nbd HOST:PORT"),
         (["nbd", "--export", "a:1G:replicated"], "needs a cluster node"),
-        (["node", "--nbd", "127.0.0.1:10809", "--export", "a:1G:safe"], "NAME:SIZE"),
+        (["node", "--nbd", "127.0.0.1:10809", "--export", "a:1G:safe"], "durability"),
     ],
 )
 def test_bad_nbd_settings_are_refused_clearly(args: list[str], message: str) -> None:

@@ -33,7 +33,7 @@ def test_exports_take_areas_from_the_top_unless_given() -> None:
         ("-x:8GiB", "export name"),
         ("a" * 65 + ":8GiB", "export name"),
         ("swap0:8GiB:32", "area"),
-        ("swap0:8GiB:x", "area must be a number"),
+        ("swap0:8GiB:x", "no area number nor durability"),
     ],
 )
 def test_bad_exports_are_refused_clearly(text: str, match: str) -> None:
@@ -89,7 +89,7 @@ def test_node_config_nbd_fields_from_flags_env_and_file(tmp_path: Path) -> None:
     ("flags", "env", "match"),
     [
         ({"nbd_exports": ("a:1G",)}, {}, "--nbd HOST:PORT"),
-        ({"nbd": "127.0.0.1:10809", "nbd_exports": ("a:1G:fast",)}, {}, "NAME:SIZE"),
+        ({"nbd": "127.0.0.1:10809", "nbd_exports": ("a:1G:fast",)}, {}, "durability"),
         ({"nbd": "127.0.0.1:10809", "nbd_exports": ("a:1000",)}, {}, "multiple of 4096"),
         ({}, {"RAMSTER_NBD_SWAP_SAFETY": "maybe"}, "yes/no"),
         ({"nbd": "here", "nbd_exports": ("a:1G",)}, {}, "host:port"),

@@ -33,7 +33,8 @@ async def _serving(url: str, within: float = 20.0) -> float:
     start = time.monotonic()
 
     async def up() -> bool:
-        return "read 4096/4096" in await _qemu_io(url, "read 0 4k")
+        out = await _qemu_io(url, "read 0 4k")
+        return "read 4096/4096" in out or "Input/output error" in out  # served, block lost
 
     await wait_until(up, within, f"{url} serving")
     return time.monotonic() - start

@@ -52,6 +52,8 @@ class ClusterFrontswap(LocalFrontswap):
         """Every store goes to R holders (at least min_replicas) before it is acknowledged:
         the local pool keeps only the index (an export that must outlive this process)."""
         self._version = version_base  # an export's versions rise across its terms
+        self.replicas_of: dict[int, int] = {}
+        """Areas stored with more copies than R (a replicated export's small manifest)."""
         self.fenced: str | None = None
         """Why a holder refused this owner as stale (another server took the export over)."""
         self.holders = holders
@@ -156,7 +158,8 @@ class ClusterFrontswap(LocalFrontswap):
         cfg = t.config
         n = len(payloads)
         need = sum(len(p) for p in payloads)
-        nodes = choose_holders(t.candidates(), cfg.replicas, need, t.rng, minimum=cfg.min_replicas)
+        replicas = self.replicas_of.get(area, cfg.replicas)
+        nodes = choose_holders(t.candidates(), replicas, need, t.rng, minimum=cfg.min_replicas)
         if not nodes:
             t.counters["direct_remote_refused"] += n
             t.warn_no_holders()
@@ -182,7 +185,7 @@ class ClusterFrontswap(LocalFrontswap):
                 )
                 for i, flag in zip(idx, recorded, strict=True):
                     ok[i] = flag
-                if len(kept) < cfg.replicas:
+                if len(kept) < min(replicas, cfg.replicas):
                     t.counters["under_replicated_stores"] += sum(recorded)
         stray = [i for i in range(n) if not ok[i]]
         for i in stray:
