@@ -21,7 +21,7 @@ from ramster.frontswap.local import DEFAULT_MAX_AREAS, LocalFrontswap
 from ramster.frontswap.remote.config import SpillConfig
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
-from ramster.frontswap.remote.holders import Holders, Tier
+from ramster.frontswap.remote.holders import Holders, Tier, run_all
 from ramster.frontswap.remote.repair import Repairer
 from ramster.frontswap.remote.spill import Spiller
 from ramster.pagestore import PoolConfig, checksum, encode
@@ -115,9 +115,26 @@ class ClusterFrontswap(LocalFrontswap):
             try:
                 # The old copies go first (their drops are versioned: the new ones stay), so
                 # that a refused store leaves no stale page behind, as the contract says.
+                groups = self._sticky_groups(area, offs)
                 self.pool.drop_many(area, offs)
                 payloads, sums = encoded(list(range(n)))
-                return await self._store_remote(area, offs, payloads, sums, versions, generation)
+                ok = [False] * n
+
+                async def group(idx: list[int], nodes: tuple[str, ...] | None) -> None:
+                    stored = await self._store_remote(
+                        area,
+                        offs[idx],
+                        [payloads[i] for i in idx],
+                        [sums[i] for i in idx],
+                        [versions[i] for i in idx],
+                        generation,
+                        nodes,
+                    )
+                    for i, flag in zip(idx, stored, strict=True):
+                        ok[i] = flag
+
+                await run_all(group(idx, nodes) for nodes, idx in groups.items())
+                return ok
             finally:
                 self._drops.collect()
         try:
@@ -143,6 +160,29 @@ class ClusterFrontswap(LocalFrontswap):
         self._spiller.wake()
         return ok
 
+    def _sticky_groups(self, area: int, offs: I64) -> dict[tuple[str, ...] | None, list[int]]:
+        """Keys of a replicated store grouped by where they go: an overwrite goes to the live
+        holders of the copy it replaces (each replaces it in place, so no older copy lingers
+        there), topped up to R from the others; new keys to a new choice (None)."""
+        t = self._tier
+        candidates = t.candidates()
+        live = {c.node for c in candidates}
+        replicas = self.replicas_of.get(area, t.config.replicas)
+        chosen: dict[int, tuple[str, ...] | None] = {}
+        groups: dict[tuple[str, ...] | None, list[int]] = {}
+        where = {i: sid for i, _, _, sid in self.pool.remote_entries(area, offs)}
+        for i in range(len(offs)):
+            sid = where.get(i)
+            if sid is not None and sid not in chosen:
+                keep = tuple(n for n in t.sets[sid] if n in live)
+                if keep and len(keep) < replicas:
+                    others = [c for c in candidates if c.node not in keep]
+                    extra = choose_holders(others, replicas - len(keep), 0, t.rng, minimum=1)
+                    keep += tuple(extra)
+                chosen[sid] = keep or None
+            groups.setdefault(None if sid is None else chosen[sid], []).append(i)
+        return groups
+
     async def _store_remote(
         self,
         area: int,
@@ -151,15 +191,17 @@ class ClusterFrontswap(LocalFrontswap):
         sums: list[int],
         versions: list[int],
         generation: int,
+        nodes: Sequence[str] | None = None,
     ) -> list[bool]:
         """Store pages (in stored form) the local pool refused straight on up to R holders
-        (at least min_replicas of them)."""
+        (at least min_replicas of them), or on the given nodes."""
         t = self._tier
         cfg = t.config
         n = len(payloads)
         need = sum(len(p) for p in payloads)
         replicas = self.replicas_of.get(area, cfg.replicas)
-        nodes = choose_holders(t.candidates(), replicas, need, t.rng, minimum=cfg.min_replicas)
+        if nodes is None:
+            nodes = choose_holders(t.candidates(), replicas, need, t.rng, minimum=cfg.min_replicas)
         if not nodes:
             t.counters["direct_remote_refused"] += n
             t.warn_no_holders()
