@@ -116,6 +116,11 @@ class ExportFenced(RemoteError):
     code = 22
 
 
+class ExportTaken(RemoteError):
+    """An export cannot be served here: another server holds a newer claim, it is served
+    here already, or this node serves no NBD (sent as a RemoteError)."""
+
+
 class Forbidden(RemoteError, PermissionError):
     """The authenticated peer may not make this call: its role does not allow the method, or
     the call names an identity other than the one its session proved."""

@@ -185,7 +185,7 @@ def check_hello_answer(obj: object) -> dict[str, Any]:
             raise ProtocolError(f"node.hello answer: {key} is no short name")
     text(obj["node"], "node")
     text(obj["incarnation"], "incarnation")
-    for key in ("inventory", "counters"):
+    for key in ("inventory", "counters", "exports"):
         table = obj.get(key)
         if table is None:
             continue

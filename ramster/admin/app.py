@@ -25,7 +25,7 @@ from ramster.admin import views
 from ramster.admin.metrics import registry_for, render
 from ramster.admin.openapi import spec
 from ramster.admin.source import NodeControl, NodeSource, UnknownNode
-from ramster.errors import RamsterError
+from ramster.errors import ExportTaken, RamsterError, RemoteError
 from ramster.telemetry.events import TooManySubscribers
 from ramster.telemetry.latency import Histogram
 
@@ -293,6 +293,41 @@ async def post_rebalance(request: web.Request) -> web.Response:
     return web.json_response({"requested": True, "coordinator": coordinator}, status=202)
 
 
+async def get_exports(request: web.Request) -> web.Response:
+    """NBD exports: served here, held here, and named by the members' heartbeats."""
+    return web.json_response(request.app[CONTROL_KEY].exports_view())
+
+
+async def post_move_export(request: web.Request) -> web.Response:
+    """Have another node serve an export (it fences the old server, rebuilds, serves)."""
+    require_token(request)
+    name = request.match_info["name"]
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "bad-request", 'the body must be JSON: {"to": NODE}') from None
+    target = body.get("to") if isinstance(body, dict) else None
+    if not isinstance(target, str) or not target:
+        raise ApiError(400, "bad-request", 'name the node to move the export to: {"to": NODE}')
+    try:
+        term = await request.app[CONTROL_KEY].move_export(name, target)
+    except UnknownNode:
+        raise ApiError(404, "unknown-node", f"no member named {target!r} is known here") from None
+    except (RemoteError, ExportTaken) as exc:
+        raise ApiError(409, "cannot-move", f"{target} cannot take {name}: {exc}") from None
+    except RamsterError as exc:
+        raise ApiError(502, "node-unreachable", f"{target} did not answer: {exc}") from None
+    return web.json_response({"name": name, "server": target, "term": term})
+
+
+async def delete_export(request: web.Request) -> web.Response:
+    """Delete an export everywhere: its server is fenced, every copy dropped."""
+    require_token(request)
+    name = request.match_info["name"]
+    dropped = await request.app[CONTROL_KEY].delete_export(name)
+    return web.json_response({"name": name, "dropped_pages": dropped})
+
+
 def make_app(
     node: NodeSource,
     control: NodeControl,
@@ -318,6 +353,9 @@ def make_app(
     app.router.add_get("/v1/events/stream", stream_events)
     app.router.add_post("/v1/nodes/{node_id}/drain", post_drain)
     app.router.add_post("/v1/rebalance", post_rebalance)
+    app.router.add_get("/v1/exports", get_exports)
+    app.router.add_post("/v1/exports/{name}/move", post_move_export)
+    app.router.add_delete("/v1/exports/{name}", delete_export)
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/", get_static)

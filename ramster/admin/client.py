@@ -45,13 +45,17 @@ class Target:
         return cls(url.rstrip("/"), token or None)
 
 
-async def call(target: Target, method: str, path: str) -> Any:
-    """One request; the JSON answer, or CommandError with the right exit code."""
+async def call(
+    target: Target, method: str, path: str, body: Any = None, within: float | None = None
+) -> Any:
+    """One request (with a JSON body, when given); the JSON answer, or CommandError with the
+    right exit code. `within`: seconds to wait (default 10)."""
     headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+    timeout = TIMEOUT if within is None else aiohttp.ClientTimeout(total=within)
     try:
         async with (
-            aiohttp.ClientSession(timeout=TIMEOUT) as session,
-            session.request(method, target.url + path, headers=headers) as r,
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, target.url + path, headers=headers, json=body) as r,
         ):
             body = await r.json(content_type=None)
             if r.status < 400:

@@ -218,6 +218,41 @@ def spec() -> Schema:
                     },
                 }
             },
+            "/v1/exports": _get(
+                "NBD exports: those served here, those held here, and every server the "
+                "heartbeats name",
+                {"type": "object"},
+            ),
+            "/v1/exports/{name}/move": {
+                "post": {
+                    "summary": "serve an export from another node: it takes the next term "
+                    "(the old server is fenced), rebuilds and serves",
+                    "security": [{"bearer": []}],
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": STR}],
+                    "requestBody": {
+                        "content": {"application/json": {"schema": _obj({"to": STR}, ["to"])}}
+                    },
+                    "responses": {
+                        "200": _json(_obj({"name": STR, "server": STR, "term": INT}), "moved"),
+                        **WRITE_ERRORS,
+                        "404": _error("no such member"),
+                        "409": _error("the target cannot take the export"),
+                        "502": _error("the target did not answer"),
+                    },
+                }
+            },
+            "/v1/exports/{name}": {
+                "delete": {
+                    "summary": "delete an export cluster-wide: its server is fenced, every copy "
+                    "dropped",
+                    "security": [{"bearer": []}],
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": STR}],
+                    "responses": {
+                        "200": _json(_obj({"name": STR, "dropped_pages": INT}), "deleted"),
+                        **WRITE_ERRORS,
+                    },
+                }
+            },
             "/v1/openapi.json": {
                 "get": {
                     "summary": "this document",

@@ -105,3 +105,15 @@ class NodeControl(Protocol):
         """Ask the coordinator to even out the holders now; its id (RamsterError when it does
         not answer)."""
         ...
+
+    def exports_view(self) -> dict[str, Any]:
+        """The NBD exports this node serves, holds pages of, and hears of."""
+        ...
+
+    async def move_export(self, name: str, to: str) -> int:
+        """Have node `to` take the export over; its new term (UnknownNode, RamsterError)."""
+        ...
+
+    async def delete_export(self, name: str) -> int:
+        """Delete an export cluster-wide; pages dropped."""
+        ...

@@ -165,3 +165,67 @@ def events(target: Target, follow: bool, limit: int, as_json: bool) -> int:
         return OK
 
     return _run(go())
+
+
+def export_list(target: Target, as_json: bool) -> int:
+    """Every export the node knows: served here, heard of from the members, held here."""
+
+    async def go() -> int:
+        view = await call(target, "GET", "/v1/exports")
+        if as_json:
+            print(json.dumps(view))
+            return OK
+        served = {e["name"]: e for e in view["served"]}
+        held = {e["name"]: e for e in view["held"]}
+        names = sorted(set(view["servers"]) | set(held))
+        if not names:
+            print("no exports")
+            return OK
+        print(
+            f"{'EXPORT':<16} {'SERVER':<12} {'TERM':>5} {'DURABILITY':<11} {'STATE':<10} "
+            f"{'PAGES':>9} {'UNDER-REPL':>10} {'LOST':>6} {'HELD HERE':>9}"
+        )
+        for name in names:
+            e = served.get(name, {})
+            heard = view["servers"].get(name, {})
+            server = heard.get("server") or held.get(name, {}).get("server") or "-"
+            term = heard.get("term") or held.get(name, {}).get("term") or 0
+            print(
+                f"{name:<16} {server:<12} {term:>5} {e.get('durability', '-'):<11} "
+                f"{e.get('state', '-' if name not in heard else 'serving'):<10} "
+                f"{e.get('pages', '-'):>9} {e.get('under_replicated', '-'):>10} "
+                f"{e.get('pages_lost', '-'):>6} {held.get(name, {}).get('pages_here', 0):>9}"
+            )
+        return OK
+
+    return _run(go())
+
+
+def export_move(target: Target, name: str, to: str, as_json: bool) -> int:
+    """Serve an export from another node (the old server is fenced)."""
+
+    async def go() -> int:
+        if not as_json:
+            print(f"moving {name} to {to}: it takes the next term and rebuilds ...", flush=True)
+        answer = await call(target, "POST", f"/v1/exports/{name}/move", {"to": to}, within=150)
+        if as_json:
+            print(json.dumps(answer))
+        else:
+            print(f"{name} is served by {answer['server']} now (term {answer['term']})")
+        return OK
+
+    return _run(go())
+
+
+def export_delete(target: Target, name: str, as_json: bool) -> int:
+    """Delete an export cluster-wide."""
+
+    async def go() -> int:
+        answer = await call(target, "DELETE", f"/v1/exports/{name}", within=60)
+        if as_json:
+            print(json.dumps(answer))
+        else:
+            print(f"{name} deleted: {answer['dropped_pages']:,} pages dropped")
+        return OK
+
+    return _run(go())

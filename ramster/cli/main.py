@@ -19,7 +19,7 @@ from ramster.cli.options import positive_int, size
 if TYPE_CHECKING:
     from ramster.cli.options import Sub
 
-ADMIN_COMMANDS = {"status", "nodes", "drain", "rebalance", "events"}
+ADMIN_COMMANDS = {"status", "nodes", "drain", "rebalance", "events", "export"}
 PAGE_COMMANDS = {"bench", "store", "load", "invalidate", "stats"}
 
 
@@ -167,11 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     node.add_parser(sub)
     nbd.add_parser(sub)
+    _export_parsers(sub)
     _up_parser(sub)
     _page_parsers(sub)
     _admin_parsers(sub)
     _demo_parser(sub)
     return parser
+
+
+def _export_parsers(sub: options.Sub) -> None:
+    export = sub.add_parser(
+        "export",
+        help="NBD exports across the cluster: list, move to another node, delete (admin API)",
+        description="Replicated exports outlive the node that serves them: `move` has another "
+        "node (one started with --nbd) take the next term, rebuild the export from its holders "
+        "and serve it; the old server is fenced. `delete` drops every copy for good.",
+    )
+    verbs = export.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = verbs.add_parser("list", help="each export: server, term, durability, pages")
+    options.admin_client(listing)
+    move = verbs.add_parser("move", help="serve an export from another node (token)")
+    move.add_argument("name", metavar="NAME", help="the export's name")
+    move.add_argument("--to", required=True, metavar="NODE", help="the node to serve it")
+    options.admin_client(move)
+    delete = verbs.add_parser("delete", help="forget an export and all its copies (token)")
+    delete.add_argument("name", metavar="NAME", help="the export's name")
+    options.admin_client(delete)
 
 
 def _admin(args: argparse.Namespace) -> int:
@@ -188,6 +209,12 @@ def _admin(args: argparse.Namespace) -> int:
         return admin.drain(target, args.node_id, args.timeout, args.json)
     if cmd == "rebalance":
         return admin.rebalance(target, args.json)
+    if cmd == "export":
+        if args.verb == "move":
+            return admin.export_move(target, args.name, args.to, args.json)
+        if args.verb == "delete":
+            return admin.export_delete(target, args.name, args.json)
+        return admin.export_list(target, args.json)
     return admin.events(target, args.follow, args.limit, args.json)
 
 

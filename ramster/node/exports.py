@@ -20,7 +20,7 @@ import numpy as np
 from ramster.cluster.calls import ClaimAnswer
 from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
-from ramster.errors import RamsterError
+from ramster.errors import ExportTaken, RamsterError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.frontswap.remote.rebuild import Inventory, Rebuilt, merge
 from ramster.nbd import manifest
@@ -45,10 +45,6 @@ MANIFEST_REPLICAS = 8
 """Copies of each manifest page (at most; as many as there are live peers)."""
 INDEX_BYTES_PER_PAGE = 64
 """The export's own pool keeps only the index: about this much per block, plus slack."""
-
-
-class ExportTaken(RamsterError):
-    """Another server holds a newer claim on the export."""
 
 
 @dataclass(slots=True)

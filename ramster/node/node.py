@@ -438,6 +438,33 @@ class Node:
             raise UnknownNode(node)
         await self.peers.drain(node)
 
+    def exports_view(self) -> dict[str, Any]:
+        """The NBD exports served here, held here, and named by the members' heartbeats."""
+        heard = {
+            name: {"server": p.node_id, "term": term}
+            for p in self.peers.peers()
+            if p.node_id in self.peers.alive()
+            for name, term in (p.info.get("exports") or {}).items()
+        }
+        served = self.exports.describe()
+        for e in served:
+            heard[e["name"]] = {"server": self.node_id, "term": e["term"]}
+        return {"served": served, "held": status.held_exports(self), "servers": heard}
+
+    async def move_export(self, name: str, to: str) -> int:
+        """Have node `to` (this one or a peer) take the export over: its new term."""
+        served = self.exports.served.get(name)
+        size = served.spec.size if served is not None else 0
+        if to == self.node_id:
+            return await self.exports.adopt(name, size, 31)
+        if to not in {p.node_id for p in self.peers.peers()}:
+            raise UnknownNode(to)
+        return await self.peers.calls.adopt(to, name, size, 31)
+
+    async def delete_export(self, name: str) -> int:
+        """Delete an export cluster-wide (fence its server, drop every copy): pages dropped."""
+        return await self.exports.delete(name)
+
     async def rebalance(self) -> str:
         """Ask the coordinator (this node, or over the RPC) to even out the holders now."""
         coordinator = self.election.view.coordinator

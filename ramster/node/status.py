@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ramster._version import __version__
+from ramster.protocol import MAX_MAP_ENTRIES
 
 if TYPE_CHECKING:
     from ramster.node.node import Node
@@ -78,6 +79,7 @@ def hello_info(node: Node) -> dict[str, Any]:
         "draining": node.lent.draining,
         "admin": node.admin_address,
         "orders_done": list(node.follower.done),
+        "exports": {e["name"]: e["term"] for e in node.exports.describe()[:MAX_MAP_ENTRIES]},
         **node.inventory.get(node),
     }
 

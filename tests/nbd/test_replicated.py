@@ -4,8 +4,10 @@ copy is gone read as I/O errors, never as zeros or stale bytes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,8 +15,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from ramster.protocol import EXPORT_ADOPT
-from ramster.rpc import Identity, RpcClient, RpcConfig
 from ramster.testing.cluster import Cluster, free_port, make_cluster
 from ramster.testing.wait import wait_until
 from tests.nbd.tools import fio_json, need, tool
@@ -104,8 +104,9 @@ async def test_a_stale_server_is_fenced_after_the_export_moves(
     assert old is not None
     os.kill(old.pid, signal.SIGSTOP)
     try:
-        term = await _adopt(c, 1, "swap0")
-        assert term == 2
+        # Asked of a third node's admin API, as an operator would: n2 tells n1 to adopt.
+        moved = await _ramster(c, 2, "export", "move", "swap0", "--to", "n1", "--json")
+        assert json.loads(moved)["term"] == 2 and json.loads(moved)["server"] == "n1"
         url1 = f"nbd://127.0.0.1:{port1}/swap0"
         out = await _qemu_io(url1, "read -P 0x11 0 1M", "write -P 0x22 0 1M")
         assert "verification failed" not in out and "wrote 1048576/1048576" in out, out
@@ -120,21 +121,31 @@ async def test_a_stale_server_is_fenced_after_the_export_moves(
     for i in (2, 3):
         fenced += (await c.stats(i))["lent"]["fenced_requests"]
     assert fenced > 0
+    listed = json.loads(await _ramster(c, 3, "export", "list", "--json"))
+    assert listed["servers"]["swap0"] == {"server": "n1", "term": 2}
+    assert "fenced" in c.nodes[0].log.read_text()
+    # Deleted for good: the server is fenced, every copy dropped.
+    deleted = json.loads(await _ramster(c, 0, "export", "delete", "swap0", "--json"))
+    assert deleted["dropped_pages"] > 0
+    for i in range(4):
+        assert not [e for e in (await c.stats(i))["held_exports"] if e["pages_here"]]
 
 
-async def _adopt(c: Cluster, target: int, name: str) -> int:
-    """export.adopt on a node, asked as a node (as the admin API of another one would)."""
-    node = c.nodes[target]
-    async with RpcClient(
-        node.host,
-        node.port,
-        c.secret,
-        RpcConfig(cluster=c.name),
-        identity=Identity.node("operator", "0-test"),
-    ) as client:
-        term = await client.call(EXPORT_ADOPT, [name, 0, 31], timeout=60.0)
-    assert type(term) is int
-    return term
+async def _ramster(c: Cluster, via: int, *args: str) -> str:
+    """Run the ramster CLI against node `via`'s admin API; its output (it must succeed)."""
+    ran = await tool(
+        sys.executable,
+        "-m",
+        "ramster",
+        *args,
+        "--admin",
+        await c.admin_url(via),
+        "--token-file",
+        str(c.tmp / "admin.token"),
+        within=180,
+    )
+    assert ran.returncode == 0, ran.output
+    return ran.output
 
 
 async def test_blocks_whose_copies_are_all_gone_read_as_io_errors(
