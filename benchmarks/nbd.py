@@ -14,6 +14,10 @@ away); the server's RSS after those writes; fio 4 KiB randread at iodepth 32 for
 (IOPS). Rounds rotate the order of the servers so that a noisy spell on a shared
 machine does not land on one of them; figures are medians over rounds. Our export's content is
 checked once against the image (nbdcopy out, byte compare) before any figure counts.
+Then, on a 3-node cluster on loopback (R=2, benchmarks/replicated_export.py), the same fio work
+on a replicated and a local export served by one node in the same run, and a restart: a 1 GiB
+replicated export (256 MiB with --quick) is filled, its node killed with -9 and started again;
+the time until it serves and the rebuild's pages/s are read.
 The last line of stdout is one JSON object.
 """
 
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import replicated_export  # benchmarks/ is the script's directory
 
 from ramster.cli.report import human_bytes, table
 from ramster.testing import corpus
@@ -222,6 +227,14 @@ def main() -> None:
                 verify = server == "ours" and r == 0
                 print(f"round {r + 1}/{plan.rounds}: {server}...", file=sys.stderr)
                 results[server].append(measure(server, image, plan, verify))
+        print("replicated exports on a 3-node cluster...", file=sys.stderr)
+        rep = replicated_export.measure(
+            plan.image_mib,
+            256 if plan.image_mib < 256 else 1024,
+            plan.seconds,
+            fio,
+            lambda text: print(text, file=sys.stderr),
+        )
     med: dict[str, dict[str, float]] = {
         s: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for s, ms in results.items()
     }
@@ -258,6 +271,20 @@ def main() -> None:
             rows,
         )
     )
+    print(
+        table(
+            ["export on a 3-node cluster", "randwrite IOPS", "randread IOPS"],
+            [
+                [n, f"{rep[k + '_randwrite_iops']:,.0f}", f"{rep[k + '_randread_iops']:,.0f}"]
+                for n, k in (("replicated (R=2)", "rep"), ("local", "loc"))
+            ],
+        )
+    )
+    print(
+        f"restart: {rep['rebuilt_pages']:,.0f} pages rebuilt at {rep['rebuild_pages_per_s']:,.0f} "
+        f"pages/s; kill -9 to serving again {rep['restart_to_serving_s']:.2f} s "
+        f"(process start to serving {rep['start_to_serving_s']:.2f} s)"
+    )
     ours, zstd, sparse = (med[s] for s in SERVERS)
     result: dict[str, Any] = {
         "randwrite_iops": round(ours["randwrite_iops"]),
@@ -271,6 +298,15 @@ def main() -> None:
         "nbdcopy_vs_nbdkit_zstd": round(ours["copy_mib_s"] / zstd["copy_mib_s"], 3),
         "nbdkit_zstd": {k: round(v, 1) for k, v in zstd.items()},
         "nbdkit_sparse": {k: round(v, 1) for k, v in sparse.items()},
+        "replicated_randwrite_iops": round(rep["rep_randwrite_iops"]),
+        "replicated_randread_iops": round(rep["rep_randread_iops"]),
+        "local_cluster_randwrite_iops": round(rep["loc_randwrite_iops"]),
+        "replicated_vs_local_randwrite": round(
+            rep["rep_randwrite_iops"] / rep["loc_randwrite_iops"], 3
+        ),
+        "rebuild_pages_per_s": round(rep["rebuild_pages_per_s"]),
+        "restart_to_serving_s": round(rep["restart_to_serving_s"], 2),
+        "restart_export_mib": round(rep["rebuilt_pages"] / 256),
         "image_mib": plan.image_mib,
         "rounds": plan.rounds,
         "fio_data": FIO_DATA,

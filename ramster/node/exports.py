@@ -43,6 +43,20 @@ REPAIR_EVERY = 2.0
 """Seconds between checks for copies to repair."""
 MANIFEST_REPLICAS = 8
 """Copies of each manifest page (at most; as many as there are live peers)."""
+EXPORT_COUNTERS = frozenset(
+    {
+        "direct_remote_stores",
+        "direct_remote_refused",
+        "under_replicated_stores",
+        "stragglers",
+        "remote_loads",
+        "remote_unavailable",
+        "drops_sent",
+        "repaired_pages",
+        "pages_lost",
+    }
+)
+"""The remote tier's counters an export's description shows."""
 INDEX_BYTES_PER_PAGE = 64
 """The export's own pool keeps only the index: about this much per block, plus slack."""
 
@@ -480,6 +494,11 @@ class ExportService:
                         self.peers.gone(), self.peers.leaving()
                     ),
                     "rebuild": dict(served.rebuild),
+                    "counters": {
+                        k: int(v)
+                        for k, v in served.fs.remote_statistics().items()
+                        if k in EXPORT_COUNTERS
+                    },
                 }
             )
         return out

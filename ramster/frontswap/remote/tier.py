@@ -115,9 +115,14 @@ class ClusterFrontswap(LocalFrontswap):
             try:
                 # The old copies go first (their drops are versioned: the new ones stay), so
                 # that a refused store leaves no stale page behind, as the contract says.
+                payloads, sums = encoded(list(range(n)))
                 groups = self._sticky_groups(area, offs)
                 self.pool.drop_many(area, offs)
-                payloads, sums = encoded(list(range(n)))
+                # The old copies' drops, taken before anyone collects them: where a holder
+                # replaced its copy with the new version in place, there is nothing to drop.
+                old = self.pool.drain_remote_drops()
+                # (holders that kept, keys, versions) of each group stored:
+                placed: list[tuple[tuple[str, ...], list[int], list[int]]] = []
                 ok = [False] * n
 
                 async def group(idx: list[int], nodes: tuple[str, ...] | None) -> None:
@@ -129,11 +134,15 @@ class ClusterFrontswap(LocalFrontswap):
                         [versions[i] for i in idx],
                         generation,
                         nodes,
+                        placed,
                     )
                     for i, flag in zip(idx, stored, strict=True):
                         ok[i] = flag
 
-                await run_all(group(idx, nodes) for nodes, idx in groups.items())
+                try:
+                    await run_all(group(idx, nodes) for nodes, idx in groups.items())
+                finally:
+                    self._drop_replaced(area, old, placed)
                 return ok
             finally:
                 self._drops.collect()
@@ -159,6 +168,30 @@ class ClusterFrontswap(LocalFrontswap):
             self._drops.collect()
         self._spiller.wake()
         return ok
+
+    def _drop_replaced(
+        self,
+        area: int,
+        old: list[tuple[int, int, int, int]],
+        placed: list[tuple[tuple[str, ...], list[int], list[int]]],
+    ) -> None:
+        """Queue the drops of old copies, but not on holders that now keep a newer version of
+        the same key (they replaced it in place)."""
+        newer: dict[int, set[str]] = {}
+        for kept, keys, _ in placed:
+            for key in keys:
+                newer[key] = set(kept)
+        batches: dict[tuple[tuple[str, ...], int], tuple[list[int], list[int]]] = {}
+        sets = self._tier.sets
+        for set_id, drop_area, offset, version in old:
+            skip = newer.get(offset, set()) if drop_area == area else set()
+            nodes = tuple(n for n in sets[set_id] if n not in skip)
+            if nodes:
+                offsets, versions = batches.setdefault((nodes, drop_area), ([], []))
+                offsets.append(offset)
+                versions.append(version)
+        for (nodes, drop_area), (offsets, versions) in batches.items():
+            self._drops.enqueue(nodes, drop_area, offsets, versions)
 
     def _sticky_groups(self, area: int, offs: I64) -> dict[tuple[str, ...] | None, list[int]]:
         """Keys of a replicated store grouped by where they go: an overwrite goes to the live
@@ -192,6 +225,7 @@ class ClusterFrontswap(LocalFrontswap):
         versions: list[int],
         generation: int,
         nodes: Sequence[str] | None = None,
+        record: list[tuple[tuple[str, ...], list[int], list[int]]] | None = None,
     ) -> list[bool]:
         """Store pages (in stored form) the local pool refused straight on up to R holders
         (at least min_replicas of them), or on the given nodes."""
@@ -218,6 +252,8 @@ class ClusterFrontswap(LocalFrontswap):
                 if v is None:
                     groups.setdefault(kept_by[i], []).append(i)
             for kept, idx in groups.items():
+                if record is not None:
+                    record.append((kept, [keys[i] for i in idx], [versions[i] for i in idx]))
                 recorded = self.pool.put_remote(
                     area,
                     [keys[i] for i in idx],
