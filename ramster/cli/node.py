@@ -104,6 +104,12 @@ def add_parser(sub: Sub) -> None:
         help="seconds a silent owner's pages are kept before they are reclaimed (default: 300)",
     )
     p.add_argument(
+        "--export-cache",
+        type=size,
+        help="RAM each replicated NBD export keeps for its hot blocks on the serving node, "
+        "compressed (default: 64MiB; 0: every read asks a holder)",
+    )
+    p.add_argument(
         "--export-grace",
         type=float,
         help="seconds the pages of an export whose server is silent are kept (default: 3600; "

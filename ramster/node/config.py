@@ -96,6 +96,9 @@ class NodeConfig:
     nbd_exports: tuple[str, ...] = ()
     """NBD exports, NAME:SIZE[:AREA][:local|replicated] each (sizes in bytes or with K, M, G,
     T suffixes; replicated by default: the export survives this node)."""
+    export_cache: int = 64 << 20
+    """Bytes of hot pages each replicated export keeps on its serving node too (compressed; 0:
+    none): reads of them need no holder. Its index costs about 64 bytes a block besides."""
     export_grace: float = 3600.0
     """Seconds a holder keeps the pages of an export whose server it does not hear from (0:
     until `ramster export delete`); a node's own pages use owner_grace."""
@@ -128,6 +131,8 @@ class NodeConfig:
                 "watermarks must satisfy 0 < low < high <= 1, "
                 f"got low={self.low_watermark} high={self.high_watermark}"
             )
+        if self.export_cache < 0:
+            raise ValueError("export_cache cannot be negative")
         if self.export_grace < 0:
             raise ValueError("export_grace cannot be negative")
         if self.owner_grace <= self.dead_after:
@@ -205,7 +210,7 @@ class NodeConfig:
 
 
 KINDS: dict[str, Kind] = {
-    **dict.fromkeys(("local_budget", "lent_budget", "page_size"), Kind.SIZE),
+    **dict.fromkeys(("local_budget", "lent_budget", "page_size", "export_cache"), Kind.SIZE),
     **dict.fromkeys(
         (
             "high_watermark",

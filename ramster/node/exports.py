@@ -54,6 +54,11 @@ EXPORT_COUNTERS = frozenset(
         "drops_sent",
         "repaired_pages",
         "pages_lost",
+        "cache_hits",
+        "cache_misses",
+        "cache_evicted",
+        "cache_pages",
+        "cache_bytes",
     }
 )
 """The remote tier's counters an export's description shows."""
@@ -118,6 +123,7 @@ class ExportService:
             SpillConfig(replicas=cfg.replicas),
             max_areas=2,
             replicated=True,
+            cache_bytes=cfg.export_cache,
         )
         # The manifest is tiny (4 KiB per 128 MiB) and tells lost blocks from unwritten ones:
         # it goes to every live peer (up to MANIFEST_REPLICAS), not just R.

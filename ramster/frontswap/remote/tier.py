@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from ramster.cluster.placement import choose_holders
 from ramster.frontswap.local import DEFAULT_MAX_AREAS, LocalFrontswap
+from ramster.frontswap.remote.cache import ReadCache
 from ramster.frontswap.remote.config import SpillConfig
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
@@ -46,8 +47,15 @@ class ClusterFrontswap(LocalFrontswap):
         *,
         replicated: bool = False,
         version_base: int = 0,
+        cache_bytes: int = 0,
     ) -> None:
         super().__init__(config, max_areas)
+        self.cache = (
+            ReadCache(PoolConfig(page_size=config.page_size, budget_bytes=cache_bytes))
+            if replicated and cache_bytes
+            else None
+        )
+        """Hot pages of a replicated area kept here too (its pool holds only the index)."""
         self.replicated = replicated
         """Every store goes to R holders (at least min_replicas) before it is acknowledged:
         the local pool keeps only the index (an export that must outlive this process)."""
@@ -143,6 +151,15 @@ class ClusterFrontswap(LocalFrontswap):
                     await run_all(group(idx, nodes) for nodes, idx in groups.items())
                 finally:
                     self._drop_replaced(area, old, placed)
+                if self.cache is not None:
+                    done = [i for i in range(n) if ok[i]]
+                    self.cache.put_stored(
+                        area,
+                        offs[done],
+                        [payloads[i] for i in done],
+                        [versions[i] for i in done],
+                        [sums[i] for i in done],
+                    )
                 return ok
             finally:
                 self._drops.collect()
@@ -311,10 +328,25 @@ class ClusterFrontswap(LocalFrontswap):
         if None not in pages:
             return pages, versions
         entries = self.pool.remote_entries(area, offs)
+        cache = self.cache
+        if entries and cache is not None:
+            where = [e[0] for e in entries]
+            hits = cache.get(area, offs[where], [e[1] for e in entries])
+            for j, hit in hits.items():
+                pages[where[j]] = hit
+            entries = [e for j, e in enumerate(entries) if j not in hits]
         if entries:
             fetched = await self._fetcher.fetch(area, offs, entries)
             for i, page in fetched.items():
                 pages[i] = bytes(page)  # verified pages are bytes already: no copy
+            if cache is not None and fetched:
+                got = [e for e in entries if e[0] in fetched]
+                cache.put(
+                    area,
+                    offs[[e[0] for e in got]],
+                    [bytes(fetched[e[0]]) for e in got],
+                    [e[1] for e in got],
+                )
         return pages, versions
 
     async def _get(self, area: int, offs: I64, exclusive: bool) -> list[bytes | None]:
@@ -365,10 +397,14 @@ class ClusterFrontswap(LocalFrontswap):
 
     async def _drop(self, area: int, offs: I64) -> None:
         self.pool.drop_many(area, offs)
+        if self.cache is not None:
+            self.cache.drop(area, offs)
         self._drops.collect()
 
     async def _drop_area(self, area: int) -> int:
         dropped = self.pool.drop_area(area, record_remote=False)
+        if self.cache is not None:
+            self.cache.drop_area(area)
         # Every page of the area so far has a version up to the counter's: later ones are newer.
         self._drops.enqueue_area(area, self._version)
         return dropped
@@ -445,4 +481,6 @@ class ClusterFrontswap(LocalFrontswap):
         """Counters of the remote tier, and fetch latency percentiles (microseconds)."""
         out: dict[str, float] = dict(self._tier.counters)
         out.update(self._fetcher.percentiles())
+        if self.cache is not None:
+            out.update(self.cache.statistics())
         return out
