@@ -82,3 +82,34 @@ async def test_with_no_holder_a_store_is_refused_and_the_old_page_is_gone() -> N
     via.down.update(via.lents)
     assert await fs.store_many(0, [1], [b"b" * 4096]) == [False]
     assert fs.pool.versions(0, [1]) == [None]  # no stale page left to read
+
+
+async def test_the_read_cache_never_returns_an_old_version() -> None:
+    lents = {f"h{i}": LentPool(PoolConfig(budget_bytes=64 << 20)) for i in range(3)}
+    via = InProcessHolders("export:x", INC, lents)
+    fs = ClusterFrontswap(
+        PoolConfig(budget_bytes=8 << 20),
+        via,
+        SpillConfig(replicas=2),
+        max_areas=2,
+        replicated=True,
+        cache_bytes=256 << 10,  # a few dozen pages: eviction is exercised
+    )
+    await fs.init(0)
+    rng = np.random.default_rng(5)
+    model: dict[int, bytes] = {}
+    for round_ in range(40):
+        keys = sorted({int(k) for k in rng.integers(0, 1000, 64)})
+        pages = [rng.bytes(1024) * 4 for _ in keys]
+        assert await fs.store_many(0, keys, pages) == [True] * len(keys)
+        model.update(zip(keys, pages, strict=True))
+        if round_ % 3 == 0:
+            gone = keys[:4]
+            await fs.invalidate_many(0, gone)
+            for key in gone:
+                model.pop(key)
+        probe = sorted({int(k) for k in rng.integers(0, 1000, 64)})
+        assert await fs.load_many(0, probe) == [model.get(k) for k in probe]
+    stats = fs.remote_statistics()
+    assert stats["cache_hits"] > 0 and stats["cache_evicted"] > 0
+    assert stats["cache_bytes"] <= 256 << 10
