@@ -84,6 +84,8 @@ class Peers:
         self.incarnation = incarnation
         self.identity = Identity.node(me, incarnation)
         self.identity_pair = (me, incarnation)
+        self.supersedes: str | None = None
+        """The incarnation this run replaces, known dead (its state-dir lock was free)."""
         """(owner, incarnation) as this node's own hold.* calls name it."""
         """Who this node is in every handshake it makes."""
         self.max_dials = max_dials
@@ -241,7 +243,7 @@ class Peers:
         A malformed answer is counted and dropped (it reads as silence), never fatal."""
         try:
             result = await peer.client.call(
-                HELLO, [self.me, self.incarnation], timeout=max(self.heartbeat * 2, 0.5)
+                HELLO, self._hello_params, timeout=max(self.heartbeat * 2, 0.5)
             )
         except DuplicateNode as exc:
             self._refused_as_duplicate(peer, str(exc))
@@ -426,6 +428,12 @@ class Peers:
         """alive, suspect, dead, or unknown (never seen)."""
         state = self.membership.state(node)
         return "unknown" if state is None else state.value
+
+    @property
+    def _hello_params(self) -> list[object]:
+        if self.supersedes is None:
+            return [self.me, self.incarnation]
+        return [self.me, self.incarnation, self.supersedes]
 
     def client_of(self, node: str) -> RpcClient:
         """The connection to a node (PeerLost if no address is known)."""

@@ -3,6 +3,7 @@ optional TOML file (flags win over variables, variables over the file)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import time
@@ -276,3 +277,24 @@ def node_id_for(config: NodeConfig) -> str:
     tmp.write_text(text + "\n")
     tmp.replace(path)
     return text
+
+
+def claim_run(config: NodeConfig, node_id: str, incarnation: str) -> tuple[int | None, str | None]:
+    """Lock this node's state dir for this run: (the lock's fd, to keep open; the incarnation of
+    the run it replaces, which is known dead because its lock was free). (None, None) when the
+    lock is held by a live process or the state dir cannot be written: the holders then tell a
+    restart from a twin by time alone (dead_after)."""
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(config.state_dir / f"run-{node_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None, None
+    previous = os.pread(fd, 256, 0).decode(errors="replace").strip() or None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{incarnation}\n".encode(), 0)
+    return fd, previous

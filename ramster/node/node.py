@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from ramster.cluster.peers import Peers
 from ramster.errors import ProtocolError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.node import loops, status
-from ramster.node.config import NodeConfig, new_incarnation, node_id_for
+from ramster.node.config import NodeConfig, claim_run, new_incarnation, node_id_for
 from ramster.node.exports import ExportService
 from ramster.node.handlers import ControlService, FrontswapService, HolderService
 from ramster.node.refusals import Refusals
@@ -91,6 +92,9 @@ class Node:
         self.exports = ExportService(
             config, self.peers, self.frontswap, self._events.add, self.lent
         )
+        # A restart under the same state dir proves its predecessor dead (the lock was free):
+        # holders accept it at once instead of waiting dead_after for the old one to go quiet.
+        self._run_lock, self.peers.supersedes = claim_run(config, self.node_id, self.incarnation)
         self.peers.on_restart = self._holder_restarted
         self.peers.on_transition = self._peer_changed
         self.peers.on_reclaimed = self.frontswap.holder_reclaimed
@@ -284,6 +288,9 @@ class Node:
                 await self._runner
         await self.server.close()
         await self.peers.close()
+        if self._run_lock is not None:
+            os.close(self._run_lock)
+            self._run_lock = None
         log.info("node stopped node=%s", self.node_id)
 
     # -- the cluster -------------------------------------------------------------------------------

@@ -154,7 +154,13 @@ class LentPool:
 
     # -- owners and incarnations ---------------------------------------------------------------
 
-    def note_owner(self, owner: str, incarnation: str, now: float | None = None) -> int:
+    def note_owner(
+        self,
+        owner: str,
+        incarnation: str,
+        now: float | None = None,
+        supersedes: str | None = None,
+    ) -> int:
         """Learn an owner's incarnation; pages of an older one are reclaimed (returns how many).
 
         `now` (any monotonic clock) means the owner said hello: it is alive, and any reclaim
@@ -171,7 +177,13 @@ class LentPool:
                 self._stale += 1
                 raise StaleIncarnation(f"{owner} incarnation {incarnation} is older than {known}")
             seen = self._last_seen.get(owner)
-            if now is not None and seen is not None and now - seen < self.twin_window:
+            restart = supersedes is not None and supersedes == known
+            if (
+                not restart
+                and now is not None
+                and seen is not None
+                and now - seen < self.twin_window
+            ):
                 self._twins += 1
                 raise LiveTwin(
                     f"node id {owner} is in use by a live process (incarnation {known}, heard "

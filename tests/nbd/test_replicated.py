@@ -112,7 +112,14 @@ async def test_a_stale_server_is_fenced_after_the_export_moves(
         assert "verification failed" not in out and "wrote 1048576/1048576" in out, out
     finally:
         os.kill(old.pid, signal.SIGCONT)
-    # The old server, resumed, tries to write: the holders refuse it, nothing lands.
+    # The old server, resumed, hears its peers again and tries to write: the holders refuse
+    # it (it has not noticed the move yet: its next keepalive would tell it), nothing lands.
+
+    async def hears_peers() -> bool:
+        st = await c.stats(0)
+        return {"n1", "n2", "n3"} <= {p["node"] for p in st["peers"] if p["alive"]}
+
+    await wait_until(hears_peers, 10, "n0 hears its peers again")
     out = await _qemu_io(url, "write -P 0x33 0 1M")
     assert "wrote 1048576/1048576" not in out, out
     out = await _qemu_io(f"nbd://127.0.0.1:{port1}/swap0", "read -P 0x22 0 1M")

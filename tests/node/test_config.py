@@ -134,3 +134,18 @@ def test_the_client_secret_comes_from_its_file_or_the_environment(tmp_path: Path
     path.chmod(0o600)
     from_file = NodeConfig(client_secret_file=path).client_secret(env={})
     assert from_file is not None and from_file.value == b"d" * 24
+
+
+def test_a_run_locks_its_state_dir_and_names_the_run_before(tmp_path: Path) -> None:
+    import os
+
+    from ramster.node.config import NodeConfig, claim_run
+
+    config = NodeConfig(state_dir=tmp_path)
+    fd, previous = claim_run(config, "n0", "1-a")
+    assert fd is not None and previous is None
+    assert claim_run(config, "n0", "2-b") == (None, None)  # held by a live run: no claim
+    os.close(fd)  # the first run dies
+    fd2, previous = claim_run(config, "n0", "2-b")
+    assert fd2 is not None and previous == "1-a"
+    os.close(fd2)

@@ -105,3 +105,16 @@ def test_made_up_export_names_are_bounded() -> None:
 def test_export_incarnations_are_checked(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_export_incarnation(bad)
+
+
+def test_a_restart_that_names_its_dead_predecessor_is_no_twin() -> None:
+    from ramster.pagestore.lent import LiveTwin
+
+    lent = LentPool(PoolConfig(budget_bytes=8 << 20), twin_window=2.5)
+    lent.note_owner("n0", "1-a", now=10.0)
+    with pytest.raises(LiveTwin):
+        lent.note_owner("n0", "2-b", now=10.5)  # a second process, or a restart: unknown
+    with pytest.raises(LiveTwin):
+        lent.note_owner("n0", "2-b", now=10.5, supersedes="0-z")  # names some other run
+    lent.note_owner("n0", "2-b", now=10.6, supersedes="1-a")  # its state-dir lock was free
+    assert lent.statistics().owners == 1

@@ -69,9 +69,10 @@ class Control(Protocol):
         ...
 
 
-NoteOwner = Callable[[str, str, float], object]
-"""(owner, incarnation, now): an owner spoke; StaleIncarnation if it is an older run, LiveTwin
-if a newer one while the older still speaks."""
+NoteOwner = Callable[[str, str, float, str | None], object]
+"""(owner, incarnation, now, supersedes): an owner spoke; StaleIncarnation if it is an older
+run, LiveTwin if a newer one while the older still speaks (unless it names that one as the run
+it replaces)."""
 EpochOf = Callable[[str], int]
 """owner -> how many times this node reclaimed that owner's pages."""
 
@@ -94,15 +95,18 @@ class ControlService:
         server.register(EXPORT_ADOPT, self.adopt)
 
     def hello(self, params: list[object]) -> dict[str, Any]:
-        """node.hello [node_id, incarnation]: the calling node is alive; answer who we are.
-        A program calls node.hello [] (it is no owner: nothing is noted)."""
+        """node.hello [node_id, incarnation(, supersedes)]: the calling node is alive; answer
+        who we are. `supersedes` names the run it replaces, which it knows is dead (a restart:
+        no twin check). A program calls node.hello [] (it is no owner: nothing is noted)."""
         who = caller().identity
         if who.role is Role.CLIENT:
             if params:
                 raise Forbidden("a client names no node in node.hello")
             return self._control.hello_info()
-        arity(params, 2, "[node_id, incarnation]")
+        if len(params) != 3:
+            arity(params, 2, "[node_id, incarnation(, supersedes)]")
         peer, inc = text(params[0], "node_id"), text(params[1], "incarnation")
+        supersedes = text(params[2], "supersedes") if len(params) == 3 else None
         if (peer, inc) != (who.node_id, who.incarnation):
             raise Forbidden(f"{who} may act only as itself, not as {peer} ({inc})")
         control = self._control
@@ -113,7 +117,7 @@ class ControlService:
             control.twin(inc, reason)
             raise DuplicateNode(reason)
         try:
-            self._note_owner(peer, inc, time.monotonic())
+            self._note_owner(peer, inc, time.monotonic(), supersedes)
         except StaleIncarnation as exc:
             raise ProtocolError(str(exc)) from None
         except LiveTwin as exc:
