@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -293,6 +294,17 @@ async def post_rebalance(request: web.Request) -> web.Response:
     return web.json_response({"requested": True, "coordinator": coordinator}, status=202)
 
 
+EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""What ExportSpec takes as a name."""
+
+
+def _export_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not EXPORT_NAME.match(name):
+        raise ApiError(400, "bad-request", f"not an export name: {name!r}")
+    return name
+
+
 async def get_exports(request: web.Request) -> web.Response:
     """NBD exports: served here, held here, and named by the members' heartbeats."""
     return web.json_response(request.app[CONTROL_KEY].exports_view())
@@ -301,7 +313,7 @@ async def get_exports(request: web.Request) -> web.Response:
 async def post_move_export(request: web.Request) -> web.Response:
     """Have another node serve an export (it fences the old server, rebuilds, serves)."""
     require_token(request)
-    name = request.match_info["name"]
+    name = _export_name(request)
     try:
         body = await request.json()
     except ValueError:
@@ -323,7 +335,7 @@ async def post_move_export(request: web.Request) -> web.Response:
 async def delete_export(request: web.Request) -> web.Response:
     """Delete an export everywhere: its server is fenced, every copy dropped."""
     require_token(request)
-    name = request.match_info["name"]
+    name = _export_name(request)
     dropped = await request.app[CONTROL_KEY].delete_export(name)
     return web.json_response({"name": name, "dropped_pages": dropped})
 

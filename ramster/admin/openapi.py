@@ -106,6 +106,7 @@ CLUSTER = _obj(
         ),
     }
 )
+EXPORT_NAME: Schema = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
 AREAS = _obj(
     {
         "areas": {
@@ -228,13 +229,21 @@ def spec() -> Schema:
                     "summary": "serve an export from another node: it takes the next term "
                     "(the old server is fenced), rebuilds and serves",
                     "security": [{"bearer": []}],
-                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": STR}],
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": EXPORT_NAME}
+                    ],
                     "requestBody": {
-                        "content": {"application/json": {"schema": _obj({"to": STR}, ["to"])}}
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": _obj({"to": {"type": "string", "minLength": 1}}, ["to"])
+                            }
+                        }
                     },
                     "responses": {
                         "200": _json(_obj({"name": STR, "server": STR, "term": INT}), "moved"),
                         **WRITE_ERRORS,
+                        "400": _error("no target node named, or not an export name"),
                         "404": _error("no such member"),
                         "409": _error("the target cannot take the export"),
                         "502": _error("the target did not answer"),
@@ -246,10 +255,13 @@ def spec() -> Schema:
                     "summary": "delete an export cluster-wide: its server is fenced, every copy "
                     "dropped",
                     "security": [{"bearer": []}],
-                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": STR}],
+                    "parameters": [
+                        {"name": "name", "in": "path", "required": True, "schema": EXPORT_NAME}
+                    ],
                     "responses": {
                         "200": _json(_obj({"name": STR, "dropped_pages": INT}), "deleted"),
                         **WRITE_ERRORS,
+                        "400": _error("not an export name"),
                     },
                 }
             },
