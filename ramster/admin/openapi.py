@@ -238,7 +238,7 @@ def spec() -> Schema:
                             "application/json": {
                                 "schema": _obj({"to": {"type": "string", "minLength": 1}}, ["to"])
                             }
-                        }
+                        },
                     },
                     "responses": {
                         "200": _json(_obj({"name": STR, "server": STR, "term": INT}), "moved"),
