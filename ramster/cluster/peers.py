@@ -502,6 +502,8 @@ class Peers:
             timeout=self.call_timeout,
         )
         batch = PageBatch.from_wire(result)
+        if batch.offsets == offsets and batch.areas == areas:  # all held, in key order
+            return list(zip(batch.versions, batch.checksums, batch.payloads, strict=True))
         found = dict(
             zip(
                 zip(batch.areas, batch.offsets, strict=True),

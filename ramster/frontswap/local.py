@@ -66,7 +66,8 @@ async def encode_shared(
     """Stored forms and checksums of pages, in order: the second half on a worker thread
     while the loop encodes the first."""
     half = len(pages) // 2
-    later = asyncio.ensure_future(asyncio.to_thread(_encode_chunk, pages[half:], config))
+    # run_in_executor submits now (a to_thread task would start only at the await below).
+    later = asyncio.get_running_loop().run_in_executor(None, _encode_chunk, pages[half:], config)
     try:
         first, first_sums = _encode_chunk(pages[:half], config)
     finally:

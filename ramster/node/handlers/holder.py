@@ -163,6 +163,9 @@ class HolderService:
             raise ProtocolError(str(exc)) from None
         except Reclaimed as exc:
             raise PagesReclaimed(str(exc)) from None
+        if held and None not in held:
+            versions, sums, payloads = map(list, zip(*held, strict=True))
+            return PageBatch(keys.areas, keys.offsets, versions, sums, payloads).to_wire()
         idx = [i for i, item in enumerate(held) if item is not None]
         found = [item for item in held if item is not None]
         return PageBatch(
