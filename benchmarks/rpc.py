@@ -43,7 +43,7 @@ from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, RpcServer, load_s
 from ramster.rpc.auth import SECRET_ENV
 from ramster.rpc.loop import loop_name
 from ramster.rpc.testing import DictPageStore
-from ramster.testing.cpu import cpu_seconds
+from ramster.testing.cpu import live_cpu_seconds as cpu_seconds
 
 PAGE = 4096
 BATCH = 64

@@ -25,20 +25,11 @@ from ramster.pagestore.core import SMALL_BATCH
 log = logging.getLogger(__name__)
 
 THREAD_BATCH = 512
-"""Store batches above this many pages are compressed on worker threads alone."""
-SHARE_BATCH = 128
-"""Store batches from this many pages up are compressed by the loop and a worker thread at
-once: lz4 releases the GIL, so both cores work (zswap compresses on every CPU too)."""
+"""Store batches above this many pages are compressed on worker threads."""
 THREAD_CHUNK = 1024
 """Pages one worker thread compresses at a time."""
 DEFAULT_MAX_AREAS = 32
 """Like the kernel's MAX_SWAPFILES: areas are few and numbered from 0."""
-
-
-def _encode_chunk(
-    chunk: Sequence[bytes | bytearray], config: PoolConfig
-) -> tuple[list[bytes], list[int]]:
-    return [encode(p, config) for p in chunk], [checksum(p) for p in chunk]
 
 
 async def encode_in_threads(
@@ -46,9 +37,12 @@ async def encode_in_threads(
 ) -> tuple[list[bytes | memoryview], list[int]]:
     """Stored forms and checksums of pages, computed on worker threads, in order."""
 
+    def encode_chunk(chunk: Sequence[bytes | bytearray]) -> tuple[list[bytes], list[int]]:
+        return [encode(p, config) for p in chunk], [checksum(p) for p in chunk]
+
     parts = await asyncio.gather(
         *(
-            asyncio.to_thread(_encode_chunk, pages[i : i + THREAD_CHUNK], config)
+            asyncio.to_thread(encode_chunk, pages[i : i + THREAD_CHUNK])
             for i in range(0, len(pages), THREAD_CHUNK)
         )
     )
@@ -58,21 +52,6 @@ async def encode_in_threads(
         payloads += chunk_payloads
         sums += chunk_sums
     return payloads, sums
-
-
-async def encode_shared(
-    pages: Sequence[bytes | bytearray], config: PoolConfig
-) -> tuple[list[bytes | memoryview], list[int]]:
-    """Stored forms and checksums of pages, in order: the second half on a worker thread
-    while the loop encodes the first."""
-    half = len(pages) // 2
-    # run_in_executor submits now (a to_thread task would start only at the await below).
-    later = asyncio.get_running_loop().run_in_executor(None, _encode_chunk, pages[half:], config)
-    try:
-        first, first_sums = _encode_chunk(pages[:half], config)
-    finally:
-        rest, rest_sums = await later  # collected even if the first half raised
-    return [*first, *rest], first_sums + rest_sums
 
 
 def _distinct(offs: npt.NDArray[np.int64]) -> bool:
@@ -215,17 +194,14 @@ class LocalFrontswap:
             # so that the loop keeps serving (a 64 MiB NBD write is ~130 ms of lz4) and both
             # cores work; the pool then keeps the stored form, as for a client's pages.
             payloads, sums = await encode_in_threads(pgs, self.pool.config)
-        elif len(pgs) >= SHARE_BATCH and self.pool.config.keep_incompressible:
-            payloads, sums = await encode_shared(pgs, self.pool.config)
-        else:
-            return await self._in_runs(offs, lambda i, j: self._put(area, offs[i:j], pgs[i:j]))
-        if area not in self._areas:
-            self._reject_no_area += len(offs)
-            return [False] * len(offs)
-        return await self._in_runs(
-            offs,
-            lambda i, j: self._put_encoded_chunked(area, offs[i:j], payloads[i:j], sums[i:j]),
-        )
+            if area not in self._areas:
+                self._reject_no_area += len(offs)
+                return [False] * len(offs)
+            return await self._in_runs(
+                offs,
+                lambda i, j: self._put_encoded_chunked(area, offs[i:j], payloads[i:j], sums[i:j]),
+            )
+        return await self._in_runs(offs, lambda i, j: self._put(area, offs[i:j], pgs[i:j]))
 
     async def store_encoded_many(
         self,
