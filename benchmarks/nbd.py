@@ -44,6 +44,7 @@ import replicated_export  # benchmarks/ is the script's directory
 
 from ramster.cli.report import human_bytes, table
 from ramster.testing import corpus
+from ramster.testing.cpu import cpu_seconds
 
 PAGE = 4096
 EXPORT = "swap0"
@@ -193,7 +194,9 @@ def measure(server: str, image: Path, plan: Plan, verify: bool) -> dict[str, flo
         # Writes are a fixed amount of work (each page of the image rewritten twice on average),
         # not a fixed time: a slower server would otherwise end with different data, and its
         # RSS would not compare.
+        cpu0 = cpu_seconds(proc.pid)
         write_iops = fio(uri, "randwrite", plan.image_mib, f"--io_size={2 * plan.image_mib}M")
+        write_cpu = cpu_seconds(proc.pid) - cpu0
         after_write = rss_mib(proc)
         read_iops = fio(uri, "randread", plan.image_mib, f"--runtime={plan.seconds}")
     return {
@@ -203,6 +206,8 @@ def measure(server: str, image: Path, plan: Plan, verify: bool) -> dict[str, flo
         "rss_idle_mib": idle,
         "rss_after_copy_mib": after_copy,
         "rss_mib": after_write,
+        # fio writes 2 * image_mib of 4 KiB blocks.
+        "server_cpu_us_per_randwrite": write_cpu / (2 * plan.image_mib * 256) * 1e6,
     }
 
 
@@ -293,6 +298,10 @@ def main() -> None:
         "randwrite_vs_nbdkit_zstd": round(ours["randwrite_iops"] / zstd["randwrite_iops"], 3),
         "randwrite_vs_nbdkit_sparse": round(ours["randwrite_iops"] / sparse["randwrite_iops"], 3),
         "rss_vs_nbdkit_zstd": round(ours["rss_mib"] / zstd["rss_mib"], 3),
+        "rss_growth_vs_nbdkit_zstd": round(
+            (ours["rss_mib"] - ours["rss_idle_mib"]) / (zstd["rss_mib"] - zstd["rss_idle_mib"]), 3
+        ),
+        "server_cpu_us_per_randwrite": round(ours["server_cpu_us_per_randwrite"], 1),
         "nbdcopy_write_mib_s": round(ours["copy_mib_s"], 1),
         "randread_vs_nbdkit_sparse": round(ours["randread_iops"] / sparse["randread_iops"], 3),
         "nbdcopy_vs_nbdkit_zstd": round(ours["copy_mib_s"] / zstd["copy_mib_s"], 3),

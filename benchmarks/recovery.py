@@ -54,7 +54,7 @@ async def anchor(quick: bool) -> float:
             redis_requests=QUICK.redis_requests,
             redis_py_ops=QUICK.redis_py_ops,
         )
-        figures = await measure_ours(port, secret, plan)
+        figures = await measure_ours(port, proc.pid, secret, plan)
     finally:
         stop_child(proc)
     return figures["put_batch_pages_per_s"]

@@ -43,6 +43,7 @@ from ramster.rpc import Keys, PageBatch, RpcClient, RpcConfig, RpcServer, load_s
 from ramster.rpc.auth import SECRET_ENV
 from ramster.rpc.loop import loop_name
 from ramster.rpc.testing import DictPageStore
+from ramster.testing.cpu import live_cpu_seconds as cpu_seconds
 
 PAGE = 4096
 BATCH = 64
@@ -213,8 +214,11 @@ async def single_round_trips(
     return n / elapsed, percentile(samples, 0.50), percentile(samples, 0.99)
 
 
-async def batched(seconds: float, workers: int, call: Callable[[int], Awaitable[int]]) -> float:
-    """Pages/s of `workers` loops each calling call(i) (returns pages moved) until time is up."""
+async def batched(
+    seconds: float, workers: int, call: Callable[[int], Awaitable[int]]
+) -> tuple[float, int]:
+    """(pages/s, pages) of `workers` loops each calling call(i) (returns pages moved) until
+    time is up."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     moved = [0] * workers
@@ -229,7 +233,7 @@ async def batched(seconds: float, workers: int, call: Callable[[int], Awaitable[
     async with asyncio.TaskGroup() as tg:
         for w in range(workers):
             tg.create_task(worker(w))
-    return sum(moved) / (time.perf_counter() - start)
+    return sum(moved) / (time.perf_counter() - start), sum(moved)
 
 
 async def measure_floor(port: int, n: int) -> dict[str, float]:
@@ -255,7 +259,7 @@ async def measure_floor(port: int, n: int) -> dict[str, float]:
 
 
 async def measure_ours(
-    port: int, secret: str, plan: Plan, *, encrypt: bool = True
+    port: int, server_pid: int, secret: str, plan: Plan, *, encrypt: bool = True
 ) -> dict[str, float]:
     """Every figure of our RPC against the child server (keys end in _plain without encryption)."""
     from ramster.rpc import Secret
@@ -293,10 +297,12 @@ async def measure_ours(
         out.update(single_put_pages_per_s=rate, single_put_p50_us=p50, single_put_p99_us=p99)
         rate, p50, p99 = await single_round_trips(plan.single_calls, get_one)
         out.update(single_get_pages_per_s=rate, single_get_p50_us=p50, single_get_p99_us=p99)
-        out["put_batch_pages_per_s"] = await batched(plan.seconds, IN_FLIGHT, put_batch)
+        out["put_batch_pages_per_s"], _ = await batched(plan.seconds, IN_FLIGHT, put_batch)
         got = await client.get_pages(key_batches[0])
         assert len(got) == BATCH and bytes(got.payloads[0]) == payload
-        out["get_batch_pages_per_s"] = await batched(plan.seconds, IN_FLIGHT, get_batch)
+        cpu0 = cpu_seconds(server_pid)
+        out["get_batch_pages_per_s"], pages = await batched(plan.seconds, IN_FLIGHT, get_batch)
+        out["server_cpu_us_per_batched_get"] = (cpu_seconds(server_pid) - cpu0) / pages * 1e6
         assert client._conns[0].encrypted is encrypt
     finally:
         await client.close()
@@ -355,16 +361,25 @@ def stop_redis(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def redis_benchmark(port: int, requests: int) -> dict[str, float]:
-    """redis-benchmark -d 4096 -P 64 for SET and GET: requests per second."""
-    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-d", str(PAGE), "-P", "64"]
-    cmd += ["-n", str(requests), "-t", "set,get", "--csv"]
-    text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+def redis_benchmark(port: int, pid: int, requests: int) -> dict[str, float]:
+    """redis-benchmark -d 4096 -P 64 for SET, then GET: requests per second, and the CPU
+    redis-server spent per GET."""
     rates: dict[str, float] = {}
-    for row in csv.reader(io.StringIO(text)):
-        if len(row) >= 2 and row[0] in ("SET", "GET"):
-            rates[row[0]] = float(row[1])
-    return {"redis_benchmark_set_per_s": rates["SET"], "redis_benchmark_get_per_s": rates["GET"]}
+    cpu_per_get = 0.0
+    for test in ("set", "get"):
+        cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-d", str(PAGE), "-P", "64"]
+        cmd += ["-n", str(requests), "-t", test, "--csv"]
+        cpu0 = cpu_seconds(pid)
+        text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        cpu_per_get = (cpu_seconds(pid) - cpu0) / requests * 1e6
+        for row in csv.reader(io.StringIO(text)):
+            if len(row) >= 2 and row[0] in ("SET", "GET"):
+                rates[row[0]] = float(row[1])
+    return {
+        "redis_benchmark_set_per_s": rates["SET"],
+        "redis_benchmark_get_per_s": rates["GET"],
+        "redis_server_cpu_us_per_batched_get": cpu_per_get,
+    }
 
 
 def redis_py(port: int, ops: int) -> dict[str, float]:
@@ -419,9 +434,9 @@ def redis_missing() -> bool:
     return bool(missing)
 
 
-def measure_redis(port: int, plan: Plan) -> dict[str, float]:
+def measure_redis(port: int, pid: int, plan: Plan) -> dict[str, float]:
     """One round of every redis anchor."""
-    out = redis_benchmark(port, plan.redis_requests)
+    out = redis_benchmark(port, pid, plan.redis_requests)
     try:
         out.update(redis_py(port, plan.redis_py_ops))
     except ImportError:
@@ -471,6 +486,9 @@ def report(figures: dict[str, float], quick: bool, rounds: int) -> dict[str, obj
         ),
         "single_get_p50_vs_redis_py": ratio(
             get("single_get_p50_us"), get("redis_py_single_get_p50_us")
+        ),
+        "server_cpu_vs_redis": ratio(
+            get("server_cpu_us_per_batched_get"), get("redis_server_cpu_us_per_batched_get")
         ),
         "put_batch_encrypted_vs_plain": ratio(
             get("put_batch_pages_per_s"), get("put_batch_pages_plain_per_s")
@@ -546,6 +564,7 @@ def report(figures: dict[str, float], quick: bool, rounds: int) -> dict[str, obj
         ["put batch / redis-benchmark SET", result["put_vs_redis_benchmark"], ">= 0.6"],
         ["get batch / redis-benchmark GET", result["get_vs_redis_benchmark"], ">= 0.6"],
         ["single get p50 / redis-py GET p50", result["single_get_p50_vs_redis_py"], "<= 0.6"],
+        ["server CPU per batched get / redis's", result["server_cpu_vs_redis"], "<= 3"],
         [
             "put batch: encrypted / encryption off",
             result["put_batch_encrypted_vs_plain"],
@@ -578,10 +597,11 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         proc, port, bare_port = start_child(secret)
         stack.callback(stop_child, proc)
-        redis_port = None
+        redis_port = redis_pid = None
         if not redis_missing():
             workdir = stack.enter_context(tempfile.TemporaryDirectory())
             redis_proc, redis_port = start_redis(workdir)
+            redis_pid = redis_proc.pid
             stack.callback(stop_redis, redis_proc)
         for i in range(plan.rounds):
             print(f"round {i + 1}/{plan.rounds}", file=sys.stderr, flush=True)
@@ -589,10 +609,10 @@ def main() -> None:
             modes = (True, False) if i % 2 == 0 else (False, True)
             figures = {}
             for encrypt in modes:
-                figures.update(run(measure_ours(port, secret, plan, encrypt=encrypt)))
+                figures.update(run(measure_ours(port, proc.pid, secret, plan, encrypt=encrypt)))
             figures.update(run(measure_floor(bare_port, plan.single_calls)))
-            if redis_port is not None:
-                figures.update(measure_redis(redis_port, plan))
+            if redis_port is not None and redis_pid is not None:
+                figures.update(measure_redis(redis_port, redis_pid, plan))
             rounds.append(figures)
     medians = {key: statistics.median(r[key] for r in rounds if key in r) for key in rounds[0]}
     print(json.dumps(report(medians, args.quick, plan.rounds)))

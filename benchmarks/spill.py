@@ -33,6 +33,7 @@ from ramster.frontswap import LocalFrontswap
 from ramster.pagestore import PoolConfig
 from ramster.rpc import load_secret
 from ramster.testing import corpus
+from ramster.testing.cpu import cpu_of
 
 BATCH = 256
 PAGE = 4096
@@ -147,8 +148,12 @@ def redis_get_rate(requests: int) -> float | None:
 
 async def cluster_run(pages: list[bytes], local_budget: int, lent_budget: int) -> dict[str, float]:
     state = Path(tempfile.mkdtemp(prefix="ramster-spill-bench-"))
-    base = free_base_port(3)
-    cluster, procs = start_nodes(3, base, state, str(local_budget), str(lent_budget))
+    # RPC ports base..base+2, admin ports base+3..base+5: free ones, so a `make run` may be up.
+    base = free_base_port(6)
+    cluster, procs = start_nodes(
+        3, base, state, str(local_budget), str(lent_budget), admin_port=base + 3
+    )
+    pids = [p.pid for p in procs]
     try:
         secret = load_secret(cluster.secret_file)
         await wait_ready(cluster, secret)
@@ -162,9 +167,11 @@ async def cluster_run(pages: list[bytes], local_budget: int, lent_budget: int) -
                 ok = await client.store_many(0, chunk, pages[i : i + BATCH])
                 return ok.count(False)
 
+            cpu0 = cpu_of(pids)
             t0 = time.perf_counter()
             refused = sum(await in_flight(starts, store))
             t_store = time.perf_counter() - t0
+            cpu_store = [b - a for a, b in zip(cpu0, cpu_of(pids), strict=True)]
             if refused:
                 raise SystemExit(f"{refused} pages were refused: the budgets are too small")
             before = (await client.stats())["remote"]
@@ -179,9 +186,11 @@ async def cluster_run(pages: list[bytes], local_budget: int, lent_budget: int) -
                 lat.append((time.perf_counter() - c0) * 1e6)
                 return sum(1 for j, page in zip(chunk, got, strict=True) if page != pages[j])
 
+            cpu0 = cpu_of(pids)
             t0 = time.perf_counter()
             wrong = sum(await in_flight(starts, load))
             t_load = time.perf_counter() - t0
+            cpu_load = [b - a for a, b in zip(cpu0, cpu_of(pids), strict=True)]
             st = await client.stats()
         if wrong:
             raise SystemExit(f"{wrong} pages came back wrong: benchmark invalid")
@@ -198,6 +207,11 @@ async def cluster_run(pages: list[bytes], local_budget: int, lent_budget: int) -
             "batch_p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
             "local_pool": st["pool"]["pool_total_size"],
             "metadata_bytes_per_page": st["metadata_bytes_per_page"],
+            # Node A (the owner) is procs[0]; per remote load counts only pages holders served.
+            "owner_cpu_us_per_store": cpu_store[0] / n * 1e6,
+            "cluster_cpu_us_per_store": sum(cpu_store) / n * 1e6,
+            "owner_cpu_us_per_remote_load": cpu_load[0] / max(1, remote_loaded) * 1e6,
+            "cluster_cpu_us_per_remote_load": sum(cpu_load) / max(1, remote_loaded) * 1e6,
         }
     finally:
         stop_nodes(procs)
@@ -283,6 +297,10 @@ async def main() -> None:
         else None,
         "redis_benchmark_get_per_s": round(redis_get) if redis_get else None,
         "metadata_bytes_per_page": r["metadata_bytes_per_page"],
+        "owner_cpu_us_per_store": round(r["owner_cpu_us_per_store"], 1),
+        "cluster_cpu_us_per_store": round(r["cluster_cpu_us_per_store"], 1),
+        "owner_cpu_us_per_remote_load": round(r["owner_cpu_us_per_remote_load"], 1),
+        "cluster_cpu_us_per_remote_load": round(r["cluster_cpu_us_per_remote_load"], 1),
         "mib": mib,
     }
     print(json.dumps(result))

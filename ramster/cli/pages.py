@@ -94,6 +94,7 @@ async def _bench(
         n = (mib << 20) // ps
         print(f"ramster bench: {mib} MiB ({n:,} pages) through {hello['node']} at {address}")
         await client.init(area)
+        cpu0 = (await client.stats())["cpu_s"]
         # The corpus is generated batch by batch and remembered as one checksum per page, so
         # that a bench of any size needs a batch of RAM, not the whole corpus.
         source = corpus.generate(n, seed=seed, page_size=ps)
@@ -107,28 +108,33 @@ async def _bench(
             sums[i : i + len(chunk)] = [checksum(p) for p in pages]
             t0 = time.perf_counter()
             kept = await client.store_many(area, chunk, pages)
-            t_store += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            t_store += spent
             for j, ok in zip(chunk, kept, strict=True):
                 stored[j] = ok
-            bar.advance(len(chunk))
+            bar.advance(len(chunk), spent)
         bar.close()
+        cpu1 = (await client.stats())["cpu_s"]
         order = list(range(n))
         random.Random(seed).shuffle(order)
         bar = Progress("load", n, "pages")
         bad = missing = 0
-        t0 = time.perf_counter()
+        t_load = 0.0
         for i in range(0, n, batch):
             chunk = order[i : i + batch]
-            for j, page in zip(chunk, await client.load_many(area, chunk), strict=True):
+            t0 = time.perf_counter()
+            got = await client.load_many(area, chunk)
+            spent = time.perf_counter() - t0
+            t_load += spent
+            for j, page in zip(chunk, got, strict=True):
                 if not stored[j]:
                     continue
                 if page is None:
                     missing += 1
                 elif len(page) != ps or checksum(page) != int(sums[j]):
                     bad += 1
-            bar.advance(len(chunk))
+            bar.advance(len(chunk), spent)
         bar.close()
-        t_load = time.perf_counter() - t0
         st = await client.stats()
     holders = []
     for peer in st["peers"]:
@@ -148,6 +154,9 @@ async def _bench(
         "missing": missing,
         "store_pages_per_s": n / t_store,
         "load_pages_per_s": n / t_load,
+        # The node's own CPU (its threads included), not its peers'.
+        "store_cpu_us_per_page": (cpu1 - cpu0) / n * 1e6,
+        "load_cpu_us_per_page": (st["cpu_s"] - cpu1) / n * 1e6,
         "local_pages": st["pool"]["stored_pages"],
         "remote_pages": st["pool"]["remote_pages"],
         "holders": holders,
@@ -168,10 +177,12 @@ def bench(address: str, access: Access, mib: int, batch: int, seed: int, area: i
             [
                 ["pages stored", f"{r['stored']:,} of {r['pages']:,} ({r['refused']:,} refused)"],
                 ["store", f"{store_rate:,.0f} pages/s ({store_rate * mib_s:,.1f} MiB/s)"],
+                ["  node CPU per stored page", f"{r['store_cpu_us_per_page']:.1f} us"],
                 [
                     "load (random order)",
                     f"{load_rate:,.0f} pages/s ({load_rate * mib_s:,.1f} MiB/s)",
                 ],
+                ["  node CPU per loaded page", f"{r['load_cpu_us_per_page']:.1f} us"],
                 ["verified", f"{good:,} ok, {r['bad']} wrong, {r['missing']} missing"],
                 ["kept on the node", f"{r['local_pages']:,} pages"],
                 ["spilled to peers", f"{r['remote_pages']:,} pages"],

@@ -46,10 +46,14 @@ class Progress:
         self._tty = self.out.isatty()
         self._start = time.monotonic()
         self._last = 0.0
+        self._timed: float | None = None
 
-    def advance(self, n: int) -> None:
-        """Count n more units done."""
+    def advance(self, n: int, seconds: float | None = None) -> None:
+        """Count n more units done; given seconds, the rate is over the sum of those (the
+        timed work alone) instead of the wall clock since the start."""
         self.done += n
+        if seconds is not None:
+            self._timed = (self._timed or 0.0) + seconds
         now = time.monotonic()
         pct = 100 * self.done // self.total
         if self._tty and now - self._last >= 0.1:
@@ -59,7 +63,7 @@ class Progress:
             self.out.flush()
 
     def _rate(self, now: float) -> str:
-        elapsed = max(now - self._start, 1e-9)
+        elapsed = max(now - self._start if self._timed is None else self._timed, 1e-9)
         return f"{self.done / elapsed:,.0f} {self.unit}/s".strip()
 
     def close(self) -> None:

@@ -99,6 +99,8 @@ class HolderCalls:
             HOLD_GET, [*owner, Keys(areas, offsets).to_wire()], timeout=self.timeout
         )
         batch = PageBatch.from_wire(result)
+        if batch.offsets == offsets and batch.areas == areas:  # all held, in key order
+            return list(zip(batch.versions, batch.checksums, batch.payloads, strict=True))
         found = dict(
             zip(
                 zip(batch.areas, batch.offsets, strict=True),

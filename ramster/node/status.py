@@ -183,6 +183,8 @@ def stats(node: Node) -> dict[str, Any]:
     return {
         **hello_info(node),
         "uptime_s": round(time.time() - node.started_at, 3),
+        # User + system CPU of the whole process, for CPU per page over an interval.
+        "cpu_s": time.process_time(),
         "address": node.advertised_address,
         "areas": list(fs.areas),
         "pool": dataclasses.asdict(fs.pool),

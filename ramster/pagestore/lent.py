@@ -529,7 +529,7 @@ def _keyed(owner: str, incarnation: str) -> str:
 
 def _by_area(areas: Sequence[int]) -> list[tuple[int, list[int]]]:
     """Indices grouped by area, in first-seen order."""
-    if len(areas) and all(a == areas[0] for a in areas):
+    if len(areas) and areas.count(areas[0]) == len(areas):
         return [(areas[0], list(range(len(areas))))]
     arr = np.asarray(areas)
     return [(int(a), np.flatnonzero(arr == a).tolist()) for a in dict.fromkeys(areas)]

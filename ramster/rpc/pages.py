@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import NamedTuple
 
 from ramster.errors import ProtocolError
@@ -28,6 +29,7 @@ class Page(NamedTuple):
 
 
 _INT_ONLY = {int}
+_BOOL_ONLY = {bool}
 
 
 def int_list(obj: object, name: str, maximum: int, count: int | None) -> list[int]:
@@ -186,12 +188,8 @@ class PageBatch:
         if sum(lengths) != len(blob):
             raise ProtocolError("page lengths do not add up to the blob's size")
         view = memoryview(blob)
-        payloads: list[Buffer] = []
-        pos = 0
-        for length in lengths:
-            end = pos + length
-            payloads.append(view[pos:end])
-            pos = end
+        ends = list(accumulate(lengths))
+        payloads: list[Buffer] = list(map(view.__getitem__, map(slice, [0, *ends], ends)))
         batch = object.__new__(cls)  # columns already checked: skip __post_init__
         batch.areas = areas
         batch.offsets = offsets
@@ -205,7 +203,6 @@ def flags_from_wire(obj: object, count: int) -> list[bool]:
     """Check a per-page answer: an array of `count` booleans."""
     if type(obj) is not list or len(obj) != count:
         raise ProtocolError(f"expected an array of {count} booleans")
-    for item in obj:
-        if type(item) is not bool:
-            raise ProtocolError("expected an array of booleans")
+    if obj and set(map(type, obj)) != _BOOL_ONLY:  # in C: no Python-level step per page
+        raise ProtocolError("expected an array of booleans")
     return obj

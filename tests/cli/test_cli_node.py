@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,12 @@ async def test_store_load_invalidate_stats_bench(
     out = ramster("bench", *node, "--mib", "4", secret=secret)
     assert out.returncode == 0, out.stderr
     assert b"0 wrong, 0 missing" in out.stdout
+    assert b"node CPU per stored page" in out.stdout
+    # The progress line's store rate is the table's: both time the stores alone.
+    table_rate = re.search(rb"\nstore +([\d,]+) pages/s", out.stdout)
+    line_rate = re.search(rb"store: 100% ([\d,]+) pages/s", out.stderr)
+    assert table_rate is not None and line_rate is not None, (out.stdout, out.stderr)
+    assert table_rate.group(1) == line_rate.group(1)
     out = ramster("stats", *node, "--json", secret=secret)
     stats = json.loads(out.stdout)
     assert stats["node"] == "n0"

@@ -53,8 +53,9 @@ class Fetcher:
         # Spread reads over every holder of a set (by offset), so that they work in parallel;
         # each key still falls back on the other holders in turn.
         groups: dict[tuple[int, int], list[Wanted]] = defaultdict(list)
+        keyed = offs.tolist()
         for i, version, sum_, set_id in entries:
-            groups[(set_id, int(offs[i]) % len(sets[set_id]))].append((i, version, sum_))
+            groups[(set_id, keyed[i] % len(sets[set_id]))].append((i, version, sum_))
         out: dict[int, Buffer] = {}
         results = await run_all(
             self.fetch_group(area, offs, self.order(_rotated(sets[s], first)), g, verify)
@@ -89,10 +90,11 @@ class Fetcher:
         ps = t.page_size
         out: dict[int, Buffer] = {}
         left = wanted
+        keyed = offs.tolist()  # plain ints: a numpy scalar costs ~100 ns per access
         for node in nodes:
             if not left:
                 break
-            keys = [int(offs[i]) for i, _, _ in left]
+            keys = [keyed[i] for i, _, _ in left]
             started = time.perf_counter()
             try:
                 got = await t.holders.get(node, [area] * len(keys), keys)
