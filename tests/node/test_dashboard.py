@@ -66,3 +66,25 @@ async def test_the_dashboard_follows_the_cluster(cluster_factory: ClusterFactory
         await page.screenshot(ARTIFACTS / "dashboard-recovered.png")
         assert page.console == []  # no JavaScript errors
     assert (ARTIFACTS / "dashboard-recovered.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_the_dashboard_shows_the_exports_and_their_rebuild(
+    cluster_factory: ClusterFactory,
+) -> None:
+    from ramster.testing.cluster import free_port
+
+    chromium = need_tool("chromium", "apt-get install chromium")
+    c = cluster_factory(3, local_budget="4MiB", lent_budget="16MiB")
+    port = free_port()
+    c.nodes[0].args += [f"--nbd=127.0.0.1:{port}", "--export=swap0:16MiB", "--no-swap-safety"]
+    await c.start_all()
+    await c.wait_ready()
+    row = "document.querySelector('#exports tr[data-export=\"swap0\"]')"
+    async with Browser(chromium) as page:
+        await page.goto(f"{await c.admin_url(0)}/")
+        await page.wait_for(f"{row} !== null && {row}.textContent.includes('serving')")
+        text = await page.evaluate(f"{row}.textContent")
+        assert "n0" in text and "replicated" in text and "pages" in text, text
+        await page.screenshot(ARTIFACTS / "dashboard-exports.png")

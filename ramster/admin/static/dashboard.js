@@ -125,6 +125,28 @@ function renderRates() {
   box.replaceChildren(legend, svg);
 }
 
+async function pollExports() {
+  // What this node serves in full; the others as the heartbeats name them (server, term).
+  const r = await fetch("/v1/exports", { cache: "no-store", headers: AUTH });
+  if (!r.ok) return;
+  const view = await r.json();
+  const served = Object.fromEntries(view.served.map((e) => [e.name, e]));
+  const rows = Object.entries(view.servers).sort().map(([name, who]) => {
+    const e = served[name] ?? {};
+    const rb = e.rebuild && e.rebuild.pages_per_s !== undefined
+      ? `${Math.round(e.rebuild.pages).toLocaleString()} pages, ${Math.round(e.rebuild.pages_per_s).toLocaleString()}/s`
+      : "";
+    return el("tr", { "data-export": name },
+      el("td", {}, name), el("td", {}, who.server), el("td", { class: "num" }, String(who.term)),
+      el("td", {}, e.durability ?? ""), el("td", {}, e.state ?? "serving"),
+      el("td", { class: "num" }, e.pages === undefined ? "" : e.pages.toLocaleString()),
+      el("td", { class: "num" }, e.under_replicated === undefined ? "" : e.under_replicated.toLocaleString()),
+      el("td", { class: "num" }, e.pages_lost === undefined ? "" : e.pages_lost.toLocaleString()),
+      el("td", {}, rb));
+  });
+  document.querySelector("#exports tbody").replaceChildren(...rows);
+}
+
 async function poll() {
   const conn = document.getElementById("connection");
   try {
@@ -144,6 +166,7 @@ async function poll() {
     renderMembers(cluster);
     renderMatrix(cluster);
     renderRates();
+    await pollExports();
   } catch (err) {
     conn.textContent = `offline (${err.message})`;
     conn.dataset.ok = "false";
