@@ -23,7 +23,9 @@ op = st.tuples(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(op, max_size=80), st.sets(st.sampled_from(HOLDERS), max_size=2))
-def test_rebuild_is_the_newest_acknowledged_state(ops: list, lost: set[str]) -> None:
+def test_rebuild_is_the_newest_acknowledged_state(
+    ops: list[tuple[str, int, set[str], set[str]]], lost: set[str]
+) -> None:
     term = 1
     seq = 0
     held: dict[str, dict[int, tuple[int, int]]] = {h: {} for h in HOLDERS}  # key -> (ver, sum)
