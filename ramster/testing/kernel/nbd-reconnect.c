@@ -282,7 +282,15 @@ int main(int argc, char **argv) {
         int dead_link = 0;
         for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, n); h = NLMSG_NEXT(h, n)) {
             struct genlmsghdr *g = (struct genlmsghdr *)NLMSG_DATA(h);
-            if (h->nlmsg_type == family && g->cmd == NBD_CMD_LINK_DEAD) dead_link = 1;
+            if (h->nlmsg_type != family || g->cmd != NBD_CMD_LINK_DEAD) continue;
+            /* Its NBD_ATTR_INDEX says which device: another one's link is not ours. */
+            char *p = (char *)g + GENL_HDRLEN, *end = (char *)h + h->nlmsg_len;
+            for (struct nlattr *a; p + NLA_HDRLEN <= end; p += NLA_ALIGN(a->nla_len)) {
+                a = (struct nlattr *)p;
+                if (a->nla_len < NLA_HDRLEN) break;
+                if (a->nla_type == NBD_ATTR_INDEX && *(uint32_t *)(p + NLA_HDRLEN) == index)
+                    dead_link = 1;
+            }
         }
         if (!dead_link) continue;
         double t0 = now();
