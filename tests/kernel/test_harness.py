@@ -120,6 +120,13 @@ def test_kernel_command_line_carries_the_settings() -> None:
     for setting in ("rk_mode=nbd", "rk_mib=192", "rk_passes=2", "rk_seed=7", "rk_rewrite=30"):
         assert setting in args
     assert "rk_port=4000" in args and "rk_nbdopts=-nonetlink" in args
+    assert not any(a.startswith(("rk_client=", "rk_timeouts=")) for a in args)
+
+
+def test_the_reconnecting_client_and_its_timeouts_reach_the_guest() -> None:
+    spec = Boot("nbd", port=4000, client="nbd-reconnect", reconnect_timeouts=(3, 45))
+    args = spec.kernel_args().split()
+    assert "rk_client=nbd-reconnect" in args and "rk_timeouts=3,45" in args
 
 
 def test_the_exit_line_of_ramster_nbd() -> None:
