@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
-from ramster.testing.kernel import Boot, Workload, parse
+from ramster.testing.kernel import Boot, Restart, Target, Workload, parse
 from ramster.testing.kernel.assets import resolve_modules
 from ramster.testing.kernel.cpio import Entry, archive
 from ramster.testing.kernel.targets import nbd_summary
@@ -137,3 +138,26 @@ def test_the_exit_line_of_ramster_nbd() -> None:
     )
     assert nbd_summary(line) == {"error_replies": {"ENOSPC": 12, "EIO": 1}, "pages_refused": 12}
     assert nbd_summary("errors=none swap0[stored=0 mapped=0 refused=0]")["error_replies"] == {}
+
+
+class _Restartable(Target):
+    def __init__(self) -> None:
+        super().__init__("fake", Path("/nonexistent"))
+        self.restarted: list[int] = []
+
+    def restart(self, i: int) -> float:
+        self.restarted.append(i)
+        return 1.5
+
+
+def test_a_restart_happens_once_and_times_the_next_progress() -> None:
+    target = _Restartable()
+    restart = Restart("PROGRESS 1 25")
+    assert restart("PROGRESS 1 20", target) is None and not restart.killed
+    assert "restarted" in (restart("PROGRESS 1 25", target) or "")
+    assert restart.serving_after == 1.5 and target.restarted == [0]
+    assert restart("RK KMSG 3,1,2,-;block nbd0: Receive control failed", target) is None
+    assert restart.resumed_after == 0
+    assert "went on" in (restart("PROGRESS 1 30", target) or "")
+    assert restart.resumed_after > 0
+    assert restart("PROGRESS 1 25", target) is None and target.restarted == [0]
