@@ -1,4 +1,5 @@
-"""The harness's pure parts, without qemu: console parsing, module order, the cpio writer."""
+"""The harness's pure parts, without qemu: console parsing, module order, the cpio writer,
+the kernel command line, Restart."""
 
 from __future__ import annotations
 
