@@ -21,6 +21,7 @@ from ramster.testing.kernel import (
     Workload,
     run_target,
 )
+from tests.kernel.conftest import MEASURED
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -82,7 +83,9 @@ def test_kernel_swaps_to_ramster_nbd(guest: Guest, accel: str, tmp_path: Path) -
 
 
 def test_kernel_swaps_to_a_three_node_cluster(guest: Guest, accel: str, tmp_path: Path) -> None:
-    cluster = RamsterCluster("cluster", tmp_path, size=EXPORT_SIZE, local_budget=LOCAL_BUDGET)
+    cluster = RamsterCluster(
+        "cluster", tmp_path, size=EXPORT_SIZE, local_budget=LOCAL_BUDGET, durability="local"
+    )
     outcome = swap(cluster, guest, accel)
     assert_verified(outcome)
     assert_no_io_errors(outcome)
@@ -103,6 +106,7 @@ def holder_killed(guest: Guest, accel: str, tmp_path_factory: pytest.TempPathFac
         tmp_path_factory.mktemp("holder-killed"),
         size=EXPORT_SIZE,
         local_budget=KILL_LOCAL_BUDGET,
+        durability="local",
         export_node_args=KILL_WATERMARKS,
     )
     at_kill: dict[str, Any] = {}
@@ -189,15 +193,17 @@ def assert_survived_restart(outcome: Outcome, restart: Restart) -> None:
 
 
 def test_the_guest_follows_its_restarted_serving_node(
-    guest: Guest, accel: str, tmp_path: Path, record_property: Any
+    guest: Guest, accel: str, tmp_path: Path
 ) -> None:
     """nbd-reconnect (the kernel's netlink interface with a dead-connection timeout, which
     reconnects on the kernel's link-dead notice): no page lost, only a stall."""
     outcome, restart = swap_through_restart(
         tmp_path, guest, accel, client="nbd-reconnect", reconnect_timeouts=RECONNECT_TIMEOUTS
     )
-    record_property("serving_after_s", round(restart.serving_after, 2))
-    record_property("stall_s", round(restart.resumed_after, 2))
+    MEASURED["restart of the serving node"] = (
+        f"serving again after {restart.serving_after:.1f}s, "
+        f"the guest stalled {restart.resumed_after:.1f}s"
+    )
     said = [line for line in outcome.guest.lines if "nbd-reconnect: reconnected" in line]
     assert said, f"the client never reconnected\n{outcome.describe()}"
     assert_survived_restart(outcome, restart)

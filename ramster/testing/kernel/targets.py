@@ -236,6 +236,8 @@ class RamsterCluster(Target):
     local_budget: str = "16MiB"
     lent_budget: str = "256MiB"
     replicas: int = 2
+    durability: str = ""
+    """The export's durability, local or replicated ("": ramster node's default, replicated)."""
     export_node_args: tuple[str, ...] = ()
     """More `ramster node` options for k0 (e.g. its watermarks)."""
     ports: list[int] = field(default_factory=list)
@@ -264,7 +266,10 @@ class RamsterCluster(Target):
                 *(f"--peer=127.0.0.1:{p}" for p in self.ports if p != port),
             ]
             if i == 0:
-                args += [f"--nbd=127.0.0.1:{self.nbd_port}", f"--export={self.export}:{self.size}"]
+                export = f"{self.export}:{self.size}" + (
+                    f":{self.durability}" if self.durability else ""
+                )
+                args += [f"--nbd=127.0.0.1:{self.nbd_port}", f"--export={export}"]
                 args += self.export_node_args
             self.servers.append(
                 Server(
