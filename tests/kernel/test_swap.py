@@ -155,7 +155,7 @@ RECONNECT_TIMEOUTS = (5, 60)
 """nbd-reconnect's IO_TIMEOUT (a request in flight on the dead socket is requeued after it) and
 DEAD_CONN_TIMEOUT (how long new requests wait for a live connection before EIO), seconds."""
 STALL_LIMIT = 60.0
-"""Seconds the guest may stand still after the kill. Measured under TCG: 9.9 and 10.9 s (k0
+"""Seconds the guest may stand still after the kill. Measured under TCG: 9.7-10.9 s (k0
 serves again ~2.6 s after the kill, the client reconnects at once, then the read in flight on
 the dead socket waits out IO_TIMEOUT); a verify step of 5% takes ~4 s."""
 
