@@ -37,6 +37,8 @@ def guest() -> Guest:
 
 USED: dict[str, str] = {}
 """What the kernel tests ran on, for the terminal summary."""
+MEASURED: dict[str, str] = {}
+"""Figures a kernel test measured (the stall of a restart...), for the terminal summary."""
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +55,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"kernel tests: qemu accel={USED['accel']}, guest kernel {USED['kernel']}"
         )
+    for what, figures in MEASURED.items():
+        terminalreporter.write_line(f"kernel tests: {what}: {figures}")

@@ -1,10 +1,12 @@
-"""The harness's pure parts, without qemu: console parsing, module order, the cpio writer."""
+"""The harness's pure parts, without qemu: console parsing, module order, the cpio writer,
+the kernel command line, Restart."""
 
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
-from ramster.testing.kernel import Boot, Workload, parse
+from ramster.testing.kernel import Boot, Restart, Target, Workload, parse
 from ramster.testing.kernel.assets import resolve_modules
 from ramster.testing.kernel.cpio import Entry, archive
 from ramster.testing.kernel.targets import nbd_summary
@@ -120,6 +122,13 @@ def test_kernel_command_line_carries_the_settings() -> None:
     for setting in ("rk_mode=nbd", "rk_mib=192", "rk_passes=2", "rk_seed=7", "rk_rewrite=30"):
         assert setting in args
     assert "rk_port=4000" in args and "rk_nbdopts=-nonetlink" in args
+    assert not any(a.startswith(("rk_client=", "rk_timeouts=")) for a in args)
+
+
+def test_the_reconnecting_client_and_its_timeouts_reach_the_guest() -> None:
+    spec = Boot("nbd", port=4000, client="nbd-reconnect", reconnect_timeouts=(3, 45))
+    args = spec.kernel_args().split()
+    assert "rk_client=nbd-reconnect" in args and "rk_timeouts=3,45" in args
 
 
 def test_the_exit_line_of_ramster_nbd() -> None:
@@ -130,3 +139,26 @@ def test_the_exit_line_of_ramster_nbd() -> None:
     )
     assert nbd_summary(line) == {"error_replies": {"ENOSPC": 12, "EIO": 1}, "pages_refused": 12}
     assert nbd_summary("errors=none swap0[stored=0 mapped=0 refused=0]")["error_replies"] == {}
+
+
+class _Restartable(Target):
+    def __init__(self) -> None:
+        super().__init__("fake", Path("/nonexistent"))
+        self.restarted: list[int] = []
+
+    def restart(self, i: int) -> float:
+        self.restarted.append(i)
+        return 1.5
+
+
+def test_a_restart_happens_once_and_times_the_next_progress() -> None:
+    target = _Restartable()
+    restart = Restart("PROGRESS 1 25")
+    assert restart("PROGRESS 1 20", target) is None and not restart.killed
+    assert "restarted" in (restart("PROGRESS 1 25", target) or "")
+    assert restart.serving_after == 1.5 and target.restarted == [0]
+    assert restart("RK KMSG 3,1,2,-;block nbd0: Receive control failed", target) is None
+    assert restart.resumed_after == 0
+    assert "went on" in (restart("PROGRESS 1 30", target) or "")
+    assert restart.resumed_after > 0
+    assert restart("PROGRESS 1 25", target) is None and target.restarted == [0]

@@ -8,7 +8,7 @@ Used by tests/kernel and benchmarks/kernel_swap.py; see docs/nbd-swap.md.
 
 from ramster.testing.kernel.assets import AssetError, Guest, build, cache_dir
 from ramster.testing.kernel.console import GuestRun, PassTime, parse
-from ramster.testing.kernel.run import Outcome, killer, run_target
+from ramster.testing.kernel.run import Outcome, Restart, killer, run_target
 from ramster.testing.kernel.targets import Nbdkit, RamsterCluster, RamsterNbd, Target, Zram
 from ramster.testing.kernel.vm import Boot, Workload, boot, probe_accel
 
@@ -22,6 +22,7 @@ __all__ = [
     "PassTime",
     "RamsterCluster",
     "RamsterNbd",
+    "Restart",
     "Target",
     "Workload",
     "Zram",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ramster.testing.kernel.assets import AssetError, build, cache_dir
-from ramster.testing.kernel.run import killer, run_target
+from ramster.testing.kernel.run import Restart, killer, run_target
 from ramster.testing.kernel.targets import Nbdkit, RamsterCluster, RamsterNbd, Target, Zram
 from ramster.testing.kernel.vm import Workload, probe_accel
 
@@ -40,7 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--local-budget", default="16MiB", help="cluster node 0's local budget")
     run.add_argument("--kill-at", help='kill -9 cluster node k1 at this line ("PROGRESS 0 50")')
+    run.add_argument(
+        "--restart-at", help="kill -9 cluster node k0 at this line and start it again at once"
+    )
     run.add_argument("--nbd-option", action="append", default=[], help="e.g. -nonetlink")
+    run.add_argument(
+        "--client",
+        choices=("nbd-client", "nbd-reconnect"),
+        default="nbd-client",
+        help="what connects the guest's /dev/nbd0 (nbd-reconnect: survives a restarted server)",
+    )
     run.add_argument("--timeout", type=float, default=600.0, help="seconds for the boot")
     run.add_argument("--workdir", type=Path, help="logs (default: a new temporary directory)")
     args = parser.parse_args(argv)
@@ -64,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             Workload(args.mib, args.passes, args.seed),
             memory,
             args.timeout,
-            on_line=killer(1, args.kill_at) if args.kill_at else _echo,
+            on_line=_on_line(args.kill_at, args.restart_at),
             nbd_options=tuple(args.nbd_option),
             zram_mib=size,
+            client=args.client,
         )
     except AssetError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -79,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _echo(line: str, target: Target) -> None:
     print(line, flush=True)
+
+
+def _on_line(kill_at: str | None, restart_at: str | None) -> Callable[[str, Target], str | None]:
+    if kill_at:
+        return killer(1, kill_at)
+    if restart_at:
+        return Restart(restart_at)
+    return _echo
 
 
 if __name__ == "__main__":

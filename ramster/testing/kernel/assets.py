@@ -4,7 +4,8 @@ The kernel is `linux-image-*-cloud-amd64` fetched with `apt-get download` and un
 `dpkg-deb -x` (never installed on the host); `depmod -b` writes its modules.dep, from which the
 modules the guest needs are resolved. The initramfs holds busybox-static (also only unpacked),
 those modules, the host's own nbd-client (Debian's) with every library `ldd` names, the workload
-compiled statically with gcc, and init.sh as /init. Everything lands in the cache directory
+and nbd-reconnect (a netlink NBD client that reconnects) compiled statically with gcc, and
+init.sh as /init. Everything lands in the cache directory
 (`$RAMSTER_KERNEL_CACHE`, else `$XDG_CACHE_HOME/ramster-kernel`, else
 `~/.cache/ramster-kernel`), keyed by what went into it, so later runs start at once.
 """
@@ -37,7 +38,7 @@ NBD_CLIENT = "nbd-client"
 APPLETS = (
     "sh", "mount", "mkdir", "cat", "echo", "awk", "grep", "head", "tail", "insmod", "ip",
     "mkswap", "swapon", "swapoff", "dmesg", "poweroff", "sleep", "sync", "uname", "free", "ls",
-    "ps", "kill",
+    "ps", "kill", "seq", "cp", "ln",
 )  # fmt: skip
 
 
@@ -206,13 +207,14 @@ def _libraries(binary: str) -> list[Path]:
     return libs
 
 
-def _workload(cache: Path) -> Path:
-    """The workload, compiled statically once per source."""
-    source = resources.files("ramster.testing.kernel").joinpath("workload.c").read_bytes()
+def _workload(cache: Path, name: str = "workload") -> Path:
+    """One of the harness's C programs (the workload, nbd-reconnect), compiled statically once
+    per source."""
+    source = resources.files("ramster.testing.kernel").joinpath(f"{name}.c").read_bytes()
     digest = hashlib.sha256(source).hexdigest()[:16]
-    binary = cache / f"workload-{digest}"
+    binary = cache / f"{name}-{digest}"
     if not binary.exists():
-        src = cache / f"workload-{digest}.c"
+        src = cache / f"{name}-{digest}.c"
         src.write_bytes(source)
         tmp = binary.with_name(binary.name + ".tmp")
         _run(which("gcc"), "-O2", "-static", "-Wall", "-o", str(tmp), str(src))
@@ -247,6 +249,7 @@ def _entries(
     file("bin/busybox", busybox.read_bytes())
     entries.extend(Entry(f"bin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in APPLETS)
     file("bin/workload", workload.read_bytes())
+    file("sbin/nbd-reconnect", _workload(workload.parent, "nbd-reconnect").read_bytes())
     nbd_client = which(NBD_CLIENT)
     file("sbin/nbd-client", Path(nbd_client).read_bytes())
     for lib in _libraries(nbd_client):

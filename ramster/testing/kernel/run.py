@@ -46,6 +46,8 @@ def run_target(
     on_line: Callable[[str, Target], str | None] | None = None,
     nbd_options: tuple[str, ...] = (),
     zram_mib: int = 0,
+    client: str = "nbd-client",
+    reconnect_timeouts: tuple[int, int] = (5, 60),
 ) -> Outcome:
     """Start `target`, boot against it (bounded by `timeout`), stop it; `on_line(line, target)`
     sees every console line and may return a note of what it did (kept in `events`)."""
@@ -63,6 +65,8 @@ def run_target(
             export=target.export,
             nbd_options=nbd_options,
             zram_mib=zram_mib,
+            client=client,
+            reconnect_timeouts=reconnect_timeouts,
         )
         t0 = time.monotonic()
 
@@ -106,6 +110,38 @@ def killer(node: int, at: str) -> Callable[[str, Target], str | None]:
         return f"kill -9 node k{node} at {line!r}"
 
     return on_line
+
+
+@dataclass
+class Restart:
+    """An `on_line` that kills -9 cluster node `node` when the console line starts with `at`
+    and starts it again at once (same id, ports and state), and times what the guest saw."""
+
+    at: str
+    node: int = 0
+    killed: float = 0.0
+    """time.monotonic() of the kill (0: not yet)."""
+    serving_after: float = 0.0
+    """Seconds from the kill until the restarted node served again (listening, for k0)."""
+    resumed_after: float = 0.0
+    """Seconds from the kill until the workload's next PROGRESS or PASS line: how long the
+    guest stalled, the restart and the reconnect included (0: it never went on)."""
+
+    def __call__(self, line: str, target: Target) -> str | None:
+        if self.killed:
+            if not self.resumed_after and line.startswith(("PROGRESS ", "PASS ")):
+                self.resumed_after = time.monotonic() - self.killed
+                return f"the workload went on {self.resumed_after:.1f}s after the kill: {line!r}"
+            return None
+        restart = getattr(target, "restart", None)
+        if restart is None or not line.startswith(self.at):
+            return None
+        self.killed = time.monotonic()
+        self.serving_after = restart(self.node)
+        return (
+            f"kill -9 node k{self.node} at {line!r}, restarted; "
+            f"serving again after {self.serving_after:.1f}s"
+        )
 
 
 def guest_log_dir(base: Path, name: str) -> Path:

@@ -236,9 +236,13 @@ class RamsterCluster(Target):
     local_budget: str = "16MiB"
     lent_budget: str = "256MiB"
     replicas: int = 2
+    durability: str = ""
+    """The export's durability, local or replicated ("": ramster node's default, replicated)."""
     export_node_args: tuple[str, ...] = ()
     """More `ramster node` options for k0 (e.g. its watermarks)."""
     ports: list[int] = field(default_factory=list)
+    nbd_port: int = 0
+    """k0's NBD port, chosen up front so that a restarted k0 listens where the guest was."""
     last_stats: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> int:
@@ -246,6 +250,7 @@ class RamsterCluster(Target):
         secret.write_text(secrets.token_hex(32) + "\n")
         secret.chmod(0o600)
         self.ports = [free_port() for _ in range(self.nodes)]
+        self.nbd_port = free_port()
         env = _clean_env()
         for i, port in enumerate(self.ports):
             args = [
@@ -261,7 +266,10 @@ class RamsterCluster(Target):
                 *(f"--peer=127.0.0.1:{p}" for p in self.ports if p != port),
             ]
             if i == 0:
-                args += ["--nbd=127.0.0.1:0", f"--export={self.export}:{self.size}"]
+                export = f"{self.export}:{self.size}" + (
+                    f":{self.durability}" if self.durability else ""
+                )
+                args += [f"--nbd=127.0.0.1:{self.nbd_port}", f"--export={export}"]
                 args += self.export_node_args
             self.servers.append(
                 Server(
@@ -307,6 +315,19 @@ class RamsterCluster(Target):
     def kill(self, i: int) -> None:
         """kill -9 node i (a holder when i > 0)."""
         self.servers[i].kill()
+
+    def restart(self, i: int) -> float:
+        """Start node i again as it was (same id, ports, state directory) after a kill; for k0,
+        until it serves NBD again (it rebuilds the export's index first). Seconds it took."""
+        t0 = time.monotonic()
+        server = self.servers[i]
+        server.kill()
+        server.start()
+        if i == 0:
+            server.wait_log(LISTENING)
+        else:
+            server.wait_port(self.ports[i])
+        return time.monotonic() - t0
 
     def report(self) -> dict[str, Any]:
         try:

@@ -66,6 +66,11 @@ class Boot:
     export: str = "swap0"
     nbd_options: tuple[str, ...] = ()
     """Added to `nbd-client HOST PORT /dev/nbd0 -N EXPORT -b 4096 -swap -persist`."""
+    client: str = "nbd-client"
+    """What connects /dev/nbd0: nbd-client (Debian's), or nbd-reconnect (nbd-reconnect.c: the
+    kernel's netlink interface with a dead-connection timeout, reconnecting on a dead link)."""
+    reconnect_timeouts: tuple[int, int] = (5, 60)
+    """nbd-reconnect's IO_TIMEOUT and DEAD_CONN_TIMEOUT, in seconds."""
     zram_mib: int = 0
     cpus: int = 1
 
@@ -74,6 +79,9 @@ class Boot:
         args = [*KERNEL_ARGS, f"rk_mode={self.mode}", *self.workload.args()]
         if self.mode == "nbd":
             args += [f"rk_port={self.port}", f"rk_export={self.export}"]
+            if self.client != "nbd-client":
+                io_timeout, dead = self.reconnect_timeouts
+                args += [f"rk_client={self.client}", f"rk_timeouts={io_timeout},{dead}"]
             if self.nbd_options:
                 # init.sh splits it back on commas (the command line splits on spaces).
                 args.append("rk_nbdopts=" + ",".join(self.nbd_options))

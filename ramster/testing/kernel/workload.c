@@ -11,7 +11,8 @@
  *   repetitive first half (an 8-byte word of the page's own repeated: compresses well) and a
  *   random second half (xorshift: does not compress), like real anonymous memory.
  * Prints one line per pass ("PASS n kind seconds MiB/s"), "PROGRESS pass percent" at every
- * quarter of a pass, and at the end one line
+ * 5% of a pass (the host acts at known points, and times stalls between them), and at the end
+ * one line
  * "RESULT pages=.. verified=.. mismatches=.. rewritten=.. seconds=..". Exit 0 when nothing
  * mismatched, 1 otherwise, 2 on bad usage. Static, libc only (it runs from an initramfs).
  */
@@ -67,9 +68,12 @@ static double now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* "PROGRESS pass percent": lets the host act at a known point of the run (kill a node). */
+/* "PROGRESS pass percent" each time `done` pages cross a multiple of 5% (not at 0 or 100):
+ * lets the host act at a known point of the run (kill a node) and time a stall. */
 static void progress(int pass, uint64_t done, uint64_t pages) {
-    printf("PROGRESS %d %llu\n", pass, (unsigned long long)(done * 100 / pages));
+    uint64_t pct = done * 100 / pages;
+    if (pct % 5 != 0 || pct == 0 || pct >= 100 || (done - 1) * 100 / pages == pct) return;
+    printf("PROGRESS %d %llu\n", pass, (unsigned long long)pct);
     fflush(stdout);
 }
 
@@ -98,10 +102,9 @@ int main(int argc, char **argv) {
     }
     double start = now();
     double t = now();
-    uint64_t quarter = pages / 4 ? pages / 4 : 1;
     for (uint64_t p = 0; p < pages; p++) {
         pattern((uint64_t *)(mem + p * PAGE), seed, p, 0);
-        if ((p + 1) % quarter == 0 && p + 1 < pages) progress(0, p + 1, pages);
+        progress(0, p + 1, pages);
     }
     double dt = now() - t;
     printf("PASS 0 fill %.2f s %.1f MiB/s\n", dt, (double)mib / dt);
@@ -131,7 +134,7 @@ int main(int argc, char **argv) {
                            (unsigned long long)got[1]);
                 }
             }
-            if ((i + 1) % quarter == 0 && i + 1 < pages) progress(pass, i + 1, pages);
+            progress(pass, i + 1, pages);
             rng = mix(rng);
             if ((int)(rng % 100) < rewrite) {
                 versions[p]++;
