@@ -194,7 +194,10 @@ class Tier:
         for node, until in list(slow.items()):
             if until <= now:
                 del slow[node]
-        return [c for c in self.holders.candidates() if c.node not in slow]
+        live = self.holders.candidates()
+        fresh = [c for c in live if c.node not in slow]
+        # A slow holder beats none: a store is never refused while a live budget has room.
+        return fresh if len(fresh) >= self.config.min_replicas else live
 
     @property
     def page_size(self) -> int:
