@@ -1,5 +1,7 @@
 """The replicated-export part of benchmarks/nbd.py: a 3-node cluster on loopback, R=2.
 
+    python benchmarks/replicated_export.py [--quick]   (alone; nbd.py runs it with the rest)
+
 Node n0 serves two exports of the same size in the same run: `rep` (replicated: a write is
 answered once two other nodes hold it) and `loc` (local: once it is in n0's pool, which is large
 enough to keep everything). fio does the same 4 KiB randwrite and randread work on both. Then a
@@ -116,3 +118,46 @@ def measure(
             return out
         finally:
             cluster.stop_all()
+
+
+def main() -> None:
+    """Run the replicated-export part alone (benchmarks/nbd.py runs it with the rest)."""
+    import argparse
+    import json
+    import sys
+
+    import nbd  # benchmarks/ is the script's directory
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="64 MiB exports, a 256 MiB restart (~1 min)"
+    )
+    args = parser.parse_args()
+    plan = nbd.QUICK if args.quick else nbd.FULL
+    restart_mib = 256 if args.quick else 1024
+    out = measure(
+        plan.image_mib, restart_mib, plan.seconds, nbd.fio, lambda t: print(t, file=sys.stderr)
+    )
+    print(
+        f"replicated randwrite {out['rep_randwrite_iops']:,.0f} IOPS vs local "
+        f"{out['loc_randwrite_iops']:,.0f}; rebuild {out['rebuild_pages_per_s']:,.0f} pages/s; "
+        f"kill -9 to serving {out['restart_to_serving_s']:.2f} s ({restart_mib} MiB)"
+    )
+    print(
+        json.dumps(
+            {
+                "replicated_randwrite_iops": round(out["rep_randwrite_iops"]),
+                "replicated_randread_iops": round(out["rep_randread_iops"]),
+                "replicated_vs_local_randwrite": round(
+                    out["rep_randwrite_iops"] / out["loc_randwrite_iops"], 3
+                ),
+                "rebuild_pages_per_s": round(out["rebuild_pages_per_s"]),
+                "restart_to_serving_s": round(out["restart_to_serving_s"], 2),
+                "restart_export_mib": restart_mib,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
