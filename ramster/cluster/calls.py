@@ -3,7 +3,7 @@ it serves. Answers are checked for shape here; the page batches by `ramster.rpc.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ from ramster.protocol import (
 )
 from ramster.rpc import Keys, PageBatch, RpcClient
 from ramster.rpc.pages import flags_from_wire
+from ramster.types import Buffer
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -179,3 +180,52 @@ class HolderCalls:
             EXPORT_ADOPT, [name, size, area], timeout=ADOPT_TIMEOUT
         )
         return result if type(result) is int else 0
+
+
+class SpeaksFor:
+    """The hold.* calls of `frontswap.remote.Holders` for one owner: whoever mixes this in sets
+    `calls` and `owner_identity` (a node for its own pages, an export's server for its)."""
+
+    calls: HolderCalls
+    owner_identity: Owner
+
+    async def put(
+        self,
+        node: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+        payloads: Sequence[Buffer],
+    ) -> list[bool]:
+        """hold.put on node."""
+        batch = PageBatch(areas, offsets, versions, checksums, payloads)
+        return await self.calls.put(node, self.owner_identity, batch)
+
+    async def copy(
+        self,
+        source: str,
+        target: str,
+        areas: list[int],
+        offsets: list[int],
+        versions: list[int],
+        checksums: list[int],
+    ) -> tuple[list[bool], int]:
+        """hold.copy on source: it verifies its copies and puts them on target."""
+        return await self.calls.copy(
+            self.owner_identity, source, target, areas, offsets, versions, checksums
+        )
+
+    async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
+        """hold.get on node, answers in the order of the keys."""
+        return await self.calls.get(self.owner_identity, node, areas, offsets)
+
+    async def drop(
+        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
+    ) -> None:
+        """hold.drop on node (versioned: newer copies stay)."""
+        await self.calls.drop(self.owner_identity, node, areas, offsets, versions)
+
+    async def drop_area(self, node: str, area: int, max_version: int) -> None:
+        """hold.drop_area on node: the owner's pages of the area no newer than max_version."""
+        await self.calls.drop_area(self.owner_identity, node, area, max_version)

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ramster.cluster.calls import HolderCalls
+from ramster.cluster.calls import HolderCalls, SpeaksFor
 from ramster.cluster.hints import Hints
 from ramster.cluster.membership import Membership, MembershipConfig, State, Transition
 from ramster.cluster.placement import Candidate
 from ramster.errors import DuplicateNode, PeerLost, ProtocolError, RamsterError
-from ramster.pagestore.lent import Stored, incarnation_order
+from ramster.pagestore.lent import incarnation_order
 from ramster.protocol import (
     COORD_ORDER,
     COORD_REBALANCE,
@@ -32,7 +32,6 @@ from ramster.protocol import (
 from ramster.rpc import Identity, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.settings import parse_address
 from ramster.telemetry.ratelimit import LogLimiter
-from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class Peer:
     task: asyncio.Task[None] | None = None
 
 
-class Peers:
+class Peers(SpeaksFor):
     """The peers this node talks to, kept fresh by heartbeats."""
 
     def __init__(
@@ -83,10 +82,10 @@ class Peers:
         self.me = me
         self.incarnation = incarnation
         self.identity = Identity.node(me, incarnation)
-        self.identity_pair = (me, incarnation)
+        self.owner_identity = (me, incarnation)
+        """(owner, incarnation) as this node's own hold.* calls name it."""
         self.supersedes: str | None = None
         """The incarnation this run replaces, known dead (its state-dir lock was free)."""
-        """(owner, incarnation) as this node's own hold.* calls name it."""
         """Who this node is in every handshake it makes."""
         self.max_dials = max_dials
         self.heartbeat = heartbeat
@@ -451,53 +450,12 @@ class Peers:
         if peer is not None:
             peer.lent_free = max(0, peer.lent_free - nbytes)
 
-    async def put(
-        self,
-        node: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
-        payloads: Sequence[Buffer],
-    ) -> list[bool]:
-        """hold.put on node."""
-        batch = PageBatch(areas, offsets, versions, checksums, payloads)
-        return await self.calls.put(node, self.identity_pair, batch)
-
     async def put_for(
         self, node: str, owner: str, incarnation: str, batch: PageBatch
     ) -> list[bool]:
         """hold.put_copy on node: another owner's verified copies this holder forwards for
         that owner's hold.copy."""
         return await self.calls.put(node, (owner, incarnation), batch, forwarded=True)
-
-    async def copy(
-        self,
-        source: str,
-        target: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
-    ) -> tuple[list[bool], int]:
-        """hold.copy on source: it verifies its copies and puts them on target."""
-        return await self.calls.copy(
-            self.identity_pair, source, target, areas, offsets, versions, checksums
-        )
-
-    async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
-        """hold.get on node, answers in the order of the keys."""
-        return await self.calls.get(self.identity_pair, node, areas, offsets)
-
-    async def drop(
-        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
-    ) -> None:
-        """hold.drop on node (versioned: newer copies stay)."""
-        await self.calls.drop(self.identity_pair, node, areas, offsets, versions)
-
-    async def drop_area(self, node: str, area: int, max_version: int) -> None:
-        """hold.drop_area on node: its pages of the area no newer than max_version."""
-        await self.calls.drop_area(self.identity_pair, node, area, max_version)
 
     async def order(self, node: str, params: list[object]) -> object:
         """Send the coordinator's order to a node (it only queues it, so answers at once)."""

@@ -234,7 +234,7 @@ class ExportService:
     async def _inventories(self, served: Served, area: int) -> dict[str, Inventory]:
         """Every live holder's inventory of one area, a batch at a time."""
         nodes = sorted(self.peers.alive())
-        identity = served.holders.identity
+        identity = served.holders.owner_identity
 
         async def one(node: str) -> Inventory:
             parts: list[Inventory] = []
@@ -345,13 +345,13 @@ class ExportService:
                 fs.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
         own = rebuilt.stale.get(self.peers.me)
         if own is not None and len(own[0]):
-            owner, inc = fs.holders.identity  # type: ignore[attr-defined]
+            owner, inc = fs.holders.owner_identity  # type: ignore[attr-defined]
             self.lent.drop(owner, inc, [area] * len(own[0]), own[0].tolist(), own[1].tolist())
 
     async def _rehome(self, served: Served, area: int, groups: list[Any]) -> None:
         """Copies this node held of the export it now serves: a server never holds its own
         pages, so they are stored again (R copies elsewhere), then dropped here."""
-        owner, inc = served.holders.identity
+        owner, inc = served.holders.owner_identity
         ps = self.config.page_size
         for _, offs, _, _ in groups:
             for i in range(0, len(offs), 1024):
