@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ramster.errors import ProtocolError
-from ramster.frontswap.contract import PageLike
+from ramster.frontswap.contract import AreaKind, PageLike
 from ramster.pagestore import PoolConfig, checksum, encode, expand
 from ramster.protocol import (
     FS_INIT,
@@ -78,9 +78,10 @@ class Client:
             raise ProtocolError("node.stats must answer a map")
         return result
 
-    async def init(self, area: int) -> None:
-        """Make an area usable."""
-        await self._rpc.call(FS_INIT, [area])
+    async def init(self, area: int, kind: AreaKind = "persistent") -> None:
+        """Make an area usable: persistent (a stored page loads back until invalidated) or
+        ephemeral (a cache: the node may drop any page, a load may miss, a hit is exact)."""
+        await self._rpc.call(FS_INIT, [area] if kind == "persistent" else [area, kind])
 
     async def store(self, area: int, offset: int, page: PageLike) -> bool:
         """Store one page; False when refused."""
@@ -220,9 +221,9 @@ class SyncClient:
         """Everything the node reports about itself."""
         return self._run(self._client.stats())
 
-    def init(self, area: int) -> None:
-        """Make an area usable."""
-        self._run(self._client.init(area))
+    def init(self, area: int, kind: AreaKind = "persistent") -> None:
+        """Make an area usable (see `Client.init`)."""
+        self._run(self._client.init(area, kind))
 
     def store(self, area: int, offset: int, page: PageLike) -> bool:
         """Store one page."""

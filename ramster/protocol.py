@@ -13,7 +13,8 @@ coord.order must be the node its handshake proved; Forbidden otherwise) or for a
 - node.hello      [node_id, incarnation] (nodes), [] (clients) -> {node, incarnation, ...}
 - node.stats      []                                          -> {...}
 - node.drain      []                                          -> {...}  (stop taking pages)
-- hold.put        [owner, incarnation, page batch]            -> [kept?]  (CapacityError if none)
+- hold.put        [owner, incarnation, page batch(, "ephemeral")] -> [kept?]  (CapacityError if
+                  none; pages of an ephemeral area say so: the holder may evict them)
 - hold.put_copy   [owner, incarnation, page batch]            -> [kept?]  (a holder forwarding
                   another owner's verified copies for that owner's hold.copy)
 - hold.get        [owner, incarnation, keys]                  -> page batch of held pages
@@ -27,7 +28,7 @@ coord.order must be the node its handshake proved; Forbidden otherwise) or for a
                   (int64/uint64 little-endian blobs: held keys from `start` on, ascending)
 - hold.delete_export [owner, term]            -> pages dropped (the export is gone for good)
 - export.adopt    [name, size, area]          -> term  (serve that export from this node now)
-- fs.init         [area]
+- fs.init         [area(, kind)]   kind "persistent" (the default) or "ephemeral"
 - fs.store        [area, offsets, pages blob]                 -> [stored?]
 - fs.store_encoded [area, offsets, checksums, lengths, blob]  -> [stored?]  (client-compressed)
 - fs.load         [area, offsets, exclusive]                  -> [[present?], pages blob]
@@ -48,6 +49,10 @@ HELLO = "node.hello"
 DRAIN = "node.drain"
 STATS = "node.stats"
 HOLD_PUT = "hold.put"
+PERSISTENT = "persistent"
+EPHEMERAL = "ephemeral"
+AREA_KINDS = (PERSISTENT, EPHEMERAL)
+"""What an area may be: frontswap's persistent pages, or cleancache's ephemeral ones."""
 HOLD_PUT_COPY = "hold.put_copy"
 HOLD_GET = "hold.get"
 HOLD_DROP = "hold.drop"
@@ -152,6 +157,9 @@ _HELLO_FIELDS: dict[str, tuple[type, ...]] = {
     "lent_pages": (int,),
     "local_used": (int,),
     "local_budget": (int,),
+    "local_ephemeral": (int,),
+    "lent_used": (int,),
+    "lent_ephemeral": (int,),
     "page_size": (int,),
     "draining": (bool,),
     "admin": (str, type(None)),

@@ -33,6 +33,9 @@ POOL_GAUGES = {
     "pool_total_size": "RAM the pool costs, in bytes (what the budget counts)",
     "pool_limit": "The pool's budget, in bytes",
     "metadata_size": "Bytes of per-page metadata and allocator bookkeeping",
+    "ephemeral_pages": "Ephemeral (cleancache) pages kept in the pool",
+    "ephemeral_bytes": "Compressed bytes of the ephemeral pages kept (room persistent pages "
+    "may take)",
 }
 POOL_COUNTERS = {
     "reject_pool_limit": "Stores refused because the pool was full",
@@ -45,6 +48,14 @@ POOL_COUNTERS = {
     "checksum_failures": "Copies whose checksum did not match (never returned)",
     "compactions": "Slab compactions",
     "pages_compacted": "Objects moved by compaction",
+    "evicts": "Ephemeral pages evicted to make room",
+}
+CLEANCACHE_COUNTERS = {
+    "puts": "Pages put into ephemeral areas",
+    "succ_gets": "Ephemeral loads that hit",
+    "failed_gets": "Ephemeral loads that missed",
+    "evicts": "Ephemeral pages of this node evicted (here, or by the spiller for want of room)",
+    "invalidates": "Ephemeral pages invalidated",
 }
 RPC_COUNTERS = {
     "accepted": "Connections accepted",
@@ -131,6 +142,11 @@ class NodeCollector(Collector):
         for pool, st in pools.items():
             full.add_metric([pool], 1 if st["full"] else 0)
         yield full
+
+        for key, doc in CLEANCACHE_COUNTERS.items():
+            yield CounterMetricFamily(
+                f"ramster_cleancache_{key}", doc, value=gauges.cleancache.get(key, 0)
+            )
 
         rpc = dataclasses.asdict(gauges.rpc)
         for key, doc in RPC_COUNTERS.items():

@@ -57,6 +57,27 @@ NODE = _obj(
             "description": "the lent pool's counters, and its pages per owner (by_owner)",
         },
         "remote": {"type": "object", "additionalProperties": NUM},
+        "ephemeral": {
+            "type": "object",
+            "properties": {
+                "puts": INT,
+                "succ_gets": INT,
+                "failed_gets": INT,
+                "evicts": INT,
+                "invalidates": INT,
+                "areas": {"type": "array", "items": INT},
+                "pages": INT,
+                "bytes": INT,
+                "spilled_pages": INT,
+                "remote_misses": INT,
+                "lent_pages": INT,
+                "lent_bytes": INT,
+                "lent_evicts": INT,
+            },
+            "description": "ephemeral (cleancache) areas: puts, hits (succ_gets), misses "
+            "(failed_gets), evictions and invalidations, named as cleancache's; pages and "
+            "compressed bytes here, spilled to peers and held for peers",
+        },
         "counters": COUNTS,
         "copies_refused": INT,
         "nbd": {"type": ["object", "null"], "description": "NBD server counters, if it serves"},
@@ -77,6 +98,9 @@ MEMBER = _obj(
         "lent_pages": NULLABLE_INT,
         "local_used": NULLABLE_INT,
         "local_budget": NULLABLE_INT,
+        "local_ephemeral": NULLABLE_INT,
+        "lent_used": NULLABLE_INT,
+        "lent_ephemeral": NULLABLE_INT,
         "draining": {"type": ["boolean", "null"]},
         "under_replicated": NULLABLE_INT,
         "repairing_pages": NULLABLE_INT,
@@ -111,7 +135,14 @@ AREAS = _obj(
     {
         "areas": {
             "type": "array",
-            "items": _obj({"area": INT, "local_pages": INT, "remote_pages": INT}),
+            "items": _obj(
+                {
+                    "area": INT,
+                    "kind": {"enum": ["persistent", "ephemeral"]},
+                    "local_pages": INT,
+                    "remote_pages": INT,
+                }
+            ),
         }
     }
 )

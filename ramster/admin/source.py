@@ -49,6 +49,8 @@ class Gauges:
     orders_refused: int
     copies_refused: int
     nbd: Mapping[str, Any] | None
+    cleancache: Mapping[str, int]
+    """Ephemeral areas' counters: puts, succ_gets, failed_gets, evicts, invalidates."""
 
 
 class NodeSource(Protocol):

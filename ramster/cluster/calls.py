@@ -12,6 +12,7 @@ import numpy.typing as npt
 from ramster.errors import ProtocolError
 from ramster.pagestore.lent import Stored
 from ramster.protocol import (
+    EPHEMERAL,
     EXPORT_ADOPT,
     HOLD_CLAIM,
     HOLD_COPY,
@@ -60,13 +61,21 @@ class HolderCalls:
         self.timeout = timeout
 
     async def put(
-        self, node: str, owner: Owner, batch: PageBatch, *, forwarded: bool = False
+        self,
+        node: str,
+        owner: Owner,
+        batch: PageBatch,
+        *,
+        forwarded: bool = False,
+        ephemeral: bool = False,
     ) -> list[bool]:
-        """hold.put (or, forwarded, hold.put_copy: another owner's verified copies) on node."""
+        """hold.put (or, forwarded, hold.put_copy: another owner's verified copies) on node;
+        pages of an ephemeral area say so (the holder may evict them)."""
+        params: list[object] = [*owner, batch.to_wire()]
+        if ephemeral:
+            params.append(EPHEMERAL)
         result = await self._client(node).call(
-            HOLD_PUT_COPY if forwarded else HOLD_PUT,
-            [*owner, batch.to_wire()],
-            timeout=self.timeout,
+            HOLD_PUT_COPY if forwarded else HOLD_PUT, params, timeout=self.timeout
         )
         self._spent(node, sum(len(p) for p in batch.payloads))
         return flags_from_wire(result, len(batch.offsets))
@@ -197,10 +206,11 @@ class SpeaksFor:
         versions: list[int],
         checksums: list[int],
         payloads: Sequence[Buffer],
+        ephemeral: bool = False,
     ) -> list[bool]:
         """hold.put on node."""
         batch = PageBatch(areas, offsets, versions, checksums, payloads)
-        return await self.calls.put(node, self.owner_identity, batch)
+        return await self.calls.put(node, self.owner_identity, batch, ephemeral=ephemeral)
 
     async def copy(
         self,

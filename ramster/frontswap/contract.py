@@ -4,18 +4,23 @@
 - A store that returned True loads back byte-identical until overwritten or invalidated.
 - A failed overwrite invalidates the old copy: stale data never comes back.
 - An exclusive load frees the page as it returns it.
+- An ephemeral area (cleancache) may refuse or drop any page at any time: a load may miss
+  (None) for a page that was stored, but a page it returns is exactly the newest stored one.
 Every implementation (local pool only, or local plus the cluster) keeps exactly this contract.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 from ramster.types import Buffer
 
 PageLike: TypeAlias = Buffer
 """A page as callers hand it in."""
+AreaKind: TypeAlias = Literal["persistent", "ephemeral"]
+"""persistent: frontswap's pages, kept until invalidated; ephemeral: cleancache's, which may
+be dropped at any time (a load may miss), kept only in room no persistent page needs."""
 
 
 class Frontswap(Protocol):
@@ -26,8 +31,8 @@ class Frontswap(Protocol):
         """Bytes per page."""
         ...
 
-    async def init(self, area: int) -> None:
-        """Make an area usable (idempotent)."""
+    async def init(self, area: int, kind: AreaKind = "persistent") -> None:
+        """Make an area usable (idempotent; a live area keeps its kind)."""
 
     async def store(self, area: int, offset: int, page: PageLike) -> bool:
         """Keep a page; False when refused (the old copy of the key is gone either way)."""

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ramster.errors import InvalidPage
-from ramster.frontswap.contract import PageLike
+from ramster.frontswap.contract import AreaKind, PageLike
 from ramster.pagestore import (
     MAX_OFFSET,
     PagePool,
@@ -30,6 +30,9 @@ THREAD_CHUNK = 1024
 """Pages one worker thread compresses at a time."""
 DEFAULT_MAX_AREAS = 32
 """Like the kernel's MAX_SWAPFILES: areas are few and numbered from 0."""
+AREA_KINDS: tuple[AreaKind, ...] = ("persistent", "ephemeral")
+CLEANCACHE_COUNTERS = ("puts", "succ_gets", "failed_gets", "invalidates")
+"""Ephemeral areas' counters, named as cleancache's (evicts is the pool's)."""
 
 
 async def encode_in_threads(
@@ -68,6 +71,10 @@ class FrontswapStatistics:
     areas: tuple[int, ...]
     reject_no_area: int
     versions_issued: int
+    ephemeral_areas: tuple[int, ...] = ()
+    cleancache: dict[str, int] | None = None
+    """puts (pages offered), succ_gets (hits), failed_gets (misses), invalidates (pages) of
+    ephemeral areas, and evicts (pages dropped for room, here and by the spiller)."""
 
 
 class LocalFrontswap:
@@ -86,6 +93,8 @@ class LocalFrontswap:
         invalidate_area must not record its pages in the area's next life."""
         self._version = 0
         self._reject_no_area = 0
+        self._ephemeral: set[int] = set()
+        self._cc: dict[str, int] = dict.fromkeys(CLEANCACHE_COUNTERS, 0)
 
     @property
     def page_size(self) -> int:
@@ -152,9 +161,31 @@ class LocalFrontswap:
 
     # -- the contract ----------------------------------------------------------------------------
 
-    async def init(self, area: int) -> None:
-        """Make an area usable (idempotent)."""
-        self._areas.add(self._area(area))
+    async def init(self, area: int, kind: AreaKind = "persistent") -> None:
+        """Make an area usable (idempotent; a live area keeps its kind: InvalidPage for the
+        other one until it is invalidated)."""
+        area = self._area(area)
+        if kind not in AREA_KINDS:
+            raise InvalidPage(f"an area is persistent or ephemeral, not {kind!r}")
+        ephemeral = kind == "ephemeral"
+        if area in self._areas:
+            if ephemeral != (area in self._ephemeral):
+                raise InvalidPage(
+                    f"area {area} is {self.kind_of(area)}: invalidate it before init as {kind}"
+                )
+            return
+        self._check_kind(kind)
+        if ephemeral:
+            self._ephemeral.add(area)
+        self.pool.set_ephemeral(area, ephemeral)
+        self._areas.add(area)
+
+    def _check_kind(self, kind: AreaKind) -> None:
+        """InvalidPage if this frontswap cannot serve areas of that kind."""
+
+    def kind_of(self, area: int) -> AreaKind:
+        """What the area is (persistent when not initialised)."""
+        return "ephemeral" if area in self._ephemeral else "persistent"
 
     async def store(self, area: int, offset: int, page: PageLike) -> bool:
         """Keep a page; False when refused (the old copy of the key is gone either way)."""
@@ -174,6 +205,10 @@ class LocalFrontswap:
         self._areas.discard(area)
         self._generation[area] = self._generation.get(area, 0) + 1
         dropped = await self._drop_area(area)
+        if area in self._ephemeral and area not in self._areas:
+            self._cc["invalidates"] += dropped
+            self._ephemeral.discard(area)
+            self.pool.set_ephemeral(area, False)
         log.debug("area %d invalidated: %d pages dropped", area, dropped)
 
     async def _drop_area(self, area: int) -> int:
@@ -189,6 +224,8 @@ class LocalFrontswap:
         if area not in self._areas:
             self._reject_no_area += len(offs)
             return [False] * len(offs)
+        if area in self._ephemeral:
+            self._cc["puts"] += len(offs)
         if len(pgs) > THREAD_BATCH and self.pool.config.keep_incompressible:
             # lz4 and xxh3 release the GIL: a large batch is compressed on worker threads,
             # so that the loop keeps serving (a 64 MiB NBD write is ~130 ms of lz4) and both
@@ -226,6 +263,8 @@ class LocalFrontswap:
         if area not in self._areas:
             self._reject_no_area += len(offs)
             return [False] * len(offs)
+        if area in self._ephemeral:
+            self._cc["puts"] += len(offs)
         return await self._in_runs(
             offs, lambda i, j: self._put_encoded(area, offs[i:j], pls[i:j], sums[i:j])
         )
@@ -318,8 +357,17 @@ class LocalFrontswap:
             out: list[bytes | None] = []
             for i in range(len(offs)):
                 out += await self._get(area, offs[i : i + 1], True)
-            return out
-        return await self._get(area, offs, exclusive)
+        else:
+            out = await self._get(area, offs, exclusive)
+        if area in self._ephemeral:
+            self.count_gets(out)
+        return out
+
+    def count_gets(self, answers: Sequence[object | None]) -> None:
+        """Count an ephemeral area's hits (succ_gets) and misses (failed_gets)."""
+        misses = answers.count(None)
+        self._cc["failed_gets"] += misses
+        self._cc["succ_gets"] += len(answers) - misses
 
     async def _get(
         self, area: int, offs: npt.NDArray[np.int64], exclusive: bool
@@ -383,6 +431,8 @@ class LocalFrontswap:
         """`invalidate_page` for many keys in one pass."""
         area = self._area(area)
         offs = self._offsets(offsets)
+        if area in self._ephemeral:
+            self._cc["invalidates"] += len(offs)
         await self._drop(area, offs)
 
     async def _drop(self, area: int, offs: npt.NDArray[np.int64]) -> None:
@@ -390,9 +440,12 @@ class LocalFrontswap:
 
     def statistics(self) -> FrontswapStatistics:
         """Pool counters plus the contract's own."""
+        pool = self.pool.statistics()
         return FrontswapStatistics(
-            pool=self.pool.statistics(),
+            pool=pool,
             areas=tuple(sorted(self._areas)),
             reject_no_area=self._reject_no_area,
             versions_issued=self._version,
+            ephemeral_areas=tuple(sorted(self._ephemeral)),
+            cleancache={**self._cc, "evicts": pool.evicts},
         )

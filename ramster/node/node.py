@@ -415,6 +415,7 @@ class Node:
         return [
             {
                 "area": area,
+                "kind": self.frontswap.kind_of(area),
                 "local_pages": counts.get(area, (0, 0))[0],
                 "remote_pages": counts.get(area, (0, 0))[1],
             }
@@ -434,6 +435,7 @@ class Node:
             orders_refused=self.orders_refused,
             copies_refused=self.holder.copies_refused,
             nbd=status.nbd_view(self),
+            cleancache=self.frontswap.statistics().cleancache or {},
         )
 
     async def drain(self, node: str) -> None:

@@ -75,6 +75,10 @@ def hello_info(node: Node) -> dict[str, Any]:
         "lent_budget": config.lent_budget,
         "local_used": node.frontswap.pool.used_bytes,
         "local_budget": config.local_budget,
+        # Of which ephemeral (evictable), as the dashboard's bars show them.
+        "local_ephemeral": node.frontswap.pool.ephemeral_bytes,
+        "lent_used": node.lent.pool.used_bytes,
+        "lent_ephemeral": node.lent.pool.ephemeral_bytes,
         "page_size": config.page_size,
         "draining": node.lent.draining,
         "admin": node.admin_address,
@@ -95,6 +99,25 @@ def counters(node: Node) -> dict[str, int]:
         "remote_loads": int(remote["remote_loads"]),
         "repaired_pages": int(remote["repaired_pages"]),
         "rebalanced_pages": int(remote["rebalanced_pages"]),
+    }
+
+
+def ephemeral_view(node: Node) -> dict[str, Any]:
+    """The ephemeral (cleancache) side: its counters, named as cleancache's, and its pages
+    here, on holders and held for others."""
+    fs = node.frontswap.statistics()
+    lent = node.lent.statistics().pool
+    remote = node.frontswap.remote_statistics()
+    return {
+        **(fs.cleancache or {}),
+        "areas": list(fs.ephemeral_areas),
+        "pages": fs.pool.ephemeral_pages,
+        "bytes": fs.pool.ephemeral_bytes,
+        "spilled_pages": int(remote["ephemeral_spilled_pages"]),
+        "remote_misses": int(remote["ephemeral_misses"]),
+        "lent_pages": lent.ephemeral_pages,
+        "lent_bytes": lent.ephemeral_bytes,
+        "lent_evicts": lent.evicts,
     }
 
 
@@ -152,6 +175,7 @@ def describe(node: Node) -> dict[str, Any]:
         "pool": dataclasses.asdict(node.frontswap.pool.statistics()),
         "lent": _lent(node),
         "remote": node.frontswap.remote_statistics(),
+        "ephemeral": ephemeral_view(node),
         "counters": counters(node),
         "orders": _orders(node),
         "copies_refused": node.holder.copies_refused,
@@ -193,6 +217,7 @@ def stats(node: Node) -> dict[str, Any]:
         ),
         "lent": _lent(node),
         "remote": node.frontswap.remote_statistics(),
+        "ephemeral": ephemeral_view(node),
         "gone_peers": sorted(gone),
         "under_replicated_pages": node.frontswap.under_replicated(gone),
         "orphans_pending": node.frontswap.orphans_pending(),

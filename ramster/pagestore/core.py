@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ramster.pagestore.codec import EMPTY, LZ4, RAW, REMOTE, SAME, checksum
-from ramster.pagestore.config import PoolConfig
+from ramster.pagestore.config import MAX_AREA, PoolConfig
 from ramster.pagestore.index import RadixIndex
 from ramster.pagestore.slab import SlabAllocator
 
@@ -94,6 +94,10 @@ class PoolCore:
         self._compr = 0
         self._remote = 0
         self._remote_drops: list[tuple[int, int, int, int]] = []
+        self._eph_table = np.zeros(MAX_AREA + 1, dtype=bool)  # area -> ephemeral? (numpy masks)
+        self._eph_areas: set[int] = set()  # the same, for plain-int checks
+        self._eph_pages = 0
+        self._eph_bytes = 0
         self._c: dict[str, int] = dict.fromkeys(
             (
                 "reject_pool_limit",
@@ -106,6 +110,7 @@ class PoolCore:
                 "checksum_failures",
                 "compactions",
                 "pages_compacted",
+                "evicts",
             ),
             0,
         )
@@ -218,7 +223,11 @@ class PoolCore:
         self._stored += used
         self._same += put.kinds.count(SAME)
         self._huge += raw
-        self._compr += sum(put.lengths) + raw * self._ps
+        compr = sum(put.lengths) + raw * self._ps
+        self._compr += compr
+        if area in self._eph_areas:
+            self._eph_pages += used
+            self._eph_bytes += compr
 
     def _commit_small(self, area: int, offs: list[int], versions: Sequence[int], put: _Put) -> None:
         mv = self._mv
@@ -294,7 +303,11 @@ class PoolCore:
         self._same -= int(np.count_nonzero(kinds == SAME))
         raw = int(np.count_nonzero(kinds == RAW))
         self._huge -= raw
-        self._compr -= int(m["length"][slots_local].sum(dtype=np.int64)) + raw * self._ps
+        compr = int(m["length"][slots_local].sum(dtype=np.int64)) + raw * self._ps
+        self._compr -= compr
+        if area in self._eph_areas:
+            self._eph_pages -= len(slots_local)
+            self._eph_bytes -= compr
         m["kind"][slots] = EMPTY
         self._index.remove(area, offs)
         self._free_slots.extend(slots.tolist())
@@ -308,6 +321,7 @@ class PoolCore:
         free = self._alloc.free
         remote_drops = self._remote_drops
         ps = self._ps
+        stored, compr = self._stored, self._compr
         self._less_in_area(area, len(slots))
         for off, slot in zip(offs, slots, strict=True):
             k = kind[slot]
@@ -327,6 +341,9 @@ class PoolCore:
                     self._compr -= ps
                 self._compr -= length[slot]
             kind[slot] = EMPTY
+        if area in self._eph_areas:
+            self._eph_pages -= stored - self._stored
+            self._eph_bytes -= compr - self._compr
         self._index.remove_small(area, offs)
         self._free_slots.extend(slots)
 

@@ -387,9 +387,12 @@ class LentPool:
         versions: Sequence[int],
         checksums: Sequence[int],
         payloads: Sequence[bytes | bytearray | memoryview],
+        ephemeral: bool = False,
     ) -> list[bool]:
         """Keep pages for an owner; False for each page refused (the lent budget is full).
 
+        Ephemeral pages (of an owner's ephemeral area) are kept only in room no persistent
+        page needs: they are evicted, coldest first, when a persistent copy needs it.
         InvalidPage, before anything changes, for a payload that is empty or over a page or
         a key given twice: a peer's batch is checked whole before any of it is kept.
         """
@@ -408,6 +411,8 @@ class LentPool:
             ident = self._area_id(owner, inc, area, create=True)
             if ident is None:
                 continue
+            # The owner's word for the area's kind, on every put: an area id is reused.
+            self.pool.set_ephemeral(ident, ephemeral)
             kept = self.pool.put_stored_many(
                 ident,
                 [offsets[i] for i in idx],
@@ -502,10 +507,13 @@ class LentPool:
         return out
 
     def free_bytes(self) -> int:
-        """Room left in the lent budget, in bytes (0 while the pool refuses stores)."""
-        if self.pool.full or self.draining:
+        """Room left in the lent budget, in bytes (0 while the pool refuses stores): ephemeral
+        pages count as room, since any persistent copy may have theirs."""
+        pool = self.pool
+        evictable = pool.ephemeral_bytes
+        if (pool.full and not evictable) or self.draining:
             return 0
-        return max(0, self.pool.config.budget_bytes - self.pool.used_bytes)
+        return max(0, pool.config.budget_bytes - pool.used_bytes + evictable)
 
     def statistics(self) -> LentStatistics:
         """Lent pool counters."""

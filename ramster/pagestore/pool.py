@@ -19,6 +19,7 @@ from ramster.errors import CorruptPage, InvalidPage
 from ramster.pagestore.codec import EMPTY, LZ4, RAW, REMOTE, SAME, stored_kind
 from ramster.pagestore.cold import ColdOrder
 from ramster.pagestore.core import COMPACT_STEP, I64, Keys, _keys, _Put
+from ramster.pagestore.ephemeral import EphemeralPages
 from ramster.pagestore.remote import RemoteEntries
 from ramster.pagestore.slab import OBJ_BITS, OBJ_MASK
 
@@ -51,9 +52,14 @@ class PoolStatistics:
     compactions: int
     pages_compacted: int
     full: bool
+    evicts: int = 0
+    """Ephemeral pages dropped to make room (for persistent ones first of all)."""
+    ephemeral_pages: int = 0
+    ephemeral_bytes: int = 0
+    """Compressed bytes of the ephemeral pages kept: room any persistent store can have."""
 
 
-class PagePool(RemoteEntries, ColdOrder):
+class PagePool(RemoteEntries, ColdOrder, EphemeralPages):
     """Pages by (area, offset), compressed in RAM within a byte budget; no I/O, not thread-safe."""
 
     def _begin_put(self, area: int, offs: Keys) -> _Put | None:
@@ -105,17 +111,37 @@ class PagePool(RemoteEntries, ColdOrder):
         offsets: Sequence[int] | I64,
         pages: Sequence[bytes | bytearray],
         versions: Sequence[int],
+        evict: bool = True,
     ) -> list[bool]:
         """Store pages (already validated: right length, distinct keys); False means refused.
 
         An existing copy of a key is always dropped first, so a refused overwrite leaves no
-        stale data behind.
+        stale data behind. Ephemeral pages are evicted, coldest first, while the budget is short
+        (unless evict=False).
         """
         offs = _keys(offsets)
+
+        def attempt(idx: list[int]) -> tuple[list[bool], list[int]]:
+            if len(idx) == len(pages):
+                return self._put_pages(area, offs, pages, versions)
+            return self._put_pages(
+                area, _subset(offs, idx), [pages[i] for i in idx], [versions[i] for i in idx]
+            )
+
+        return self._making_room(len(pages), attempt, evict)
+
+    def _put_pages(
+        self,
+        area: int,
+        offs: Keys,
+        pages: Sequence[bytes | bytearray],
+        versions: Sequence[int],
+    ) -> tuple[list[bool], list[int]]:
+        """One attempt of `put_many`: (kept flags, indices refused as incompressible)."""
         ok = [False] * len(pages)
         put = self._begin_put(area, offs)
         if put is None:
-            return ok
+            return ok, []
         cfg = self.config
         budget = cfg.budget_bytes
         base = put.base
@@ -133,7 +159,7 @@ class PagePool(RemoteEntries, ColdOrder):
             put.lengths,
             put.sums,
         )
-        poor = 0
+        poor: list[int] = []
         s = 0
         for i, page in enumerate(pages):
             if s == len(slots):
@@ -151,7 +177,7 @@ class PagePool(RemoteEntries, ColdOrder):
                 elif keep_raw:
                     kind, data, length = RAW, page, 0
                 else:
-                    poor += 1
+                    poor.append(i)
                     continue
                 handle = alloc_obj(data, slots[s], budget - base)
                 if handle < 0:
@@ -164,8 +190,8 @@ class PagePool(RemoteEntries, ColdOrder):
             sums.append(digest(page))
             ok[i] = True
             s += 1
-        self._finish_put(area, offs, versions, put, poor)
-        return ok
+        self._finish_put(area, offs, versions, put, len(poor))
+        return ok, poor
 
     def put_stored_many(
         self,
@@ -174,6 +200,7 @@ class PagePool(RemoteEntries, ColdOrder):
         payloads: Sequence[bytes | bytearray | memoryview],
         versions: Sequence[int],
         checksums: Sequence[int],
+        evict: bool = True,
     ) -> list[bool]:
         """Keep pages already in stored form (see `stored_kind`), as a holder does for peers.
 
@@ -184,6 +211,29 @@ class PagePool(RemoteEntries, ColdOrder):
         if payloads and not 0 < min(map(len, payloads)) <= max(map(len, payloads)) <= self._ps:
             raise InvalidPage(f"a stored payload is 1 to {self._ps} bytes long")
         offs = _keys(offsets)
+
+        def attempt(idx: list[int]) -> tuple[list[bool], list[int]]:
+            if len(idx) == len(payloads):
+                return self._put_stored(area, offs, payloads, versions, checksums), []
+            return self._put_stored(
+                area,
+                _subset(offs, idx),
+                [payloads[i] for i in idx],
+                [versions[i] for i in idx],
+                [checksums[i] for i in idx],
+            ), []
+
+        return self._making_room(len(payloads), attempt, evict)
+
+    def _put_stored(
+        self,
+        area: int,
+        offs: Keys,
+        payloads: Sequence[bytes | bytearray | memoryview],
+        versions: Sequence[int],
+        checksums: Sequence[int],
+    ) -> list[bool]:
+        """One attempt of `put_stored_many`."""
         ok = [False] * len(payloads)
         put = self._begin_put(area, offs)
         if put is None:
@@ -398,4 +448,14 @@ class PagePool(RemoteEntries, ColdOrder):
             compactions=c["compactions"],
             pages_compacted=c["pages_compacted"],
             full=self._full,
+            evicts=c["evicts"],
+            ephemeral_pages=self._eph_pages,
+            ephemeral_bytes=self._eph_bytes,
         )
+
+
+def _subset(offs: Keys, idx: list[int]) -> Keys:
+    """The keys at the given indices, in the form `_keys` gives for that many."""
+    if isinstance(offs, list):
+        return [offs[i] for i in idx]
+    return _keys(offs[np.asarray(idx, dtype=np.int64)])

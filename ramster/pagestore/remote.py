@@ -40,7 +40,11 @@ class RemoteEntries(PoolCore):
         self._stored -= len(sl)
         self._same -= int(np.count_nonzero(k == SAME))
         self._huge -= raw
-        self._compr -= int(m["length"][sl].sum(dtype=np.int64)) + raw * self._ps
+        compr = int(m["length"][sl].sum(dtype=np.int64)) + raw * self._ps
+        self._compr -= compr
+        if area in self._eph_areas:
+            self._eph_pages -= len(sl)
+            self._eph_bytes -= compr
         self._remote += len(sl)
         self._set_counts[holder_set] = self._set_counts.get(holder_set, 0) + len(sl)
         m["kind"][sl] = REMOTE

@@ -107,10 +107,11 @@ class FaultyHolders(InProcessHolders):
         versions: list[int],
         checksums: list[int],
         payloads: Sequence[Buffer],
+        ephemeral: bool = False,
     ) -> list[bool]:
         """hold.put, through the faults."""
         await self._enter(node)
-        kept = await super().put(node, areas, offsets, versions, checksums, payloads)
+        kept = await super().put(node, areas, offsets, versions, checksums, payloads, ephemeral)
         self._exit(node)
         return kept
 

@@ -56,10 +56,13 @@ class InProcessHolders:
         versions: list[int],
         checksums: list[int],
         payloads: Sequence[Buffer],
+        ephemeral: bool = False,
     ) -> list[bool]:
         """Keep pages on node."""
         lent = self._lent(node)
-        return lent.put(self.owner, self.incarnation, areas, offsets, versions, checksums, payloads)
+        return lent.put(
+            self.owner, self.incarnation, areas, offsets, versions, checksums, payloads, ephemeral
+        )
 
     async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
         """Pages node holds."""

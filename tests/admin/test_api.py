@@ -41,7 +41,9 @@ async def test_health_node_and_areas(node: Node, http: aiohttp.ClientSession) ->
     assert body["pool"]["stored_pages"] == 2 and body["pool"]["same_filled_pages"] == 2
     assert body["counters"]["stores"] == 2
     async with http.get("/v1/areas") as r:
-        assert await r.json() == {"areas": [{"area": 3, "local_pages": 2, "remote_pages": 0}]}
+        assert await r.json() == {
+            "areas": [{"area": 3, "kind": "persistent", "local_pages": 2, "remote_pages": 0}]
+        }
 
 
 @pytest.mark.asyncio

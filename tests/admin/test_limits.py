@@ -133,6 +133,9 @@ async def test_a_scrape_scans_no_pages(tmp_path: Path) -> None:
         async def counted() -> bool:
             async with http.get("/v1/areas") as r:
                 areas = (await r.json())["areas"]
-            return bool(areas == [{"area": 0, "local_pages": 20_000, "remote_pages": 0}])
+            return bool(
+                areas
+                == [{"area": 0, "kind": "persistent", "local_pages": 20_000, "remote_pages": 0}]
+            )
 
         await wait_until(counted, 3, "the area counts, one heartbeat old at most")

@@ -37,13 +37,20 @@ function bytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
-function bar(kind, used, total) {
-  const share = total ? Math.min(1, Math.max(0, used / total)) : 0;
+function bar(kind, used, total, ephemeral = 0) {
+  // The ephemeral share (cleancache pages, evicted first) is drawn lighter, at the bar's end.
+  const part = (n) => (total ? Math.min(1, Math.max(0, n / total)) : 0);
+  const eph = Math.min(ephemeral, used);
   const fill = el("span");
-  fill.style.width = `${(share * 100).toFixed(1)}%`;
+  fill.style.width = `${(part(used - eph) * 100).toFixed(1)}%`;
+  const ephFill = el("span", { class: "ephemeral" });
+  ephFill.style.left = fill.style.width;
+  ephFill.style.width = `${(part(eph) * 100).toFixed(1)}%`;
+  const title = `${bytes(used)} of ${bytes(total)}` + (eph ? `, ${bytes(eph)} of it ephemeral` : "");
   return el("span", {},
-    el("span", { class: `bar ${kind}`, title: `${bytes(used)} of ${bytes(total)}` }, fill),
-    el("span", { class: "barlabel" }, `${bytes(used)} / ${bytes(total)}`));
+    el("span", { class: `bar ${kind}`, title }, fill, ephFill),
+    el("span", { class: "barlabel" },
+      `${bytes(used)} / ${bytes(total)}` + (eph ? ` (${bytes(eph)} ephemeral)` : "")));
 }
 
 function uptime(s) {
@@ -56,13 +63,13 @@ function uptime(s) {
 function renderMembers(cluster) {
   const body = document.querySelector("#members tbody");
   body.replaceChildren(...cluster.members.map((m) => {
-    const lentUsed = (m.lent_budget ?? 0) - (m.lent_free ?? 0);
+    const lentUsed = m.lent_used ?? (m.lent_budget ?? 0) - (m.lent_free ?? 0);
     return el("tr", { "data-node": m.node, "data-state": m.state, "data-role": m.role },
       el("td", {}, m.node),
       el("td", {}, el("span", { class: `badge ${m.state}` }, m.state + (m.draining ? " · draining" : ""))),
       el("td", {}, m.role),
-      el("td", {}, bar("local", m.local_used ?? 0, m.local_budget ?? 0)),
-      el("td", {}, bar("lent", lentUsed, m.lent_budget ?? 0)),
+      el("td", {}, bar("local", m.local_used ?? 0, m.local_budget ?? 0, m.local_ephemeral ?? 0)),
+      el("td", {}, bar("lent", lentUsed, m.lent_budget ?? 0, m.lent_ephemeral ?? 0)),
       el("td", { class: "num" }, (m.lent_pages ?? 0).toLocaleString()),
       el("td", { class: "num" }, (m.under_replicated ?? 0).toLocaleString()),
       el("td", {}, uptime(m.uptime_s)));

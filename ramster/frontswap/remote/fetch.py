@@ -42,9 +42,16 @@ class Fetcher:
         self.latency_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
 
     async def fetch(
-        self, area: int, offs: I64, entries: list[Entry], verify: bool = True
+        self,
+        area: int,
+        offs: I64,
+        entries: list[Entry],
+        verify: bool = True,
+        partial: bool = False,
     ) -> dict[int, Buffer]:
-        """Pages of the entries from their holders, each verified; PageUnavailable if none is.
+        """Pages of the entries from their holders, each verified; PageUnavailable if none is
+        (unless `partial`, for ephemeral pages: then a page without a good copy is a miss, and
+        a dead holder is not even asked).
 
         With verify=False only the version is checked and the stored form is returned, for a
         caller that checks the checksum itself (and comes back with verify=True if it fails).
@@ -57,8 +64,20 @@ class Fetcher:
         for i, version, sum_, set_id in entries:
             groups[(set_id, keyed[i] % len(sets[set_id]))].append((i, version, sum_))
         out: dict[int, Buffer] = {}
+        state = self._t.holders.state_of
         results = await run_all(
-            self.fetch_group(area, offs, self.order(_rotated(sets[s], first)), g, verify)
+            self.fetch_group(
+                area,
+                offs,
+                tuple(
+                    n
+                    for n in self.order(_rotated(sets[s], first))
+                    if not partial or state(n) != "dead"
+                ),
+                g,
+                verify,
+                partial=partial,
+            )
             for (s, first), g in groups.items()
         )
         for part in results:

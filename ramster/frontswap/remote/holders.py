@@ -51,6 +51,9 @@ COUNTERS = (
     "holders_reclaimed",
     "stragglers",
     "drops_given_up",
+    "ephemeral_spilled_pages",
+    "ephemeral_misses",
+    "ephemeral_evicted_unplaced",
 )
 """The remote tier's counters (`remote_statistics`), all starting at 0."""
 
@@ -78,8 +81,10 @@ class Holders(Protocol):
         versions: list[int],
         checksums: list[int],
         payloads: Sequence[Buffer],
+        ephemeral: bool = False,
     ) -> list[bool]:
-        """Ask `node` to keep pages; True for each page it kept."""
+        """Ask `node` to keep pages (of an ephemeral area: evictable there); True for each page
+        it kept."""
         ...
 
     async def get(self, node: str, areas: list[int], offsets: list[int]) -> Sequence[Stored | None]:
@@ -113,12 +118,17 @@ class HolderSets:
 
     A holder that restarted is renamed in every set it belongs to (`node~old-incarnation`, a
     tombstone): its copies are gone, and the pages still pointing at it count as lost copies.
+    Sets of ephemeral pages are numbered apart: they are never repaired nor moved (a lost
+    ephemeral copy is a miss), so `touching` and `short` leave them out.
     """
 
     def __init__(self) -> None:
         self._sets: list[tuple[str, ...]] = []
-        self._ids: dict[tuple[str, ...], int] = {}
+        self._ids: dict[tuple[tuple[str, ...], bool], int] = {}
         self.tombstones: set[str] = set()
+        self.ephemeral: set[int] = set()
+        """Numbers of the sets of ephemeral pages."""
+        self._burials: dict[str, int] = {}
 
     def __getitem__(self, ident: int) -> tuple[str, ...]:
         return self._sets[ident]
@@ -126,39 +136,59 @@ class HolderSets:
     def __len__(self) -> int:
         return len(self._sets)
 
-    def intern(self, nodes: Sequence[str]) -> int:
+    def intern(self, nodes: Sequence[str], ephemeral: bool = False) -> int:
         """The number of a set of nodes (in their order), made on first use."""
-        key = tuple(nodes)
+        key = (tuple(nodes), ephemeral)
         ident = self._ids.get(key)
         if ident is None:
             ident = len(self._sets)
-            self._sets.append(key)
+            self._sets.append(key[0])
             self._ids[key] = ident
+            if ephemeral:
+                self.ephemeral.add(ident)
         return ident
 
     def touching(self, nodes: set[str]) -> list[int]:
-        """The sets with any of the nodes in them."""
-        return [i for i, members in enumerate(self._sets) if nodes.intersection(members)]
-
-    def short(self, replicas: int, away: set[str]) -> list[int]:
-        """The sets with fewer than `replicas` members that are not away (nor tombstones)."""
-        gone = away | self.tombstones
+        """The sets (of persistent pages) with any of the nodes in them."""
+        eph = self.ephemeral
         return [
             i
             for i, members in enumerate(self._sets)
-            if sum(1 for n in members if n not in gone) < replicas
+            if i not in eph and nodes.intersection(members)
         ]
+
+    def short(self, replicas: int, away: set[str]) -> list[int]:
+        """The sets (of persistent pages) with fewer than `replicas` members that are not away
+        (nor tombstones)."""
+        gone = away | self.tombstones
+        eph = self.ephemeral
+        return [
+            i
+            for i, members in enumerate(self._sets)
+            if i not in eph and sum(1 for n in members if n not in gone) < replicas
+        ]
+
+    def epoch(self, node: str) -> int:
+        """How many times `node` was buried: a call that spans a burial must not record the
+        node as holding what it answered for (its old incarnation answered)."""
+        return self._burials.get(node, 0)
+
+    def unburied(self, nodes: Sequence[str], epochs: dict[str, int]) -> set[str]:
+        """The nodes not buried since their epochs were taken."""
+        return {n for n in nodes if self._burials.get(n, 0) == epochs.get(n, 0)}
 
     def bury(self, node: str, old_incarnation: str) -> None:
         """Rename `node` in every set: its old incarnation's copies are gone."""
         tomb = f"{node}~{old_incarnation}"
         self.tombstones.add(tomb)
+        self._burials[node] = self._burials.get(node, 0) + 1
         for i, nodes in enumerate(self._sets):
             if node in nodes:
                 renamed = tuple(tomb if n == node else n for n in nodes)
-                del self._ids[nodes]
+                eph = i in self.ephemeral
+                del self._ids[(nodes, eph)]
                 self._sets[i] = renamed
-                self._ids.setdefault(renamed, i)
+                self._ids.setdefault((renamed, eph), i)
 
 
 @dataclass(slots=True)
@@ -229,6 +259,7 @@ class Tier:
         versions: list[int],
         sums: list[int],
         payloads: Sequence[Buffer],
+        ephemeral: bool = False,
     ) -> list[tuple[str, ...]]:
         """Send one batch to every node at once; per page, the nodes that kept it (in order).
 
@@ -238,11 +269,14 @@ class Tier:
         these nodes are withdrawn first: a late one must not take a copy put now.
         """
         areas = [area] * len(offsets)
+        epochs = {n: self.sets.epoch(n) for n in nodes}
         await self.before_put(nodes, area, offsets, versions)
 
         async def one(node: str) -> list[bool]:
             try:
-                return await self.holders.put(node, areas, offsets, versions, sums, payloads)
+                return await self.holders.put(
+                    node, areas, offsets, versions, sums, payloads, ephemeral
+                )
             except PagesReclaimed as exc:
                 self.reclaimed(node, exc.epoch)
                 return [False] * len(offsets)
@@ -261,8 +295,16 @@ class Tier:
                 return [False] * len(offsets)
 
         results = await self._gather_hedged(nodes, one, area, offsets, versions)
+        # A holder that restarted meanwhile may have answered as its old incarnation: what it
+        # kept may be gone.
+        fresh = self.sets.unburied(nodes, epochs)
+        for node in nodes:
+            if node in results and node not in fresh:
+                # Or its new incarnation took the pages: then they are strays to drop.
+                self.strays([node], area, offsets, versions)
         return [
-            tuple(n for n in nodes if n in results and results[n][i]) for i in range(len(offsets))
+            tuple(n for n in nodes if n in fresh and n in results and results[n][i])
+            for i in range(len(offsets))
         ]
 
     async def _gather_hedged(

@@ -172,12 +172,20 @@ class Repairer:
         if not new:
             t.warn_no_holders()
             return -1
+        epochs = {n: t.sets.epoch(n) for n in [*staying, *new]}
         await self._drops.before_put(new, area, offsets, versions)
         try:
             kept_by, sent = await self._copy(readable, new, area, offs, versions, sums)
         except BaseException:
             self._drops.enqueue(new, area, offsets, versions)  # copies that may have landed
             raise
+        # A holder that restarted during the copy lost what it had: it stays out of the set.
+        fresh = t.sets.unburied([*staying, *new], epochs)
+        staying = [n for n in staying if n in fresh]
+        for node in new:
+            if node not in fresh:  # or its new incarnation kept them: strays to drop
+                self._drops.enqueue([node], area, offsets, versions)
+        kept_by = [tuple(n for n in kept if n in fresh) for kept in kept_by]
         # Per page: its new set is the staying holders and the new ones that kept it.
         groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for i, kept in enumerate(kept_by):

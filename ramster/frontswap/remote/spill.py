@@ -73,27 +73,45 @@ class Spiller:
         return moved
 
     async def _batch(self, cold: list[ColdPage]) -> int:
-        """Copy one batch to up to R holders and free what enough of them kept; pages moved,
-        -1 if no holder has room."""
+        """Copy one batch to holders and free what enough of them kept; pages moved, -1 if no
+        holder has room. Ephemeral pages go apart, with one copy each."""
+        is_ephemeral = self._t.pool.is_ephemeral
+        ephemeral = [c for c in cold if is_ephemeral(c.area)]
+        if not ephemeral:
+            return await self._place(cold, False)
+        persistent = [c for c in cold if not is_ephemeral(c.area)]
+        moved = await self._place(ephemeral, True)
+        if persistent:
+            more = await self._place(persistent, False)
+            moved = more if moved < 0 else moved + max(0, more)
+        return moved
+
+    async def _place(self, cold: list[ColdPage], ephemeral: bool) -> int:
+        """Copy pages of one kind to up to R holders (ephemeral: to one, or evicted here when
+        none has room); pages moved, -1 if no holder has room."""
         t = self._t
         cfg = t.config
         payloads = [c.payload for c in cold]
+        replicas, minimum = (1, 1) if ephemeral else (cfg.replicas, cfg.min_replicas)
         nodes = choose_holders(
-            t.candidates(),
-            cfg.replicas,
-            sum(len(p) for p in payloads),
-            t.rng,
-            minimum=cfg.min_replicas,
+            t.candidates(), replicas, sum(len(p) for p in payloads), t.rng, minimum=minimum
         )
         if not nodes:
+            if ephemeral:
+                # Cold ephemeral pages nobody can take make room the way cleancache does.
+                evicted = sum(
+                    t.pool.evict_keys(
+                        area, [cold[i].offset for i in idx], [cold[i].version for i in idx]
+                    )
+                    for area, idx in _by_area(cold).items()
+                )
+                t.counters["ephemeral_evicted_unplaced"] += evicted
+                return evicted
             t.counters["spill_no_holders"] += 1
             t.warn_no_holders()
             return -1
-        by_area: dict[int, list[int]] = defaultdict(list)
-        for i, c in enumerate(cold):
-            by_area[c.area].append(i)
         moved = 0
-        for area, idx in by_area.items():
+        for area, idx in _by_area(cold).items():
             offsets = [cold[i].offset for i in idx]
             versions = [cold[i].version for i in idx]
             kept_by = await t.put_everywhere(
@@ -103,6 +121,7 @@ class Spiller:
                 versions,
                 [cold[i].checksum for i in idx],
                 [payloads[i] for i in idx],
+                ephemeral,
             )
             # Copy before drop: only pages enough holders acknowledged lose their local copy,
             # and only if nobody stored them again while they were on the wire.
@@ -110,16 +129,16 @@ class Spiller:
             for j, kept in enumerate(kept_by):
                 groups[kept].append(j)
             for kept, js in groups.items():
-                if len(kept) < cfg.min_replicas:
+                if len(kept) < minimum:
                     marked = [False] * len(js)
                 else:
                     marked = t.pool.mark_remote(
                         area,
                         [offsets[j] for j in js],
                         [versions[j] for j in js],
-                        t.sets.intern(kept),
+                        t.sets.intern(kept, ephemeral),
                     )
-                    if len(kept) < cfg.replicas:
+                    if len(kept) < replicas:
                         t.counters["under_replicated_stores"] += sum(marked)
                 stray = [j for j, m in zip(js, marked, strict=True) if not m]
                 if stray:
@@ -130,4 +149,14 @@ class Spiller:
                 moved += len(js) - len(stray)
         t.counters["spill_batches"] += 1
         t.counters["spilled_pages"] += moved
+        if ephemeral:
+            t.counters["ephemeral_spilled_pages"] += moved
         return moved
+
+
+def _by_area(cold: list[ColdPage]) -> dict[int, list[int]]:
+    """Indices of the pages by area, in first-seen order."""
+    by_area: dict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(cold):
+        by_area[c.area].append(i)
+    return by_area

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from ramster.cluster.placement import choose_holders
+from ramster.errors import InvalidPage
 from ramster.frontswap.local import DEFAULT_MAX_AREAS, LocalFrontswap
 from ramster.frontswap.remote.cache import ReadCache
 from ramster.frontswap.remote.config import SpillConfig
@@ -78,6 +79,10 @@ class ClusterFrontswap(LocalFrontswap):
         self._reclaims = 0
         self._reclaim_epochs: dict[str, int] = {}
 
+    def _check_kind(self, kind: str) -> None:
+        if kind == "ephemeral" and self.replicated:
+            raise InvalidPage("a replicated frontswap (an export's) has no ephemeral areas")
+
     def holder_set(self, ident: int) -> tuple[str, ...]:
         """The nodes of a holder-set number."""
         return self._tier.sets[ident]
@@ -87,8 +92,8 @@ class ClusterFrontswap(LocalFrontswap):
     async def _put(self, area: int, offs: I64, pages: list[bytes | bytearray]) -> list[bool]:
         cfg = self.pool.config
 
-        def local(idx: list[int], versions: list[int]) -> list[bool]:
-            return self.pool.put_many(area, offs[idx], [pages[i] for i in idx], versions)
+        def local(idx: list[int], versions: list[int], evict: bool = True) -> list[bool]:
+            return self.pool.put_many(area, offs[idx], [pages[i] for i in idx], versions, evict)
 
         def encoded(idx: list[int]) -> tuple[list[bytes], list[int]]:
             return [encode(pages[i], cfg) for i in idx], [checksum(pages[i]) for i in idx]
@@ -98,9 +103,14 @@ class ClusterFrontswap(LocalFrontswap):
     async def _put_encoded(
         self, area: int, offs: I64, payloads: list[bytes | memoryview], sums: list[int]
     ) -> list[bool]:
-        def local(idx: list[int], versions: list[int]) -> list[bool]:
+        def local(idx: list[int], versions: list[int], evict: bool = True) -> list[bool]:
             return self.pool.put_stored_many(
-                area, offs[idx], [payloads[i] for i in idx], versions, [sums[i] for i in idx]
+                area,
+                offs[idx],
+                [payloads[i] for i in idx],
+                versions,
+                [sums[i] for i in idx],
+                evict,
             )
 
         def encoded(idx: list[int]) -> tuple[list[bytes], list[int]]:
@@ -112,13 +122,30 @@ class ClusterFrontswap(LocalFrontswap):
         self,
         area: int,
         offs: I64,
-        local: Callable[[list[int], list[int]], list[bool]],
+        local: Callable[[list[int], list[int], bool], list[bool]],
         encoded: Callable[[list[int]], tuple[list[bytes], list[int]]],
     ) -> list[bool]:
         """Store locally; if refused, reclaim by spilling and retry; else straight to holders."""
         n = len(offs)
         generation = self.generation(area)
         versions = list(self._new_versions(n))
+        if area in self._ephemeral:
+            # Kept here or not at all. While the pool is short, cold pages move to peers'
+            # idle RAM first (ephemeral ones with one copy, evicted if none can take them);
+            # only then are colder ephemeral pages evicted here to make room.
+            try:
+                ok = local(list(range(n)), versions, False)
+                missing = [i for i, flag in enumerate(ok) if not flag]
+                if missing:
+                    await self._spiller.once()
+                    if self.generation(area) == generation:
+                        retried = local(missing, [versions[i] for i in missing], True)
+                        for i, flag in zip(missing, retried, strict=True):
+                            ok[i] = flag
+            finally:
+                self._drops.collect()
+            self._spiller.wake()
+            return ok
         if self.replicated:
             try:
                 # The old copies go first (their drops are versioned: the new ones stay), so
@@ -164,12 +191,12 @@ class ClusterFrontswap(LocalFrontswap):
             finally:
                 self._drops.collect()
         try:
-            ok = local(list(range(n)), versions)
+            ok = local(list(range(n)), versions, True)
             missing = [i for i, flag in enumerate(ok) if not flag]
             if missing and await self._spiller.once() and self.generation(area) == generation:
                 # Direct reclaim: the writer waits while cold pages move out, then tries again
                 # (unless the area was invalidated meanwhile: nothing of it may come back).
-                retried = local(missing, [versions[i] for i in missing])
+                retried = local(missing, [versions[i] for i in missing], True)
                 for i, flag in zip(missing, retried, strict=True):
                     ok[i] = flag
                 missing = [i for i, flag in enumerate(ok) if not flag]
@@ -336,9 +363,12 @@ class ClusterFrontswap(LocalFrontswap):
                 pages[where[j]] = hit
             entries = [e for j, e in enumerate(entries) if j not in hits]
         if entries:
-            fetched = await self._fetcher.fetch(area, offs, entries)
+            ephemeral = area in self._ephemeral
+            fetched = await self._fetcher.fetch(area, offs, entries, partial=ephemeral)
             for i, page in fetched.items():
                 pages[i] = bytes(page)  # verified pages are bytes already: no copy
+            if ephemeral:
+                self._forget_misses(area, offs, entries, fetched)
             if cache is not None and fetched:
                 got = [e for e in entries if e[0] in fetched]
                 cache.put(
@@ -384,14 +414,41 @@ class ClusterFrontswap(LocalFrontswap):
             None if item is None else (item[1], item[2]) for item in local
         ]
         if None not in out:
+            if area in self._ephemeral:
+                self.count_gets(out)
             return out
         entries = self.pool.remote_entries(area, offs)
         if entries:
             sums = {i: sum_ for i, _, sum_, _ in entries}
-            fetched = await self._fetcher.fetch(area, offs, entries, verify=False)
+            ephemeral = area in self._ephemeral
+            fetched = await self._fetcher.fetch(
+                area, offs, entries, verify=False, partial=ephemeral
+            )
             for i, payload in fetched.items():
                 out[i] = (sums[i], payload)
+            if ephemeral:
+                self._forget_misses(area, offs, entries, fetched)
+        if area in self._ephemeral:
+            self.count_gets(out)
         return out
+
+    def _forget_misses(
+        self,
+        area: int,
+        offs: I64,
+        entries: list[tuple[int, int, int, int]],
+        fetched: Mapping[int, object],
+    ) -> None:
+        """Ephemeral pages no holder had (evicted there, or the holder is gone): a miss, and
+        the record of them goes too, unless a newer store replaced it meanwhile."""
+        missed = [(i, version) for i, version, _, _ in entries if i not in fetched]
+        if not missed:
+            return
+        self._tier.counters["ephemeral_misses"] += len(missed)
+        self.pool.evict_keys(
+            area, offs[[i for i, _ in missed]], [v for _, v in missed], count=False
+        )
+        self._drops.collect()
 
     # -- invalidation ----------------------------------------------------------------------------
 

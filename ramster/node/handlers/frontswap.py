@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 from ramster.errors import CorruptPage, PageUnavailable, ProtocolError, RemoteError, RpcError
 from ramster.frontswap.contract import Frontswap, PageLike
 from ramster.protocol import (
+    EPHEMERAL,
     FS_INIT,
     FS_INVALIDATE,
     FS_INVALIDATE_AREA,
@@ -20,6 +21,7 @@ from ramster.protocol import (
     FS_STORE,
     FS_STORE_ENCODED,
     MAX_AREA,
+    PERSISTENT,
     arity,
     integer,
 )
@@ -92,9 +94,16 @@ class FrontswapService:
         server.register(FS_INVALIDATE_AREA, self.invalidate_area, roles=ANYONE)
 
     async def init(self, params: list[object]) -> None:
-        """fs.init [area]."""
-        arity(params, 1, "[area]")
-        await _checked(self.fs.init(_area(params[0])))
+        """fs.init [area] or [area, kind]: kind "persistent" (the default) or "ephemeral"."""
+        if len(params) not in (1, 2):
+            raise ProtocolError("expected params [area] or [area, kind]")
+        kind = params[1] if len(params) == 2 else PERSISTENT
+        if kind == PERSISTENT:
+            await _checked(self.fs.init(_area(params[0])))
+        elif kind == EPHEMERAL:
+            await _checked(self.fs.init(_area(params[0]), "ephemeral"))
+        else:
+            raise ProtocolError(f"an area's kind is {PERSISTENT!r} or {EPHEMERAL!r}")
 
     async def store(self, params: list[object]) -> list[bool]:
         """fs.store [area, offsets, pages blob]."""

@@ -36,6 +36,7 @@ from ramster.pagestore.lent import (
 from ramster.pagestore.verify import copyable, spread
 from ramster.protocol import (
     DEBUG_DAMAGE,
+    EPHEMERAL,
     HOLD_CLAIM,
     HOLD_COPY,
     HOLD_DELETE_EXPORT,
@@ -76,6 +77,15 @@ def _owned(n: int, shape: str) -> Callable[[list[object]], Owned]:
         return Owned(text(params[0], "owner"), text(params[1], "incarnation"), list(params[2:]))
 
     return decode
+
+
+def _put_params(params: list[object]) -> Owned:
+    """hold.put [owner, incarnation, batch] or [owner, incarnation, batch, "ephemeral"]."""
+    if len(params) == 4 and params[3] != EPHEMERAL:
+        raise ProtocolError(f'the fourth param of hold.put can only be "{EPHEMERAL}"')
+    if len(params) not in (3, 4):
+        raise ProtocolError('expected params [owner, incarnation, batch(, "ephemeral")]')
+    return Owned(text(params[0], "owner"), text(params[1], "incarnation"), list(params[2:]))
 
 
 def _as_itself(req: Owned) -> None:
@@ -132,7 +142,7 @@ class HolderService:
 
     def register(self, server: RpcServer) -> None:
         """Serve the hold.* methods (and debug.damage with the test hooks) on `server`."""
-        server.register(HOLD_PUT, self.put, decode=_owned(3, "[owner, incarnation, batch]"))
+        server.register(HOLD_PUT, self.put, decode=_put_params)
         server.register(
             HOLD_PUT_COPY, self.put_copy, decode=_owned(3, "[owner, incarnation, batch]")
         )
@@ -174,6 +184,7 @@ class HolderService:
 
     def _keep(self, req: Owned) -> list[bool]:
         batch = PageBatch.from_wire(req.rest[0])
+        ephemeral = len(req.rest) > 1
         lent = self.lent
         try:
             with _refusals():
@@ -185,6 +196,7 @@ class HolderService:
                     batch.versions,
                     batch.checksums,
                     batch.payloads,
+                    ephemeral,
                 )
         except (ProtocolError, ExportFenced) as exc:
             reason = "fenced" if isinstance(exc, ExportFenced) else "refused"
