@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ramster._version import __version__
 
 if TYPE_CHECKING:
-    from ramster.client import Client, SyncClient
+    from ramster.client import Client, PageCache, SyncClient, SyncPageCache
     from ramster.errors import (
         CorruptPage,
         InvalidPage,
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Client": "ramster.client",
     "SyncClient": "ramster.client",
+    "PageCache": "ramster.client",
+    "SyncPageCache": "ramster.client",
     "CorruptPage": "ramster.errors",
     "InvalidPage": "ramster.errors",
     "PageUnavailable": "ramster.errors",
@@ -56,12 +58,14 @@ __all__ = [
     "InvalidPage",
     "LocalFrontswap",
     "Offset",
+    "PageCache",
     "PagePool",
     "PageUnavailable",
     "PoolConfig",
     "PoolStatistics",
     "RamsterError",
     "SyncClient",
+    "SyncPageCache",
     "Version",
     "__version__",
 ]

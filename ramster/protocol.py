@@ -13,7 +13,7 @@ coord.order must be the node its handshake proved; Forbidden otherwise) or for a
 - node.hello      [node_id, incarnation] (nodes), [] (clients) -> {node, incarnation, ...}
 - node.stats      []                                          -> {...}
 - node.drain      []                                          -> {...}  (stop taking pages)
-- hold.put        [owner, incarnation, page batch(, "ephemeral")] -> [kept?]  (CapacityError if
+- hold.put        [owner, incarnation(, "ephemeral"), page batch] -> [kept?]  (CapacityError if
                   none; pages of an ephemeral area say so: the holder may evict them)
 - hold.put_copy   [owner, incarnation, page batch]            -> [kept?]  (a holder forwarding
                   another owner's verified copies for that owner's hold.copy)

@@ -71,9 +71,7 @@ class HolderCalls:
     ) -> list[bool]:
         """hold.put (or, forwarded, hold.put_copy: another owner's verified copies) on node;
         pages of an ephemeral area say so (the holder may evict them)."""
-        params: list[object] = [*owner, batch.to_wire()]
-        if ephemeral:
-            params.append(EPHEMERAL)
+        params: list[object] = [*owner, *([EPHEMERAL] if ephemeral else []), batch.to_wire()]
         result = await self._client(node).call(
             HOLD_PUT_COPY if forwarded else HOLD_PUT, params, timeout=self.timeout
         )

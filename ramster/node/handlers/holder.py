@@ -80,11 +80,12 @@ def _owned(n: int, shape: str) -> Callable[[list[object]], Owned]:
 
 
 def _put_params(params: list[object]) -> Owned:
-    """hold.put [owner, incarnation, batch] or [owner, incarnation, batch, "ephemeral"]."""
-    if len(params) == 4 and params[3] != EPHEMERAL:
-        raise ProtocolError(f'the fourth param of hold.put can only be "{EPHEMERAL}"')
+    """hold.put [owner, incarnation, batch] or [owner, incarnation, "ephemeral", batch] (the
+    batch last: its blob goes out without a copy)."""
+    if len(params) == 4 and params[2] != EPHEMERAL:
+        raise ProtocolError(f'the third param of a 4-param hold.put can only be "{EPHEMERAL}"')
     if len(params) not in (3, 4):
-        raise ProtocolError('expected params [owner, incarnation, batch(, "ephemeral")]')
+        raise ProtocolError('expected params [owner, incarnation(, "ephemeral"), batch]')
     return Owned(text(params[0], "owner"), text(params[1], "incarnation"), list(params[2:]))
 
 
@@ -183,7 +184,7 @@ class HolderService:
         return self._keep(req)
 
     def _keep(self, req: Owned) -> list[bool]:
-        batch = PageBatch.from_wire(req.rest[0])
+        batch = PageBatch.from_wire(req.rest[-1])
         ephemeral = len(req.rest) > 1
         lent = self.lent
         try:

@@ -202,8 +202,16 @@ class SyncClient:
         self._loop = new_event_loop()
         self._client = Client(address, secret, page_size=page_size)
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    @property
+    def client(self) -> Client:
+        """The async client behind this one (run its calls with `run`)."""
+        return self._client
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of the client on this wrapper's loop."""
         return self._loop.run_until_complete(coro)
+
+    _run = run
 
     def __enter__(self) -> SyncClient:
         return self
@@ -252,6 +260,3 @@ class SyncClient:
     def invalidate_area(self, area: int) -> None:
         """Forget an area."""
         self._run(self._client.invalidate_area(area))
-
-
-__all__ = ["Client", "SyncClient"]
