@@ -58,12 +58,25 @@ def _page_parsers(sub: Sub) -> None:
         help="store MiB of a realistic corpus through a node, load it back, verify every byte",
     )
     options.client(bench)
-    bench.add_argument("--mib", type=positive_int, default=64, help="MiB to store (default: 64)")
+    bench.add_argument(
+        "--mib",
+        type=positive_int,
+        default=None,
+        help="MiB to store (default: 64; with --ephemeral, four times the cluster's free RAM)",
+    )
+    bench.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="bench an ephemeral (cache) area: fill it past the cluster's free RAM, read it "
+        "back, show hits, misses and evictions",
+    )
     bench.add_argument(
         "--batch", type=positive_int, default=256, help="pages per call (default: 256)"
     )
     bench.add_argument("--seed", type=int, default=1, help="corpus seed (default: 1)")
-    bench.add_argument("--area", type=int, default=0, help="area to use (default: 0)")
+    bench.add_argument(
+        "--area", type=int, default=None, help="area to use (default: 0; with --ephemeral: 7)"
+    )
 
     store = sub.add_parser("store", help="store one page (from a file or stdin)")
     options.client(store)
@@ -223,8 +236,14 @@ def _pages(args: argparse.Namespace) -> int:
 
     secret = options.access(args)
     cmd = args.command
+    if cmd == "bench" and args.ephemeral:
+        from ramster.cli import cachebench
+
+        area = 7 if args.area is None else args.area
+        return cachebench.bench(args.node, secret, args.mib, args.batch, args.seed, area)
     if cmd == "bench":
-        return pages.bench(args.node, secret, args.mib, args.batch, args.seed, args.area)
+        area = 0 if args.area is None else args.area
+        return pages.bench(args.node, secret, args.mib or 64, args.batch, args.seed, area)
     if cmd == "store":
         data = args.file.read_bytes() if args.file else sys.stdin.buffer.read()
         return pages.store(args.node, secret, args.area, args.offset, data)

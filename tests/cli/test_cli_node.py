@@ -61,6 +61,24 @@ async def test_store_load_invalidate_stats_bench(
     assert b"remote pages" in out.stdout
 
 
+@pytest.mark.asyncio
+async def test_bench_ephemeral_fills_past_the_cluster_and_shows_evictions(
+    cluster_factory: ClusterFactory,
+) -> None:
+    c = cluster_factory(2, local_budget="2MiB", lent_budget="2MiB")
+    await c.start_all()
+    await c.wait_ready()
+    out = ramster("bench", "--node", c.nodes[0].address, "--ephemeral", secret=c.tmp / "secret")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    fields = dict(re.findall(r"^(\S.*?)  +(\S.*)$", text, re.M))
+    assert fields["wrong bytes"] == "0"
+    assert int(fields["misses"].replace(",", "")) > 0
+    assert int(fields["hits (verified)"].split()[0].replace(",", "")) > 0
+    assert int(fields["evicted here"].split()[0].replace(",", "")) > 0
+    assert int(fields["spilled to peers (one copy)"].split()[0].replace(",", "")) > 0
+
+
 def test_unreachable_node_is_one_clear_line(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
