@@ -230,7 +230,8 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
         keys = sorted(self.held(h, owner))[:n]
         held = lent.get(owner, INC, [EPHEMERAL] * len(keys), keys)
         for k, item in zip(keys, held, strict=True):
-            if item is not None and len(item[2]) > 8:  # a same-filled page has no bytes to flip
+            # A same-filled page has no bytes to flip; version 1 has no older version.
+            if item is not None and (item[0] > 1 if stale else len(item[2]) > 8):
                 lent.damage_for_test(owner, EPHEMERAL, k, stale)
                 TOTALS.damaged += 1
 
