@@ -31,6 +31,9 @@ async def test_the_dashboard_follows_the_cluster(cluster_factory: ClusterFactory
     await c.start_all()
     async with c.client(0) as client:
         assert all(await store_all(client, corpus.pages(1500, seed=21)))
+        await client.init(3, "ephemeral")  # the lent bars show their ephemeral share apart
+        pages = corpus.pages(1500, seed=22)
+        await client.store_many(3, list(range(1500)), pages)
     admin = await c.admin_url(0)
     async with Browser(chromium) as page:
         await page.goto(f"{admin}/")
@@ -41,9 +44,14 @@ async def test_the_dashboard_follows_the_cluster(cluster_factory: ClusterFactory
         )
         await page.wait_for("document.querySelector('#matrix tr[data-owner=\"n0\"]') !== null")
         bars = await page.evaluate(
-            "[...document.querySelectorAll('.bar.lent > span')].map(s => s.style.width)"
+            "[...document.querySelectorAll('.bar.lent > span:not(.ephemeral)')]"
+            ".map(s => s.style.width)"
         )
         assert len(bars) == 3 and any(w not in {"0%", "0.0%"} for w in bars)
+        await page.wait_for(
+            "[...document.querySelectorAll('.bar.lent > span.ephemeral')]"
+            ".some(s => !['0%', '0.0%', ''].includes(s.style.width))"
+        )
         assert "coordinator n0" in await page.evaluate(
             "document.getElementById('summary').textContent"
         )
