@@ -19,8 +19,11 @@ from ramster.pagestore.core import COMPACT_STEP, I64, PoolCore
 
 log = logging.getLogger(__name__)
 
-EVICT_BATCH = 256
-"""Pages evicted at least per round: one scan of the slot table pays for many pages."""
+EVICT_BATCH = 64
+"""Pages evicted at least in a first round (a round is one scan of the slot table); each
+further round evicts twice as many."""
+MAX_COMPACTIONS = 4
+"""Bounded compaction steps one store may run before it evicts more."""
 
 
 class EphemeralPages(PoolCore):
@@ -131,17 +134,27 @@ class EphemeralPages(PoolCore):
         ok, poor = attempt(list(range(count)))
         if not evict or not self._eph_areas or all(ok):
             return ok
-        batch = EVICT_BATCH
         skip = set(poor)
+        batch = 0
+        compactions = 0
         while True:
             missing = [i for i, flag in enumerate(ok) if not flag and i not in skip]
-            if not missing or not self.evict_ephemeral(max(batch, 2 * len(missing)), start):
+            if not missing:
                 return ok
-            # The room is there now (or will be once compaction frees sparse slabs): the
-            # hysteresis is for pools that have nothing to give back, not for this one.
+            fragmented = self._alloc.fragmented_bytes()
+            if batch and compactions < MAX_COMPACTIONS and fragmented >= 256 << 10:
+                # Evicted pages left holes the refused ones do not fit: move objects out of
+                # sparse slabs (bounded) before evicting more than they need.
+                compactions += 1
+                if not self.compact(COMPACT_STEP):
+                    compactions = MAX_COMPACTIONS
+            else:
+                batch = max(EVICT_BATCH, len(missing)) if not batch else 2 * batch
+                if not self.evict_ephemeral(batch, start):
+                    return ok
+            # The room is there now: the hysteresis is for pools that have nothing to give
+            # back, not for this one.
             self._full = False
-            if self._alloc.fragmented_bytes() >= max(256 << 10, self.config.budget_bytes // 20):
-                self.compact(COMPACT_STEP)
             again, poor_again = attempt(missing)
             skip.update(missing[j] for j in poor_again)
             # The first attempt counted these keys as refused for the budget; this one counts
@@ -150,4 +163,3 @@ class EphemeralPages(PoolCore):
             self._c["reject_pool_limit"] -= len(missing)
             for i, flag in zip(missing, again, strict=True):
                 ok[i] = flag
-            batch *= 2

@@ -53,7 +53,6 @@ COUNTERS = (
     "drops_given_up",
     "ephemeral_spilled_pages",
     "ephemeral_misses",
-    "ephemeral_evicted_unplaced",
 )
 """The remote tier's counters (`remote_statistics`), all starting at 0."""
 

@@ -87,8 +87,8 @@ class Spiller:
         return moved
 
     async def _place(self, cold: list[ColdPage], ephemeral: bool) -> int:
-        """Copy pages of one kind to up to R holders (ephemeral: to one, or evicted here when
-        none has room); pages moved, -1 if no holder has room."""
+        """Copy pages of one kind to up to R holders (ephemeral ones to one); pages moved, -1
+        if no holder has room."""
         t = self._t
         cfg = t.config
         payloads = [c.payload for c in cold]
@@ -97,18 +97,11 @@ class Spiller:
             t.candidates(), replicas, sum(len(p) for p in payloads), t.rng, minimum=minimum
         )
         if not nodes:
-            if ephemeral:
-                # Cold ephemeral pages nobody can take make room the way cleancache does.
-                evicted = sum(
-                    t.pool.evict_keys(
-                        area, [cold[i].offset for i in idx], [cold[i].version for i in idx]
-                    )
-                    for area, idx in _by_area(cold).items()
-                )
-                t.counters["ephemeral_evicted_unplaced"] += evicted
-                return evicted
+            # Ephemeral pages stay too: a store that needs their room evicts them, not before
+            # (evicting down to the low watermark here would leave the cache a third empty).
             t.counters["spill_no_holders"] += 1
-            t.warn_no_holders()
+            if not ephemeral:
+                t.warn_no_holders()
             return -1
         moved = 0
         for area, idx in _by_area(cold).items():

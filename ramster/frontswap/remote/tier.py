@@ -131,13 +131,14 @@ class ClusterFrontswap(LocalFrontswap):
         versions = list(self._new_versions(n))
         if area in self._ephemeral:
             # Kept here or not at all. While the pool is short, cold pages move to peers'
-            # idle RAM first (ephemeral ones with one copy, evicted if none can take them);
-            # only then are colder ephemeral pages evicted here to make room.
+            # idle RAM first (ephemeral ones with one copy), when a peer has room; only then
+            # are colder ephemeral pages evicted here to make room.
             try:
                 ok = local(list(range(n)), versions, False)
                 missing = [i for i, flag in enumerate(ok) if not flag]
                 if missing:
-                    await self._spiller.once()
+                    if self._tier.candidates():
+                        await self._spiller.once()
                     if self.generation(area) == generation:
                         retried = local(missing, [versions[i] for i in missing], True)
                         for i, flag in zip(missing, retried, strict=True):
