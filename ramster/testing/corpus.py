@@ -7,7 +7,9 @@ small integers, padding) and 15% random (already compressed or encrypted data).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -64,28 +66,42 @@ _CODE = (
 
 def _text_source(rng: np.random.Generator, size: int) -> bytes:
     """A long stretch of prose and code with realistic local redundancy."""
-    words = np.array(_WORDS, dtype=object)
-    code = np.array(_CODE, dtype=object)
-    zipf = 1.0 / np.arange(1, len(words) + 1) ** 1.1
+    # The draws are Generator.choice's own (a cdf searched with uniform samples; integers for
+    # a uniform choice), without its per-call checks: the same bytes as choice gives, 4x faster.
+    zipf = 1.0 / np.arange(1, len(_WORDS) + 1) ** 1.1
     zipf /= zipf.sum()
+    cdf = zipf.cumsum()
+    cdf /= cdf[-1]
+    words, code = _WORDS, _CODE
     parts: list[str] = []
     total = 0
     while total < size:
         if rng.random() < 0.5:
             n = int(rng.integers(40, 160))
-            sentence = " ".join(rng.choice(words, n, p=zipf)) + ".\n"
+            picked = cdf.searchsorted(rng.random(n), side="right").tolist()
+            sentence = " ".join([words[i] for i in picked]) + ".\n"
             line = sentence[0].upper() + sentence[1:]
         else:
             lines = []
             for _ in range(int(rng.integers(4, 16))):
                 indent = "    " * int(rng.integers(0, 4))
-                toks = rng.choice(code, int(rng.integers(2, 9)))
-                ident = f"v{int(rng.integers(0, 64))}_{rng.choice(words)}"
-                lines.append(f"{indent}{' '.join(toks)} {ident} = {int(rng.integers(0, 4096))};")
+                toks = rng.integers(0, len(code), int(rng.integers(2, 9))).tolist()
+                ident = f"v{int(rng.integers(0, 64))}_{words[int(rng.integers(0, len(words)))]}"
+                line_toks = " ".join([code[i] for i in toks])
+                lines.append(f"{indent}{line_toks} {ident} = {int(rng.integers(0, 4096))};")
             line = "\n".join(lines) + "\n"
         parts.append(line)
         total += len(line)
     return "".join(parts).encode()[:size]
+
+
+@functools.lru_cache(maxsize=16)
+def _source(seed: int, size: int) -> tuple[bytes, Mapping[str, Any]]:
+    """The text source of a seed and the generator's state after it (kept: tests reuse seeds,
+    and building one costs half a second)."""
+    rng = np.random.default_rng(seed)
+    source = _text_source(rng, size)
+    return source, rng.bit_generator.state
 
 
 def _heap_page(rng: np.random.Generator, page_size: int) -> bytes:
@@ -104,8 +120,9 @@ def _heap_page(rng: np.random.Generator, page_size: int) -> bytes:
 
 def generate(n_pages: int, seed: int = 1, page_size: int = 4096) -> Iterator[bytes]:
     """Yield n_pages pages of the mix above; the same seed always gives the same pages."""
+    source, state = _source(seed, max(1 << 20, page_size * 64))
     rng = np.random.default_rng(seed)
-    source = _text_source(rng, max(1 << 20, page_size * 64))
+    rng.bit_generator.state = state
     kinds = rng.choice(len(KINDS), n_pages, p=MIX)
     zero = bytes(page_size)
     patterns = [b"\xff" * 8, b"\xde\xad\xbe\xef" * 2, b"\x01\x00\x00\x00" * 2, b"  " * 4]

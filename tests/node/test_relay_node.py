@@ -67,9 +67,10 @@ async def _a(tmp_path: Path, peers: tuple[str, ...]) -> Node:
 async def test_pages_spilled_through_a_relay_are_not_readable_there(
     tmp_path: Path, b: Node, relay: Relay
 ) -> None:
+    # Made before a starts: a second of corpus work in this loop would starve a's heartbeats.
+    pages = [p for p in corpus.pages(1200, seed=31) if len(set(p)) > 8][:600]
     a = await _a(tmp_path, (relay.address,))
     try:
-        pages = [p for p in corpus.pages(1200, seed=31) if len(set(p)) > 8][:600]
         async with Client(a.address, SECRET) as client:
             assert all(await store_all(client, pages))
             await wait_until(
@@ -118,6 +119,7 @@ async def test_a_call_injected_by_the_relay_is_refused_and_counted(
 async def test_a_relayed_address_is_not_taken_for_a_node_known_directly(
     tmp_path: Path, b: Node, relay: Relay
 ) -> None:
+    pages = corpus.pages(800, seed=32)
     a = await _a(tmp_path, (b.address, relay.address))
     try:
         await wait_until(
@@ -132,7 +134,6 @@ async def test_a_relayed_address_is_not_taken_for_a_node_known_directly(
         assert [m.node for m in a.members()] == ["a", "b"]
         before = len(relay.captured)
         async with Client(a.address, SECRET) as client:
-            pages = corpus.pages(800, seed=32)
             assert all(await store_all(client, pages))
             await wait_until(
                 lambda: a.frontswap.pool.statistics().remote_pages > 0, 10, "a spilled"

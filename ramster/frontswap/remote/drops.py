@@ -54,6 +54,8 @@ class _Queue:
     landed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever no batch is on its way."""
     retry_at: float = 0.0
+    forgotten: int = 0
+    """How many times the holder restarted: a batch sent before then is not queued again."""
 
     def size(self) -> int:
         return sum(len(o) for o, _ in self.pages.values()) + len(self.areas)
@@ -146,9 +148,20 @@ class DropQueue:
         self._wake.set()
 
     def forget_node(self, node: str) -> int:
-        """Give up every drop queued for a holder whose copies are gone; how many."""
-        q = self._q.pop(node, None)
-        return q.size() if q is not None else 0
+        """Give up every drop queued for a holder whose copies are gone; how many.
+
+        The queue itself stays while a batch is on its way: that batch may reach the new
+        incarnation, and `before_put` must still see it and wait for it to land."""
+        q = self._q.get(node)
+        if q is None:
+            return 0
+        given_up = q.size()
+        q.pages.clear()
+        q.areas.clear()
+        q.forgotten += 1
+        if q.inflight is None and not q.lock.locked():
+            del self._q[node]
+        return given_up
 
     async def before_put(
         self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
@@ -214,7 +227,8 @@ class DropQueue:
         todo = []
         for node, q in list(self._q.items()):
             if not q.size():
-                del self._q[node]
+                if q.inflight is None and not q.lock.locked():
+                    del self._q[node]  # idle: one on its way must stay visible to before_put
                 continue
             if self._t.holders.state_of(node) != "alive":
                 continue  # kept until it answers again (or restarts)
@@ -248,12 +262,14 @@ class DropQueue:
                             np.frombuffer(vers, dtype=np.uint64),
                         )
                         q.landed.clear()
+                        forgotten = q.forgotten
                         try:
                             await t.holders.drop(node, [area] * len(offs), list(offs), list(vers))
                         except BaseException:
-                            back = q.pages.setdefault(area, (array("Q"), array("Q")))
-                            back[0].extend(offs)
-                            back[1].extend(vers)
+                            if q.forgotten == forgotten:  # else its copies are gone already
+                                back = q.pages.setdefault(area, (array("Q"), array("Q")))
+                                back[0].extend(offs)
+                                back[1].extend(vers)
                             raise
                         finally:
                             q.inflight = None
