@@ -13,7 +13,8 @@ set is four times what the budget holds uncompressed. The workload, the same for
 drawn from a Zipf distribution (s = 0.99, hot keys spread over the key space), read 32 at a
 time (multi-get), every miss set again (cache-aside); a warm-up pass, then a measured one whose
 hits over gets is the hit ratio. Every hit is compared with the key's value, byte by byte
-(wrong bytes, ramster's and memcached's: both must be 0).
+(wrong bytes, ramster's and memcached's: both must be 0). Values held: a sweep over every key
+afterwards counts the values each one still returns.
 Then the get rate: batches of 32 keys of a hot set both hold, one call in flight, for a few
 seconds each; the servers' CPU time per value from /proc.
 Goals: hit_ratio_vs_memcached >= 1.5 (compression lets the same RAM hold more) and
@@ -157,6 +158,15 @@ async def cache_aside(
     return gets, hits, wrong
 
 
+async def held(get: Gets, values: list[bytes]) -> int:
+    """Values the cache still returns, exactly, over every key."""
+    count = 0
+    for start in range(0, len(values), 256):
+        got = await get([key(i) for i in range(start, min(len(values), start + 256))])
+        count += sum(1 for i, v in enumerate(got, start) if v == values[i])
+    return count
+
+
 async def get_rate(get: Gets, seconds: float, pid: int, seed: int) -> tuple[float, float]:
     """(values per second, server CPU µs per value) of hot multi-gets, one call in flight."""
     rng = np.random.default_rng(seed)
@@ -196,7 +206,7 @@ async def bench(quick: bool) -> dict[str, float | int]:
         gets, hits, wrong_mc = await cache_aside(mc_get, mc_set, values, ids_measured)
         out["memcached_hit_ratio"] = round(hits / gets, 4)
         out["memcached_evictions"] = mc.stat("evictions")
-        out["memcached_values_held"] = mc.stat("curr_items")
+        out["memcached_values_held"] = await held(mc_get, values)
         await mc_set([(key(i), values[i]) for i in range(HOT_KEYS)])
         rate, cpu = await get_rate(mc_get, seconds, mc.proc.pid, seed=3)
         out["memcached_get_values_per_s"] = round(rate)
@@ -220,7 +230,8 @@ async def bench(quick: bool) -> dict[str, float | int]:
                 out["hit_ratio"] = round(hits / gets, 4)
                 st = (await client.stats())["ephemeral"]
                 out["ramster_evicts"] = int(st["evicts"])
-                out["values_held"] = int(st["pages"]) // 2  # two pages a value
+                out["values_held"] = await held(cache.get_many, values)
+                out["pages_per_value"] = round(int(st["pages"]) / max(out["values_held"], 1), 3)
                 await cache.set_many([(key(i), values[i]) for i in range(HOT_KEYS)])
                 rate, cpu = await get_rate(cache.get_many, seconds, node.pid, seed=3)
                 out["get_pages_per_s"] = round(rate)
@@ -263,6 +274,7 @@ def main() -> None:
                     f"{r['values_held']:,}",
                     f"{r['memcached_values_held']:,}",
                 ],
+                ["pages per value held", f"{r['pages_per_value']}", "(items)"],
                 [
                     "multi-get of 32, values/s",
                     f"{r['get_pages_per_s']:,}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import numpy as np
 import pytest
 
 from ramster.client import PageCache
@@ -40,6 +41,14 @@ async def test_the_cache_helper_on_a_node(cluster_factory: ClusterFactory) -> No
         big = b"".join(values[:5])[:-30]  # several pages: a second round trip
         assert await cache.set(b"big", big)
         assert await cache.get(b"big") == big
+        # The attack: the first page of a newer value over the pages of an older one (a store
+        # that reached only part of the slot). Its header asks for pages it does not own.
+        rng = np.random.default_rng(4)
+        older, newer = rng.bytes(3 * 4096), rng.bytes(2 * 4096)
+        first = cache._first(b"mixed")
+        await client.store_many(EPH, list(range(first, first + 4)), cache._pages(b"mixed", older))
+        await client.store_many(EPH, [first], cache._pages(b"mixed", newer)[:1])
+        assert await cache.get(b"mixed") is None  # a miss, never bytes of two values
         await cache.delete(b"key-3")
         assert await cache.get(b"key-3") is None
         with pytest.raises(ValueError, match="at most"):
