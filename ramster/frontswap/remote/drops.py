@@ -159,9 +159,14 @@ class DropQueue:
         q.pages.clear()
         q.areas.clear()
         q.forgotten += 1
-        if q.inflight is None and not q.lock.locked():
-            del self._q[node]
+        self._discard_if_idle(node, q)
         return given_up
+
+    def _discard_if_idle(self, node: str, q: _Queue) -> None:
+        """Remove an emptied queue, unless its sender holds it (a batch may be on its way,
+        and `before_put` must still find it there)."""
+        if not q.lock.locked():
+            del self._q[node]
 
     async def before_put(
         self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
@@ -227,8 +232,7 @@ class DropQueue:
         todo = []
         for node, q in list(self._q.items()):
             if not q.size():
-                if q.inflight is None and not q.lock.locked():
-                    del self._q[node]  # idle: one on its way must stay visible to before_put
+                self._discard_if_idle(node, q)
                 continue
             if self._t.holders.state_of(node) != "alive":
                 continue  # kept until it answers again (or restarts)
