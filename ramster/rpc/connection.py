@@ -466,15 +466,16 @@ class ClientConnection(Endpoint):
         try:
             async with asyncio.timeout_at(deadline):
                 await waiter
-        except TimeoutError as exc:
-            raise PeerTimeout(f"{method} to {self.peer}: no free call slot in time") from exc
-        except BaseException:
+        except BaseException as exc:
+            # Whatever ends the wait (a timeout, a cancel), a slot handed over in the same
+            # loop iteration is ours: give it back, or it is gone for good.
             if waiter.done() and not waiter.cancelled():
-                self._release_slot()  # the slot was handed over just as we gave up
-            raise
-        finally:
-            if not waiter.done():
+                self._release_slot()
+            else:
                 waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                raise PeerTimeout(f"{method} to {self.peer}: no free call slot in time") from exc
+            raise
         if not self.is_open:
             self._release_slot()
             raise PeerLost(f"connection to {self.peer} is closed")

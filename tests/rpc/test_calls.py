@@ -362,3 +362,23 @@ async def test_a_call_timing_out_on_a_silent_connection_drops_it(harness: Harnes
         await client.call("forever", [], timeout=SILENT_ABORT + 0.2)
     assert await client.call("echo", [2]) == [2]
     assert client.statistics().connects == 2
+
+
+@pytest.mark.asyncio
+async def test_a_slot_handed_over_as_its_waiter_times_out_comes_back(harness: Harness) -> None:
+    """A slot freed in the same loop iteration as a waiter's deadline is not lost (it was: a
+    connection whose slots all leaked stayed open and timed out every call, heartbeats too)."""
+    client = harness.client(dataclasses.replace(FAST, max_in_flight=1))
+    await client.ping()
+    (conn,) = client._conns
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        conn._free_slots = 0  # the one slot is busy with a call
+        deadline = loop.time() + 0.05
+        # Scheduled before the waiter's own deadline timer: it runs first in that iteration.
+        loop.call_at(deadline, conn._release_slot)
+        with pytest.raises(PeerTimeout):
+            await conn.call("ping", [], deadline)
+        assert conn._free_slots == 1, "the slot handed over at the deadline leaked"
+    await client.ping()
+    assert client.statistics().in_flight == 0
