@@ -33,7 +33,8 @@ from ramster.frontswap import LocalFrontswap
 from ramster.frontswap import local as local_module
 from ramster.pagestore import PoolConfig
 from ramster.pagestore import pool as pool_module
-from ramster.pagestore.lent import RECLAIM_STEP_PAGES, LentPool
+from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import RECLAIM_STEP_PAGES
 from ramster.testing import corpus
 
 PROBE = 0.005

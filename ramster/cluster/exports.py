@@ -6,7 +6,7 @@ from __future__ import annotations
 from ramster.cluster.calls import SpeaksFor
 from ramster.cluster.peers import Peers
 from ramster.cluster.placement import Candidate
-from ramster.pagestore.lent import EXPORT_PREFIX, export_incarnation
+from ramster.pagestore.owners import EXPORT_PREFIX, export_incarnation
 
 
 def export_owner(name: str) -> str:

@@ -21,7 +21,7 @@ from ramster.cluster.hints import Hints
 from ramster.cluster.membership import Membership, MembershipConfig, State, Transition
 from ramster.cluster.placement import Candidate
 from ramster.errors import DuplicateNode, PeerLost, ProtocolError, RamsterError
-from ramster.pagestore.lent import incarnation_order
+from ramster.pagestore.owners import incarnation_order
 from ramster.protocol import (
     COORD_ORDER,
     COORD_REBALANCE,

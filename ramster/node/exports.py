@@ -30,7 +30,8 @@ from ramster.nbd.server import NbdServer
 from ramster.node.config import NodeConfig
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.codec import expand
-from ramster.pagestore.lent import INVENTORY_LIMIT, LentPool
+from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import INVENTORY_LIMIT
 
 log = logging.getLogger(__name__)
 

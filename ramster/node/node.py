@@ -34,7 +34,8 @@ from ramster.node.exports import ExportService
 from ramster.node.handlers import ControlService, FrontswapService, HolderService
 from ramster.node.refusals import Refusals
 from ramster.pagestore import PoolConfig
-from ramster.pagestore.lent import LentPool, incarnation_order
+from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import incarnation_order
 from ramster.rpc import Identity, RpcServer, Secret
 from ramster.telemetry.events import EventLog
 

@@ -199,6 +199,17 @@ class RadixIndex:
         if not tops:
             del self._area_tops[area]
 
+    def area_leaves(self, area: int) -> list[int]:
+        """The leaves of an area that hold keys, as the first offset of each, ascending."""
+        return sorted((t & 0xFFFFFFFF) << LEAF_BITS for t in self._area_tops.get(area, ()))
+
+    def leaf_offsets(self, area: int, first: int) -> I64:
+        """The offsets present in the leaf that starts at `first` (ascending; empty if none)."""
+        row = self._rows.get(area << 32 | first >> LEAF_BITS, -1)
+        if row < 0:
+            return np.zeros(0, dtype=np.int64)
+        return (np.flatnonzero(self._leaves[row]) + first).astype(np.int64)
+
     def area_offsets(self, area: int, limit: int | None = None) -> I64:
         """The offsets present in an area (unordered); with a limit, at least `limit` of them
         (whole leaves) or all there are, walking only that area's leaves."""

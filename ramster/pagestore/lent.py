@@ -1,128 +1,49 @@
 """The lent pool: other owners' pages kept in stored form, keyed by (owner, incarnation, area,
-offset). Pure logic; the node serves it over the RPC.
-
-Two kinds of owner: a node (its pages die with its incarnation: a newer one reclaims them) and
-an export (`export:NAME`, see EXPORT_PREFIX): its pages outlive the process that serves it and
-belong to the export, guarded by a term. The incarnation an export's calls carry is
-`t<term>@<node>`; a holder refuses (Fenced) any call with an older term than it has seen, or
-the same term from another node, so that a stale server can never change a newer one's pages.
-"""
+offset); pure logic, served over the RPC. Who owners are, and how exports' terms fence a stale
+server: owners.py. Whatever order puts and drops arrive in, newest wins (`put`)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from ramster.errors import InvalidPage
 from ramster.pagestore.config import MAX_AREA, PoolConfig
-from ramster.pagestore.pool import PagePool, PoolStatistics
+from ramster.pagestore.owners import (
+    EXPORT_PREFIX,
+    INVENTORY_LIMIT,
+    MAX_EXPORTS,
+    MAX_FLOORS,
+    MAX_OWNERS,
+    MAX_REMEMBERED,
+    RECLAIM_STEP_PAGES,
+    AreaSweep,
+    ExportClaim,
+    Fenced,
+    LentStatistics,
+    LiveTwin,
+    Reclaimed,
+    StaleIncarnation,
+    TooManyExports,
+    TooManyOwners,
+    by_area,
+    export_incarnation,
+    incarnation_order,
+    is_export,
+    keyed_incarnation,
+    parse_export_incarnation,
+)
+from ramster.pagestore.pool import PagePool
 from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
 
 Stored = tuple[int, int, Buffer]
 """(version, checksum, stored payload) of one held page, wherever it travels."""
-
-
-def incarnation_order(incarnation: str) -> int:
-    """The start time an incarnation id begins with (hex nanoseconds); 0 if it has none."""
-    head = incarnation.split("-", 1)[0]
-    try:
-        return int(head, 16)
-    except ValueError:
-        return 0
-
-
-EXPORT_PREFIX = "export:"
-"""Owners named so are exports, not nodes."""
-MAX_EXPORTS = 1024
-"""Exports one holder keeps pages or terms for: bounded against a flood of made-up names."""
-INVENTORY_LIMIT = 65536
-"""Keys one inventory answer carries at most (about 1.3 MiB on the wire)."""
-
-
-def is_export(owner: str) -> bool:
-    """Is this owner an export (whose pages outlive the process serving it)?"""
-    return owner.startswith(EXPORT_PREFIX)
-
-
-def export_incarnation(term: int, node: str) -> str:
-    """What an export's server puts where a node puts its incarnation."""
-    return f"t{term}@{node}"
-
-
-def parse_export_incarnation(incarnation: str) -> tuple[int, str]:
-    """(term, serving node) of an export incarnation; ValueError if it is none."""
-    head, sep, node = incarnation.partition("@")
-    if not sep or not node or not head.startswith("t") or not head[1:].isdigit():
-        raise ValueError(f"not an export incarnation (t<term>@<node>): {incarnation!r}")
-    return int(head[1:]), node
-
-
-@dataclass(frozen=True, slots=True)
-class ExportClaim:
-    """What a holder knows of an export: the newest term and its server, the size."""
-
-    term: int
-    node: str
-    size: int
-
-
-class Fenced(Exception):
-    """A call for an export from an older term (or the same term from another server) than
-    this holder has seen: the caller no longer serves that export."""
-
-    def __init__(self, owner: str, claim: ExportClaim) -> None:
-        super().__init__(
-            f"{owner} is served under term {claim.term} by {claim.node}: older terms are fenced"
-        )
-        self.claim = claim
-
-
-class TooManyExports(Exception):
-    """This holder keeps MAX_EXPORTS exports already."""
-
-
-class StaleIncarnation(Exception):
-    """A request from an incarnation older than the one this holder knows for that owner."""
-
-
-class LiveTwin(Exception):
-    """A newer incarnation of an owner spoke while the older one is still heard from: two
-    processes run under one node id. The older one keeps its pages; the newer is refused."""
-
-
-class Reclaimed(Exception):
-    """This owner incarnation's pages were reclaimed (it was silent past the owner grace), and
-    it has not said hello since: it must learn that its copies here are gone."""
-
-
-MAX_REMEMBERED = 4096
-"""Owners whose reclaims a holder remembers (epochs and markers): bounded against a flood."""
-RECLAIM_STEP_PAGES = 4096
-"""Pages a forgotten owner's reclaim frees per step: each step is a short pause of the loop."""
-
-
-@dataclass(frozen=True, slots=True)
-class LentStatistics:
-    """What this node holds for others."""
-
-    pool: PoolStatistics
-    owners: int
-    areas: int
-    reclaimed_pages: int
-    stale_requests: int
-    twins_refused: int
-    reclaim_pending_pages: int
-    """Pages of forgotten owners not yet freed (freed a step at a time)."""
-    exports: int = 0
-    fenced_requests: int = 0
-    """Export calls refused for an older term (a stale server fenced)."""
 
 
 class LentPool:
@@ -151,6 +72,16 @@ class LentPool:
         self._claims: dict[str, ExportClaim] = {}
         self._export_seen: dict[str, float] = {}
         self._fenced = 0
+        self._newer_held = 0
+        # (owner, keyed incarnation, area) -> the version an area drop reached: pages no newer
+        # are gone (or being swept: invisible meanwhile), and late copies of them are refused.
+        self._floors: dict[tuple[str, str, int], int] = {}
+        self._sweeps: list[AreaSweep] = []  # area drops still freeing their pages, a leaf at a time
+
+    @property
+    def newer_held(self) -> int:
+        """Pages refused so far because a newer version of their key is held here."""
+        return self._newer_held
 
     # -- owners and incarnations ---------------------------------------------------------------
 
@@ -200,6 +131,8 @@ class LentPool:
             self._last_seen[owner] = now
         if known == incarnation:
             return 0
+        if known is None:
+            self._make_room_for_owner()
         self._current[owner] = incarnation
         dropped = self.forget(owner, keep=incarnation)
         if known is not None:
@@ -211,6 +144,40 @@ class LentPool:
                 dropped,
             )
         return dropped
+
+    def _make_room_for_owner(self) -> None:
+        """Forget the longest-silent owner without pages here when the table is full;
+        TooManyOwners when every known owner has pages."""
+        if len(self._current) < MAX_OWNERS:
+            return
+        holding = {o for (o, _, _) in self._ids}
+        idle = [o for o in self._current if o not in holding]
+        if not idle:
+            raise TooManyOwners(f"this holder keeps pages of {MAX_OWNERS} owners already")
+        gone = min(idle, key=lambda o: self._last_seen.get(o, 0.0))
+        del self._current[gone]
+        self._last_seen.pop(gone, None)
+
+    def _check_copy(self, owner: str, incarnation: str) -> None:
+        """A copy forwarded for an owner names its current identity exactly: only the owner's
+        own calls create, advance or revive it (StaleIncarnation or Fenced otherwise)."""
+        if is_export(owner):
+            term, node = parse_export_incarnation(incarnation)
+            claim = self._claims.get(owner)
+            if claim is None or (claim.term, claim.node) != (term, node):
+                self._fenced += 1
+                raise Fenced(owner, claim or ExportClaim(0, "", 0))
+            if (owner, "") in self._marked:
+                raise Reclaimed(f"the pages of {owner} were reclaimed here")
+            return
+        if self._current.get(owner) != incarnation:
+            self._stale += 1
+            raise StaleIncarnation(
+                f"a copy for {owner} incarnation {incarnation}: this holder knows "
+                f"{self._current.get(owner) or 'no incarnation'} of it (only the owner advances it)"
+            )
+        if (owner, incarnation) in self._marked:
+            raise Reclaimed(f"the pages of {owner} incarnation {incarnation} were reclaimed here")
 
     def _note_export(self, owner: str, incarnation: str, *, hello: bool = False) -> None:
         """Check an export call's term against the newest seen (Fenced if older), learn a
@@ -257,7 +224,26 @@ class LentPool:
         if ident is None:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty.astype(np.uint64), empty.astype(np.uint64)
-        return self.pool.held_meta(ident, start, min(limit, INVENTORY_LIMIT))
+        limit = min(limit, INVENTORY_LIMIT)
+        floor = self._floors.get((owner, "", area))
+        if floor is None:
+            return self.pool.held_meta(ident, start, limit)
+        # Pages an area drop reached are gone, even before the sweep has freed them; a short
+        # answer still means the end, so keep reading past them.
+        parts = []
+        while limit > 0:
+            offs, versions, sums = self.pool.held_meta(ident, start, limit)
+            live = versions > np.uint64(floor)
+            parts.append((offs[live], versions[live], sums[live]))
+            if len(offs) < limit:
+                break
+            limit -= int(live.sum())
+            start = int(offs[-1]) + 1
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+        )
 
     def delete_export(self, owner: str, term: int, node: str) -> int:
         """Forget an export's pages for good (its term is kept: older servers stay fenced)."""
@@ -310,6 +296,8 @@ class LentPool:
             ident = self._ids.pop(key)
             dropped += self.pool.area_pages(ident)
             self._doomed.append(ident)
+        for key in [k for k in self._floors if k[0] == owner and k[1] != keep]:
+            del self._floors[key]
         if keep is None:
             self._current.pop(owner, None)
             self._last_seen.pop(owner, None)
@@ -328,11 +316,24 @@ class LentPool:
                 self._free_ids.append(ident)
                 continue
             freed += self.pool.drop_many(ident, offs)
+        while self._sweeps and freed < max_pages:
+            sweep = self._sweeps[-1]
+            if not sweep.leaves or self._ids.get(sweep.key) != sweep.ident:
+                self._sweeps.pop()  # done, or the owner was forgotten (its area id may be reused)
+                continue
+            offs = self.pool.leaf_offsets(sweep.ident, sweep.leaves.pop())
+            held = self.pool.versions(sweep.ident, offs)
+            old = [
+                o
+                for o, v in zip(offs.tolist(), held, strict=True)
+                if v is not None and v <= sweep.floor
+            ]
+            freed += self.pool.drop_many(sweep.ident, old) + 1  # + 1: an empty leaf is work too
         return freed
 
     def reclaim_pending(self) -> bool:
-        """Pages of forgotten owners are still to be freed."""
-        return bool(self._doomed)
+        """Pages of forgotten owners or dropped areas are still to be freed."""
+        return bool(self._doomed or self._sweeps)
 
     def reclaim_silent(self, now: float, grace: float) -> dict[str, int]:
         """Forget the pages of owners not heard from for `grace` seconds; {owner: pages}.
@@ -363,7 +364,7 @@ class LentPool:
         return dropped
 
     def _area_id(self, owner: str, inc: str, area: int, create: bool) -> int | None:
-        key = (owner, _keyed(owner, inc), area)
+        key = (owner, keyed_incarnation(owner, inc), area)
         ident = self._ids.get(key)
         if ident is None and create:
             if self._free_ids:
@@ -388,41 +389,94 @@ class LentPool:
         checksums: Sequence[int],
         payloads: Sequence[bytes | bytearray | memoryview],
         ephemeral: bool = False,
+        *,
+        copy: bool = False,
     ) -> list[bool]:
-        """Keep pages for an owner; False for each page refused (the lent budget is full).
+        """Keep pages for an owner; False for each page refused (the lent budget is full, or a
+        newer version of the key is held here: a late copy never replaces a newer one).
 
         Ephemeral pages (of an owner's ephemeral area) are kept only in room no persistent
         page needs: they are evicted, coldest first, when a persistent copy needs it.
-        InvalidPage, before anything changes, for a payload that is empty or over a page or
-        a key given twice: a peer's batch is checked whole before any of it is kept.
+        A copy (`copy=True`: forwarded by another holder) must name the owner's current
+        incarnation or term exactly; only the owner's own calls create or advance them.
+        InvalidPage, before anything changes, for an empty batch, a payload that is empty or
+        over a page, or a key given twice: a peer's batch is checked whole before any of it
+        is kept.
         """
-        groups = _by_area(areas)
+        if not offsets:
+            raise InvalidPage("an empty page batch")
+        groups = by_area(areas)
         ps = self.pool.config.page_size
-        if payloads and not 0 < min(map(len, payloads)) <= max(map(len, payloads)) <= ps:
+        if not 0 < min(map(len, payloads)) <= max(map(len, payloads)) <= ps:
             raise InvalidPage(f"a stored payload is 1 to {ps} bytes long")
         for _, idx in groups:
             if len({offsets[i] for i in idx}) != len(idx):
                 raise InvalidPage("a page batch names a key twice")
-        self.note_owner(owner, inc)
+        if copy:
+            self._check_copy(owner, inc)
+        else:
+            self.note_owner(owner, inc)
         ok = [False] * len(offsets)
         if self.draining:
             return ok
+        keyed = keyed_incarnation(owner, inc)
         for area, idx in groups:
             ident = self._area_id(owner, inc, area, create=True)
             if ident is None:
+                continue
+            take = self._newest_wins(
+                ident, self._floors.get((owner, keyed, area)), idx, offsets, versions, checksums, ok
+            )
+            if not take:
                 continue
             # The owner's word for the area's kind, on every put: an area id is reused.
             self.pool.set_ephemeral(ident, ephemeral)
             kept = self.pool.put_stored_many(
                 ident,
-                [offsets[i] for i in idx],
-                [payloads[i] for i in idx],
-                [versions[i] for i in idx],
-                [checksums[i] for i in idx],
+                [offsets[i] for i in take],
+                [payloads[i] for i in take],
+                [versions[i] for i in take],
+                [checksums[i] for i in take],
             )
-            for i, flag in zip(idx, kept, strict=True):
+            for i, flag in zip(take, kept, strict=True):
                 ok[i] = flag
         return ok
+
+    def _newest_wins(
+        self,
+        ident: int,
+        floor: int | None,
+        idx: list[int],
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        checksums: Sequence[int],
+        ok: list[bool],
+    ) -> list[int]:
+        """The indices of a put that may replace what is held; the same copy again is kept as
+        it is (ok); an older version, or one an area drop reached, is refused and counted."""
+        held = self.pool.versions(ident, [offsets[i] for i in idx])
+        if floor is None and held.count(None) == len(held):
+            return idx  # nothing held, nothing dropped: the usual case, decided in one pass
+        sums: list[int | None] = [None] * len(idx)
+        if held.count(None) != len(held):
+            keys = [offsets[i] for i, h in zip(idx, held, strict=True) if h is not None]
+            found = iter(self.pool.checksums(ident, keys))
+            sums = [next(found) if h is not None else None for h in held]
+        take = []
+        for i, have, have_sum in zip(idx, held, sums, strict=True):
+            version = versions[i]
+            if floor is not None and version <= floor:
+                self._newer_held += 1
+                continue
+            if have is not None and (floor is None or have > floor):
+                if have > version or (have == version and have_sum != checksums[i]):
+                    self._newer_held += 1
+                    continue
+                if have == version:
+                    ok[i] = True  # a duplicate: the held copy is this one
+                    continue
+            take.append(i)
+        return take
 
     def get(
         self, owner: str, inc: str, areas: Sequence[int], offsets: Sequence[int]
@@ -430,14 +484,17 @@ class LentPool:
         """Held pages in stored form, None where not held."""
         self.note_owner(owner, inc)
         out: list[Stored | None] = [None] * len(offsets)
-        for area, idx in _by_area(areas):
+        keyed = keyed_incarnation(owner, inc)
+        for area, idx in by_area(areas):
             ident = self._area_id(owner, inc, area, create=False)
             if ident is None:
                 continue
+            floor = self._floors.get((owner, keyed, area), -1)
             for i, item in zip(
                 idx, self.pool.get_stored_many(ident, [offsets[i] for i in idx]), strict=True
             ):
-                out[i] = item
+                if item is not None and item[0] > floor:
+                    out[i] = item
         return out
 
     def drop(
@@ -451,7 +508,7 @@ class LentPool:
         """Forget pages; with versions, only copies no newer than the given version go."""
         self.note_owner(owner, inc)
         ok = [False] * len(offsets)
-        for area, idx in _by_area(areas):
+        for area, idx in by_area(areas):
             ident = self._area_id(owner, inc, area, create=False)
             if ident is None:
                 continue
@@ -469,26 +526,35 @@ class LentPool:
 
     def drop_area(self, owner: str, inc: str, area: int, max_version: int | None = None) -> int:
         """Forget the pages of one of an owner's areas (only those no newer than max_version,
-        when given: a late area drop must not take pages stored after it was sent)."""
+        when given: a late area drop must not take pages stored after it was sent); returns
+        how many pages the area held.
+
+        The pages go at once (none is read, listed or replaced by an older copy again) and are
+        freed by `reclaim_step`, a bounded step at a time: an area of millions of pages would
+        otherwise stall the holder past its peers' patience.
+        """
         self.note_owner(owner, inc)
-        inc = _keyed(owner, inc)
-        ident = self._ids.get((owner, inc, area))
+        key = (owner, keyed_incarnation(owner, inc), area)
+        ident = self._ids.get(key)
+        if max_version is None:
+            if ident is None:
+                return 0
+            del self._ids[key]
+            self._doomed.append(ident)
+            pages = self.pool.area_pages(ident)
+            self.reclaim_step()  # a small area goes at once, a large one a step at a time
+            return pages
+        if self._floors.get(key, -1) < max_version:
+            self._floors.pop(key, None)
+            self._floors[key] = max_version  # newest last: the oldest goes first when full
+            while len(self._floors) > MAX_FLOORS:
+                self._floors.pop(next(iter(self._floors)))
         if ident is None:
             return 0
-        if max_version is not None:
-            offs = self.pool.area_offsets(ident)
-            held = self.pool.versions(ident, offs)
-            old = [
-                o
-                for o, v in zip(offs.tolist(), held, strict=True)
-                if v is not None and v <= max_version
-            ]
-            if len(old) < len(offs):
-                return self.pool.drop_many(ident, old)
-        del self._ids[(owner, inc, area)]
-        dropped = self.pool.drop_area(ident)
-        self._free_ids.append(ident)
-        return dropped
+        self._sweeps.append(AreaSweep(key, ident, max_version, self.pool.area_leaves(ident)[::-1]))
+        pages = self.pool.area_pages(ident)
+        self.reclaim_step()
+        return pages
 
     def damage_for_test(self, owner: str, area: int, offset: int, stale: bool) -> None:
         """Corrupt (or make stale) the copy held for an owner's current incarnation."""
@@ -527,17 +593,5 @@ class LentPool:
             reclaim_pending_pages=sum(self.pool.area_pages(i) for i in self._doomed),
             exports=len(self._claims),
             fenced_requests=self._fenced,
+            newer_held=self._newer_held,
         )
-
-
-def _keyed(owner: str, incarnation: str) -> str:
-    """The incarnation part of a page's key: an export's pages outlive its terms."""
-    return "" if is_export(owner) else incarnation
-
-
-def _by_area(areas: Sequence[int]) -> list[tuple[int, list[int]]]:
-    """Indices grouped by area, in first-seen order."""
-    if len(areas) and areas.count(areas[0]) == len(areas):
-        return [(areas[0], list(range(len(areas))))]
-    arr = np.asarray(areas)
-    return [(int(a), np.flatnonzero(arr == a).tolist()) for a in dict.fromkeys(areas)]

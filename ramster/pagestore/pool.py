@@ -366,6 +366,14 @@ class PagePool(RemoteEntries, ColdOrder, EphemeralPages):
         """Offsets of an area held here (unordered): all, or at least `limit` of them."""
         return self._index.area_offsets(area, limit)
 
+    def area_leaves(self, area: int) -> list[int]:
+        """First offsets of the area's index leaves, ascending: a walk in bounded steps."""
+        return self._index.area_leaves(area)
+
+    def leaf_offsets(self, area: int, first: int) -> I64:
+        """Offsets held in the index leaf starting at `first` (at most 64), ascending."""
+        return self._index.leaf_offsets(area, first)
+
     def area_pages(self, area: int) -> int:
         """Pages of an area held here (without scanning)."""
         return self._area_pages.get(area, 0)
@@ -381,6 +389,14 @@ class PagePool(RemoteEntries, ColdOrder, EphemeralPages):
         if not isinstance(slots, list):
             slots = slots.tolist()
         return [v if s else None for v, s in zip(vers, slots, strict=True)]
+
+    def checksums(self, area: int, offsets: Sequence[int] | I64) -> list[int | None]:
+        """Stored checksum of each key, None where absent."""
+        slots = self._lookup(area, _keys(offsets))
+        (sums,) = self._columns(slots, "checksum")
+        if not isinstance(slots, list):
+            slots = slots.tolist()
+        return [c if s else None for c, s in zip(sums, slots, strict=True)]
 
     def drop_many(self, area: int, offsets: Sequence[int] | I64) -> int:
         """Drop keys (absent ones are ignored); returns how many were dropped."""

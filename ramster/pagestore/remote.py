@@ -3,6 +3,7 @@ holder-set number) and queues a drop for every such page it forgets."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy.typing as npt
 
 from ramster.pagestore.codec import EMPTY, LZ4, RAW, REMOTE, SAME
 from ramster.pagestore.core import I64, PoolCore, _keys, _Put
+from ramster.pagestore.index import LEAF_MASK
 
 U64 = npt.NDArray[np.uint64]
 
@@ -191,8 +193,19 @@ class RemoteEntries(PoolCore):
     def held_meta(self, area: int, start: int, limit: int) -> tuple[I64, U64, U64]:
         """(offsets, versions, checksums) of up to `limit` keys of an area from `start` on, in
         ascending offset order: an inventory, a batch at a time, without the payloads."""
-        offs = self._index.area_offsets(area)
-        offs = np.sort(offs[offs >= start])[:limit]
+        # Leaf by leaf from `start`: the work is bounded by `limit`, not by the area's size.
+        index = self._index
+        leaves = index.area_leaves(area)
+        parts = []
+        found = 0
+        for first in leaves[bisect.bisect_left(leaves, start - (start & LEAF_MASK)) :]:
+            leaf = index.leaf_offsets(area, first)
+            leaf = leaf[leaf >= start]
+            parts.append(leaf)
+            found += len(leaf)
+            if found >= limit:
+                break
+        offs = np.concatenate(parts)[:limit] if parts else np.zeros(0, dtype=np.int64)
         slots = self._index.lookup(area, offs)
         m = self._meta
         versions: U64 = m["version"][slots].astype(np.uint64)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ramster.node.config import NodeConfig, load_config, new_incarnation, node_id_for
-from ramster.pagestore.lent import incarnation_order
+from ramster.pagestore.owners import incarnation_order
 from ramster.settings import parse_address, parse_size
 
 

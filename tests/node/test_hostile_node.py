@@ -16,7 +16,7 @@ from ramster.client import Client
 from ramster.errors import Forbidden, ProtocolError, RemoteError, RpcError
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
-from ramster.rpc import Identity, RpcClient, RpcConfig, Secret
+from ramster.rpc import Identity, Keys, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.testing.wait import wait_until
 
 SECRET = Secret(b"hostile-test-secret-0123456789")
@@ -144,3 +144,46 @@ async def test_orders_from_an_older_term_or_another_coordinator_are_refused(node
     assert stats["orders"]["refused"] == 1
     # a and b are unknown here: nothing moved.
     await wait_until(lambda: node.follower.done == (term + 1, 7, 0), 3, "the order followed")
+
+
+@pytest.mark.asyncio
+async def test_a_node_cannot_act_for_another_through_put_copy(node: Node) -> None:
+    """Issue 23, bug 4: one hold.put_copy naming a victim with a made-up newer incarnation
+    reclaimed the victim's pages here and locked it out; empty batches under made-up owners
+    grew the owner table without bound."""
+    host, port = node.address.rsplit(":", 1)
+    victim_id = Identity.node("victim", "00000180-aaaa")
+    payload = bytes(range(256)) * 4
+    batch = PageBatch.of([(0, 5, 3, 77, payload)])
+    async with (
+        RpcClient(host, int(port), SECRET, identity=victim_id) as victim,
+        RpcClient(host, int(port), SECRET, identity=Identity.node("mallory", "1-m")) as mallory,
+    ):
+        assert await victim.call(
+            protocol.HOLD_PUT, ["victim", victim_id.incarnation, batch.to_wire()]
+        ) == [True]
+        made_up = PageBatch.of([(0, 6, 1, 1, payload)])
+        with pytest.raises(ProtocolError, match="only the owner advances it"):
+            await mallory.call(
+                protocol.HOLD_PUT_COPY, ["victim", "7fffffffffffffff-evil", made_up.to_wire()]
+            )
+        # An older copy of the victim's key, under its real incarnation, changes nothing.
+        stale = PageBatch.of([(0, 5, 2, 1, payload[::-1])])
+        assert await mallory.call(
+            protocol.HOLD_PUT_COPY, ["victim", victim_id.incarnation, stale.to_wire()]
+        ) == [False]
+        owners = node.lent.statistics().owners
+        for i in range(300):
+            with pytest.raises(ProtocolError):
+                await mallory.call(
+                    protocol.HOLD_PUT_COPY, [f"ghost-{i}", "1-g", PageBatch.of([]).to_wire()]
+                )
+        assert node.lent.statistics().owners == owners
+        # The victim still reads its page, as itself, byte for byte.
+        got = PageBatch.from_wire(
+            await victim.call(
+                protocol.HOLD_GET, ["victim", victim_id.incarnation, Keys.of([(0, 5)]).to_wire()]
+            )
+        )
+        assert [(p.version, p.checksum, bytes(p.payload)) for p in got] == [(3, 77, payload)]
+    assert node.lent.statistics().newer_held == 1

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from ramster import protocol
 from ramster.client import Client
-from ramster.errors import AuthError, Forbidden, RpcError
+from ramster.errors import AuthError, Forbidden, ProtocolError, RpcError
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
 from ramster.rpc import Identity, KeyKind, Keys, PageBatch, RpcClient, Secret
@@ -137,6 +137,13 @@ async def test_a_node_session_acts_only_as_itself(node: Node) -> None:
 async def test_a_holder_forwards_another_owners_copies_with_put_copy(node: Node) -> None:
     survivor = Identity.node("survivor", "18000000003-dd")
     async with rpc(node, survivor) as holder, rpc(node, OWNER) as owner:
+        # Not before the owner itself spoke here: a copy never creates an owner.
+        with pytest.raises(ProtocolError, match="only the owner advances it"):
+            await holder.call(
+                protocol.HOLD_PUT_COPY, [OWNER.node_id, OWNER.incarnation, BATCH.to_wire()]
+            )
+        assert node.lent.statistics().owners == 0
+        await owner.call(protocol.HELLO, [OWNER.node_id, OWNER.incarnation])
         kept = await holder.call(
             protocol.HOLD_PUT_COPY, [OWNER.node_id, OWNER.incarnation, BATCH.to_wire()]
         )

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from ramster.pagestore import PoolConfig
-from ramster.pagestore.lent import LentPool, StaleIncarnation
+from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import StaleIncarnation
 
 OLD = "0000017f-aaaa"
 NEW = "00000180-bbbb"

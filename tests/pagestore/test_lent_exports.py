@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ramster.pagestore import PoolConfig
-from ramster.pagestore.lent import (
+from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import (
     MAX_EXPORTS,
     Fenced,
-    LentPool,
     Reclaimed,
     TooManyExports,
     export_incarnation,
@@ -108,7 +108,7 @@ def test_export_incarnations_are_checked(bad: str) -> None:
 
 
 def test_a_restart_that_names_its_dead_predecessor_is_no_twin() -> None:
-    from ramster.pagestore.lent import LiveTwin
+    from ramster.pagestore.owners import LiveTwin
 
     lent = LentPool(PoolConfig(budget_bytes=8 << 20), twin_window=2.5)
     lent.note_owner("n0", "1-a", now=10.0)

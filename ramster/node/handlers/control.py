@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ramster.errors import DuplicateNode, Forbidden, ProtocolError
-from ramster.pagestore.lent import LiveTwin, StaleIncarnation
+from ramster.pagestore.owners import LiveTwin, StaleIncarnation
 from ramster.protocol import (
     COORD_ORDER,
     COORD_REBALANCE,

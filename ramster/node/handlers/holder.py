@@ -4,7 +4,10 @@ A handler sees the lent pool and two callbacks, never the node: `forward` puts a
 batch on another holder (hold.copy), `refused` counts pages this holder turned away.
 Only nodes may call them, and each only as itself: the owner and incarnation a call names must
 be the ones its session proved (Forbidden otherwise). The one exception is hold.put_copy, the
-second half of an owner's hold.copy: a holder putting that owner's verified copies here.
+second half of an owner's hold.copy: a holder putting that owner's verified copies here. It
+can only add copies for the owner's current incarnation (or export term) as this holder already
+knows it from the owner itself: it never creates, advances or revives an owner, and, like every
+put, never replaces a newer copy (the lent pool enforces both).
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from ramster.errors import (
     RamsterError,
     RemoteError,
 )
-from ramster.pagestore.lent import (
+from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import (
     INVENTORY_LIMIT,
     Fenced,
-    LentPool,
     Reclaimed,
     StaleIncarnation,
     TooManyExports,
+    TooManyOwners,
     is_export,
     parse_export_incarnation,
 )
@@ -114,7 +118,7 @@ def _refusals() -> Iterator[None]:
         raise PagesReclaimed(str(exc)) from None
     except Fenced as exc:
         raise ExportFenced(str(exc)) from None
-    except TooManyExports as exc:
+    except (TooManyExports, TooManyOwners) as exc:
         raise CapacityError(str(exc)) from None
     except (InvalidPage, ValueError) as exc:
         raise ProtocolError(str(exc)) from None
@@ -181,12 +185,15 @@ class HolderService:
         hold.copy (it only adds copies; the owner checks version and checksum on every read)."""
         if req.owner == caller().identity.node_id:
             raise Forbidden("an owner stores its own pages with hold.put")
-        return self._keep(req)
+        return self._keep(req, copy=True)
 
-    def _keep(self, req: Owned) -> list[bool]:
+    def _keep(self, req: Owned, *, copy: bool = False) -> list[bool]:
         batch = PageBatch.from_wire(req.rest[-1])
+        if not len(batch):
+            raise ProtocolError("an empty page batch")
         ephemeral = len(req.rest) > 1
         lent = self.lent
+        newer_before = lent.newer_held
         try:
             with _refusals():
                 ok = lent.put(
@@ -198,15 +205,19 @@ class HolderService:
                     batch.checksums,
                     batch.payloads,
                     ephemeral,
+                    copy=copy,
                 )
         except (ProtocolError, ExportFenced) as exc:
             reason = "fenced" if isinstance(exc, ExportFenced) else "refused"
             self._refused(req.owner, len(batch.offsets), reason)
             raise
-        refused = ok.count(False)
+        newer = lent.newer_held - newer_before
+        if newer:
+            self._refused(req.owner, newer, "a newer version is held")
+        refused = ok.count(False) - newer
         if refused:
             self._refused(req.owner, refused, "lent pool full" if not lent.draining else "draining")
-        if ok and not any(ok):
+        if refused and not any(ok):
             raise CapacityError(f"{self.node_id}: the lent pool is full")
         return ok
 

@@ -1,0 +1,148 @@
+"""The holder enforces what safety needs, whatever order messages arrive in (invariant 10):
+newest wins on every put, area drops reach only what they name and cost bounded steps, and a
+copy forwarded for an owner never creates, advances or revives it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ramster.errors import InvalidPage
+from ramster.pagestore import PoolConfig
+from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import (
+    MAX_OWNERS,
+    Fenced,
+    StaleIncarnation,
+    TooManyOwners,
+    export_incarnation,
+)
+
+INC = "00000180-aaaa"
+NEWER = "00000190-bbbb"
+EXPORT = "export:disk"
+
+
+def page(tag: int) -> bytes:
+    return bytes([tag % 251 + 1]) * 8 + os.urandom(1000)
+
+
+def lent_pool(mib: int = 16) -> LentPool:
+    return LentPool(PoolConfig(budget_bytes=mib << 20))
+
+
+def test_an_older_copy_never_replaces_a_newer_one() -> None:
+    """Bug 3 of issue 23: repair's copy of K v1 landed on h2 after the owner's K v2, replaced
+    it, and repair's drop at v1 then removed it: two copies recorded, one held."""
+    lent = lent_pool()
+    v2 = page(2)
+    assert lent.put("o", INC, [0], [7], [2], [22], [v2]) == [True]
+    # The late copy (from a survivor, over another connection) is refused and counted.
+    assert lent.put("o", INC, [0], [7], [1], [11], [page(1)], copy=True) == [False]
+    assert lent.statistics().newer_held == 1
+    # The repair's drop of what it thinks it put cannot reach v2 either.
+    assert lent.drop("o", INC, [0], [7], [1]) == [False]
+    assert lent.get("o", INC, [0], [7]) == [(2, 22, v2)]
+
+
+def test_the_same_copy_twice_is_kept_as_it_is() -> None:
+    lent = lent_pool()
+    v3 = page(3)
+    assert lent.put("o", INC, [0], [1], [3], [33], [v3]) == [True]
+    assert lent.put("o", INC, [0], [1], [3], [33], [page(9)]) == [True]  # a duplicate
+    assert lent.get("o", INC, [0], [1]) == [(3, 33, v3)]
+    # The same version with other bytes is a conflict, never an overwrite.
+    assert lent.put("o", INC, [0], [1], [3], [99], [page(4)]) == [False]
+    assert lent.get("o", INC, [0], [1]) == [(3, 33, v3)]
+    assert lent.put("o", INC, [0], [1], [4], [44], [page(4)]) == [True]
+
+
+def test_a_late_copy_of_a_dropped_area_stays_out() -> None:
+    lent = lent_pool()
+    lent.put("o", INC, [0, 0], [1, 2], [5, 9], [0, 0], [page(5), page(9)])
+    lent.drop_area("o", INC, 0, 6)
+    assert lent.get("o", INC, [0, 0], [1, 2])[0] is None
+    assert lent.get("o", INC, [0, 0], [1, 2])[1] is not None
+    # A copy sent before the area drop, arriving after it, is an orphan nobody would drop.
+    assert lent.put("o", INC, [0], [1], [5], [0], [page(5)], copy=True) == [False]
+    assert lent.put("o", INC, [0], [1], [10], [0], [page(10)]) == [True]
+
+
+def test_a_copy_never_creates_advances_or_revives_an_owner() -> None:
+    """Bug 4: a copy naming a victim with a made-up newer incarnation reclaimed all its
+    pages here and locked it out; copies under made-up owners grew the owner table."""
+    lent = lent_pool()
+    mine = page(1)
+    lent.note_owner("victim", INC, now=time.monotonic())
+    assert lent.put("victim", INC, [0], [1], [1], [1], [mine]) == [True]
+    with pytest.raises(StaleIncarnation):
+        lent.put("victim", NEWER, [0], [2], [1], [1], [page(2)], copy=True)
+    with pytest.raises(StaleIncarnation):
+        lent.put("nobody", INC, [0], [2], [1], [1], [page(2)], copy=True)
+    assert lent.get("victim", INC, [0], [1]) == [(1, 1, mine)]  # the victim still reads
+    assert lent.statistics().owners == 1
+    # For an export: a copy names the term this holder knows, and raises none.
+    lent.claim(EXPORT, 3, "s", 1 << 20)
+    with pytest.raises(Fenced):
+        lent.put(EXPORT, export_incarnation(4, "s"), [0], [1], [1], [1], [mine], copy=True)
+    assert lent.claim(EXPORT, 0, "", 0)[1].term == 3
+    assert lent.put(EXPORT, export_incarnation(3, "s"), [0], [1], [1], [1], [mine], copy=True)
+
+
+def test_empty_batches_change_nothing() -> None:
+    lent = lent_pool()
+    for owner in ("a", "b", "c"):
+        with pytest.raises(InvalidPage):
+            lent.put(owner, INC, [], [], [], [], [])
+    assert lent.statistics().owners == 0
+
+
+def test_the_owner_table_is_bounded() -> None:
+    lent = lent_pool()
+    lent.put("keeper", INC, [0], [1], [1], [1], [page(1)])
+    for i in range(MAX_OWNERS + 50):
+        lent.get(f"passer-{i}", INC, [0], [1])  # an owner that keeps nothing here
+    stats = lent.statistics()
+    assert stats.owners <= MAX_OWNERS
+    assert lent.get("keeper", INC, [0], [1])[0] is not None
+    full = lent_pool(64)
+    for i in range(MAX_OWNERS):
+        full.put(f"o{i}", INC, [0], [1], [1], [1], [b"\x01" * 8])
+    with pytest.raises(TooManyOwners):
+        full.put("one-more", INC, [0], [1], [1], [1], [b"\x01" * 8])
+
+
+def test_an_area_drop_takes_bounded_steps() -> None:
+    """Bug 7: hold.drop_area freed a whole area in one step (~0.45 s per million pages): a
+    large area made its holder look dead to every peer."""
+    lent = lent_pool(64)
+    n = 200_000
+    same = [i.to_bytes(8, "little") for i in range(n)]  # same-filled: cheap to hold
+    for first in range(0, n, 8192):
+        idx = range(first, min(n, first + 8192))
+        lent.put(
+            "o",
+            INC,
+            [0] * len(idx),
+            list(idx),
+            [5] * len(idx),
+            [0] * len(idx),
+            [same[i] for i in idx],
+        )
+    lent.put("o", INC, [0], [n + 1], [9], [0], [page(9)])  # stored after the invalidation
+    started = time.perf_counter()
+    assert lent.drop_area("o", INC, 0, 8) == n + 1
+    first_step = time.perf_counter() - started
+    # Gone at once for every reader, freed a bounded step at a time.
+    assert lent.get("o", INC, [0, 0], [0, n - 1]) == [None, None]
+    assert lent.reclaim_pending()
+    steps = 0
+    while lent.reclaim_pending():
+        lent.reclaim_step()
+        steps += 1
+    assert steps >= n // 8192
+    assert lent.statistics().pool.stored_pages == 1
+    assert lent.get("o", INC, [0], [n + 1])[0] is not None
+    assert first_step < 0.1
