@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ramster.errors import DuplicateNode, Forbidden, ProtocolError
-from ramster.pagestore.owners import LiveTwin, StaleIncarnation
+from ramster.errors import CapacityError, DuplicateNode, Forbidden, ProtocolError
+from ramster.pagestore.owners import LiveTwin, StaleIncarnation, TooManyOwners
 from ramster.protocol import (
     COORD_ORDER,
     COORD_REBALANCE,
@@ -122,6 +122,8 @@ class ControlService:
             raise ProtocolError(str(exc)) from None
         except LiveTwin as exc:
             raise DuplicateNode(str(exc)) from None
+        except TooManyOwners as exc:
+            raise CapacityError(str(exc)) from None
         # Its own count of reclaims: an owner sees it rise and counts those copies as lost.
         return {**control.hello_info(), "reclaimed_epoch": self._epoch_of(peer)}
 
