@@ -222,6 +222,9 @@ class Rebuilder:
                         self.name,
                         len(bad),
                     )
+                # The copies stored again are newer than the ones they replace, whatever the
+                # term: a drop of the old version can never take a new copy.
+                self.fs.start_versions_at(max(want_v))
                 kept = (
                     await self.fs.store_many(area, [part[j] for j in keys], pages) if keys else []
                 )
