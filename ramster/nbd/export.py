@@ -1,8 +1,8 @@
 """A block device over one frontswap area: byte ranges become pages, no sockets here.
 
 Block `offset // page_size` is frontswap offset `offset // page_size` of the export's area.
-Never-written pages read as zeros; a page written as zeros, TRIM and WRITE_ZEROES invalidate;
-a write that covers part of a page is a read-modify-write. Mutations of one export are
+Never-written pages read as zeros, written ones with no readable copy as EIO; a page written
+as zeros, TRIM and WRITE_ZEROES invalidate; a partial write is a read-modify-write. Mutations are
 serialised by one lock (reads are not), so a read-modify-write is never torn by another
 connection's write: every connection sees one consistent device (NBD_FLAG_CAN_MULTI_CONN).
 """
@@ -198,8 +198,7 @@ class Export:
         for i, page in zip(where, got, strict=True):
             if page is not None:
                 out[i] = page
-            elif pages[i] not in self._held:
-                # Marked written and no readable copy: an error, never zeros.
+            elif pages[i] not in self._held:  # written, and no readable copy: never zeros
                 self._load_failures += 1
                 return None
         if self._held:
@@ -291,11 +290,9 @@ class Export:
         errors = await self._mutate_pages(ops)
         if self._dirty and not await self._persist():
             errors = [e or const.EIO for e in errors]
-        if self._check_fenced():
-            # One fenced answer anywhere in the batch fails all of it: the other holders
-            # that kept a page have not heard the new term yet, and prove nothing.
-            return [const.EIO] * len(ops)
-        return errors
+        # One fenced answer anywhere in the batch fails all of it (the holders that kept a page
+        # have not heard the new term yet, and prove nothing).
+        return [const.EIO] * len(ops) if self._check_fenced() else errors
 
     def _note_changed(self, pages: Sequence[int]) -> None:
         """Blocks whose written-or-not changed: their manifest pages are to be stored."""
@@ -412,9 +409,7 @@ class Export:
                     failure,
                 )
                 failed.update(dict.fromkeys(stores, const.EIO))
-                # Never written before and not stored now: they read as zeros again (a block
-                # marked written with no copy reads as an I/O error).
-                self._map.discard(fresh)
+                self._map.discard(fresh)  # never stored: zeros again, not an I/O error
                 self._note_changed(fresh)
             else:
                 refused = [p for p, ok in zip(stores, kept, strict=True) if not ok]
@@ -575,8 +570,7 @@ class Export:
         async with self._lock:
             if self._check_fenced():
                 return const.EIO
-            persisted = await self._persist()
-            return const.EIO if self._check_fenced() or not persisted else 0
+            return const.EIO if not await self._persist() or self._check_fenced() else 0
 
     def statistics(self) -> ExportStatistics:
         """A snapshot of the export's counters."""
