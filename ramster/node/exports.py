@@ -158,7 +158,8 @@ class ExportService:
         record = self.records.get(name)
         if self.nbd is None or record is None or name in self.nbd.exports:
             return
-        export = self.build(ExportSpec(name, record.size, 31, REPLICATED), self._max_payload)
+        spec = ExportSpec(name, record.size, 31, REPLICATED)
+        export = self.build(spec, self.nbd.config.max_payload)
         try:
             await self.nbd.add_export(export)
         except ExportTaken as exc:
