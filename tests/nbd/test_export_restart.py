@@ -15,7 +15,8 @@ import pytest
 import pytest_asyncio
 
 from ramster.testing.cluster import Cluster, free_port, make_cluster
-from tests.nbd.test_replicated import _qemu_io, _serving
+from ramster.testing.wait import wait_until
+from tests.nbd.test_replicated import _qemu_io, _ramster, _serving
 from tests.nbd.tools import tool
 
 pytestmark = pytest.mark.asyncio
@@ -73,6 +74,10 @@ async def test_a_restarted_server_waits_for_paused_holders_and_never_serves_zero
     assert "not served yet" in log or "cannot hear" in log, log[-3000:]
 
 
+async def _logged(c: Cluster, i: int, text: str) -> bool:
+    return text in c.nodes[i].log.read_text()
+
+
 async def _move(c: Cluster, via: int, name: str, to: str) -> None:
     ran = await tool(
         sys.executable,
@@ -111,9 +116,43 @@ async def test_a_node_resumes_an_export_moved_to_it_and_the_old_server_does_not_
     c.kill(0)
     c.start(0)
     await c.wait_ready()
-    await asyncio.sleep(2.0)
+    await wait_until(lambda: _logged(c, 0, "not served here"), 20, "n0 leaves swap0 to n1")
     out = await _qemu_io(url0, "read 0 4k")
     assert "read 4096/4096" not in out, out
-    assert "not served here" in c.nodes[0].log.read_text()
     out = await _qemu_io(url1, "read -P 0x61 0 1M")
     assert "verification failed" not in out and "read 1048576/1048576" in out, out
+
+
+async def test_a_forced_move_off_a_dead_server_on_two_nodes_keeps_every_copy(
+    tmp_path: Path,
+) -> None:
+    """n0 serves, n1 holds the only copies. n0 dies: a move to n1 must be forced (n0 may hold
+    newer state); n1 then cannot store its own copies elsewhere, so it keeps them and those
+    blocks read as I/O errors, never zeros; moved back to n0 once it returns, all is there."""
+    port, port1 = free_port(), free_port()
+    c = make_cluster(tmp_path, 2, local_budget="16MiB", lent_budget="64MiB")
+    c.nodes[0].args += [f"--nbd=127.0.0.1:{port}", "--export=swap0:8MiB", "--no-swap-safety"]
+    c.nodes[1].args += [f"--nbd=127.0.0.1:{port1}", "--no-swap-safety"]
+    url0, url1 = f"nbd://127.0.0.1:{port}/swap0", f"nbd://127.0.0.1:{port1}/swap0"
+    for i in range(2):
+        c.start(i)
+    try:
+        await c.wait_ready()
+        await _serving(url0)
+        assert "wrote" in await _qemu_io(url0, "write -P 0x71 0 1M")
+        c.kill(0)
+        refused = await _ramster(c, 1, "export", "move", "swap0", "--to", "n1", ok=False)
+        assert "cannot hear n0" in refused, refused
+        await _ramster(c, 1, "export", "move", "swap0", "--to", "n1", "--force")
+        # Its manifest too is held only on n1: which blocks were written is unknown, so every
+        # block reads as an I/O error (never zeros) until another node can hold the copies.
+        out = await _qemu_io(url1, "read -P 0x71 0 4k", "read -P 0 4M 4k")
+        assert "verification failed" not in out and out.count("Input/output error") == 2, out
+        c.start(0)  # its command line names swap0, moved away: it does not take it back
+        await c.wait_ready()
+        await wait_until(lambda: _logged(c, 0, "not served here"), 20, "n0 leaves swap0 to n1")
+        await _ramster(c, 1, "export", "move", "swap0", "--to", "n0")
+        out = await _qemu_io(url0, "read -P 0x71 0 1M")
+        assert "verification failed" not in out and "read 1048576/1048576" in out, out
+    finally:
+        c.stop_all()
