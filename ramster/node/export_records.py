@@ -69,14 +69,13 @@ class ExportRecords:
         self._records: dict[str, ExportRecord] = {}
         try:
             raw = json.loads(self.path.read_text())
+            records = [ExportRecord.from_json(entry) for entry in raw["exports"]]
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             # Unreadable is not empty: refuse to start rather than forget terms and creations.
             raise RuntimeError(f"{self.path}: unreadable export records: {exc}") from None
-        for entry in raw.get("exports", []):
-            record = ExportRecord.from_json(entry)
-            self._records[record.name] = record
+        self._records = {r.name: r for r in records}
 
     def get(self, name: str) -> ExportRecord | None:
         """The record of an export, if this node ever served it."""

@@ -313,7 +313,8 @@ class ExportService:
         me = self.peers.me
         if record is not None and record.created and not served.takeover:
             return set(record.holders) - {me}
-        required = {p.node_id or p.address for p in self.peers.peers() if p.alias_of is None}
+        known = [p for p in self.peers.peers() if p.alias_of is None and (p.node_id or p.seed)]
+        required = {p.node_id or p.address for p in known}
         if record is not None:
             required |= set(record.holders)
         if current:
