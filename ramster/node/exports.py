@@ -163,11 +163,7 @@ class ExportService:
         try:
             await self.nbd.add_export(export)
         except ExportTaken as exc:
-            self.served.pop(name, None)
             log.warning("export %s: not resumed: %s", name, exc)
-        except BaseException:
-            self.served.pop(name, None)
-            raise
         else:
             log.info("export %s: resumed here (this node served it when it stopped)", name)
 
@@ -225,6 +221,14 @@ class ExportService:
     async def _prepare(self, served: Served) -> None:
         """Before the export takes connections: hear every node that may know better, take the
         next term, rebuild the index (see `_attempt` for what must be heard)."""
+        try:
+            await self._open(served)
+        except BaseException:
+            if self.served.get(served.spec.name) is served:
+                del self.served[served.spec.name]  # not served here: it may be moved here
+            raise
+
+    async def _open(self, served: Served) -> None:
         started = time.monotonic()
         name = served.spec.name
         served.state = "hearing"
@@ -518,11 +522,7 @@ class ExportService:
         known = await self._known_size(name)
         spec = ExportSpec(name, size or known, area, REPLICATED)
         export = self.build(spec, self.nbd.config.max_payload, takeover=True, force=force)
-        try:
-            await self.nbd.add_export(export)
-        except BaseException:
-            self.served.pop(name, None)
-            raise
+        await self.nbd.add_export(export)
         return self.served[name].term
 
     async def _known_size(self, name: str) -> int:
