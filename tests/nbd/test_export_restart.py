@@ -61,6 +61,12 @@ async def test_a_restarted_server_waits_for_paused_holders_and_never_serves_zero
         # Not served: the connection is refused (never zeros, never a blank manifest).
         assert "read 4096/4096" not in out, out
         assert "verification failed" not in out, out
+        # While it waits, a stop signal still stops it (and it comes back waiting again).
+        waiting = c.nodes[0].proc
+        assert waiting is not None
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(15) == 0
+        c.start(0)
     finally:
         for proc in paused:
             assert proc is not None
