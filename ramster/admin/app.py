@@ -321,8 +321,9 @@ async def post_move_export(request: web.Request) -> web.Response:
     target = body.get("to") if isinstance(body, dict) else None
     if not isinstance(target, str) or not target:
         raise ApiError(400, "bad-request", 'name the node to move the export to: {"to": NODE}')
+    force = isinstance(body, dict) and body.get("force") is True
     try:
-        term = await request.app[CONTROL_KEY].move_export(name, target)
+        term = await request.app[CONTROL_KEY].move_export(name, target, force)
     except UnknownNode:
         raise ApiError(404, "unknown-node", f"no member named {target!r} is known here") from None
     except (RemoteError, ExportTaken) as exc:

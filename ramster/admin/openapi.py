@@ -267,7 +267,13 @@ def spec() -> Schema:
                         "required": True,
                         "content": {
                             "application/json": {
-                                "schema": _obj({"to": {"type": "string", "minLength": 1}}, ["to"])
+                                "schema": _obj(
+                                    {
+                                        "to": {"type": "string", "minLength": 1},
+                                        "force": {"type": "boolean"},
+                                    },
+                                    ["to"],
+                                )
                             }
                         },
                     },
@@ -276,7 +282,10 @@ def spec() -> Schema:
                         **WRITE_ERRORS,
                         "400": _error("no target node named, or not an export name"),
                         "404": _error("no such member"),
-                        "409": _error("the target cannot take the export"),
+                        "409": _error(
+                            "the target cannot take the export (without force: it cannot "
+                            "hear every member, the current server among them)"
+                        ),
                         "502": _error("the target did not answer"),
                     },
                 }

@@ -112,8 +112,9 @@ class NodeControl(Protocol):
         """The NBD exports this node serves, holds pages of, and hears of."""
         ...
 
-    async def move_export(self, name: str, to: str) -> int:
-        """Have node `to` take the export over; its new term (UnknownNode, RamsterError)."""
+    async def move_export(self, name: str, to: str, force: bool = False) -> int:
+        """Have node `to` take the export over; its new term (UnknownNode, RamsterError);
+        `force` even if it cannot hear every member (what only they hold is lost)."""
         ...
 
     async def delete_export(self, name: str) -> int:

@@ -201,13 +201,15 @@ def export_list(target: Target, as_json: bool) -> int:
     return _run(go())
 
 
-def export_move(target: Target, name: str, to: str, as_json: bool) -> int:
-    """Serve an export from another node (the old server is fenced)."""
+def export_move(target: Target, name: str, to: str, as_json: bool, force: bool = False) -> int:
+    """Serve an export from another node (the old server is fenced); refused unless the new
+    server hears every member, the current server among them, or `force`."""
 
     async def go() -> int:
         if not as_json:
             print(f"moving {name} to {to}: it takes the next term and rebuilds ...", flush=True)
-        answer = await call(target, "POST", f"/v1/exports/{name}/move", {"to": to}, within=150)
+        body: dict[str, object] = {"to": to, "force": True} if force else {"to": to}
+        answer = await call(target, "POST", f"/v1/exports/{name}/move", body, within=150)
         if as_json:
             print(json.dumps(answer))
         else:

@@ -202,6 +202,12 @@ def _export_parsers(sub: options.Sub) -> None:
     move = verbs.add_parser("move", help="serve an export from another node (token)")
     move.add_argument("name", metavar="NAME", help="the export's name")
     move.add_argument("--to", required=True, metavar="NODE", help="the node to serve it")
+    move.add_argument(
+        "--force",
+        action="store_true",
+        help="take it over even if the new server cannot hear every member (the current "
+        "server among them): what only they hold is lost, and counted",
+    )
     options.admin_client(move)
     delete = verbs.add_parser("delete", help="forget an export and all its copies (token)")
     delete.add_argument("name", metavar="NAME", help="the export's name")
@@ -224,7 +230,7 @@ def _admin(args: argparse.Namespace) -> int:
         return admin.rebalance(target, args.json)
     if cmd == "export":
         if args.verb == "move":
-            return admin.export_move(target, args.name, args.to, args.json)
+            return admin.export_move(target, args.name, args.to, args.json, args.force)
         if args.verb == "delete":
             return admin.export_delete(target, args.name, args.json)
         return admin.export_list(target, args.json)

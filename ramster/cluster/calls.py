@@ -181,11 +181,11 @@ class HolderCalls:
         )
         return result if type(result) is int else 0
 
-    async def adopt(self, node: str, name: str, size: int, area: int) -> int:
-        """export.adopt on node: it takes the export over (next term, rebuild, serve)."""
-        result = await self._client(node).call(
-            EXPORT_ADOPT, [name, size, area], timeout=ADOPT_TIMEOUT
-        )
+    async def adopt(self, node: str, name: str, size: int, area: int, force: bool = False) -> int:
+        """export.adopt on node: it takes the export over (next term, rebuild, serve); `force`
+        even without hearing every member."""
+        params: list[object] = [name, size, area, True] if force else [name, size, area]
+        result = await self._client(node).call(EXPORT_ADOPT, params, timeout=ADOPT_TIMEOUT)
         return result if type(result) is int else 0
 
 

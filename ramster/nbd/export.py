@@ -1,8 +1,8 @@
 """A block device over one frontswap area: byte ranges become pages, no sockets here.
 
 Block `offset // page_size` is frontswap offset `offset // page_size` of the export's area.
-Never-written pages read as zeros; a page written as zeros, TRIM and WRITE_ZEROES invalidate;
-a write that covers part of a page is a read-modify-write. Mutations of one export are
+Never-written pages read as zeros, written ones with no readable copy as EIO; a page written
+as zeros, TRIM and WRITE_ZEROES invalidate; a partial write is a read-modify-write. Mutations are
 serialised by one lock (reads are not), so a read-modify-write is never torn by another
 connection's write: every connection sees one consistent device (NBD_FLAG_CAN_MULTI_CONN).
 """
@@ -198,6 +198,9 @@ class Export:
         for i, page in zip(where, got, strict=True):
             if page is not None:
                 out[i] = page
+            elif pages[i] not in self._held:  # written, and no readable copy: never zeros
+                self._load_failures += 1
+                return None
         if self._held:
             for i, page_no in enumerate(pages):
                 held = self._held.get(page_no)
@@ -287,7 +290,9 @@ class Export:
         errors = await self._mutate_pages(ops)
         if self._dirty and not await self._persist():
             errors = [e or const.EIO for e in errors]
-        return errors
+        # One fenced answer anywhere in the batch fails all of it (the holders that kept a page
+        # have not heard the new term yet, and prove nothing).
+        return [const.EIO] * len(ops) if self._check_fenced() else errors
 
     def _note_changed(self, pages: Sequence[int]) -> None:
         """Blocks whose written-or-not changed: their manifest pages are to be stored."""
@@ -389,6 +394,7 @@ class Export:
         failed: dict[int, int] = {}
         """Pages whose new content is not stored, with the error their operations get."""
         if stores:
+            fresh = [stores[i] for i in self._missing(stores)]
             kept: list[bool] | None = None
             failure: RamsterError | None = None
             try:
@@ -403,6 +409,8 @@ class Export:
                     failure,
                 )
                 failed.update(dict.fromkeys(stores, const.EIO))
+                self._map.discard(fresh)  # never stored: zeros again, not an I/O error
+                self._note_changed(fresh)
             else:
                 refused = [p for p, ok in zip(stores, kept, strict=True) if not ok]
                 self._stored += len(stores) - len(refused)
@@ -410,7 +418,7 @@ class Export:
                     self._lost.discard([p for p, ok in zip(stores, kept, strict=True) if ok])
                 if refused and self._check_fenced():
                     failed.update(dict.fromkeys(stores, const.EIO))
-                    refused = []
+                    refused = []  # nothing to put back: the export is no longer this node's
                 if self._held:
                     for page, ok in zip(stores, kept, strict=True):
                         if ok:
@@ -510,7 +518,8 @@ class Export:
             if self._check_fenced():
                 return const.EIO
             error = await self._invalidate_range(first, end)
-            return error or (0 if await self._persist() else const.EIO)
+            error = error or (0 if await self._persist() else const.EIO)
+            return const.EIO if self._check_fenced() else error
 
     async def write_zeroes(self, offset: int, length: int) -> int:
         """Make the range read as zeros: whole pages are invalidated, partial ones rewritten."""
@@ -537,7 +546,8 @@ class Export:
             error = next((e for e in errors if e), 0)
             if first_full < end_full:
                 error = await self._invalidate_range(first_full, end_full) or error
-            return error or (0 if await self._persist() else const.EIO)
+            error = error or (0 if await self._persist() else const.EIO)
+            return const.EIO if self._check_fenced() else error
 
     async def _invalidate_range(self, first: int, end: int) -> int:
         if end <= first:
@@ -560,7 +570,7 @@ class Export:
         async with self._lock:
             if self._check_fenced():
                 return const.EIO
-            return 0 if await self._persist() else const.EIO
+            return const.EIO if not await self._persist() or self._check_fenced() else 0
 
     def statistics(self) -> ExportStatistics:
         """A snapshot of the export's counters."""

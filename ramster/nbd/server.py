@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from ramster.errors import NbdProtocolError
+from ramster.errors import ExportTaken, NbdProtocolError
 from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const, plan
 from ramster.nbd.config import ExportSpec, NbdConfig, allowed
@@ -89,9 +89,15 @@ class NbdServer:
         self._inflight_peak = 0
 
     async def start(self) -> None:
-        """Open every export's area, listen, and return once connections are taken."""
-        for export in self.exports.values():
-            await export.open()
+        """Open every export's area, listen, and return once connections are taken. An export
+        that may not be served here (ExportTaken: another server owns it) is left out."""
+        for name, export in list(self.exports.items()):
+            try:
+                await export.open()
+            except ExportTaken as exc:
+                log.error("nbd: export %s is not served here: %s", name, exc)  # noqa: TRY400
+                del self.exports[name]
+                self.infos[:] = [i for i in self.infos if i.name != name]
         host, port = parse_address(self.config.listen)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

@@ -1,9 +1,16 @@
-"""The replicated exports a node serves: each takes a term, rebuilds its index from the holders,
-is kept alive, repaired and, once another server takes it over, fenced and retired.
+"""The replicated exports a node serves: each hears the nodes that may hold its copies, takes a
+term, rebuilds its index from the holders, is kept alive, repaired and, once another server
+takes it over, fenced and retired.
 
 A replicated export has a frontswap of its own (`ClusterFrontswap(replicated=True)`): its pages
 belong to `export:NAME`, not to this process, so they outlive it. Its data area is 0 and its
 manifest (which blocks were written, see `nbd.manifest`) area 1.
+
+What a server must have heard before it serves (`ExportService._required`): when it resumes an
+export it created or served (its `ExportRecord` says so), every node of the record's holders;
+otherwise (a takeover, no record) every member it knows, the current server included. Until
+then the export is not served (its NBD port does not listen yet, or a move is refused unless
+forced). Its term and creation are on disk (`node.export_records`) before any holder hears them.
 """
 
 from __future__ import annotations
@@ -15,33 +22,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ramster.cluster.calls import ClaimAnswer
 from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
 from ramster.errors import ExportTaken, RamsterError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
-from ramster.frontswap.remote.rebuild import Inventory, Rebuilt, merge
-from ramster.nbd import manifest
 from ramster.nbd.config import LOCAL, REPLICATED, ExportSpec
 from ramster.nbd.export import Export
 from ramster.nbd.server import NbdServer
 from ramster.node.config import NodeConfig
+from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Heard, Rebuilder
+from ramster.node.export_records import ExportRecord, ExportRecords
 from ramster.pagestore import PoolConfig
-from ramster.pagestore.codec import expand
 from ramster.pagestore.lent import LentPool
-from ramster.pagestore.owners import INVENTORY_LIMIT
 
 log = logging.getLogger(__name__)
 
-DATA_AREA, MANIFEST_AREA = 0, 1
+__all__ = ["DATA_AREA", "MANIFEST_AREA", "ExportService"]
+
 TERM_SHIFT = 40
 """Versions of term T start at T << TERM_SHIFT: a newer term's writes are always newer."""
 KEEPALIVE_EVERY = 5.0
 """Seconds between an export's claims on every live peer (keeps it alive, notices fencing)."""
 REPAIR_EVERY = 2.0
 """Seconds between checks for copies to repair."""
+HEAR_RETRY = 0.5
+"""Seconds between attempts to hear every node a restarted server must hear."""
+UNHEARD_LOG_EVERY = 10.0
+"""Seconds between warnings that an export waits for nodes it must hear."""
 MANIFEST_REPLICAS = 8
 """Copies of each manifest page (at most; as many as there are live peers)."""
 EXPORT_COUNTERS = frozenset(
@@ -77,9 +85,26 @@ class Served:
     export: Export
     term: int = 0
     state: str = "starting"
-    """starting, rebuilding, serving, fenced or deleted."""
+    """starting, hearing, rebuilding, serving, fenced or deleted."""
     rebuild: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    takeover: bool = False
+    """Taken over by an operator's move (not resumed nor named on this node's command line):
+    refused at once, not waited for, when a node that must be heard is silent."""
+    force: bool = False
+    """The operator forced the takeover: serve without the nodes that cannot be heard."""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at hearing enough to serve: ready, or the nodes still missing."""
+
+    ready: bool = False
+    missing: set[str] = field(default_factory=set)
+    heard: Heard = field(default_factory=Heard)
+    new: bool = False
+    """The export was never created (no record, no claim by another node, no copy anywhere,
+    every member heard): only then is it started blank."""
 
 
 class ExportService:
@@ -93,8 +118,11 @@ class ExportService:
         frontswap: ClusterFrontswap,
         events: Callable[[str, str, str, int], object],
         lent: LentPool,
+        records: ExportRecords,
     ) -> None:
         self.config = config
+        self.records = records
+        """What this node remembers of its exports across restarts (terms, creation)."""
         self.lent = lent
         """This node as a holder: it may hold copies of an export it takes over."""
         self.peers = peers
@@ -104,16 +132,58 @@ class ExportService:
         self.nbd: NbdServer | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._max_payload = 32 << 20
+        self._pending: list[str] = []
+        """Exports to resume once run() owns a TaskGroup."""
 
     # -- building ----------------------------------------------------------------------------------
 
-    def build(self, spec: ExportSpec, max_payload: int) -> Export:
+    def resume(self, named: set[str]) -> list[str]:
+        """Serve again, in the background, the replicated exports this node served when it
+        stopped that its command line does not name (moved here), unless they were moved away
+        or deleted meanwhile (see `_attempt`); their names."""
+        if self.nbd is None:
+            return []
+        names = [r.name for r in self.records.all() if r.serving and r.size and r.name not in named]
+        for name in names:
+            self._pending.append(name)
+        self._start_pending()
+        return names
+
+    def _start_pending(self) -> None:
+        while self._tg is not None and self._pending:
+            name = self._pending.pop()
+            self._tg.create_task(self._resume(name), name=f"resume export {name}")
+
+    async def _resume(self, name: str) -> None:
+        record = self.records.get(name)
+        if self.nbd is None or record is None or name in self.nbd.exports:
+            return
+        spec = ExportSpec(name, record.size, 31, REPLICATED)
+        export = self.build(spec, self.nbd.config.max_payload)
+        try:
+            await self.nbd.add_export(export)
+        except ExportTaken as exc:
+            log.warning("export %s: not resumed: %s", name, exc)
+        else:
+            log.info("export %s: resumed here (this node served it when it stopped)", name)
+
+    def build(
+        self, spec: ExportSpec, max_payload: int, *, takeover: bool = False, force: bool = False
+    ) -> Export:
         """The Export for a spec: over the node's frontswap (local) or one of its own."""
         self._max_payload = max_payload
         if spec.durability == LOCAL:
             return Export(self.frontswap, spec, max_payload)
         cfg = self.config
-        holders = ExportHolders(self.peers, spec.name, 0)
+        name, size = spec.name, spec.size
+
+        def remember(nodes: frozenset[str]) -> None:
+            self.records.update(name, size, holders=nodes)
+
+        holders = ExportHolders(self.peers, name, 0, remember)
+        record = self.records.get(name)
+        if record is not None:
+            holders.may_hold = frozenset(record.holders)
         pages = spec.size // cfg.page_size
         fs = ClusterFrontswap(
             PoolConfig(
@@ -141,70 +211,197 @@ class ExportService:
             manifest_area=MANIFEST_AREA,
             fenced=fenced,
         )
-        served = Served(spec, fs, holders, export)
+        served = Served(spec, fs, holders, export, takeover=takeover, force=force)
         self.served[spec.name] = served
         export.prepare = lambda: self._prepare(served)
         return export
 
-    # -- start: claim, rebuild ---------------------------------------------------------------------
+    # -- start: hear, claim, rebuild --------------------------------------------------------------
 
     async def _prepare(self, served: Served) -> None:
-        """Before the export takes connections: the next term, then the rebuilt index."""
+        """Before the export takes connections: hear every node that may know better, take the
+        next term, rebuild the index (see `_attempt` for what must be heard)."""
+        try:
+            await self._open(served)
+        except BaseException:
+            if self.served.get(served.spec.name) is served:
+                del self.served[served.spec.name]  # not served here: it may be moved here
+            raise
+
+    async def _open(self, served: Served) -> None:
         started = time.monotonic()
-        await self._await_peers()
-        served.state = "claiming"
-        served.term = await self.claim(served.spec.name, served.spec.size)
-        served.holders.set_term(served.term)
-        served.fs.start_versions_at(served.term << TERM_SHIFT)
+        name = served.spec.name
+        served.state = "hearing"
+        waited_since = time.monotonic()
+        told = 0.0
+        while True:
+            attempt = await self._attempt(served)
+            if attempt.ready:
+                break
+            why = f"cannot hear {', '.join(sorted(attempt.missing))}: they may hold newer copies"
+            if served.takeover:
+                raise ExportTaken(
+                    f"export {name}: {why}; `ramster export move --force` takes it over without "
+                    "them (what only they hold is lost)"
+                )
+            now = time.monotonic()
+            if now - told >= UNHEARD_LOG_EVERY:
+                told = now
+                log.warning("export %s: not served yet (%.0f s): %s", name, now - waited_since, why)
+            await asyncio.sleep(HEAR_RETRY)
+        rebuilder = self._rebuilder(served)
         served.state = "rebuilding"
-        log.info("export %s: term %d, rebuilding from the holders", served.spec.name, served.term)
+        log.info("export %s: term %d, rebuilding from the holders", name, served.term)
         await served.export.open_areas()
-        rebuilt = await self._rebuild(served)
-        served.rebuild["seconds"] = time.monotonic() - started
+        t0 = time.monotonic()
+        if attempt.new:
+            # Known new (see _attempt): recorded as created before its first page is stored.
+            self.records.update(name, served.spec.size, created=True)
+        rebuilt, written, lost, unstored = await rebuilder.rebuild(attempt.heard, attempt.new)
+        self.records.update(name, served.spec.size, created=True)
+        served.export.restore_index(written, lost)
+        # What could not be stored (no peer yet) is stored before the first write's answer.
+        served.export.mark_manifest(unstored)
+        served.holders.set_may_hold(served.holders.may_hold | attempt.heard.holding())
+        took = max(time.monotonic() - t0, 1e-6)
+        served.rebuild.update(
+            pages=float(rebuilt.pages),
+            lost=float(len(lost)),
+            holders=float(len(attempt.heard.data)),
+            rebuild_s=took,
+            pages_per_s=rebuilt.pages / took,
+            unheard=float(len(attempt.missing)),
+            seconds=time.monotonic() - started,
+        )
         served.state = "serving"
         log.info(
             "export %s: serving (term %d): %d pages rebuilt in %.2f s (%.0f pages/s), %d lost, "
             "%d stale copies to drop",
-            served.spec.name,
+            name,
             served.term,
             rebuilt.pages,
             served.rebuild["seconds"],
             served.rebuild.get("pages_per_s", 0.0),
-            len(rebuilt.lost),
+            len(lost),
             sum(len(v[0]) for v in rebuilt.stale.values()),
+        )
+        unheard = (
+            f", forced without {', '.join(sorted(attempt.missing))}" if attempt.missing else ""
         )
         self._event(
             "export-serving",
-            served.spec.name,
-            f"term {served.term}, {rebuilt.pages} pages, {len(rebuilt.lost)} lost",
-            logging.WARNING if len(rebuilt.lost) else logging.INFO,
+            name,
+            f"term {served.term}, {rebuilt.pages} pages, {len(lost)} lost{unheard}",
+            logging.WARNING if len(lost) or attempt.missing else logging.INFO,
         )
         if self._tg is not None:
-            served.task = self._tg.create_task(
-                self._tend(served), name=f"export {served.spec.name}"
-            )
+            served.task = self._tg.create_task(self._tend(served), name=f"export {name}")
 
-    async def _await_peers(self) -> None:
-        """Wait (at most dead_after) until every configured peer answered a heartbeat once."""
-        deadline = time.monotonic() + self.config.dead_after
-        while time.monotonic() < deadline:
-            seeds = [p for p in self.peers.peers() if p.seed]
-            if seeds and all(p.node_id is not None for p in seeds):
-                return
-            if not seeds and self.peers.alive():
-                return
-            await asyncio.sleep(0.05)
+    def _rebuilder(self, served: Served) -> Rebuilder:
+        owner, inc = served.holders.owner_identity
+        spec, ps = served.spec, self.config.page_size
+        return Rebuilder(self.peers, self.lent, ps, spec.name, spec.size, served.fs, owner, inc)
+
+    def _required(self, served: Served, record: ExportRecord | None, current: str) -> set[str]:
+        """The nodes a server must hear before it serves (besides itself).
+
+        - Resuming an export this node created or served (its record says created, and no
+          other server took it since): every node of the record's `holders`. Copies are placed
+          only on nodes already recorded there (`ExportHolders.candidates`), so they include
+          every node that may hold a copy this node acknowledged.
+        - Anything else (a takeover, an export with no record here, one never created): every
+          member this node knows (configured seeds not yet heard from included), the
+          current server (the node of the newest claim) among them: no record of another
+          node's holders is at hand here, and every copy lives on some member.
+        """
+        me = self.peers.me
+        if record is not None and record.created and not served.takeover:
+            return set(record.holders) - {me}
+        known = [p for p in self.peers.peers() if p.alias_of is None and (p.node_id or p.seed)]
+        required = {p.node_id or p.address for p in known}
+        if record is not None:
+            required |= set(record.holders)
+        if current:
+            required.add(current)
+        return required - {me}
+
+    async def _attempt(self, served: Served) -> Attempt:
+        """Ask, claim and inventory once: ready when every required node answered (or the
+        operator forced a takeover); raises ExportTaken when another server owns the export."""
+        name, size, me = served.spec.name, served.spec.size, self.peers.me
+        owner = export_owner(name)
+        record = self.records.get(name)
+        alive = sorted(self.peers.alive())
+        asked = await self._each(alive, lambda n: self.peers.calls.claim(n, owner, 0, 0))
+        own = self.lent.claim(owner, 0, me, 0)[1]
+        newest_term, newest_node = max(
+            [(a.term, a.node) for a in asked.values()] + [(own.term, own.node)]
+        )
+        mine = record.term if record is not None else 0
+        current = newest_node if newest_node and newest_node != me else ""
+        if not served.takeover and current and newest_term > mine:
+            if record is not None:
+                self.records.update(name, size, serving=False)
+            raise ExportTaken(
+                f"export {name} is served by {current} under term {newest_term} (moved away or "
+                "deleted): not served here (`ramster export move` brings it back)"
+            )
+        if not served.takeover and record is not None and record.created and not record.serving:
+            raise ExportTaken(
+                f"export {name} was moved away from this node (term {record.term}): not served "
+                "here again unless moved back (`ramster export move`)"
+            )
+        required = self._required(served, record, current)
+        missing = required - set(asked)
+        if missing and not served.force:
+            return Attempt(missing=missing)
+        # The term is on disk before any holder hears it: a restarted server never reuses it
+        # (and so never a version: versions of term T start at T << TERM_SHIFT).
+        term = max(newest_term, mine) + 1
+        self.records.update(name, size, term=term, serving=True)
+        taken = await self._take(name, term, size, alive)
+        served.term = term
+        served.holders.set_term(term)
+        served.fs.start_versions_at(term << TERM_SHIFT)
+        heard_from = sorted(taken)
+        heard = await self._rebuilder(served).inventories(heard_from)
+        missing = (required - set(taken)) | (heard.failed & required)
+        if missing and not served.force:
+            return Attempt(missing=missing)
+        if missing:
+            log.warning(
+                "export %s: taken over (forced) without hearing %s: what only they hold is lost",
+                name,
+                ", ".join(sorted(missing)),
+            )
+        new = (
+            not served.takeover
+            and not (record is not None and record.created)
+            and not current
+            and heard.empty
+            and not missing
+        )
+        return Attempt(ready=True, missing=missing, heard=heard, new=new)
 
     async def claim(self, name: str, size: int) -> int:
-        """Take the next term of an export on every live peer; ExportTaken if one refuses."""
+        """Take the next term of an export on every live peer (to fence its server and delete
+        it); ExportTaken if one refuses."""
         owner = export_owner(name)
         nodes = sorted(self.peers.alive())
         asked = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, 0, 0))
         here = self.lent.claim(owner, 0, self.peers.me, 0)[1].term
-        term = max((a.term for a in asked.values()), default=here) + 1
-        term = max(term, here + 1)
+        record = self.records.get(name)
+        term = max([a.term for a in asked.values()] + [here, record.term if record else 0]) + 1
+        self.records.update(name, size, term=term, serving=False)
+        await self._take(name, term, size, nodes)
+        return term
+
+    async def _take(
+        self, name: str, term: int, size: int, nodes: list[str]
+    ) -> dict[str, ClaimAnswer]:
+        """Claim `term` on the nodes and here; the answers (ExportTaken if any refused)."""
+        owner = export_owner(name)
         taken = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, term, size))
-        # This node's own lent pool is a holder too (of the previous server's copies).
         ok, claim = self.lent.claim(owner, term, self.peers.me, size)
         if not ok:
             raise ExportTaken(f"export {name}: term {claim.term} by {claim.node} is newer")
@@ -215,9 +412,7 @@ class ExportService:
                 f"export {name}: {node} knows term {answer.term} by {answer.node}, "
                 f"newer than {term}"
             )
-        if not taken:
-            log.warning("export %s: no live peer to claim it on: term %d", name, term)
-        return term
+        return taken
 
     async def _each(self, nodes: list[str], call: Callable[[str], Any]) -> dict[str, ClaimAnswer]:
         """The answers of the nodes that answered (the others are left out, and logged)."""
@@ -232,150 +427,13 @@ class ExportService:
                 raise result
         return out
 
-    async def _inventories(self, served: Served, area: int) -> dict[str, Inventory]:
-        """Every live holder's inventory of one area, a batch at a time."""
-        nodes = sorted(self.peers.alive())
-        identity = served.holders.owner_identity
-
-        async def one(node: str) -> Inventory:
-            parts: list[Inventory] = []
-            start = 0
-            while True:
-                offs, vers, sums = await self.peers.calls.inventory(
-                    node, identity, area, start, INVENTORY_LIMIT
-                )
-                parts.append((offs, vers, sums))
-                if len(offs) < INVENTORY_LIMIT:
-                    break
-                start = int(offs[-1]) + 1
-            return (
-                np.concatenate([p[0] for p in parts]),
-                np.concatenate([p[1] for p in parts]),
-                np.concatenate([p[2] for p in parts]),
-            )
-
-        results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
-        out: dict[str, Inventory] = {}
-        own = self.lent.inventory(served.holders.owner, identity[1], area, 0, 1 << 62)
-        if len(own[0]):
-            out[self.peers.me] = own
-        for node, result in zip(nodes, results, strict=True):
-            if isinstance(result, tuple):
-                out[node] = result
-            elif isinstance(result, RamsterError):
-                log.error("export %s: no inventory from %s: %s", served.spec.name, node, result)
-            elif isinstance(result, BaseException):
-                raise result
-        return out
-
-    async def _rebuild(self, served: Served) -> Rebuilt:
-        """The index from the holders: the manifest first, then the data, newest wins."""
-        fs, export, name = served.fs, served.export, served.spec.name
-        t0 = time.monotonic()
-        meta = merge(await self._inventories(served, MANIFEST_AREA))
-        fs.adopt(MANIFEST_AREA, [g for g in meta.groups if self.peers.me not in g[0]])
-        self._drop_stale(fs, MANIFEST_AREA, meta)
-        await self._rehome(served, MANIFEST_AREA, [g for g in meta.groups if self.peers.me in g[0]])
-        numbers = sorted(int(o) for g in meta.groups for o in g[1])
-        written: list[np.ndarray] = []
-        unreadable: list[int] = []
-        for i in range(0, len(numbers), 256):
-            chunk = numbers[i : i + 256]
-            try:
-                pages = await fs.load_many(MANIFEST_AREA, chunk)
-            except RamsterError as exc:
-                log.error("export %s: manifest pages unreadable: %s", name, exc)  # noqa: TRY400
-                pages = [None] * len(chunk)
-            for number, page in zip(chunk, pages, strict=True):
-                if page is None:
-                    unreadable.append(number)
-                else:
-                    written.append(manifest.decode(number, page))
-        data_inv = await self._inventories(served, DATA_AREA)
-        total = max(1, -(-(served.spec.size // self.config.page_size) // manifest.SPAN))
-        if not numbers and not any(len(inv[0]) for inv in data_inv.values()):
-            await self._new_manifest(served, total)  # a new export (or one with nothing left)
-        else:
-            # Every manifest page exists from the export's first start: one missing lost its
-            # copies everywhere, and its range is as unknown as an unreadable one's.
-            unreadable += sorted(set(range(total)) - set(numbers))
-        wanted = np.concatenate(written) if written else np.zeros(0, dtype=np.int64)
-        if unreadable:
-            # Which blocks those pages marked is unknown: every copy found in their ranges is
-            # kept, and every other block there reads as an I/O error (never as zeros).
-            log.error(
-                "export %s: %d manifest pages have no good copy: blocks in their ranges that no "
-                "holder has read as I/O errors",
-                name,
-                len(unreadable),
-            )
-            pages_total = served.spec.size // self.config.page_size
-            spans = [
-                np.arange(n << manifest.PAGE_BITS, min((n + 1) << manifest.PAGE_BITS, pages_total))
-                for n in unreadable
-            ]
-            wanted = np.union1d(wanted, np.concatenate(spans))
-        data = merge(data_inv, wanted)
-        fs.adopt(DATA_AREA, [g for g in data.groups if self.peers.me not in g[0]])
-        self._drop_stale(fs, DATA_AREA, data)
-        export.restore_index(wanted, data.lost)
-        await self._rehome(served, DATA_AREA, [g for g in data.groups if self.peers.me in g[0]])
-        took = max(time.monotonic() - t0, 1e-6)
-        served.rebuild.update(
-            pages=float(data.pages),
-            lost=float(len(data.lost)),
-            holders=float(len(data_inv)),
-            rebuild_s=took,
-            pages_per_s=data.pages / took,
-        )
-        return data
-
-    async def _new_manifest(self, served: Served, total: int) -> None:
-        """Store every manifest page of a new export (all clear: pages of one repeated byte
-        cost a few bytes each), so that a missing one later means lost, not never written."""
-        blank = bytes(self.config.page_size)
-        for i in range(0, total, 1024):
-            numbers = list(range(i, min(i + 1024, total)))
-            kept = await served.fs.store_many(MANIFEST_AREA, numbers, [blank] * len(numbers))
-            # What could not be stored (no peer yet) is stored before the first write's answer.
-            served.export.mark_manifest([n for n, ok in zip(numbers, kept, strict=True) if not ok])
-
-    def _drop_stale(self, fs: ClusterFrontswap, area: int, rebuilt: Rebuilt) -> None:
-        for node, (offs, vers) in rebuilt.stale.items():
-            if node != self.peers.me:
-                fs.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
-        own = rebuilt.stale.get(self.peers.me)
-        if own is not None and len(own[0]):
-            owner, inc = fs.holders.owner_identity  # type: ignore[attr-defined]
-            self.lent.drop(owner, inc, [area] * len(own[0]), own[0].tolist(), own[1].tolist())
-
-    async def _rehome(self, served: Served, area: int, groups: list[Any]) -> None:
-        """Copies this node held of the export it now serves: a server never holds its own
-        pages, so they are stored again (R copies elsewhere), then dropped here."""
-        owner, inc = served.holders.owner_identity
-        ps = self.config.page_size
-        for _, offs, _, _ in groups:
-            for i in range(0, len(offs), 1024):
-                part = offs[i : i + 1024].tolist()
-                held = self.lent.get(owner, inc, [area] * len(part), part)
-                found = [(o, expand(h[2], ps)) for o, h in zip(part, held, strict=True) if h]
-                keys = [o for o, page in found if len(page) == ps]
-                pages = [page for _, page in found if len(page) == ps]
-                kept = await served.fs.store_many(area, keys, pages)
-                if not all(kept):
-                    log.error(
-                        "export %s: %d blocks held only here could not be stored elsewhere",
-                        served.spec.name,
-                        kept.count(False),
-                    )
-                self.lent.drop(owner, inc, [area] * len(keys), keys)
-
     # -- serving -----------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Own the exports' background work (drops, keepalives, repair) until cancelled."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            self._start_pending()
             for served in self.served.values():
                 if served.state == "serving" and served.task is None:
                     served.task = tg.create_task(self._tend(served))
@@ -398,6 +456,7 @@ class ExportService:
                     if why is not None:
                         self.retire(served.spec.name, why)
                         return
+                    self._forget_holders(served)
                 if now - last_repair >= REPAIR_EVERY:
                     last_repair = now
                     try:
@@ -420,6 +479,17 @@ class ExportService:
                 return f"{node} knows term {answer.term} by {answer.node}"
         return None
 
+    def _forget_holders(self, served: Served) -> None:
+        """Nodes that may hold copies, less the dead ones the index no longer names (their
+        copies were repaired elsewhere): a restarted server need not wait for them."""
+        indexed = {n for n, pages in served.fs.inventory().items() if pages}
+        gone = self.peers.gone() - indexed
+        if served.holders.may_hold & gone:
+            try:
+                served.holders.set_may_hold(served.holders.may_hold - gone)
+            except OSError as exc:
+                log.warning("export %s: cannot update its record: %s", served.spec.name, exc)
+
     def retire(self, name: str, why: str) -> None:
         """Stop serving an export here (fenced, moved or deleted): connections are closed."""
         served = self.served.get(name)
@@ -427,6 +497,10 @@ class ExportService:
             return
         served.state = "fenced" if why != "deleted" else "deleted"
         served.export.fence(why)
+        try:
+            self.records.update(name, served.spec.size, serving=False)
+        except OSError as exc:
+            log.error("export %s: cannot record that it is not served here: %s", name, exc)  # noqa: TRY400
         if self.nbd is not None:
             self.nbd.remove_export(name)
         del self.served[name]
@@ -436,27 +510,31 @@ class ExportService:
 
     # -- operations --------------------------------------------------------------------------------
 
-    async def adopt(self, name: str, size: int, area: int) -> int:
-        """Take an export over: the next term (the old server is fenced), rebuild, serve."""
+    async def adopt(self, name: str, size: int, area: int, force: bool = False) -> int:
+        """Take an export over: the next term (the old server is fenced), rebuild, serve.
+
+        Refused (ExportTaken) unless every member, the current server included, answers:
+        any of them may hold newer copies. `force` takes it over without the silent ones."""
         if self.nbd is None:
             raise ExportTaken("this node serves no NBD (start it with --nbd HOST:PORT)")
         if name in self.served or name in self.nbd.exports:
             raise ExportTaken(f"export {name} is served here already")
         known = await self._known_size(name)
         spec = ExportSpec(name, size or known, area, REPLICATED)
-        export = self.build(spec, self.nbd.config.max_payload)
-        try:
-            await self.nbd.add_export(export)
-        except BaseException:
-            self.served.pop(name, None)
-            raise
+        export = self.build(spec, self.nbd.config.max_payload, takeover=True, force=force)
+        await self.nbd.add_export(export)
         return self.served[name].term
 
     async def _known_size(self, name: str) -> int:
         owner = export_owner(name)
         nodes = sorted(self.peers.alive())
         answers = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, 0, 0))
-        size = max((a.size for a in answers.values()), default=0)
+        record = self.records.get(name)
+        # This node's own lent pool may be the only holder left (a two-node cluster).
+        size = max(
+            [a.size for a in answers.values()]
+            + [self.lent.claim(owner, 0, self.peers.me, 0)[1].size, record.size if record else 0]
+        )
         if not size:
             raise ExportTaken(f"export {name}: no holder knows its size (give --size)")
         return size
@@ -474,6 +552,8 @@ class ExportService:
                 dropped += await self.peers.calls.delete_export(node, owner, term)
             except RamsterError as exc:
                 log.warning("export %s: %s did not delete its copies: %s", name, node, exc)
+        # Deleted: a later export of that name starts blank; its term is kept (never reused).
+        self.records.update(name, 0, serving=False, created=False, holders=())
         self._event("export-deleted", name, f"{dropped} pages dropped", logging.WARNING)
         return dropped
 

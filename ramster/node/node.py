@@ -30,6 +30,7 @@ from ramster.errors import ProtocolError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.node import loops, status
 from ramster.node.config import NodeConfig, claim_run, new_incarnation, node_id_for
+from ramster.node.export_records import ExportRecords
 from ramster.node.exports import ExportService
 from ramster.node.handlers import ControlService, FrontswapService, HolderService
 from ramster.node.refusals import Refusals
@@ -91,7 +92,12 @@ class Node:
             ),
         )
         self.exports = ExportService(
-            config, self.peers, self.frontswap, self._events.add, self.lent
+            config,
+            self.peers,
+            self.frontswap,
+            self._events.add,
+            self.lent,
+            ExportRecords(config.state_dir),
         )
         # A restart under the same state dir proves its predecessor dead (the lock was free):
         # holders accept it at once instead of waiting dead_after for the old one to go quiet.
@@ -324,9 +330,9 @@ class Node:
         self.frontswap.holder_restarted(node, old_incarnation)
         self.exports.holder_restarted(node, old_incarnation)
 
-    async def adopt_export(self, name: str, size: int, area: int) -> int:
+    async def adopt_export(self, name: str, size: int, area: int, force: bool = False) -> int:
         """Take an export over from its server (export.adopt): its new term."""
-        return await self.exports.adopt(name, size, area)
+        return await self.exports.adopt(name, size, area, force)
 
     def _peer_changed(self, t: Transition) -> None:
         if t.new is State.SUSPECT:
@@ -461,15 +467,16 @@ class Node:
             heard[e["name"]] = {"server": self.node_id, "term": e["term"]}
         return {"served": served, "held": status.held_exports(self), "servers": heard}
 
-    async def move_export(self, name: str, to: str) -> int:
-        """Have node `to` (this one or a peer) take the export over: its new term."""
+    async def move_export(self, name: str, to: str, force: bool = False) -> int:
+        """Have node `to` (this one or a peer) take the export over: its new term; `force`
+        even if it cannot hear every member (the current server among them)."""
         served = self.exports.served.get(name)
         size = served.spec.size if served is not None else 0
         if to == self.node_id:
-            return await self.exports.adopt(name, size, 31)
+            return await self.exports.adopt(name, size, 31, force)
         if to not in {p.node_id for p in self.peers.peers()}:
             raise UnknownNode(to)
-        return await self.peers.calls.adopt(to, name, size, 31)
+        return await self.peers.calls.adopt(to, name, size, 31, force)
 
     async def delete_export(self, name: str) -> int:
         """Delete an export cluster-wide (fence its server, drop every copy): pages dropped."""

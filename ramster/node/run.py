@@ -37,13 +37,20 @@ async def serve(config: NodeConfig, secret: Secret) -> int:
                 node.frontswap, nbd_config, lambda spec: node.exports.build(spec, limit)
             )
             node.exports.nbd = nbd
-            await nbd.start()
             node.nbd_statistics = nbd.statistics
         waiter = asyncio.create_task(stop.wait())
         runner = asyncio.create_task(node.wait_closed())
-        done, _ = await asyncio.wait({waiter, runner}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (waiter, runner):
+        # A replicated export listens only once its server heard every node that may hold
+        # its copies (that may take until a paused holder resumes): a stop signal still stops.
+        starter = asyncio.create_task(_start_nbd(node, nbd))
+        done, _ = await asyncio.wait({waiter, runner, starter}, return_when=asyncio.FIRST_COMPLETED)
+        if starter in done and starter.exception() is None:
+            done, _ = await asyncio.wait({waiter, runner}, return_when=asyncio.FIRST_COMPLETED)
+        elif starter in done:
+            runner = starter
+        for task in (waiter, runner, starter):
             task.cancel()
+        await asyncio.gather(starter, return_exceptions=True)
         if runner in done and not stop.is_set():
             if node.fatal is not None:
                 code = 2
@@ -65,6 +72,17 @@ async def serve(config: NodeConfig, secret: Secret) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return code
+
+
+async def _start_nbd(node: Node, nbd: NbdServer | None) -> None:
+    """Listen for NBD (the command line's exports ready), then resume the exports this node
+    served when it stopped that its command line does not name."""
+    if nbd is None:
+        return
+    await nbd.start()
+    named = {spec.name for spec in nbd.config.exports}
+    for name in node.exports.resume(named):
+        log.info("export %s: this node served it when it stopped: resuming it", name)
 
 
 def run_node(config: NodeConfig, secret: Secret) -> int:

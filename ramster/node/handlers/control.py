@@ -60,7 +60,7 @@ class Control(Protocol):
     def accept_order(self, params: list[object]) -> None:
         """Check and queue an order of the coordinator; ProtocolError when refused."""
 
-    async def adopt_export(self, name: str, size: int, area: int) -> int:
+    async def adopt_export(self, name: str, size: int, area: int, force: bool = False) -> int:
         """Take an export over (export.adopt); its new term."""
         ...
 
@@ -146,13 +146,16 @@ class ControlService:
         self._control.accept_order(params)
 
     async def adopt(self, params: list[object]) -> int:
-        """export.adopt [name, size, area]: serve that export from this node (next term)."""
-        arity(params, 3, "[name, size, area]")
+        """export.adopt [name, size, area(, force)]: serve that export from this node (next
+        term); without force, refused unless every member answers."""
+        if len(params) != 4:
+            arity(params, 3, "[name, size, area(, force)]")
         name = text(params[0], "name")
         size = integer(params[1], "size")
         area = integer(params[2], "area", MAX_AREA)
+        force = len(params) == 4 and params[3] is True
         try:
-            return await self._control.adopt_export(name, size, area)
+            return await self._control.adopt_export(name, size, area, force)
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
 

@@ -1,0 +1,268 @@
+"""Rebuilding a replicated export's index from its holders, once its server has claimed a term
+and heard every node that may hold copies (see `node.exports`).
+
+The manifest first, then the data, newest version wins (`frontswap.remote.rebuild.merge`). A
+blank manifest is written only for an export known to be new; otherwise a manifest page no
+holder has makes its whole range unknown (blocks there with no copy read as I/O errors). Copies
+this node holds itself are rehomed: each is verified (version and checksum of its bytes) before
+it is stored elsewhere, and only what was stored elsewhere is dropped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ramster.cluster.peers import Peers
+from ramster.errors import RamsterError
+from ramster.frontswap.remote import ClusterFrontswap
+from ramster.frontswap.remote.rebuild import Inventory, Rebuilt, merge
+from ramster.nbd import manifest
+from ramster.pagestore.codec import checksum, expand
+from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import INVENTORY_LIMIT
+
+log = logging.getLogger(__name__)
+
+DATA_AREA, MANIFEST_AREA = 0, 1
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(slots=True)
+class Heard:
+    """What a rebuild found: every node's inventories and whether any copy exists."""
+
+    meta: dict[str, Inventory] = field(default_factory=dict)
+    data: dict[str, Inventory] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    """Nodes asked whose inventory did not come."""
+
+    @property
+    def empty(self) -> bool:
+        """No copy of anything on any node heard."""
+        return not any(len(inv[0]) for inv in (*self.meta.values(), *self.data.values()))
+
+    def holding(self) -> frozenset[str]:
+        """The nodes that reported any copy."""
+        return frozenset(
+            n for part in (self.meta, self.data) for n, inv in part.items() if len(inv[0])
+        )
+
+
+@dataclass(slots=True)
+class Rebuilder:
+    """Rebuilds one served export (its frontswap, export and identity) on this node."""
+
+    peers: Peers
+    lent: LentPool
+    page_size: int
+    name: str
+    size: int
+    fs: ClusterFrontswap
+    owner: str
+    incarnation: str
+    rehome_lost: list[int] = field(default_factory=list)
+
+    async def inventories(self, nodes: list[str]) -> Heard:
+        """Both areas' inventories of every node named (and this node's own lent pool)."""
+        heard = Heard()
+        for area, into in ((MANIFEST_AREA, heard.meta), (DATA_AREA, heard.data)):
+            results = await asyncio.gather(
+                *(self._one(n, area) for n in nodes), return_exceptions=True
+            )
+            own = self.lent.inventory(self.owner, self.incarnation, area, 0, 1 << 62)
+            if len(own[0]):
+                into[self.peers.me] = own
+            for node, result in zip(nodes, results, strict=True):
+                if isinstance(result, tuple):
+                    into[node] = result
+                elif isinstance(result, RamsterError):
+                    log.error("export %s: no inventory from %s: %s", self.name, node, result)
+                    heard.failed.add(node)
+                elif isinstance(result, BaseException):
+                    raise result
+        return heard
+
+    async def _one(self, node: str, area: int) -> Inventory:
+        parts: list[Inventory] = []
+        start = 0
+        identity = (self.owner, self.incarnation)
+        while True:
+            offs, vers, sums = await self.peers.calls.inventory(
+                node, identity, area, start, INVENTORY_LIMIT
+            )
+            parts.append((offs, vers, sums))
+            if len(offs) < INVENTORY_LIMIT:
+                break
+            start = int(offs[-1]) + 1
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+        )
+
+    async def rebuild(self, heard: Heard, new: bool) -> tuple[Rebuilt, I64, I64, list[int]]:
+        """(data index, blocks written, blocks lost, manifest pages still to store) from what
+        was heard; `new` only for an export known never to have been created."""
+        fs, me = self.fs, self.peers.me
+        meta = merge(heard.meta)
+        fs.adopt(MANIFEST_AREA, [g for g in meta.groups if me not in g[0]])
+        self._drop_stale(MANIFEST_AREA, meta)
+        await self.rehome(MANIFEST_AREA, [g for g in meta.groups if me in g[0]])
+        numbers = sorted(int(o) for g in meta.groups for o in g[1])
+        written: list[np.ndarray] = []
+        unreadable: list[int] = []
+        for i in range(0, len(numbers), 256):
+            chunk = numbers[i : i + 256]
+            try:
+                pages = await fs.load_many(MANIFEST_AREA, chunk)
+            except RamsterError as exc:
+                log.error("export %s: manifest pages unreadable: %s", self.name, exc)  # noqa: TRY400
+                pages = [None] * len(chunk)
+            for number, page in zip(chunk, pages, strict=True):
+                if page is None:
+                    unreadable.append(number)
+                else:
+                    written.append(manifest.decode(number, page))
+        pages_total = self.size // self.page_size
+        total = max(1, -(-pages_total // manifest.SPAN))
+        unstored: list[int] = []
+        if new:
+            if not heard.empty:
+                raise RamsterError(f"export {self.name}: copies exist; it is not new")
+            unstored = await self.new_manifest(total)
+        else:
+            # Every manifest page exists from the export's first start: one missing lost its
+            # copies everywhere, and its range is as unknown as an unreadable one's.
+            unreadable += sorted(set(range(total)) - set(numbers))
+        wanted = np.concatenate(written) if written else np.zeros(0, dtype=np.int64)
+        if unreadable:
+            # Which blocks those pages marked is unknown: every copy found in their ranges is
+            # kept, and every other block there reads as an I/O error (never as zeros).
+            log.error(
+                "export %s: %d manifest pages have no good copy: blocks in their ranges that no "
+                "holder has read as I/O errors",
+                self.name,
+                len(unreadable),
+            )
+            spans = [
+                np.arange(n << manifest.PAGE_BITS, min((n + 1) << manifest.PAGE_BITS, pages_total))
+                for n in unreadable
+            ]
+            wanted = np.union1d(wanted, np.concatenate(spans))
+        data = merge(heard.data, wanted)
+        fs.adopt(DATA_AREA, [g for g in data.groups if me not in g[0]])
+        self._drop_stale(DATA_AREA, data)
+        gone = await self.rehome(DATA_AREA, [g for g in data.groups if me in g[0]])
+        lost = np.union1d(data.lost, np.asarray(gone, dtype=np.int64)).astype(np.int64)
+        return data, wanted, lost, unstored
+
+    async def new_manifest(self, total: int) -> list[int]:
+        """Store every manifest page of a new export (all clear: pages of one repeated byte
+        cost a few bytes each), so that a missing one later means lost, not never written;
+        the numbers of those not stored yet."""
+        blank = bytes(self.page_size)
+        unstored: list[int] = []
+        for i in range(0, total, 1024):
+            numbers = list(range(i, min(i + 1024, total)))
+            kept = await self.fs.store_many(MANIFEST_AREA, numbers, [blank] * len(numbers))
+            unstored += [n for n, ok in zip(numbers, kept, strict=True) if not ok]
+        return unstored
+
+    def _drop_stale(self, area: int, rebuilt: Rebuilt) -> None:
+        for node, (offs, vers) in rebuilt.stale.items():
+            if node != self.peers.me:
+                self.fs.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
+        own = rebuilt.stale.get(self.peers.me)
+        if own is not None and len(own[0]):
+            self.lent.drop(
+                self.owner, self.incarnation, [area] * len(own[0]), own[0].tolist(), own[1].tolist()
+            )
+
+    async def rehome(self, area: int, groups: list[Any]) -> list[int]:
+        """Copies this node holds of the export it now serves (a server never holds its own
+        pages): each copy whose bytes match the version and checksum the rebuild chose is
+        stored again (R copies elsewhere, a newer version); only those stored are dropped
+        here, and the other holders' older copies of them are queued to be dropped. A key
+        whose copy here is bad or could not be stored is served from the other holders of
+        its newest version if there are any; the keys left with none (returned) read as
+        I/O errors, and this node keeps its copy (a later server may rehome it)."""
+        me, ps = self.peers.me, self.page_size
+        unavailable: list[int] = []
+        for nodes, offs, vers, sums in groups:
+            others = tuple(n for n in nodes if n != me)
+            for i in range(0, len(offs), 1024):
+                part = [int(o) for o in offs[i : i + 1024]]
+                want_v = [int(v) for v in vers[i : i + 1024]]
+                want_s = [int(s) for s in sums[i : i + 1024]]
+                held = self.lent.get(self.owner, self.incarnation, [area] * len(part), part)
+                keys: list[int] = []
+                pages: list[bytes] = []
+                bad: list[int] = []
+                for j, h in enumerate(held):
+                    page = expand(h[2], ps) if h is not None else b""
+                    if (
+                        h is None
+                        or int(h[0]) != want_v[j]
+                        or len(page) != ps
+                        or checksum(page) != want_s[j]
+                    ):
+                        bad.append(j)
+                    else:
+                        keys.append(j)
+                        pages.append(page)
+                if bad:
+                    log.error(
+                        "export %s: %d copies held here do not match their version or checksum: "
+                        "not stored again",
+                        self.name,
+                        len(bad),
+                    )
+                # The copies stored again are newer than the ones they replace, whatever the
+                # term: a drop of the old version can never take a new copy.
+                self.fs.start_versions_at(max(want_v))
+                kept = (
+                    await self.fs.store_many(area, [part[j] for j in keys], pages) if keys else []
+                )
+                stored = [j for j, ok in zip(keys, kept, strict=True) if ok]
+                missed = bad + [j for j, ok in zip(keys, kept, strict=True) if not ok]
+                if len(stored) < len(keys):
+                    log.error(
+                        "export %s: %d blocks held here could not be stored elsewhere: kept here",
+                        self.name,
+                        len(keys) - len(stored),
+                    )
+                if stored:
+                    self.lent.drop(
+                        self.owner,
+                        self.incarnation,
+                        [area] * len(stored),
+                        [part[j] for j in stored],
+                        [want_v[j] for j in stored],
+                    )
+                    for node in others:
+                        self.fs.queue_drops(
+                            node, area, [part[j] for j in stored], [want_v[j] for j in stored]
+                        )
+                if missed and others:
+                    # The other holders of the newest version serve it (verified on load).
+                    missed.sort()
+                    self.fs.adopt(
+                        area,
+                        [
+                            (
+                                others,
+                                np.asarray([part[j] for j in missed], dtype=np.int64),
+                                np.asarray([want_v[j] for j in missed], dtype=np.uint64),
+                                np.asarray([want_s[j] for j in missed], dtype=np.uint64),
+                            )
+                        ],
+                    )
+                elif missed:
+                    unavailable += [part[j] for j in missed]
+        return unavailable
