@@ -135,7 +135,7 @@ class Check:
     verdicts: Counter[str] = field(default_factory=Counter)
     wrong: list[tuple[int, str]] = field(default_factory=list)
     """(block, verdict) of the first wrong blocks (for the failure message)."""
-    wrong_blocks: list[int] = field(default_factory=list)
+    wrong_blocks: list[int] = field(default_factory=list, repr=False)
     """Every block read wrong (EIO included)."""
 
     def add(self, block: int, verdict: str) -> None:

@@ -350,7 +350,7 @@ async def move_export(cluster: Cluster, lab: NetnsLab, to: int) -> tuple[float, 
     argv += ["--json", "--admin", f"http://{admin}"]
     argv += ["--token-file", str(cluster.tmp / "admin.token")]
     try:
-        ran = await tool(*lab.exec_args(to, argv), within=60)
+        ran = await tool(*lab.exec_args(to, argv), within=45)
     except TimeoutError:
         return time.monotonic(), "timed out"
     outcome = ran.output.strip().splitlines()[-1] if ran.output.strip() else ""
