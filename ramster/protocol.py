@@ -16,14 +16,18 @@ coord.order must be the node its handshake proved; Forbidden otherwise) or for a
 - hold.put        [owner, incarnation(, "ephemeral"), page batch] -> [kept?]  (CapacityError if
                   none; pages of an ephemeral area say so: the holder may evict them)
 - hold.put_copy   [owner, incarnation, page batch]            -> [kept?]  (a holder forwarding
-                  another owner's verified copies for that owner's hold.copy)
+                  another owner's verified copies for that owner's hold.copy; only copies
+                  the owner ordered here with hold.expect are kept)
+- hold.expect     [owner, incarnation, keys, versions, checksums] -> null  (the owner's order:
+                  these copies will be forwarded here)
 - hold.get        [owner, incarnation, keys]                  -> page batch of held pages
 - hold.drop       [owner, incarnation, keys, versions]        -> [dropped?]
 - hold.drop_area  [owner, incarnation, area]                  -> pages dropped
 - hold.copy       [owner, incarnation, target, keys, versions, checksums]
                   -> [[kept on target?], bytes sent]  (verified here, then hold.put on target)
-- hold.claim      [owner, term, size]         -> [taken?, term, server node, size]  (an export's
-                  server takes or keeps its term; term 0 only asks what the holder has seen)
+- hold.claim      [owner, term, size] -> [taken?, term, server node, size, deleted term]
+                  (an export's server takes or keeps its term; term 0 only asks what the
+                  holder has seen; the deleted term is that of the export's last deletion)
 - hold.inventory  [owner, incarnation, area, start, limit] -> [offsets, versions, checksums]
                   (int64/uint64 little-endian blobs: held keys from `start` on, ascending)
 - hold.delete_export [owner, term]            -> pages dropped (the export is gone for good)
@@ -54,6 +58,7 @@ EPHEMERAL = "ephemeral"
 AREA_KINDS = (PERSISTENT, EPHEMERAL)
 """What an area may be: frontswap's persistent pages, or cleancache's ephemeral ones."""
 HOLD_PUT_COPY = "hold.put_copy"
+HOLD_EXPECT = "hold.expect"
 HOLD_GET = "hold.get"
 HOLD_DROP = "hold.drop"
 HOLD_DROP_AREA = "hold.drop_area"
@@ -82,6 +87,7 @@ METHODS = (
     DRAIN,
     HOLD_PUT,
     HOLD_PUT_COPY,
+    HOLD_EXPECT,
     HOLD_GET,
     HOLD_COPY,
     HOLD_DROP,

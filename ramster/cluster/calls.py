@@ -19,6 +19,7 @@ from ramster.protocol import (
     HOLD_DELETE_EXPORT,
     HOLD_DROP,
     HOLD_DROP_AREA,
+    HOLD_EXPECT,
     HOLD_GET,
     HOLD_INVENTORY,
     HOLD_PUT,
@@ -45,6 +46,9 @@ class ClaimAnswer:
     term: int
     node: str
     size: int
+    deleted: int = 0
+    """The term the export was last deleted under on that holder (0: never): copies of
+    older terms are of a deleted life, never data."""
 
 
 class HolderCalls:
@@ -88,10 +92,15 @@ class HolderCalls:
         versions: list[int],
         checksums: list[int],
     ) -> tuple[list[bool], int]:
-        """hold.copy on source: it verifies its copies and puts them on target."""
+        """hold.copy on source: it verifies its copies and puts them on target. The target is
+        told first, by the owner itself (hold.expect), exactly which copies to take."""
+        keys = Keys(areas, offsets).to_wire()
+        await self._client(target).call(
+            HOLD_EXPECT, [*owner, keys, versions, checksums], timeout=self.timeout
+        )
         result = await self._client(source).call(
             HOLD_COPY,
-            [*owner, target, Keys(areas, offsets).to_wire(), versions, checksums],
+            [*owner, target, keys, versions, checksums],
             timeout=self.timeout * 2,  # two hops
         )
         if type(result) is not list or len(result) != 2 or type(result[1]) is not int:
@@ -142,14 +151,14 @@ class HolderCalls:
         )
         if (
             type(result) is not list
-            or len(result) != 4
+            or len(result) not in (4, 5)
             or type(result[0]) is not bool
-            or type(result[1]) is not int
+            or not all(type(x) is int for x in (result[1], result[3], *result[4:]))
             or type(result[2]) is not str
-            or type(result[3]) is not int
         ):
-            raise ProtocolError("hold.claim must answer [taken, term, node, size]")
-        return ClaimAnswer(result[0], result[1], result[2], result[3])
+            raise ProtocolError("hold.claim must answer [taken, term, node, size(, deleted)]")
+        deleted = result[4] if len(result) == 5 else 0
+        return ClaimAnswer(result[0], result[1], result[2], result[3], deleted)
 
     async def inventory(
         self, node: str, owner: Owner, area: int, start: int, limit: int

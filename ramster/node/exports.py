@@ -547,6 +547,8 @@ class ExportService:
         term = await self.claim(name, 0)
         owner = export_owner(name)
         dropped = 0
+        # This node's own lent pool too: it may hold copies of a server before it.
+        dropped += self.lent.delete_export(owner, term, self.peers.me)
         for node in sorted(self.peers.alive()):
             try:
                 dropped += await self.peers.calls.delete_export(node, owner, term)

@@ -12,11 +12,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ramster.errors import InvalidPage
+from ramster.pagestore.claims import CopyOrders, ExportTerms, newest_wins
 from ramster.pagestore.config import MAX_AREA, PoolConfig
 from ramster.pagestore.owners import (
     EXPORT_PREFIX,
     INVENTORY_LIMIT,
-    MAX_EXPORTS,
     MAX_FLOORS,
     MAX_OWNERS,
     MAX_REMEMBERED,
@@ -28,7 +28,6 @@ from ramster.pagestore.owners import (
     LiveTwin,
     Reclaimed,
     StaleIncarnation,
-    TooManyExports,
     TooManyOwners,
     by_area,
     export_incarnation,
@@ -69,9 +68,10 @@ class LentPool:
         """While draining, new pages are refused; owners move theirs elsewhere."""
         self.clock: Callable[[], float] = time.monotonic
         """When export calls were last heard (exports say no hello: every call counts)."""
-        self._claims: dict[str, ExportClaim] = {}
+        self.terms = ExportTerms()
+        self.orders = CopyOrders()
         self._export_seen: dict[str, float] = {}
-        self._fenced = 0
+        self._unordered = 0
         self._newer_held = 0
         # (owner, keyed incarnation, area) -> the version an area drop reached: pages no newer
         # are gone (or being swept: invisible meanwhile), and late copies of them are refused.
@@ -79,9 +79,10 @@ class LentPool:
         self._sweeps: list[AreaSweep] = []  # area drops still freeing their pages, a leaf at a time
 
     @property
-    def newer_held(self) -> int:
-        """Pages refused so far because a newer version of their key is held here."""
-        return self._newer_held
+    def refused_for_order(self) -> int:
+        """Pages refused so far for order, not for room: a newer version of their key is held
+        here, or they were copies nobody ordered."""
+        return self._newer_held + self._unordered
 
     # -- owners and incarnations ---------------------------------------------------------------
 
@@ -163,9 +164,9 @@ class LentPool:
         own calls create, advance or revive it (StaleIncarnation or Fenced otherwise)."""
         if is_export(owner):
             term, node = parse_export_incarnation(incarnation)
-            claim = self._claims.get(owner)
+            claim = self.terms.claims.get(owner)
             if claim is None or (claim.term, claim.node) != (term, node):
-                self._fenced += 1
+                self.terms.fenced += 1
                 raise Fenced(owner, claim or ExportClaim(0, "", 0))
             if (owner, "") in self._marked:
                 raise Reclaimed(f"the pages of {owner} were reclaimed here")
@@ -183,14 +184,7 @@ class LentPool:
         """Check an export call's term against the newest seen (Fenced if older), learn a
         newer one, and note that the export is alive."""
         term, node = parse_export_incarnation(incarnation)
-        claim = self._claims.get(owner)
-        if claim is not None and (term < claim.term or (term == claim.term and node != claim.node)):
-            self._fenced += 1
-            raise Fenced(owner, claim)
-        if claim is None or term > claim.term:
-            if claim is None and len(self._claims) >= MAX_EXPORTS:
-                raise TooManyExports(f"this holder keeps {MAX_EXPORTS} exports already")
-            self._claims[owner] = ExportClaim(term, node, claim.size if claim else 0)
+        self.terms.check(owner, term, node, self._idle_exports)
         if (owner, "") in self._marked:
             if not hello:
                 raise Reclaimed(
@@ -202,17 +196,20 @@ class LentPool:
     def claim(self, owner: str, term: int, node: str, size: int) -> tuple[bool, ExportClaim]:
         """Take (or keep alive) an export under `term`: refused for an older term or the same
         term from another node; term 0 only asks. The claim after the call either way."""
-        known = self._claims.get(owner)
+        known = self.terms.claims.get(owner)
         if term == 0:
-            return True, known or ExportClaim(0, "", 0)
+            return True, known or ExportClaim(self.terms.known_term(owner), "", 0)
         try:
             self._note_export(owner, export_incarnation(term, node), hello=True)
         except Fenced as exc:
             return False, exc.claim
-        current = self._claims[owner]
-        if size and current.size != size:
-            current = self._claims[owner] = ExportClaim(current.term, current.node, size)
-        return True, current
+        return True, self.terms.resize(owner, size)
+
+    def _idle_exports(self) -> list[str]:
+        """Exports with no pages here, longest silent first (their claims may make room)."""
+        pages = self.pages_by_owner()
+        idle = [o for o in self.terms.claims if not pages.get(o)]
+        return sorted(idle, key=lambda o: self._export_seen.get(o, 0.0))
 
     def inventory(
         self, owner: str, incarnation: str, area: int, start: int, limit: int
@@ -225,8 +222,8 @@ class LentPool:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty.astype(np.uint64), empty.astype(np.uint64)
         limit = min(limit, INVENTORY_LIMIT)
-        floor = self._floors.get((owner, "", area))
-        if floor is None:
+        floor = self._floor(owner, "", area)
+        if floor < 0:
             return self.pool.held_meta(ident, start, limit)
         # Pages an area drop reached are gone, even before the sweep has freed them; a short
         # answer still means the end, so keep reading past them.
@@ -246,11 +243,33 @@ class LentPool:
         )
 
     def delete_export(self, owner: str, term: int, node: str) -> int:
-        """Forget an export's pages for good (its term is kept: older servers stay fenced)."""
+        """Forget an export's pages for good: its term is kept (older servers stay fenced) and
+        so is the deletion (a copy of an older term, however late, is never kept again)."""
         self._note_export(owner, export_incarnation(term, node), hello=True)
+        self.terms.delete(owner, term)
         dropped = self.forget(owner)
         self._export_seen.pop(owner, None)
         return dropped
+
+    def expect(
+        self,
+        owner: str,
+        inc: str,
+        areas: Sequence[int],
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        checksums: Sequence[int],
+    ) -> None:
+        """The owner's order of copies another holder will forward here (hold.expect)."""
+        self.note_owner(owner, inc)
+        self.orders.expect(
+            owner, keyed_incarnation(owner, inc), areas, offsets, versions, checksums
+        )
+
+    def _floor(self, owner: str, keyed: str, area: int) -> int:
+        """Versions at or below this are gone from the area (an area drop, a deletion); -1."""
+        area_floor = self._floors.get((owner, keyed, area), -1)
+        return max(area_floor, self.terms.version_floor(owner)) if keyed == "" else area_floor
 
     def reclaim_exports(self, grace: float) -> dict[str, int]:
         """Forget the pages of exports not heard from for `grace` seconds (0: never)."""
@@ -279,7 +298,7 @@ class LentPool:
     def exports(self) -> dict[str, tuple[ExportClaim, int]]:
         """Every export this holder knows: its claim and the pages held here."""
         pages = self.pages_by_owner()
-        return {o: (c, pages.get(o, 0)) for o, c in self._claims.items()}
+        return {o: (c, pages.get(o, 0)) for o, c in self.terms.claims.items()}
 
     def epoch(self, owner: str) -> int:
         """How many times this holder reclaimed the owner's pages (0: never)."""
@@ -298,6 +317,8 @@ class LentPool:
             self._doomed.append(ident)
         for key in [k for k in self._floors if k[0] == owner and k[1] != keep]:
             del self._floors[key]
+        if keep is None:
+            self.orders.forget(owner)
         if keep is None:
             self._current.pop(owner, None)
             self._last_seen.pop(owner, None)
@@ -412,25 +433,33 @@ class LentPool:
         for _, idx in groups:
             if len({offsets[i] for i in idx}) != len(idx):
                 raise InvalidPage("a page batch names a key twice")
+        keyed = keyed_incarnation(owner, inc)
         if copy:
             self._check_copy(owner, inc)
+            # Only copies the owner itself ordered here, exactly so (hold.expect).
+            ordered = self.orders.take(owner, keyed, areas, offsets, versions, checksums)
+            self._unordered += ordered.count(False)
+            groups = [(a, [i for i in idx if ordered[i]]) for a, idx in groups]
         else:
             self.note_owner(owner, inc)
         ok = [False] * len(offsets)
         if self.draining:
             return ok
-        keyed = keyed_incarnation(owner, inc)
         for area, idx in groups:
-            ident = self._area_id(owner, inc, area, create=True)
+            ident = self._area_id(owner, inc, area, create=True) if idx else None
             if ident is None:
                 continue
-            take = self._newest_wins(
-                ident, self._floors.get((owner, keyed, area)), idx, offsets, versions, checksums, ok
+            floor = self._floor(owner, keyed, area)
+            take, refused = newest_wins(
+                self.pool, ident, floor, idx, offsets, versions, checksums, ok
             )
+            self._newer_held += refused
             if not take:
                 continue
-            # The owner's word for the area's kind, on every put: an area id is reused.
-            self.pool.set_ephemeral(ident, ephemeral)
+            # The owner's word for the area's kind, on every put of its own (an area id is
+            # reused); a copy never changes it (a new area from a copy is persistent).
+            if not copy or not self.pool.area_pages(ident):
+                self.pool.set_ephemeral(ident, ephemeral and not copy)
             kept = self.pool.put_stored_many(
                 ident,
                 [offsets[i] for i in take],
@@ -441,42 +470,6 @@ class LentPool:
             for i, flag in zip(take, kept, strict=True):
                 ok[i] = flag
         return ok
-
-    def _newest_wins(
-        self,
-        ident: int,
-        floor: int | None,
-        idx: list[int],
-        offsets: Sequence[int],
-        versions: Sequence[int],
-        checksums: Sequence[int],
-        ok: list[bool],
-    ) -> list[int]:
-        """The indices of a put that may replace what is held; the same copy again is kept as
-        it is (ok); an older version, or one an area drop reached, is refused and counted."""
-        held = self.pool.versions(ident, [offsets[i] for i in idx])
-        if floor is None and held.count(None) == len(held):
-            return idx  # nothing held, nothing dropped: the usual case, decided in one pass
-        sums: list[int | None] = [None] * len(idx)
-        if held.count(None) != len(held):
-            keys = [offsets[i] for i, h in zip(idx, held, strict=True) if h is not None]
-            found = iter(self.pool.checksums(ident, keys))
-            sums = [next(found) if h is not None else None for h in held]
-        take = []
-        for i, have, have_sum in zip(idx, held, sums, strict=True):
-            version = versions[i]
-            if floor is not None and version <= floor:
-                self._newer_held += 1
-                continue
-            if have is not None and (floor is None or have > floor):
-                if have > version or (have == version and have_sum != checksums[i]):
-                    self._newer_held += 1
-                    continue
-                if have == version:
-                    ok[i] = True  # a duplicate: the held copy is this one
-                    continue
-            take.append(i)
-        return take
 
     def get(
         self, owner: str, inc: str, areas: Sequence[int], offsets: Sequence[int]
@@ -489,7 +482,7 @@ class LentPool:
             ident = self._area_id(owner, inc, area, create=False)
             if ident is None:
                 continue
-            floor = self._floors.get((owner, keyed, area), -1)
+            floor = self._floor(owner, keyed, area)
             for i, item in zip(
                 idx, self.pool.get_stored_many(ident, [offsets[i] for i in idx]), strict=True
             ):
@@ -591,7 +584,8 @@ class LentPool:
             stale_requests=self._stale,
             twins_refused=self._twins,
             reclaim_pending_pages=sum(self.pool.area_pages(i) for i in self._doomed),
-            exports=len(self._claims),
-            fenced_requests=self._fenced,
+            exports=len(self.terms.claims),
+            fenced_requests=self.terms.fenced,
             newer_held=self._newer_held,
+            unordered_copies=self._unordered,
         )

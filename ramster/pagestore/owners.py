@@ -29,6 +29,13 @@ def incarnation_order(incarnation: str) -> int:
 
 EXPORT_PREFIX = "export:"
 """Owners named so are exports, not nodes."""
+TERM_SHIFT = 40
+"""An export's versions of term T start at T << TERM_SHIFT: a newer term's writes are newer."""
+MAX_EXPORT_TERM = (1 << (63 - TERM_SHIFT)) - 1
+"""The highest term an export may take: its versions stay below 2^63."""
+MAX_TERM_JUMP = 1 << 16
+"""How far above the newest term a holder knows one claim may go (a wild term would end the
+export's life at once)."""
 MAX_EXPORTS = 1024
 """Exports one holder keeps pages or terms for: bounded against a flood of made-up names."""
 INVENTORY_LIMIT = 65536
@@ -124,6 +131,8 @@ class LentStatistics:
     newer_held: int = 0
     """Pages refused because this holder keeps a newer version of the key (or dropped the
     key's area at a newer one): a late copy never replaces a newer one."""
+    unordered_copies: int = 0
+    """Copies forwarded by another holder that their owner had not ordered here (hold.expect)."""
 
 
 def keyed_incarnation(owner: str, incarnation: str) -> str:

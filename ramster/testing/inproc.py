@@ -78,8 +78,12 @@ class InProcessHolders:
         checksums: list[int],
     ) -> tuple[list[bool], int]:
         """Verify source's copies and put them on target, as a holder does for hold.copy."""
+        # The owner's order first (hold.expect), then the source verifies and forwards.
+        self._lent(target).expect(self.owner, self.incarnation, areas, offsets, versions, checksums)
         held = self._lent(source).get(self.owner, self.incarnation, areas, offsets)
         good, payloads = copyable(held, versions, checksums, self.page_size)
+        if not good:
+            return [False] * len(offsets), 0
         kept = self._lent(target).put(
             self.owner,
             self.incarnation,
@@ -88,6 +92,7 @@ class InProcessHolders:
             [versions[i] for i in good],
             [checksums[i] for i in good],
             payloads,
+            copy=True,
         )
         return spread(len(offsets), good, kept, payloads)
 

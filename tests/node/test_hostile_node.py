@@ -38,6 +38,7 @@ METHODS = [
     protocol.COORD_REBALANCE,
     protocol.HOLD_COPY,
     protocol.HOLD_PUT_COPY,
+    protocol.HOLD_EXPECT,
     protocol.DRAIN,
     protocol.DEBUG_DAMAGE,
 ]
@@ -167,7 +168,7 @@ async def test_a_node_cannot_act_for_another_through_put_copy(node: Node) -> Non
             await mallory.call(
                 protocol.HOLD_PUT_COPY, ["victim", "7fffffffffffffff-evil", made_up.to_wire()]
             )
-        # An older copy of the victim's key, under its real incarnation, changes nothing.
+        # A copy the victim never ordered, under its real incarnation, changes nothing.
         stale = PageBatch.of([(0, 5, 2, 1, payload[::-1])])
         assert await mallory.call(
             protocol.HOLD_PUT_COPY, ["victim", victim_id.incarnation, stale.to_wire()]
@@ -186,4 +187,4 @@ async def test_a_node_cannot_act_for_another_through_put_copy(node: Node) -> Non
             )
         )
         assert [(p.version, p.checksum, bytes(p.payload)) for p in got] == [(3, 77, payload)]
-    assert node.lent.statistics().newer_held == 1
+    assert node.lent.statistics().unordered_copies == 1

@@ -144,6 +144,16 @@ async def test_a_holder_forwards_another_owners_copies_with_put_copy(node: Node)
             )
         assert node.lent.statistics().owners == 0
         await owner.call(protocol.HELLO, [OWNER.node_id, OWNER.incarnation])
+        # Only copies the owner itself ordered here (hold.expect) are kept.
+        assert (
+            await holder.call(
+                protocol.HOLD_PUT_COPY, [OWNER.node_id, OWNER.incarnation, BATCH.to_wire()]
+            )
+            == [False] * 8
+        )
+        keys = Keys(BATCH.areas, BATCH.offsets).to_wire()
+        order = [OWNER.node_id, OWNER.incarnation, keys, BATCH.versions, BATCH.checksums]
+        await owner.call(protocol.HOLD_EXPECT, order)
         kept = await holder.call(
             protocol.HOLD_PUT_COPY, [OWNER.node_id, OWNER.incarnation, BATCH.to_wire()]
         )

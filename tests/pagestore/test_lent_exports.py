@@ -7,7 +7,10 @@ import pytest
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import (
+    MAX_EXPORT_TERM,
     MAX_EXPORTS,
+    MAX_TERM_JUMP,
+    TERM_SHIFT,
     Fenced,
     Reclaimed,
     TooManyExports,
@@ -83,22 +86,42 @@ def test_delete_keeps_the_term_and_grace_reclaims() -> None:
     assert lent.delete_export(OWNER, 2, "b") == 2
     with pytest.raises(Fenced):
         _put(lent, 1, "a", [1], 6)
-    _put(lent, 2, "b", [4], 7)
+    # A copy of the deleted life (a version below the next term's), however late, stays out.
+    assert _put(lent, 2, "b", [4], (3 << TERM_SHIFT) - 1) == [False]
+    assert lent.claim(OWNER, 0, "", 0)[1].term == 2
+    v = 3 << TERM_SHIFT
+    assert _put(lent, 3, "b", [4], v) == [True]
     assert lent.reclaim_exports(0) == {}  # 0: never
     now[0] = 100.0
     assert lent.reclaim_exports(50) == {OWNER: 1}
     with pytest.raises(Reclaimed):
-        _put(lent, 2, "b", [4], 8)  # told once: its copies here are gone
-    assert lent.claim(OWNER, 2, "b", 0)[0]  # a claim is a hello: the reclaim is told
-    assert _put(lent, 2, "b", [4], 8) == [True]
+        _put(lent, 3, "b", [4], v + 1)  # told once: its copies here are gone
+    assert lent.claim(OWNER, 3, "b", 0)[0]  # a claim is a hello: the reclaim is told
+    assert _put(lent, 3, "b", [4], v + 1) == [True]
 
 
 def test_made_up_export_names_are_bounded() -> None:
     lent = LentPool(PoolConfig(budget_bytes=8 << 20))
     for i in range(MAX_EXPORTS):
-        lent.claim(f"export:e{i}", 1, "a", 0)
+        lent.claim(f"export:e{i}", 5, "a", 0)
+    # Claims of exports with no pages here make room, longest silent first; their terms stay.
+    assert lent.claim("export:one-more", 1, "a", 0)[0]
+    assert lent.statistics().exports == MAX_EXPORTS
+    assert not lent.claim("export:e0", 4, "b", 0)[0]  # still fenced below its last term
+    # Exports that hold pages here are never evicted.
+    full = LentPool(PoolConfig(budget_bytes=64 << 20))
+    for i in range(MAX_EXPORTS):
+        full.put(f"export:e{i}", export_incarnation(1, "a"), [0], [1], [1], [1], [b"\x01" * 8])
     with pytest.raises(TooManyExports):
-        lent.claim("export:one-more", 1, "a", 0)
+        full.claim("export:one-more", 1, "a", 0)
+
+
+def test_terms_have_a_ceiling_and_a_bounded_jump() -> None:
+    lent = LentPool(PoolConfig(budget_bytes=8 << 20))
+    assert not lent.claim(OWNER, MAX_EXPORT_TERM + 1, "a", 0)[0]
+    assert lent.claim(OWNER, 10, "a", 0)[0]
+    assert not lent.claim(OWNER, 10 + MAX_TERM_JUMP + 1, "b", 0)[0]
+    assert lent.claim(OWNER, 10 + MAX_TERM_JUMP, "b", 0)[0]
 
 
 @pytest.mark.parametrize("bad", ["", "t1", "1@a", "tx@a", "t1@", "t-1@a"])

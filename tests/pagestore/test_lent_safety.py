@@ -38,6 +38,7 @@ def test_an_older_copy_never_replaces_a_newer_one() -> None:
     it, and repair's drop at v1 then removed it: two copies recorded, one held."""
     lent = lent_pool()
     v2 = page(2)
+    lent.expect("o", INC, [0], [7], [1], [11])  # repair ordered the copy of v1 here
     assert lent.put("o", INC, [0], [7], [2], [22], [v2]) == [True]
     # The late copy (from a survivor, over another connection) is refused and counted.
     assert lent.put("o", INC, [0], [7], [1], [11], [page(1)], copy=True) == [False]
@@ -62,6 +63,7 @@ def test_the_same_copy_twice_is_kept_as_it_is() -> None:
 def test_a_late_copy_of_a_dropped_area_stays_out() -> None:
     lent = lent_pool()
     lent.put("o", INC, [0, 0], [1, 2], [5, 9], [0, 0], [page(5), page(9)])
+    lent.expect("o", INC, [0], [1], [5], [0])
     lent.drop_area("o", INC, 0, 6)
     assert lent.get("o", INC, [0, 0], [1, 2])[0] is None
     assert lent.get("o", INC, [0, 0], [1, 2])[1] is not None
@@ -85,6 +87,7 @@ def test_a_copy_never_creates_advances_or_revives_an_owner() -> None:
     assert lent.statistics().owners == 1
     # For an export: a copy names the term this holder knows, and raises none.
     lent.claim(EXPORT, 3, "s", 1 << 20)
+    lent.expect(EXPORT, export_incarnation(3, "s"), [0], [1], [1], [1])
     with pytest.raises(Fenced):
         lent.put(EXPORT, export_incarnation(4, "s"), [0], [1], [1], [1], [mine], copy=True)
     assert lent.claim(EXPORT, 0, "", 0)[1].term == 3
@@ -146,3 +149,32 @@ def test_an_area_drop_takes_bounded_steps() -> None:
     assert lent.statistics().pool.stored_pages == 1
     assert lent.get("o", INC, [0], [n + 1])[0] is not None
     assert first_step < 0.1
+
+
+def test_a_copy_nobody_ordered_is_refused() -> None:
+    """A copy needs its owner's order (hold.expect: keys, versions and checksums), sent by the
+    owner itself: a member forging a newer copy of another owner's page changes nothing."""
+    lent = lent_pool()
+    mine = page(1)
+    assert lent.put("victim", INC, [0], [1], [4], [44], [mine]) == [True]
+    forged = (1 << 63) - 1
+    assert lent.put("victim", INC, [0], [1], [forged], [9], [page(9)], copy=True) == [False]
+    assert lent.statistics().unordered_copies == 1
+    assert lent.get("victim", INC, [0], [1]) == [(4, 44, mine)]
+    assert lent.put("victim", INC, [0], [1], [5], [55], [page(5)]) == [True]
+    # An order is for those exact bytes, and is used once.
+    lent.expect("victim", INC, [0, 0], [2, 3], [6, 6], [66, 67])
+    assert lent.put("victim", INC, [0, 0], [2, 3], [6, 6], [66, 99], [page(6)] * 2, copy=True) == [
+        True,
+        False,
+    ]
+    assert lent.put("victim", INC, [0], [2], [6], [66], [page(6)], copy=True) == [False]
+    assert lent.get("victim", INC, [0, 0], [2, 3])[1] is None
+
+
+def test_a_copy_never_changes_an_areas_kind() -> None:
+    lent = lent_pool()
+    lent.put("o", INC, [0], [1], [1], [1], [page(1)], ephemeral=True)
+    lent.expect("o", INC, [0], [2], [2], [2])
+    assert lent.put("o", INC, [0], [2], [2], [2], [page(2)], copy=True) == [True]
+    assert lent.pool.statistics().ephemeral_pages == 2

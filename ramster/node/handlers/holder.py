@@ -46,6 +46,7 @@ from ramster.protocol import (
     HOLD_DELETE_EXPORT,
     HOLD_DROP,
     HOLD_DROP_AREA,
+    HOLD_EXPECT,
     HOLD_GET,
     HOLD_INVENTORY,
     HOLD_PUT,
@@ -153,6 +154,11 @@ class HolderService:
         )
         server.register(HOLD_GET, self.get, decode=_owned(3, "[owner, incarnation, keys]"))
         server.register(
+            HOLD_EXPECT,
+            self.expect,
+            decode=_owned(5, "[owner, incarnation, keys, versions, checksums]"),
+        )
+        server.register(
             HOLD_COPY,
             self.copy,
             decode=_owned(6, "[owner, incarnation, target, keys, versions, checksums]"),
@@ -193,7 +199,7 @@ class HolderService:
             raise ProtocolError("an empty page batch")
         ephemeral = len(req.rest) > 1
         lent = self.lent
-        newer_before = lent.newer_held
+        order_before = lent.refused_for_order
         try:
             with _refusals():
                 ok = lent.put(
@@ -211,15 +217,26 @@ class HolderService:
             reason = "fenced" if isinstance(exc, ExportFenced) else "refused"
             self._refused(req.owner, len(batch.offsets), reason)
             raise
-        newer = lent.newer_held - newer_before
-        if newer:
-            self._refused(req.owner, newer, "a newer version is held")
-        refused = ok.count(False) - newer
+        out_of_order = lent.refused_for_order - order_before
+        if out_of_order:
+            self._refused(req.owner, out_of_order, "newer held, or not ordered")
+        refused = ok.count(False) - out_of_order
         if refused:
             self._refused(req.owner, refused, "lent pool full" if not lent.draining else "draining")
         if refused and not any(ok):
             raise CapacityError(f"{self.node_id}: the lent pool is full")
         return ok
+
+    def expect(self, req: Owned) -> None:
+        """The owner's order: these copies of its pages will be forwarded here (hold.put_copy
+        keeps nothing else)."""
+        _as_itself(req)
+        keys = Keys.from_wire(req.rest[0])
+        n = len(keys)
+        versions = int_list(req.rest[1], "versions", MAX_VERSION, n)
+        sums = int_list(req.rest[2], "checksums", MAX_CHECKSUM, n)
+        with _refusals():
+            self.lent.expect(req.owner, req.incarnation, keys.areas, keys.offsets, versions, sums)
 
     def get(self, req: Owned) -> list[object]:
         """The held pages among the keys, as a page batch."""
@@ -289,7 +306,7 @@ class HolderService:
 
     def claim(self, params: list[object]) -> list[object]:
         """hold.claim [owner, term, size]: the calling node takes (or keeps) an export's term;
-        [taken?, term, server, size] as this holder now knows them."""
+        [taken?, term, server, size, deleted term] as this holder now knows them."""
         arity(params, 3, "[owner, term, size]")
         owner = text(params[0], "owner")
         if not is_export(owner):
@@ -298,7 +315,7 @@ class HolderService:
         size = integer(params[2], "size")
         with _refusals():
             taken, known = self.lent.claim(owner, term, caller().identity.node_id, size)
-        return [taken, known.term, known.node, known.size]
+        return [taken, known.term, known.node, known.size, self.lent.terms.deleted_term(owner)]
 
     def inventory(self, req: Owned) -> list[object]:
         """The keys of an export's area held here from `start` on: offsets, versions, checksums

@@ -1,0 +1,188 @@
+"""What a holder knows of exports' terms, and the copies owners ordered: two bounded tables the
+lent pool consults before it changes anything. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ramster.pagestore.owners import (
+    MAX_EXPORT_TERM,
+    MAX_EXPORTS,
+    MAX_TERM_JUMP,
+    TERM_SHIFT,
+    ExportClaim,
+    Fenced,
+    TooManyExports,
+)
+from ramster.pagestore.pool import PagePool
+
+MAX_OLD_TERMS = 65536
+"""Exports whose last term a holder remembers after their claim went (older servers stay
+fenced): a small int each, so far more than MAX_EXPORTS."""
+MAX_EXPECTED = 1 << 18
+"""Copies ordered by owners and not yet arrived that a holder remembers (oldest go first)."""
+
+
+class ExportTerms:
+    """The newest claim of each export (term, server, size) and the terms of deleted ones."""
+
+    def __init__(self) -> None:
+        self.claims: dict[str, ExportClaim] = {}
+        self._old: dict[str, int] = {}  # owner -> last term, once its claim was evicted
+        self._deleted: dict[str, int] = {}  # owner -> the term it was deleted under
+        self.fenced = 0
+
+    def known_term(self, owner: str) -> int:
+        """The newest term this holder has seen for the export (0: none)."""
+        claim = self.claims.get(owner)
+        return claim.term if claim is not None else self._old.get(owner, 0)
+
+    def check(self, owner: str, term: int, node: str, idle: Callable[[], list[str]]) -> bool:
+        """Admit a call of `term` by `node` (Fenced if older, the same term from another node,
+        past the ceiling, or far above the term known); True when it raised the export's term.
+        `idle()` lists exports without pages here, longest silent first: their claims may go
+        to make room for a new one."""
+        claim = self.claims.get(owner)
+        newest = self.known_term(owner)
+        if (
+            term < newest
+            or (claim is not None and term == claim.term and node != claim.node)
+            or term > MAX_EXPORT_TERM
+            or (newest and term > newest + MAX_TERM_JUMP)
+        ):
+            self.fenced += 1
+            raise Fenced(owner, claim or ExportClaim(newest, "", 0))
+        if claim is not None and term == claim.term:
+            return False
+        if claim is None and len(self.claims) >= MAX_EXPORTS:
+            self._evict(idle)
+        self.claims[owner] = ExportClaim(term, node, claim.size if claim else 0)
+        self._old.pop(owner, None)
+        return True
+
+    def _evict(self, idle: Callable[[], list[str]]) -> None:
+        gone = next(iter(idle()), None)
+        if gone is None:
+            raise TooManyExports(f"this holder keeps {MAX_EXPORTS} exports already")
+        self._old[gone] = self.claims.pop(gone).term
+        while len(self._old) > MAX_OLD_TERMS:
+            self._old.pop(next(iter(self._old)))
+
+    def resize(self, owner: str, size: int) -> ExportClaim:
+        """Record the export's size under its current claim."""
+        claim = self.claims[owner]
+        if size and claim.size != size:
+            claim = self.claims[owner] = ExportClaim(claim.term, claim.node, size)
+        return claim
+
+    def delete(self, owner: str, term: int) -> None:
+        """The export was deleted under `term`: every copy of an older term is gone for good."""
+        self._deleted[owner] = max(term, self._deleted.get(owner, 0))
+        while len(self._deleted) > MAX_OLD_TERMS:
+            self._deleted.pop(next(iter(self._deleted)))
+
+    def deleted_term(self, owner: str) -> int:
+        """The term the export was last deleted under (0: never)."""
+        return self._deleted.get(owner, 0)
+
+    def version_floor(self, owner: str) -> int:
+        """Versions at or below this are of a deleted life of the export (-1: none)."""
+        term = self._deleted.get(owner)
+        return -1 if term is None else ((term + 1) << TERM_SHIFT) - 1
+
+
+class CopyOrders:
+    """Copies an owner ordered onto this holder (hold.expect): a copy forwarded by another
+    holder is kept only if it matches one, exactly, and consumes it."""
+
+    def __init__(self) -> None:
+        self._expected: dict[tuple[str, str, int, int], tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._expected)
+
+    def expect(
+        self,
+        owner: str,
+        keyed: str,
+        areas: Sequence[int],
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        checksums: Sequence[int],
+    ) -> None:
+        """Note copies the owner will have sent here (the newest order for a key wins)."""
+        table = self._expected
+        for area, offset, version, checksum in zip(
+            areas, offsets, versions, checksums, strict=True
+        ):
+            key = (owner, keyed, area, offset)
+            table.pop(key, None)
+            table[key] = (version, checksum)
+        while len(table) > MAX_EXPECTED:
+            table.pop(next(iter(table)))
+
+    def take(
+        self,
+        owner: str,
+        keyed: str,
+        areas: Sequence[int],
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        checksums: Sequence[int],
+    ) -> list[bool]:
+        """Which copies were ordered exactly so (those orders are consumed)."""
+        out = []
+        table = self._expected
+        for area, offset, version, checksum in zip(
+            areas, offsets, versions, checksums, strict=True
+        ):
+            key = (owner, keyed, area, offset)
+            ordered = table.get(key) == (version, checksum)
+            if ordered:
+                del table[key]
+            out.append(ordered)
+        return out
+
+    def forget(self, owner: str) -> None:
+        """Drop every order of an owner (its pages here are gone)."""
+        for key in [k for k in self._expected if k[0] == owner]:
+            del self._expected[key]
+
+
+def newest_wins(
+    pool: PagePool,
+    ident: int,
+    floor: int,
+    idx: list[int],
+    offsets: Sequence[int],
+    versions: Sequence[int],
+    checksums: Sequence[int],
+    ok: list[bool],
+) -> tuple[list[int], int]:
+    """Newest wins: (the indices of a put that may replace what is held, how many were refused).
+    The same copy again is kept as it is (ok); an older version, the same one with other bytes,
+    or one an area drop or a deletion reached (at or below `floor`, -1: none) is refused."""
+    held = pool.versions(ident, [offsets[i] for i in idx])
+    if floor < 0 and held.count(None) == len(held):
+        return idx, 0  # nothing held, nothing dropped: the usual case, decided in one pass
+    sums: list[int | None] = [None] * len(idx)
+    if held.count(None) != len(held):
+        keys = [offsets[i] for i, h in zip(idx, held, strict=True) if h is not None]
+        found = iter(pool.checksums(ident, keys))
+        sums = [next(found) if h is not None else None for h in held]
+    take = []
+    refused = 0
+    for i, have, have_sum in zip(idx, held, sums, strict=True):
+        version = versions[i]
+        if version <= floor:
+            refused += 1
+            continue
+        if have is not None and have > floor:
+            if have > version or (have == version and have_sum != checksums[i]):
+                refused += 1
+                continue
+            if have == version:
+                ok[i] = True  # a duplicate: the held copy is this one
+                continue
+        take.append(i)
+    return take, refused
