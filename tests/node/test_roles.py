@@ -152,7 +152,8 @@ async def test_a_holder_forwards_another_owners_copies_with_put_copy(node: Node)
             == [False] * 8
         )
         keys = Keys(BATCH.areas, BATCH.offsets).to_wire()
-        order = [OWNER.node_id, OWNER.incarnation, keys, BATCH.versions, BATCH.checksums]
+        order: list[object] = [OWNER.node_id, OWNER.incarnation, keys, BATCH.versions]
+        order.append(BATCH.checksums)
         await owner.call(protocol.HOLD_EXPECT, order)
         kept = await holder.call(
             protocol.HOLD_PUT_COPY, [OWNER.node_id, OWNER.incarnation, BATCH.to_wire()]
