@@ -138,6 +138,10 @@ def _lent(node: Node) -> dict[str, Any]:
         "reclaimed_pages": lent.reclaimed_pages,
         "exports": lent.exports,
         "fenced_requests": lent.fenced_requests,
+        "stale_requests": lent.stale_requests,
+        "newer_held": lent.newer_held,
+        "unordered_copies": lent.unordered_copies,
+        "reclaim_pending_pages": lent.reclaim_pending_pages,
     }
 
 
