@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 
 TERM_SHIFT = 40
 """Versions of term T start at T << TERM_SHIFT: a newer term's writes are always newer."""
+# Defined here until `pagestore.owners.MAX_EXPORT_TERM` (the same value: holders refuse claims
+# above it) is on main; then imported from there.
+MAX_EXPORT_TERM = (1 << 23) - 1
+"""The last term an export may take: versions of term T run from T << TERM_SHIFT to
+((T + 1) << TERM_SHIFT) - 1, and every version must stay below 2^63 (the wire's limit)."""
 KEEPALIVE_EVERY = 5.0
 """Seconds between an export's claims on every live peer (keeps it alive, notices fencing)."""
 REPAIR_EVERY = 2.0

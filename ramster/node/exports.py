@@ -39,6 +39,7 @@ from ramster.node.export_served import (
     INDEX_BYTES_PER_PAGE,
     KEEPALIVE_EVERY,
     MANIFEST_REPLICAS,
+    MAX_EXPORT_TERM,
     REPAIR_EVERY,
     TERM_SHIFT,
     UNHEARD_LOG_EVERY,
@@ -53,7 +54,7 @@ from ramster.pagestore.lent import LentPool
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATA_AREA", "MANIFEST_AREA", "TERM_SHIFT", "ExportService"]
+__all__ = ["DATA_AREA", "MANIFEST_AREA", "MAX_EXPORT_TERM", "TERM_SHIFT", "ExportService"]
 
 
 class ExportService:
@@ -289,6 +290,13 @@ class ExportService:
         # The term is on disk before any holder hears it: a restarted server never reuses it
         # (and so never a version: versions of term T start at T << TERM_SHIFT).
         term = max(newest_term, mine) + 1
+        if term > MAX_EXPORT_TERM:
+            # Nothing is claimed nor recorded: whoever serves it now goes on.
+            raise ExportTaken(
+                f"export {name}: no term is left to take (term {max(newest_term, mine)} is "
+                f"claimed; the last is {MAX_EXPORT_TERM}): it cannot be served again; an "
+                "operator must delete it (`ramster export delete`) and create it anew"
+            )
         if served.takeover:
             # A takeover commits here (see _hear): recorded as this node's to serve, of an
             # export that exists (never started blank), whose possible holders are every node
@@ -299,7 +307,9 @@ class ExportService:
             self.records.update(name, size, term=term, serving=True)
         served.term = term
         served.holders.set_term(term)
-        served.fs.start_versions_at(term << TERM_SHIFT)
+        # Never a version of the next term: past its 2^40 versions a term refuses writes
+        # (a restart or a move takes a new term and writes again).
+        served.fs.start_versions_at(term << TERM_SHIFT, ((term + 1) << TERM_SHIFT) - 1)
         try:
             heard, missing = await self._hear(served, required)
         except ExportTaken:
