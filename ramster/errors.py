@@ -121,6 +121,14 @@ class ExportTaken(RemoteError):
     here already, or this node serves no NBD (sent as a RemoteError)."""
 
 
+class ExportPending(ExportTaken):
+    """A takeover took the export's term (its old server is fenced) but does not serve yet: a
+    node that may hold newer copies has not answered; it serves as soon as that node does
+    (the message says which nodes)."""
+
+    code = 30
+
+
 class Forbidden(RemoteError, PermissionError):
     """The authenticated peer may not make this call: its role does not allow the method, or
     the call names an identity other than the one its session proved."""

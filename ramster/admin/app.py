@@ -26,7 +26,7 @@ from ramster.admin import views
 from ramster.admin.metrics import registry_for, render
 from ramster.admin.openapi import spec
 from ramster.admin.source import NodeControl, NodeSource, UnknownNode
-from ramster.errors import ExportTaken, RamsterError, RemoteError
+from ramster.errors import ExportPending, ExportTaken, RamsterError, RemoteError
 from ramster.telemetry.events import TooManySubscribers
 from ramster.telemetry.latency import Histogram
 
@@ -324,6 +324,10 @@ async def post_move_export(request: web.Request) -> web.Response:
     force = isinstance(body, dict) and body.get("force") is True
     try:
         term = await request.app[CONTROL_KEY].move_export(name, target, force)
+    except ExportPending as exc:
+        # Taken over (the old server is fenced), served once the silent nodes answer.
+        answer = {"name": name, "server": target, "state": "waiting", "detail": str(exc)}
+        return web.json_response(answer, status=202)
     except UnknownNode:
         raise ApiError(404, "unknown-node", f"no member named {target!r} is known here") from None
     except (RemoteError, ExportTaken) as exc:

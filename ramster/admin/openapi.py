@@ -279,6 +279,11 @@ def spec() -> Schema:
                     },
                     "responses": {
                         "200": _json(_obj({"name": STR, "server": STR, "term": INT}), "moved"),
+                        "202": _json(
+                            _obj({"name": STR, "server": STR, "state": STR, "detail": STR}),
+                            "taken over (the old server is fenced) but not served yet: a node "
+                            "that may hold newer copies stopped answering; it serves once it does",
+                        ),
                         **WRITE_ERRORS,
                         "400": _error("no target node named, or not an export name"),
                         "404": _error("no such member"),

@@ -212,9 +212,11 @@ def export_move(target: Target, name: str, to: str, as_json: bool, force: bool =
         answer = await call(target, "POST", f"/v1/exports/{name}/move", body, within=150)
         if as_json:
             print(json.dumps(answer))
+        elif answer.get("state") == "waiting":
+            print(answer["detail"])
         else:
             print(f"{name} is served by {answer['server']} now (term {answer['term']})")
-        return OK
+        return FAILED if answer.get("state") == "waiting" else OK
 
     return _run(go())
 

@@ -75,7 +75,7 @@ class Rebuilder:
             results = await asyncio.gather(
                 *(self._one(n, area) for n in nodes), return_exceptions=True
             )
-            own = self.lent.inventory(self.owner, self.incarnation, area, 0, 1 << 62)
+            own = self._own(area)
             if len(own[0]):
                 into[self.peers.me] = own
             for node, result in zip(nodes, results, strict=True):
@@ -89,22 +89,26 @@ class Rebuilder:
         return heard
 
     async def _one(self, node: str, area: int) -> Inventory:
+        """A holder's whole inventory of one area, page by page (a short answer is the end)."""
         parts: list[Inventory] = []
         start = 0
         identity = (self.owner, self.incarnation)
         while True:
-            offs, vers, sums = await self.peers.calls.inventory(
-                node, identity, area, start, INVENTORY_LIMIT
-            )
-            parts.append((offs, vers, sums))
-            if len(offs) < INVENTORY_LIMIT:
-                break
-            start = int(offs[-1]) + 1
-        return (
-            np.concatenate([p[0] for p in parts]),
-            np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]),
-        )
+            part = await self.peers.calls.inventory(node, identity, area, start, INVENTORY_LIMIT)
+            start = _next(parts, part)
+            if start < 0:
+                return _joined(parts)
+
+    def _own(self, area: int) -> Inventory:
+        """This node's own lent pool's whole inventory of one area, paged exactly as a
+        holder's is: `LentPool.inventory` caps every answer at INVENTORY_LIMIT keys too."""
+        parts: list[Inventory] = []
+        start = 0
+        while True:
+            part = self.lent.inventory(self.owner, self.incarnation, area, start, INVENTORY_LIMIT)
+            start = _next(parts, part)
+            if start < 0:
+                return _joined(parts)
 
     async def rebuild(self, heard: Heard, new: bool) -> tuple[Rebuilt, I64, I64, list[int]]:
         """(data index, blocks written, blocks lost, manifest pages still to store) from what
@@ -266,3 +270,19 @@ class Rebuilder:
                 elif missed:
                     unavailable += [part[j] for j in missed]
         return unavailable
+
+
+def _next(parts: list[Inventory], part: Inventory) -> int:
+    """Add one inventory answer: the offset to ask from next, or -1 once an answer was short
+    (the end; INVENTORY_LIMIT keys is a full answer, whatever the holder's own cap)."""
+    parts.append(part)
+    offs = part[0]
+    return -1 if len(offs) < INVENTORY_LIMIT else int(offs[-1]) + 1
+
+
+def _joined(parts: list[Inventory]) -> Inventory:
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+    )

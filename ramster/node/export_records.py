@@ -33,9 +33,11 @@ class ExportRecord:
     term: int = 0
     """The newest term this node claimed (or saw claimed) for the export."""
     created: bool = False
-    """The export exists: its manifest was stored once (it may never start blank again)."""
+    """The export exists: its manifest was stored once, or this node took it over from its
+    server (it may never start blank again)."""
     serving: bool = False
-    """This node served it when it last wrote this: it resumes it on restart."""
+    """This node is its server (serving it, or holding its term while it waits to hear every
+    node it must before it serves): it resumes it on restart."""
     holders: tuple[str, ...] = ()
     """Every node that may hold copies of it (a superset, kept so by construction)."""
 

@@ -6,11 +6,13 @@ A replicated export has a frontswap of its own (`ClusterFrontswap(replicated=Tru
 belong to `export:NAME`, not to this process, so they outlive it. Its data area is 0 and its
 manifest (which blocks were written, see `nbd.manifest`) area 1.
 
-What a server must have heard before it serves (`ExportService._required`): when it resumes an
-export it created or served (its `ExportRecord` says so), every node of the record's holders;
-otherwise (a takeover, no record) every member it knows, the current server included. Until
-then the export is not served (its NBD port does not listen yet, or a move is refused unless
-forced). Its term and creation are on disk (`node.export_records`) before any holder hears them.
+What a server must have heard before it serves (`export_served.required_nodes`): when it
+resumes an export it created, served or took over (its `ExportRecord` says so), every node of
+the record's holders; otherwise (a takeover, no record) every member it knows, the current
+server included. Until then the export is not served (its NBD port does not listen yet, or a
+move is refused unless forced, before any term is taken; once its term is taken a move waits
+instead, see `_hear`). Its term and creation are on disk (`node.export_records`) before any
+holder hears them.
 """
 
 from __future__ import annotations
@@ -18,93 +20,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ramster.cluster.calls import ClaimAnswer
 from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
-from ramster.errors import ExportTaken, RamsterError
+from ramster.errors import ExportPending, ExportTaken, RamsterError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.nbd.config import LOCAL, REPLICATED, ExportSpec
 from ramster.nbd.export import Export
 from ramster.nbd.server import NbdServer
 from ramster.node.config import NodeConfig
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Heard, Rebuilder
-from ramster.node.export_records import ExportRecord, ExportRecords
+from ramster.node.export_records import ExportRecords
+from ramster.node.export_served import (
+    HEAR_RETRY,
+    INDEX_BYTES_PER_PAGE,
+    KEEPALIVE_EVERY,
+    MANIFEST_REPLICAS,
+    MAX_EXPORT_TERM,
+    REPAIR_EVERY,
+    TERM_SHIFT,
+    UNHEARD_LOG_EVERY,
+    Attempt,
+    Served,
+    claim_answers,
+    describe,
+    required_nodes,
+)
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATA_AREA", "MANIFEST_AREA", "ExportService"]
-
-TERM_SHIFT = 40
-"""Versions of term T start at T << TERM_SHIFT: a newer term's writes are always newer."""
-KEEPALIVE_EVERY = 5.0
-"""Seconds between an export's claims on every live peer (keeps it alive, notices fencing)."""
-REPAIR_EVERY = 2.0
-"""Seconds between checks for copies to repair."""
-HEAR_RETRY = 0.5
-"""Seconds between attempts to hear every node a restarted server must hear."""
-UNHEARD_LOG_EVERY = 10.0
-"""Seconds between warnings that an export waits for nodes it must hear."""
-MANIFEST_REPLICAS = 8
-"""Copies of each manifest page (at most; as many as there are live peers)."""
-EXPORT_COUNTERS = frozenset(
-    {
-        "direct_remote_stores",
-        "direct_remote_refused",
-        "under_replicated_stores",
-        "stragglers",
-        "remote_loads",
-        "remote_unavailable",
-        "drops_sent",
-        "repaired_pages",
-        "pages_lost",
-        "cache_hits",
-        "cache_misses",
-        "cache_evicted",
-        "cache_pages",
-        "cache_bytes",
-    }
-)
-"""The remote tier's counters an export's description shows."""
-INDEX_BYTES_PER_PAGE = 64
-"""The export's own pool keeps only the index: about this much per block, plus slack."""
-
-
-@dataclass(slots=True)
-class Served:
-    """One replicated export served here."""
-
-    spec: ExportSpec
-    fs: ClusterFrontswap
-    holders: ExportHolders
-    export: Export
-    term: int = 0
-    state: str = "starting"
-    """starting, hearing, rebuilding, serving, fenced or deleted."""
-    rebuild: dict[str, float] = field(default_factory=dict)
-    task: asyncio.Task[None] | None = None
-    takeover: bool = False
-    """Taken over by an operator's move (not resumed nor named on this node's command line):
-    refused at once, not waited for, when a node that must be heard is silent."""
-    force: bool = False
-    """The operator forced the takeover: serve without the nodes that cannot be heard."""
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One try at hearing enough to serve: ready, or the nodes still missing."""
-
-    ready: bool = False
-    missing: set[str] = field(default_factory=set)
-    heard: Heard = field(default_factory=Heard)
-    new: bool = False
-    """The export was never created (no record, no claim by another node, no copy anywhere,
-    every member heard): only then is it started blank."""
+__all__ = ["DATA_AREA", "MANIFEST_AREA", "MAX_EXPORT_TERM", "TERM_SHIFT", "ExportService"]
 
 
 class ExportService:
@@ -134,6 +84,9 @@ class ExportService:
         self._max_payload = 32 << 20
         self._pending: list[str] = []
         """Exports to resume once run() owns a TaskGroup."""
+        self._opening: dict[str, asyncio.Future[None]] = {}
+        """Takeovers under way: how each ends (a move's answer may come before it serves)."""
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -302,32 +255,11 @@ class ExportService:
         spec, ps = served.spec, self.config.page_size
         return Rebuilder(self.peers, self.lent, ps, spec.name, spec.size, served.fs, owner, inc)
 
-    def _required(self, served: Served, record: ExportRecord | None, current: str) -> set[str]:
-        """The nodes a server must hear before it serves (besides itself).
-
-        - Resuming an export this node created or served (its record says created, and no
-          other server took it since): every node of the record's `holders`. Copies are placed
-          only on nodes already recorded there (`ExportHolders.candidates`), so they include
-          every node that may hold a copy this node acknowledged.
-        - Anything else (a takeover, an export with no record here, one never created): every
-          member this node knows (configured seeds not yet heard from included), the
-          current server (the node of the newest claim) among them: no record of another
-          node's holders is at hand here, and every copy lives on some member.
-        """
-        me = self.peers.me
-        if record is not None and record.created and not served.takeover:
-            return set(record.holders) - {me}
-        known = [p for p in self.peers.peers() if p.alias_of is None and (p.node_id or p.seed)]
-        required = {p.node_id or p.address for p in known}
-        if record is not None:
-            required |= set(record.holders)
-        if current:
-            required.add(current)
-        return required - {me}
-
     async def _attempt(self, served: Served) -> Attempt:
-        """Ask, claim and inventory once: ready when every required node answered (or the
-        operator forced a takeover); raises ExportTaken when another server owns the export."""
+        """Ask every node, then take the next term and hear the required nodes: not ready (and
+        no term taken) while a required node does not answer a claim; once the term is taken,
+        ready when every one was heard (`_hear` waits for them) or the operator forced a
+        takeover. ExportTaken when another server owns the export."""
         name, size, me = served.spec.name, served.spec.size, self.peers.me
         owner = export_owner(name)
         record = self.records.get(name)
@@ -351,23 +283,38 @@ class ExportService:
                 f"export {name} was moved away from this node (term {record.term}): not served "
                 "here again unless moved back (`ramster export move`)"
             )
-        required = self._required(served, record, current)
+        required = required_nodes(self.peers, served, record, current)
         missing = required - set(asked)
         if missing and not served.force:
-            return Attempt(missing=missing)
+            return Attempt(missing=missing)  # refused (a move) or waited for: no term taken
         # The term is on disk before any holder hears it: a restarted server never reuses it
         # (and so never a version: versions of term T start at T << TERM_SHIFT).
         term = max(newest_term, mine) + 1
-        self.records.update(name, size, term=term, serving=True)
-        taken = await self._take(name, term, size, alive)
+        if term > MAX_EXPORT_TERM:
+            # Nothing is claimed nor recorded: whoever serves it now goes on.
+            raise ExportTaken(
+                f"export {name}: no term is left to take (term {max(newest_term, mine)} is "
+                f"claimed; the last is {MAX_EXPORT_TERM}): it cannot be served again; an "
+                "operator must delete it (`ramster export delete`) and create it anew"
+            )
+        if served.takeover:
+            # A takeover commits here (see _hear): recorded as this node's to serve, of an
+            # export that exists (never started blank), whose possible holders are every node
+            # it must hear; a restart resumes it and hears them all before it serves.
+            served.holders.set_may_hold(served.holders.may_hold | (required & set(asked)))
+            self.records.update(name, size, term=term, serving=True, created=True)
+        else:
+            self.records.update(name, size, term=term, serving=True)
         served.term = term
         served.holders.set_term(term)
-        served.fs.start_versions_at(term << TERM_SHIFT)
-        heard_from = sorted(taken)
-        heard = await self._rebuilder(served).inventories(heard_from)
-        missing = (required - set(taken)) | (heard.failed & required)
-        if missing and not served.force:
-            return Attempt(missing=missing)
+        # Never a version of the next term: past its 2^40 versions a term refuses writes
+        # (a restart or a move takes a new term and writes again).
+        served.fs.start_versions_at(term << TERM_SHIFT, ((term + 1) << TERM_SHIFT) - 1)
+        try:
+            heard, missing = await self._hear(served, required)
+        except ExportTaken:
+            self.records.update(name, size, serving=False)  # a newer server owns it
+            raise
         if missing:
             log.warning(
                 "export %s: taken over (forced) without hearing %s: what only they hold is lost",
@@ -382,6 +329,43 @@ class ExportService:
             and not missing
         )
         return Attempt(ready=True, missing=missing, heard=heard, new=new)
+
+    async def _hear(self, served: Served, required: set[str]) -> tuple[Heard, set[str]]:
+        """Claim the term taken (`served.term`) and read every inventory, again and again until
+        each required node has answered both (or the takeover is forced): what was heard, and
+        the required nodes still unheard (only when forced). ExportTaken if a newer term is
+        claimed meanwhile (its server serves).
+
+        Once the term is claimed anywhere, the current server is fenced there, so the taker
+        never gives up on its own: it waits, as a resumed export does, and serves as soon as it
+        has heard them all. The other way, hearing every inventory before the term is taken,
+        cannot keep the current server serving: an inventory asked for under a newer term
+        raises the holder's claim (fences it) just as a claim does, and whatever the current
+        server writes after an inventory was read must be heard again under the new term.
+        What a move can check without fencing, that every required node answers (a claim at
+        term 0 only asks), it checks first (`_attempt`), and refuses when one is silent."""
+        name, size, term = served.spec.name, served.spec.size, served.term
+        told = 0.0
+        while True:
+            taken = await self._take(name, term, size, sorted(self.peers.alive()))
+            heard = await self._rebuilder(served).inventories(sorted(taken))
+            missing = (required - set(taken)) | (heard.failed & required)
+            if not missing or served.force:
+                served.waiting = frozenset()
+                return heard, missing
+            served.waiting = frozenset(missing)
+            served.pending.set()
+            now = time.monotonic()
+            if now - told >= UNHEARD_LOG_EVERY:
+                told = now
+                log.warning(
+                    "export %s: term %d taken (its old server is fenced), not served yet: "
+                    "cannot hear %s; served here once they answer",
+                    name,
+                    term,
+                    ", ".join(sorted(missing)),
+                )
+            await asyncio.sleep(HEAR_RETRY)
 
     async def claim(self, name: str, size: int) -> int:
         """Take the next term of an export on every live peer (to fence its server and delete
@@ -414,18 +398,8 @@ class ExportService:
             )
         return taken
 
-    async def _each(self, nodes: list[str], call: Callable[[str], Any]) -> dict[str, ClaimAnswer]:
-        """The answers of the nodes that answered (the others are left out, and logged)."""
-        results = await asyncio.gather(*(call(n) for n in nodes), return_exceptions=True)
-        out: dict[str, ClaimAnswer] = {}
-        for node, result in zip(nodes, results, strict=True):
-            if isinstance(result, ClaimAnswer):
-                out[node] = result
-            elif isinstance(result, RamsterError):
-                log.warning("export claim: %s did not answer: %s", node, result)
-            elif isinstance(result, BaseException):
-                raise result
-        return out
+    _each = staticmethod(claim_answers)
+    """The claim answers of the nodes that answered (the others are left out, and logged)."""
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -517,13 +491,70 @@ class ExportService:
         any of them may hold newer copies. `force` takes it over without the silent ones."""
         if self.nbd is None:
             raise ExportTaken("this node serves no NBD (start it with --nbd HOST:PORT)")
-        if name in self.served or name in self.nbd.exports:
+        served = self.served.get(name)
+        if served is not None and served.waiting and force:
+            served.force = True  # taken, waiting for silent nodes: now serve without them
+        elif served is not None or name in self.nbd.exports:
             raise ExportTaken(f"export {name} is served here already")
-        known = await self._known_size(name)
-        spec = ExportSpec(name, size or known, area, REPLICATED)
-        export = self.build(spec, self.nbd.config.max_payload, takeover=True, force=force)
-        await self.nbd.add_export(export)
-        return self.served[name].term
+        else:
+            known = await self._known_size(name)
+            spec = ExportSpec(name, size or known, area, REPLICATED)
+            export = self.build(spec, self.nbd.config.max_payload, takeover=True, force=force)
+            served = self.served[name]
+            # Owned by the service, not by this call: once the term is taken the takeover
+            # goes on (see _hear) even if the caller stops waiting.
+            self._opening[name] = asyncio.get_running_loop().create_future()
+            self._spawn(self._adopting(export, self._opening[name]), f"adopt export {name}")
+        opening = self._opening.get(name)
+        if opening is None:
+            return served.term  # served meanwhile
+        # A forced move waits until it serves; an unforced one answers once it is known to wait.
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.Event().wait() if served.force else served.pending.wait()
+        )
+        either: set[asyncio.Future[Any]] = {opening, waiting}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if opening.done():
+            opening.result()  # ExportTaken: refused before any term was taken
+            return served.term
+        opening.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        raise ExportPending(
+            f"export {name}: taken over here under term {served.term} (its old server is "
+            f"fenced) but not served yet: cannot hear {', '.join(sorted(served.waiting))}, "
+            "which may hold newer copies; it is served here as soon as they answer "
+            "(`ramster export move --force` to this node serves it without them)"
+        )
+
+    async def _adopting(self, export: Export, outcome: asyncio.Future[None]) -> None:
+        """Open an export taken over; its outcome (served, or why not) goes to `outcome`."""
+        name = export.spec.name
+        try:
+            assert self.nbd is not None
+            await self.nbd.add_export(export)
+        except Exception as exc:  # the outcome carries it to the move's caller
+            log.warning("export %s: not taken over: %s", name, exc)
+            if not outcome.done():
+                outcome.set_exception(exc)
+        else:
+            if not outcome.done():
+                outcome.set_result(None)
+        finally:
+            if not outcome.done():
+                outcome.cancel()
+            if self._opening.get(name) is outcome:
+                del self._opening[name]
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = (
+            self._tg.create_task(work, name=name)
+            if self._tg is not None
+            else asyncio.create_task(work, name=name)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _known_size(self, name: str) -> int:
         owner = export_owner(name)
@@ -566,28 +597,5 @@ class ExportService:
 
     def describe(self) -> list[dict[str, Any]]:
         """The exports served here, as plain data."""
-        out = []
-        for name, served in sorted(self.served.items()):
-            stats = served.export.statistics()
-            out.append(
-                {
-                    "name": name,
-                    "server": self.peers.me,
-                    "term": served.term,
-                    "durability": served.spec.durability,
-                    "size": served.spec.size,
-                    "state": served.state,
-                    "pages": stats.pages_mapped,
-                    "pages_lost": stats.pages_lost,
-                    "under_replicated": served.fs.under_replicated(
-                        self.peers.gone(), self.peers.leaving()
-                    ),
-                    "rebuild": dict(served.rebuild),
-                    "counters": {
-                        k: int(v)
-                        for k, v in served.fs.remote_statistics().items()
-                        if k in EXPORT_COUNTERS
-                    },
-                }
-            )
-        return out
+        gone, leaving = self.peers.gone(), self.peers.leaving()
+        return [describe(s, self.peers.me, gone, leaving) for _, s in sorted(self.served.items())]

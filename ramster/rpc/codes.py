@@ -8,6 +8,7 @@ from ramster.errors import (
     CapacityError,
     DuplicateNode,
     ExportFenced,
+    ExportPending,
     Forbidden,
     IntegrityError,
     NoSuchMethod,
@@ -22,29 +23,28 @@ from ramster.errors import (
 from ramster.rpc.const import MAX_ERROR_MESSAGE_CHARS
 from ramster.rpc.frames import WireError
 
-ERROR_CLASSES: dict[int, type[RpcError]] = {
-    cls.code: cls
-    for cls in (
-        RpcError,
-        ProtocolError,
-        VersionMismatch,
-        AuthError,
-        PeerTimeout,
-        PeerLost,
-        Busy,
-        RemoteError,
-        NoSuchMethod,
-        CapacityError,
-        PagesReclaimed,
-        DuplicateNode,
-        ExportFenced,
-        Forbidden,
-        IntegrityError,
-    )
-}
+_CLASSES: tuple[type[RpcError], ...] = (
+    RpcError,
+    ProtocolError,
+    VersionMismatch,
+    AuthError,
+    PeerTimeout,
+    PeerLost,
+    Busy,
+    RemoteError,
+    NoSuchMethod,
+    CapacityError,
+    PagesReclaimed,
+    DuplicateNode,
+    ExportFenced,
+    ExportPending,
+    Forbidden,
+    IntegrityError,
+)
+ERROR_CLASSES: dict[int, type[RpcError]] = {cls.code: cls for cls in _CLASSES}
 """Every code a peer may send; an unknown code is raised as RemoteError."""
 
-assert len(ERROR_CLASSES) == 15, "two error classes share a wire code"
+assert len(ERROR_CLASSES) == len(_CLASSES), "two error classes share a wire code"
 
 
 def error_from_wire(error: WireError) -> RpcError:

@@ -61,6 +61,11 @@ class ClusterFrontswap(LocalFrontswap):
         """Every store goes to R holders (at least min_replicas) before it is acknowledged:
         the local pool keeps only the index (an export that must outlive this process)."""
         self._version = version_base  # an export's versions rise across its terms
+        self.version_limit = (1 << 63) - 1
+        """No version above this is issued (the end of an export term's range, see
+        `start_versions_at`): a store that would need one is refused, and the old copies of
+        its keys are dropped as for any refused store."""
+        self._versions_refused = 0
         self.replicas_of: dict[int, int] = {}
         """Areas stored with more copies than R (a replicated export's small manifest)."""
         self.fenced: str | None = None
@@ -128,6 +133,19 @@ class ClusterFrontswap(LocalFrontswap):
         """Store locally; if refused, reclaim by spilling and retry; else straight to holders."""
         n = len(offs)
         generation = self.generation(area)
+        if self._version + n > self.version_limit:
+            # Every version this term may issue is used: one more would be a version of the
+            # next term (or past the wire's limit). Refused; the old copies go, as for any
+            # refused store: stale bytes never come back.
+            if not self._versions_refused:
+                log.error(
+                    "versions used up (%d of at most %d): stores refused until a new term",
+                    self._version,
+                    self.version_limit,
+                )
+            self._versions_refused += n
+            await self._drop(area, offs)
+            return [False] * n
         versions = list(self._new_versions(n))
         if area in self._ephemeral:
             # Kept here or not at all. While the pool is short, cold pages move to peers'
@@ -333,9 +351,12 @@ class ClusterFrontswap(LocalFrontswap):
             self._version = max(self._version, int(np.max(versions)))
         return recorded
 
-    def start_versions_at(self, base: int) -> None:
-        """Issue versions above `base` from now on (an export's new term)."""
+    def start_versions_at(self, base: int, limit: int | None = None) -> None:
+        """Issue versions above `base` from now on (an export's new term), and, if given,
+        none above `limit` (where the next term's versions begin)."""
         self._version = max(self._version, base)
+        if limit is not None:
+            self.version_limit = limit
 
     def queue_drops(self, node: str, area: int, offsets: list[int], versions: list[int]) -> None:
         """Copies on a holder to be dropped (versioned), in the background."""

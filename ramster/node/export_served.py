@@ -1,0 +1,159 @@
+"""What a node keeps of each replicated export it serves or is taking over (`Served`), the
+constants of serving one, and how one is shown (`describe`); the service is `node.exports`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ramster.cluster.calls import ClaimAnswer
+from ramster.cluster.exports import ExportHolders
+from ramster.cluster.peers import Peers
+from ramster.errors import RamsterError
+from ramster.frontswap.remote import ClusterFrontswap
+from ramster.nbd.config import ExportSpec
+from ramster.nbd.export import Export
+from ramster.node.export_rebuild import Heard
+from ramster.node.export_records import ExportRecord
+
+log = logging.getLogger(__name__)
+
+TERM_SHIFT = 40
+"""Versions of term T start at T << TERM_SHIFT: a newer term's writes are always newer."""
+# Defined here until `pagestore.owners.MAX_EXPORT_TERM` (the same value: holders refuse claims
+# above it) is on main; then imported from there.
+MAX_EXPORT_TERM = (1 << 23) - 1
+"""The last term an export may take: versions of term T run from T << TERM_SHIFT to
+((T + 1) << TERM_SHIFT) - 1, and every version must stay below 2^63 (the wire's limit)."""
+KEEPALIVE_EVERY = 5.0
+"""Seconds between an export's claims on every live peer (keeps it alive, notices fencing)."""
+REPAIR_EVERY = 2.0
+"""Seconds between checks for copies to repair."""
+HEAR_RETRY = 0.5
+"""Seconds between attempts to hear every node a restarted server must hear."""
+UNHEARD_LOG_EVERY = 10.0
+"""Seconds between warnings that an export waits for nodes it must hear."""
+MANIFEST_REPLICAS = 8
+"""Copies of each manifest page (at most; as many as there are live peers)."""
+EXPORT_COUNTERS = frozenset(
+    {
+        "direct_remote_stores",
+        "direct_remote_refused",
+        "under_replicated_stores",
+        "stragglers",
+        "remote_loads",
+        "remote_unavailable",
+        "drops_sent",
+        "repaired_pages",
+        "pages_lost",
+        "cache_hits",
+        "cache_misses",
+        "cache_evicted",
+        "cache_pages",
+        "cache_bytes",
+    }
+)
+"""The remote tier's counters an export's description shows."""
+INDEX_BYTES_PER_PAGE = 64
+"""The export's own pool keeps only the index: about this much per block, plus slack."""
+
+
+@dataclass(slots=True)
+class Served:
+    """One replicated export served here."""
+
+    spec: ExportSpec
+    fs: ClusterFrontswap
+    holders: ExportHolders
+    export: Export
+    term: int = 0
+    state: str = "starting"
+    """starting, hearing, rebuilding, serving, fenced or deleted."""
+    rebuild: dict[str, float] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    takeover: bool = False
+    """Taken over by an operator's move (not resumed nor named on this node's command line):
+    refused at once, not waited for, when a node that must be heard is silent."""
+    force: bool = False
+    """The operator forced the takeover: serve without the nodes that cannot be heard."""
+    waiting: frozenset[str] = frozenset()
+    """Required nodes not heard yet though the term is taken (see `ExportService._hear`)."""
+    pending: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the term is taken and a required node is still unheard."""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at hearing enough to serve: ready, or the nodes still missing."""
+
+    ready: bool = False
+    missing: set[str] = field(default_factory=set)
+    heard: Heard = field(default_factory=Heard)
+    new: bool = False
+    """The export was never created (no record, no claim by another node, no copy anywhere,
+    every member heard): only then is it started blank."""
+
+
+def describe(served: Served, me: str, gone: set[str], leaving: set[str]) -> dict[str, Any]:
+    """One export served here, as plain data."""
+    stats = served.export.statistics()
+    return {
+        "name": served.spec.name,
+        "server": me,
+        "term": served.term,
+        "durability": served.spec.durability,
+        "size": served.spec.size,
+        "state": served.state,
+        "waiting_for": sorted(served.waiting),
+        "pages": stats.pages_mapped,
+        "pages_lost": stats.pages_lost,
+        "under_replicated": served.fs.under_replicated(gone, leaving),
+        "rebuild": dict(served.rebuild),
+        "counters": {
+            k: int(v) for k, v in served.fs.remote_statistics().items() if k in EXPORT_COUNTERS
+        },
+    }
+
+
+def required_nodes(
+    peers: Peers, served: Served, record: ExportRecord | None, current: str
+) -> set[str]:
+    """The nodes a server must hear before it serves (besides itself).
+
+    - Resuming an export this node created, served or took over (its record says created, and
+      no other server took it since): every node of the record's `holders`. Copies are placed
+      only on nodes already recorded there (`ExportHolders.candidates`), so they include every
+      node that may hold a copy this node acknowledged; a takeover records there, before it
+      takes the term, every node it had to hear.
+    - Anything else (a takeover, an export with no record here, one never created): every
+      member this node knows (configured seeds not yet heard from included), the current
+      server (the node of the newest claim) among them: no record of another node's holders
+      is at hand here, and every copy lives on some member.
+    """
+    me = peers.me
+    if record is not None and record.created and not served.takeover:
+        return set(record.holders) - {me}
+    known = [p for p in peers.peers() if p.alias_of is None and (p.node_id or p.seed)]
+    required = {p.node_id or p.address for p in known}
+    if record is not None:
+        required |= set(record.holders)
+    if current:
+        required.add(current)
+    return required - {me}
+
+
+async def claim_answers(nodes: list[str], call: Callable[[str], Any]) -> dict[str, ClaimAnswer]:
+    """The claim answers of the nodes that answered (the others are left out, and logged)."""
+    results = await asyncio.gather(*(call(n) for n in nodes), return_exceptions=True)
+    out: dict[str, ClaimAnswer] = {}
+    for node, result in zip(nodes, results, strict=True):
+        if isinstance(result, ClaimAnswer):
+            out[node] = result
+        elif isinstance(result, RamsterError):
+            log.warning("export claim: %s did not answer: %s", node, result)
+        elif isinstance(result, BaseException):
+            raise result
+    return out
