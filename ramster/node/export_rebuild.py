@@ -47,6 +47,15 @@ class Heard:
         """No copy of anything on any node heard."""
         return not any(len(inv[0]) for inv in (*self.meta.values(), *self.data.values()))
 
+    def drop_older(self, floor: int) -> None:
+        """Forget the copies at or below version `floor` (a deleted life of the export)."""
+        if floor < 0:
+            return
+        for part in (self.meta, self.data):
+            for node, (offs, vers, sums) in list(part.items()):
+                live = vers > np.uint64(floor)
+                part[node] = (offs[live], vers[live], sums[live])
+
     def holding(self) -> frozenset[str]:
         """The nodes that reported any copy."""
         return frozenset(

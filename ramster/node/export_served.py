@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,16 +18,10 @@ from ramster.nbd.config import ExportSpec
 from ramster.nbd.export import Export
 from ramster.node.export_rebuild import Heard
 from ramster.node.export_records import ExportRecord
+from ramster.pagestore.owners import TERM_SHIFT
 
 log = logging.getLogger(__name__)
 
-TERM_SHIFT = 40
-"""Versions of term T start at T << TERM_SHIFT: a newer term's writes are always newer."""
-# Defined here until `pagestore.owners.MAX_EXPORT_TERM` (the same value: holders refuse claims
-# above it) is on main; then imported from there.
-MAX_EXPORT_TERM = (1 << 23) - 1
-"""The last term an export may take: versions of term T run from T << TERM_SHIFT to
-((T + 1) << TERM_SHIFT) - 1, and every version must stay below 2^63 (the wire's limit)."""
 KEEPALIVE_EVERY = 5.0
 """Seconds between an export's claims on every live peer (keeps it alive, notices fencing)."""
 REPAIR_EVERY = 2.0
@@ -143,6 +137,13 @@ def required_nodes(
     if current:
         required.add(current)
     return required - {me}
+
+
+def deleted_floor(answers: Iterable[ClaimAnswer], here: int) -> int:
+    """Versions at or below this are of a deleted life of the export (-1: never deleted): a
+    holder that was away when it was deleted may still report them, never as data."""
+    term = max([a.deleted for a in answers] + [here])
+    return ((term + 1) << TERM_SHIFT) - 1 if term else -1
 
 
 async def claim_answers(nodes: list[str], call: Callable[[str], Any]) -> dict[str, ClaimAnswer]:

@@ -39,18 +39,18 @@ from ramster.node.export_served import (
     INDEX_BYTES_PER_PAGE,
     KEEPALIVE_EVERY,
     MANIFEST_REPLICAS,
-    MAX_EXPORT_TERM,
     REPAIR_EVERY,
-    TERM_SHIFT,
     UNHEARD_LOG_EVERY,
     Attempt,
     Served,
     claim_answers,
+    deleted_floor,
     describe,
     required_nodes,
 )
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import MAX_EXPORT_TERM, TERM_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -312,15 +312,13 @@ class ExportService:
         served.fs.start_versions_at(term << TERM_SHIFT, ((term + 1) << TERM_SHIFT) - 1)
         try:
             heard, missing = await self._hear(served, required)
+            heard.drop_older(deleted_floor(asked.values(), self.lent.terms.deleted_term(owner)))
         except ExportTaken:
             self.records.update(name, size, serving=False)  # a newer server owns it
             raise
         if missing:
-            log.warning(
-                "export %s: taken over (forced) without hearing %s: what only they hold is lost",
-                name,
-                ", ".join(sorted(missing)),
-            )
+            unheard = ", ".join(sorted(missing))
+            log.warning("export %s: taken over (forced) without hearing %s", name, unheard)
         new = (
             not served.takeover
             and not (record is not None and record.created)
