@@ -18,6 +18,7 @@ from ramster.node.exports import MAX_EXPORT_TERM, TERM_SHIFT
 from ramster.node.node import Node
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
+from ramster.pagestore.owners import MAX_TERM_JUMP
 from tests.nbd import test_export_move_refused as moves
 from tests.nbd.test_export_safety import Holders
 
@@ -43,8 +44,12 @@ async def test_no_term_above_the_last_is_taken_even_by_a_forced_move(
     three: list[Node],
 ) -> None:
     _, n1, n2 = three
-    # Another node's claim at the last term (a typo'd or hostile jump that holders accepted).
+    # Another node's claims up to the last term (a holder takes no jump over MAX_TERM_JUMP, so
+    # a hostile or runaway claimer climbs there in steps).
     for node in (n1, n2):
+        known = node.lent.claim(OWNER, 0, "", 0)[1].term
+        for term in [*range(known + MAX_TERM_JUMP, MAX_EXPORT_TERM, MAX_TERM_JUMP)]:
+            assert node.lent.claim(OWNER, term, "n9", 8 << 20)[0]
         assert node.lent.claim(OWNER, MAX_EXPORT_TERM, "n9", 8 << 20)[0]
     before = n1.exports.records.get("swap0")
     with pytest.raises(ExportTaken, match="no term is left") as refused:
