@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test test-fast test-deploy test-kernel image lint bench venv clean
+.PHONY: run demo test test-fast test-deploy test-kernel image lint bench venv clean soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .ramster-dev build dist
+
+## soak: the cluster simulation over many seeds (`make soak SEEDS=0..999 STEPS=200`); a failing
+## seed prints its report and replays with `python -m ramster.testing.sim --seed N --steps S`
+SEEDS ?= 0..199
+STEPS ?= 200
+soak: $(STAMP)
+	$(BIN)/python -m ramster.testing.sim --seeds $(SEEDS) --steps $(STEPS) --quiet
