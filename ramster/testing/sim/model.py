@@ -21,6 +21,8 @@ class KeyState:
     acked: bool = False
     down_at_ack: frozenset[str] = frozenset()
     crashes_at_ack: int = 0
+    degraded: bool = False
+    """The owner recorded fewer than R holders for it since it was acknowledged."""
 
 
 class Model:
@@ -77,6 +79,7 @@ class Model:
             st.acked = True
             st.down_at_ack = frozenset((self.down | self.impaired()) - {owner})
             st.crashes_at_ack = len(self.crashes)
+            st.degraded = False
         else:
             st.possible = {None}
             st.acked = False
@@ -91,10 +94,20 @@ class Model:
         st.possible = {None}
         st.acked = False
 
+    def observe_holders(self, owner: str, holders: dict[int, int]) -> None:
+        """The owner's records now: holders per remote key of the model's area."""
+        keys = self.keys.get(owner, {})
+        for key, count in holders.items():
+            st = keys.get(key)
+            if st is not None and st.acked and count < self.replicas:
+                st.degraded = True
+
     def loss_allowed(self, owner: str, key: int) -> bool:
         """R nodes other than the owner lost their memory since the key was acknowledged (or
         were down then): its copies may all be gone."""
         st = self.state(owner, key)
+        if st.degraded:
+            return True
         lost = set(st.down_at_ack) | set(self.crashes[st.crashes_at_ack :])
         lost.discard(owner)
         return len(lost) >= self.replicas

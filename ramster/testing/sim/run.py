@@ -160,17 +160,19 @@ class Simulation:
         if not owners:
             return
         owner = rng.choice(owners)
-        # A few hot keys are overwritten often: writes race with repairs and moves of them.
-        key = rng.randrange(4) if rng.random() < 0.4 else rng.randrange(self.keys)
-        if (owner.name, key) in self.busy:
-            return
-        self.busy.add((owner.name, key))
-        if roll < 0.65:
-            self.spawn(owner, self.store(owner, key))
-        elif roll < 0.93:
-            self.spawn(owner, self.load(owner, key, strict=False))
-        else:
-            self.spawn(owner, self.invalidate(owner, key))
+        # Bursts: calls started in one instant share their deadlines (as a kernel's batch).
+        for _ in range(rng.choice((1, 1, 2, 4))):
+            # A few hot keys are overwritten often: writes race with repairs and moves.
+            key = rng.randrange(4) if rng.random() < 0.4 else rng.randrange(self.keys)
+            if (owner.name, key) in self.busy:
+                continue
+            self.busy.add((owner.name, key))
+            if roll < 0.65:
+                self.spawn(owner, self.store(owner, key))
+            elif roll < 0.93:
+                self.spawn(owner, self.load(owner, key, strict=False))
+            else:
+                self.spawn(owner, self.invalidate(owner, key))
 
     async def store(self, owner: SimNode, key: int) -> None:
         """Store a fresh page under key, as the model expects."""
@@ -290,6 +292,7 @@ class Simulation:
         for n in self.cluster.nodes:
             if not n.up or n.node is None:
                 continue
+            self.observe_holders(n)
             for label, stats in (
                 ("local", n.node.frontswap.pool.statistics()),
                 ("lent", n.node.lent.statistics().pool),
@@ -299,6 +302,21 @@ class Simulation:
                         f"invariant 3 on {n.name}: {label} pool uses {stats.pool_total_size} "
                         f"bytes of a {stats.pool_limit} budget"
                     )
+
+    def observe_holders(self, n: SimNode) -> None:
+        """Tell the model how many holders the owner records for each of its remote pages."""
+        assert n.node is not None
+        fs = n.node.frontswap
+        sets = list(fs.pool.remote_set_counts())
+        if not sets:
+            return
+        count = {s: len(fs.holder_set(s)) for s in sets}
+        holders = {
+            offset: count[set_id]
+            for area, offset, _, _, set_id in fs.pool.remote_in_sets(sets)
+            if area == AREA
+        }
+        self.model.observe_holders(n.name, holders)
 
     async def heal_and_settle(self) -> None:
         """End every fault, let repairs run, then check liveness and read every page back."""
