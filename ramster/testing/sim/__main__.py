@@ -1,4 +1,4 @@
-"""python -m ramster.testing.sim --seed N --steps S | --seeds A..B [--first-failure]
+"""python -m ramster.testing.sim --seed N --steps S | --seeds A..B [--first-failure --match TEXT]
 
 Runs seeds of the cluster simulation; a failing seed prints its report (replayable with
 --seed). Hash randomisation is pinned (the run re-executes itself with PYTHONHASHSEED=0), so a
@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--first-failure", action="store_true", help="stop at the first failing seed"
     )
+    parser.add_argument(
+        "--match",
+        metavar="TEXT",
+        help="count only failures whose message contains TEXT (with --first-failure: how many "
+        "seeds it takes to find one kind of bug)",
+    )
     parser.add_argument("--verbose", action="store_true", help="the nodes' logs too")
     parser.add_argument("--trace", action="store_true", help="print every event as it happens")
     parser.add_argument("--quiet", action="store_true", help="only failures and the summary")
@@ -46,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         outcome = run_seed(seed, args.steps, verbose=args.verbose, echo=args.trace)
         took = time.perf_counter() - t0
-        if outcome.failure is not None:
+        if outcome.failure is not None and (args.match or "") in outcome.failure:
             failed.append(seed)
             print(outcome.report(), flush=True)
             if args.first_failure:
                 print(f"first failure after {count} seeds (seed {seed})")
                 break
+        elif outcome.failure is not None:
+            print(f"seed {seed}: another failure: {outcome.failure}", flush=True)
         elif not args.quiet:
             print(
                 f"seed {seed}: ok trace={outcome.trace_hash} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,6 +99,17 @@ class SimCluster:
         node.node = made
         await self.loop.create_task(made.start(), context=proc.fork())
 
+    def slow_holder(self, node: SimNode, delay: Callable[[], float]) -> None:
+        """Make node's holder calls (hold.*) wait delay() seconds before they run: a holder
+        that answers its heartbeats at once and its page calls late."""
+        assert node.node is not None
+        methods = node.node.server._methods
+        for name, method in list(methods.items()):
+            if name.startswith("hold."):
+                methods[name] = dataclasses.replace(
+                    method, handler=_slowed(method.handler, method.is_async, delay), is_async=True
+                )
+
     def crash(self, node: SimNode) -> None:
         """kill -9: nothing of this run runs again; its memory is gone; its peers see resets."""
         assert node.proc is not None and node.node is not None
@@ -119,6 +130,19 @@ class SimCluster:
         """SIGCONT."""
         assert node.proc is not None
         self.loop.resume(node.proc)
+
+
+def _slowed(
+    handler: Callable[[Any], Any], is_async: bool, delay: Callable[[], float]
+) -> Callable[[Any], Any]:
+    async def slowed(params: Any) -> Any:
+        wait = delay()
+        if wait:
+            await asyncio.sleep(wait)
+        result = handler(params)
+        return (await result) if is_async else result
+
+    return slowed
 
 
 async def _make(config: NodeConfig) -> Node:

@@ -40,7 +40,7 @@ def _problem(sim: Simulation, leaks: dict[int, int], attempt: int) -> str | None
         assert n.node is not None
         for peer in n.node.peers.peers():
             for conn in peer.client._conns:
-                leaked = _leaked_slots(conn)
+                leaked = leaked_slots(conn)
                 # A slot may be in hand-over at any instant; one lost for good stays lost.
                 if leaked:
                     leaks[id(conn)] = leaks.get(id(conn), 0) + 1
@@ -111,7 +111,8 @@ def _repairable(n: SimNode, nodes: list[SimNode]) -> str | None:
     return None
 
 
-def _leaked_slots(conn: ClientConnection) -> int:
+def leaked_slots(conn: ClientConnection) -> int:
+    """Call slots of an open connection neither free nor held by a call in flight."""
     if not conn.is_open:
         return 0
     busy = len(conn._pending)

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 PROC: contextvars.ContextVar[Proc | None] = contextvars.ContextVar("sim_proc", default=None)
 """The simulated process whose code is running."""
 
+MAX_CPU_US = 150
+"""Upper bound of the virtual microseconds one pass of the loop costs."""
+SLOW_PASS = 0.01
+MAX_SLOW_US = 5000
+"""How often a pass is slow, and how slow it may be."""
+
 EPOCH = 1_800_000_000.0
 """Virtual wall-clock time at virtual monotonic 0 (time.time() inside a run)."""
 
@@ -57,9 +63,25 @@ class SimLoop(looptime.LoopTimeEventLoop, asyncio.SelectorEventLoop):
 
     network: SimNetwork | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: random.Random | None = None) -> None:
         # No real I/O ever happens here: time jumps to the next timer after one idle cycle.
         super().__init__(noop_cycles=1, start=0.0)
+        self._cpu = cpu
+        self._cpu_us = 0
+
+    def time(self) -> float:
+        return super().time() + self._cpu_us / 1e6
+
+    def _run_once(self) -> None:
+        # Every pass of the loop costs a little virtual time, as running callbacks costs real
+        # time: a timer can fall due between two steps of one chain of callbacks, not only
+        # while the loop idles (the interleavings that real clocks produce).
+        cpu = self._cpu
+        if cpu is not None:
+            # Now and then a pass is slow (a collection, a big batch, a busy core).
+            slow = cpu.random() < SLOW_PASS
+            self._cpu_us += cpu.randrange(MAX_SLOW_US if slow else MAX_CPU_US)
+        super()._run_once()  # type: ignore[misc]
 
     # -- gating callbacks by process -----------------------------------------------------------
 

@@ -21,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from ramster.errors import RamsterError
+from ramster.rpc.connection import ClientConnection
 from ramster.testing.sim.cluster import SimCluster, SimNode
+from ramster.testing.sim.liveness import check_liveness, leaked_slots
 from ramster.testing.sim.loop import SimLoop, virtual_world
 from ramster.testing.sim.model import HolderWatch, Model, Violation
 from ramster.testing.sim.network import SimNetwork
 
 AREA = 0
+SLOT_CHECKS = 8
+"""Steps in a row a connection must be short of call slots to count as leaking them."""
 TRACE_TAIL = 40
 
 
@@ -68,8 +72,9 @@ class Simulation:
         loop.network = self.net
         rng = self.rng
         n = rng.choice((3, 4, 4, 5))
-        self.page_bytes = rng.choice((64, 512, 1024))
+        self.page_bytes = rng.choice((64, 512, 1024, 1024))
         self.keys = rng.choice((16, 48, 96))
+        self.call_timeout = rng.choice((1.0, 2.0, 5.0))
         self.cluster = SimCluster(
             loop,
             self.net,
@@ -81,8 +86,8 @@ class Simulation:
             heartbeat=0.5,
             dead_after=2.5,
             owner_grace=30.0,
-            max_in_flight=rng.choice((2, 4, 8)),
-            call_timeout=rng.choice((1.0, 2.0, 5.0)),
+            max_in_flight=rng.choice((1, 1, 2, 2, 4, 8)),
+            call_timeout=self.call_timeout,
         )
         self.model = Model(2, self.impaired)
         self.failures: list[str] = []
@@ -93,12 +98,15 @@ class Simulation:
         self.step = 0
         self.serial = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.short_slots: dict[ClientConnection, int] = {}
+        self.slow_holders: dict[str, float] = {}
+        """Seconds each holder's page calls wait before they run."""
 
     def impaired(self) -> set[str]:
         """Nodes that may miss a spill right now."""
         out = {n.name for n in self.cluster.nodes if not n.serving}
         out |= {a for pair in self.net.blocked for a in pair}
-        return out | set(self.net.slow)
+        return out | set(self.net.slow) | set(self.slow_holders)
 
     # -- trace ---------------------------------------------------------------------------------
 
@@ -134,6 +142,7 @@ class Simulation:
         await self.cluster.start(node)
         assert node.node is not None
         HolderWatch(node.name, node.node.lent, self.failures)
+        self.cluster.slow_holder(node, lambda: self.slow_holders.get(node.name, 0.0))
         self.model.restarted(node.name)
         self.note(f"start {node.name} run {node.runs}")
         self.spawn(node, self._init(node))
@@ -161,7 +170,7 @@ class Simulation:
             return
         owner = rng.choice(owners)
         # Bursts: calls started in one instant share their deadlines (as a kernel's batch).
-        for _ in range(rng.choice((1, 1, 2, 4))):
+        for _ in range(rng.choice((1, 1, 2, 4, 8))):
             # A few hot keys are overwritten often: writes race with repairs and moves.
             key = rng.randrange(4) if rng.random() < 0.4 else rng.randrange(self.keys)
             if (owner.name, key) in self.busy:
@@ -240,7 +249,10 @@ class Simulation:
         nodes = self.cluster.nodes
         names = [n.name for n in nodes]
         kind = rng.choice(
-            ("crash", "restart", "pause", "resume", "partition", "heal", "cut", "slow", "fast")
+            (
+                *("crash", "restart", "pause", "resume", "partition", "heal", "cut"),
+                *("slow", "fast", "slow-holder", "fast-holders"),
+            )
         )
         node = rng.choice(nodes)
         if kind == "crash" and node.up and sum(not n.up for n in nodes) == 0:
@@ -279,6 +291,15 @@ class Simulation:
             self.net.slow[node.name] = rng.choice((0.05, 0.3, 1.5))
             self.model.unreachable(node.name)
             self.note(f"slow {node.name} {self.net.slow[node.name]}")
+        elif kind == "slow-holder":
+            # "edge": answers arrive just before their callers' deadlines.
+            edge = self.call_timeout - rng.uniform(0.0, 0.004)
+            self.slow_holders[node.name] = rng.choice((0.2, 0.9, 3.0, edge, edge))
+            self.model.unreachable(node.name)
+            self.note(f"slow holder {node.name} {self.slow_holders[node.name]}")
+        elif kind == "fast-holders":
+            self.slow_holders.clear()
+            self.note("fast holders")
         elif kind == "fast":
             self.net.slow.clear()
             self.note("fast")
@@ -293,6 +314,7 @@ class Simulation:
             if not n.up or n.node is None:
                 continue
             self.observe_holders(n)
+            self.check_slots(n)
             for label, stats in (
                 ("local", n.node.frontswap.pool.statistics()),
                 ("lent", n.node.lent.statistics().pool),
@@ -301,6 +323,21 @@ class Simulation:
                     self.fail(
                         f"invariant 3 on {n.name}: {label} pool uses {stats.pool_total_size} "
                         f"bytes of a {stats.pool_limit} budget"
+                    )
+
+    def check_slots(self, n: SimNode) -> None:
+        """Bug 6's symptom: a connection short of call slots at several steps in a row (a slot
+        in hand-over is short for one pass of the loop; a leaked one stays short)."""
+        assert n.node is not None
+        for peer in n.node.peers.peers():
+            for conn in peer.client._conns:
+                leaked = leaked_slots(conn)
+                seen = self.short_slots.get(conn, 0) + 1 if leaked else 0
+                self.short_slots[conn] = seen
+                if seen >= SLOT_CHECKS:
+                    self.fail(
+                        f"{n.name}'s connection to {peer.node_id} lost {leaked} of "
+                        f"{conn._config.max_in_flight} call slots for good (bug 6)"
                     )
 
     def observe_holders(self, n: SimNode) -> None:
@@ -322,6 +359,7 @@ class Simulation:
         """End every fault, let repairs run, then check liveness and read every page back."""
         self.net.heal()
         self.net.slow.clear()
+        self.slow_holders.clear()
         for n in self.cluster.nodes:
             if n.up and not n.serving:
                 self.cluster.resume(n)
@@ -330,7 +368,6 @@ class Simulation:
         self.note("healed")
         await asyncio.sleep(30.0)
         self.check_always()
-        from ramster.testing.sim.liveness import check_liveness
 
         problem = await check_liveness(self)
         if problem:
@@ -345,7 +382,7 @@ class Simulation:
 
 def run_seed(seed: int, steps: int, *, verbose: bool = False, echo: bool = False) -> Outcome:
     """Run one seed in a fresh loop; never raises for a checker's failure (it is reported)."""
-    loop = SimLoop()
+    loop = SimLoop(cpu=random.Random(seed ^ 0xC0FFEE))
     loop.set_exception_handler(lambda _loop, _context: None)
     failure: str | None = None
     quiet = logging.getLogger("ramster").level, logging.getLogger("asyncio").level
