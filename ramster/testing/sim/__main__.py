@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--match",
         metavar="TEXT",
-        help="count only failures whose message contains TEXT (with --first-failure: how many "
-        "seeds it takes to find one kind of bug)",
+        help="count only failures whose message contains TEXT; the run goes on past others "
+        "(with --first-failure: how many seeds it takes to find one kind of bug)",
     )
     parser.add_argument("--verbose", action="store_true", help="the nodes' logs too")
     parser.add_argument("--trace", action="store_true", help="print every event as it happens")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for count, seed in enumerate(seeds, 1):
         t0 = time.perf_counter()
-        outcome = run_seed(seed, args.steps, verbose=args.verbose, echo=args.trace)
+        outcome = run_seed(seed, args.steps, verbose=args.verbose, echo=args.trace, only=args.match)
         took = time.perf_counter() - t0
         if outcome.failure is not None and (args.match or "") in outcome.failure:
             failed.append(seed)

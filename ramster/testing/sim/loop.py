@@ -29,7 +29,7 @@ PROC: contextvars.ContextVar[Proc | None] = contextvars.ContextVar("sim_proc", d
 MAX_CPU_US = 150
 """Upper bound of the virtual microseconds one pass of the loop costs."""
 SLOW_PASS = 0.01
-MAX_SLOW_US = 5000
+MAX_SLOW_US = 20000
 """How often a pass is slow, and how slow it may be."""
 
 EPOCH = 1_800_000_000.0
