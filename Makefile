@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test test-fast test-deploy test-kernel image lint bench venv clean
+.PHONY: run demo test test-fast test-deploy test-kernel image lint bench venv clean soak sim-hunt
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .ramster-dev build dist
+
+## soak: the cluster simulation over many seeds (`make soak SEEDS=0..999 STEPS=200`); a failing
+## seed prints its report and replays with `python -m ramster.testing.sim --seed N --steps S`
+SEEDS ?= 0..199
+STEPS ?= 200
+soak: $(STAMP)
+	$(BIN)/python -m ramster.testing.sim --seeds $(SEEDS) --steps $(STEPS) --quiet
+
+## sim-hunt: how many seeds the simulation needs to find each kind of failure it knows (the bugs
+## of issue 23 among them); run it again once fixes land: each line should then say 0 failed
+HUNT ?= 0..299
+sim-hunt: $(STAMP)
+	for kind in "invariant 10" "call slots" "which references" "under-replicated" \
+		"unreadable" "load returned" "invariant 3"; do \
+		echo "== $$kind"; \
+		$(BIN)/python -m ramster.testing.sim --seeds $(HUNT) --steps $(STEPS) --quiet \
+			--first-failure --match "$$kind" | grep -v '^ \|another failure'; \
+	done

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ramster"
 LAYERS: list[set[str]] = [
     {"ramster", "ramster.__main__"},
     {"ramster.cli"},
-    {"ramster.node", "ramster.testing"},
+    {"ramster.testing"},  # its simulation runs whole nodes
+    {"ramster.node"},
     {"ramster.admin", "ramster.nbd", "ramster.client"},
     {"ramster.frontswap"},
     {"ramster.cluster"},

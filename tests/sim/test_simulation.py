@@ -1,0 +1,71 @@
+"""The cluster simulation: a bounded number of seeds, and a seed replays the same run.
+
+Each run is a subprocess (`python -m ramster.testing.sim`), which pins hash randomisation: a
+seed that fails here replays the same run from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+FIRST = 1000
+"""Seeds FIRST.. run in CI (soak runs and bug counts start at 0)."""
+SEEDS = int(os.environ.get("RAMSTER_SIM_SEEDS", "24"))
+"""Seeds per `make test` run (about a second each on one core)."""
+STEPS = 200
+"""Steps per seed: about 10 s of cluster time under faults, then healing and 60 s of settling."""
+
+
+def _sim(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ramster.testing.sim", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _hash(output: str) -> str:
+    match = re.search(r"trace=([0-9a-f]+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_a_seed_replays_the_same_run() -> None:
+    first = _sim("--seed", "3", "--steps", "120")
+    second = _sim("--seed", "3", "--steps", "120")
+    assert first.returncode == second.returncode == 0, first.stdout + first.stderr
+    assert _hash(first.stdout) == _hash(second.stdout)
+    other = _sim("--seed", "4", "--steps", "120")
+    assert _hash(other.stdout) != _hash(first.stdout)
+
+
+KNOWN = {
+    "invariant 10 on": "issue 23 bug 3: a holder replaces a newer copy with an older one",
+    "call slots for good": "issue 23 bug 6: RPC call slots leak",
+    "which references": "found here: holders keep copies their owner does not reference, or "
+    "lack ones it does, after healing",
+    "under-replicated pages after healing": "found here: repair of a short holder set does not "
+    "finish though another holder has room",
+    "unreadable after healing": "found here (with bug 3): an acknowledged page lost to a single "
+    "crash",
+}
+"""Failures the simulation finds on the code of issue 23 before its fixes; delete each entry
+once its fix lands, and the seeds that found it must pass."""
+
+
+def test_simulated_clusters_keep_every_invariant() -> None:
+    done = _sim("--seeds", f"{FIRST}..{FIRST + SEEDS - 1}", "--steps", str(STEPS), "--quiet")
+    failures = re.findall(r"^FAIL seed (\d+): [^:]*: (.*)$", done.stdout, re.MULTILINE)
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+    unknown = [(seed, what) for seed, what in failures if not any(k in what for k in KNOWN)]
+    assert not unknown, done.stdout[-6000:]
+    if failures:
+        pytest.xfail(f"known bugs found: {failures}")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
