@@ -162,9 +162,13 @@ class HolderWatch:
             checksums: Sequence[int],
             payloads: Sequence[Buffer],
             ephemeral: bool = False,
+            *,
+            copy: bool = False,
         ) -> list[bool]:
             before = self._versions(owner, inc, areas, offsets)
-            kept = original(owner, inc, areas, offsets, versions, checksums, payloads, ephemeral)
+            kept = original(
+                owner, inc, areas, offsets, versions, checksums, payloads, ephemeral, copy=copy
+            )
             after = self._versions(owner, inc, areas, offsets)
             self.puts += 1
             for i, (old, new) in enumerate(zip(before, after, strict=True)):
