@@ -3,8 +3,10 @@ count the seeds the cluster simulation needs to find it.
 
     python tests/sim/hunt_bugs.py [--max-seeds N] [--steps S] [BUG ...]
 
-A bug the simulation cannot find within the CI seed budget means it lacks a fault or a checker.
-Prints a table, then one JSON object ({bug: seeds to find it, or null}) as its last line.
+The same seeds run first on the code as it is (the baseline): a seed counts as finding a bug
+only if it fails with the bug put back and passed (or failed otherwise) without it. A bug the
+simulation cannot find within the CI seed budget means it lacks a fault or a checker. Prints a
+table, then one JSON object ({bug: seeds to find it, or null}) as its last line.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BUGS = Path(__file__).with_name("bugs")
+FAIL = re.compile(r"^FAIL seed (\d+): [^:]*: (.*)$")
+DONE = re.compile(r"^seed (\d+): ")
 
 
 def patches(names: list[str]) -> list[Path]:
@@ -31,59 +37,67 @@ def patches(names: list[str]) -> list[Path]:
     return found
 
 
-def hunt(patch: Path, max_seeds: int, steps: int) -> tuple[int | None, str, float]:
-    """(seeds until the first failure or None, its message, seconds) with the bug put back."""
+@contextmanager
+def scratch_tree(patch: Path | None) -> Iterator[Path]:
+    """A worktree of HEAD (with the patch applied), removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="ramster-bug-") as scratch:
         tree = Path(scratch) / "tree"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), "HEAD"],
-            check=True,
-        )
+        git = ["git", "-C", str(ROOT), "worktree"]
+        subprocess.run([*git, "add", "--detach", "-q", str(tree), "HEAD"], check=True)
         try:
-            subprocess.run(["git", "-C", str(tree), "apply", str(patch)], check=True)
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            started = time.perf_counter()
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "ramster.testing.sim",
-                    "--seeds",
-                    f"0..{max_seeds - 1}",
-                    "--steps",
-                    str(steps),
-                    "--first-failure",
-                    "--quiet",
-                ],
-                cwd=tree,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            took = time.perf_counter() - started
+            if patch is not None:
+                subprocess.run(["git", "-C", str(tree), "apply", str(patch)], check=True)
+            yield tree
         finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
-            )
-    match = re.search(r"first failure after (\d+) seeds", done.stdout)
-    failure = re.search(r"^FAIL seed \d+: [^:]*: (.*)$", done.stdout, re.MULTILINE)
-    return (int(match.group(1)) if match else None), (failure.group(1) if failure else ""), took
+            subprocess.run([*git, "remove", "--force", str(tree)], check=False)
+
+
+def run_seeds(
+    tree: Path, seeds: range, steps: int, baseline: dict[int, str] | None
+) -> tuple[dict[int, str], int | None]:
+    """Failures per seed ({seed: message}); with a baseline, stop at the first seed whose
+    failure it lacks and return how many seeds that took."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    argv = [sys.executable, "-m", "ramster.testing.sim", "--seeds",
+            f"{seeds.start}..{seeds.stop - 1}", "--steps", str(steps)]  # fmt: skip
+    failures: dict[int, str] = {}
+    with subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fail = FAIL.match(line) or re.match(r"^seed (\d+): another failure: (.*)$", line)
+            if fail:
+                seed, what = int(fail.group(1)), fail.group(2)
+                failures[seed] = what
+                if baseline is not None and baseline.get(seed) != what:
+                    proc.kill()
+                    return failures, seed - seeds.start + 1
+    return failures, None
 
 
 def main() -> int:
     """Hunt every bug asked for; 1 if one was not found."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bugs", nargs="*", help="patch name prefixes (default: all)")
-    parser.add_argument("--max-seeds", type=int, default=200, help="seeds to try per bug")
+    parser.add_argument("--max-seeds", type=int, default=100, help="seeds to try per bug")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=200, help="steps per seed")
     args = parser.parse_args()
+    seeds = range(args.first_seed, args.first_seed + args.max_seeds)
+    started = time.perf_counter()
+    with scratch_tree(None) as tree:
+        baseline, _ = run_seeds(tree, seeds, args.steps, None)
+    print(f"baseline: {len(baseline)} of {len(seeds)} seeds fail without any bug put back "
+          f"({time.perf_counter() - started:.0f} s): {sorted(baseline)}")  # fmt: skip
     found: dict[str, int | None] = {}
-    print(f"{'bug':<40} {'seeds':>6} {'seconds':>8}  first failure")
+    print(f"{'bug':<40} {'seeds':>6} {'seconds':>8}  first failure it caused")
     for patch in patches(args.bugs):
-        seeds, what, took = hunt(patch, args.max_seeds, args.steps)
-        found[patch.stem] = seeds
-        shown = "not found" if seeds is None else str(seeds)
+        started = time.perf_counter()
+        with scratch_tree(patch) as tree:
+            failures, seeds_needed = run_seeds(tree, seeds, args.steps, baseline)
+        found[patch.stem] = seeds_needed
+        what = "" if seeds_needed is None else failures[seeds.start + seeds_needed - 1]
+        shown = "none" if seeds_needed is None else str(seeds_needed)
+        took = time.perf_counter() - started
         print(f"{patch.stem:<40} {shown:>6} {took:>8.1f}  {what[:100]}", flush=True)
     print(json.dumps(found))
     return 0 if all(v is not None for v in found.values()) else 1
