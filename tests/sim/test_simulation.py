@@ -15,8 +15,8 @@ import pytest
 
 FIRST = 1000
 """Seeds FIRST.. run in CI (soak runs and bug counts start at 0)."""
-SEEDS = int(os.environ.get("RAMSTER_SIM_SEEDS", "24"))
-"""Seeds per `make test` run (about a second each on one core)."""
+SEEDS = int(os.environ.get("RAMSTER_SIM_SEEDS", "40"))
+"""Seeds per `make test` run (one to two seconds each on one core)."""
 STEPS = 200
 """Steps per seed: about 10 s of cluster time under faults, then healing and 60 s of settling."""
 
