@@ -7,8 +7,6 @@ import asyncio
 import random
 import sys
 
-import pytest
-
 from ramster.errors import RpcError
 from ramster.rpc import Identity, RpcClient, RpcConfig, RpcServer
 from ramster.rpc.session import ANYONE
@@ -61,7 +59,6 @@ def _trial(seed: int) -> int:
         loop.close()
 
 
-@pytest.mark.xfail(reason="issue 23 bug 6: a slot handed over as its waiter times out leaks")
 def test_no_call_slot_is_lost_at_a_deadline() -> None:
     hook = sys.unraisablehook
     sys.unraisablehook = lambda _: None  # the never-resumed coroutines of the servers

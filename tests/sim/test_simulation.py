@@ -47,17 +47,14 @@ def test_a_seed_replays_the_same_run() -> None:
 
 
 KNOWN = {
-    "invariant 10 on": "issue 23 bug 3: a holder replaces a newer copy with an older one",
-    "call slots for good": "issue 23 bug 6: RPC call slots leak",
-    "which references": "found here: holders keep copies their owner does not reference, or "
-    "lack ones it does, after healing",
-    "under-replicated pages after healing": "found here: repair of a short holder set does not "
-    "finish though another holder has room",
-    "unreadable after healing": "found here (with bug 3): an acknowledged page lost to a single "
-    "crash",
+    "which references": "found here, open: a holder keeps copies its owner does not reference, "
+    "or lacks ones it does, after healing",
+    "under-replicated pages after healing": "found here, open: repair of a short holder set "
+    "does not finish though another holder has room",
 }
-"""Failures the simulation finds on the code of issue 23 before its fixes; delete each entry
-once its fix lands, and the seeds that found it must pass."""
+"""Failures the simulation found that are not fixed yet; delete each entry once its fix lands,
+and the seeds that found it must pass. (Issue 23's bugs 3 and 6, which it found on the code
+before their fixes, are no longer here: they fail this test.)"""
 
 
 def test_simulated_clusters_keep_every_invariant() -> None:
