@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ramster.pagestore.codec import checksum as page_checksum
+from ramster.pagestore.codec import expand
 from ramster.pagestore.owners import (
     MAX_EXPORT_TERM,
     MAX_EXPORTS,
@@ -28,21 +30,21 @@ class ExportTerms:
 
     def __init__(self) -> None:
         self.claims: dict[str, ExportClaim] = {}
-        self._old: dict[str, int] = {}  # owner -> last term, once its claim was evicted
+        self._old: dict[str, ExportClaim] = {}  # owner -> its claim, once evicted from claims
         self._deleted: dict[str, int] = {}  # owner -> the term it was deleted under
         self.fenced = 0
 
     def known_term(self, owner: str) -> int:
         """The newest term this holder has seen for the export (0: none)."""
-        claim = self.claims.get(owner)
-        return claim.term if claim is not None else self._old.get(owner, 0)
+        claim = self.claims.get(owner) or self._old.get(owner)
+        return claim.term if claim is not None else 0
 
     def check(self, owner: str, term: int, node: str, idle: Callable[[], list[str]]) -> bool:
         """Admit a call of `term` by `node` (Fenced if older, the same term from another node,
         past the ceiling, or far above the term known); True when it raised the export's term.
         `idle()` lists exports without pages here, longest silent first: their claims may go
         to make room for a new one."""
-        claim = self.claims.get(owner)
+        claim = self.claims.get(owner) or self._old.get(owner)
         newest = self.known_term(owner)
         if (
             term < newest
@@ -52,19 +54,19 @@ class ExportTerms:
         ):
             self.fenced += 1
             raise Fenced(owner, claim or ExportClaim(newest, "", 0))
-        if claim is not None and term == claim.term:
+        if owner in self.claims and claim is not None and term == claim.term:
             return False
-        if claim is None and len(self.claims) >= MAX_EXPORTS:
+        if owner not in self.claims and len(self.claims) >= MAX_EXPORTS:
             self._evict(idle)
         self.claims[owner] = ExportClaim(term, node, claim.size if claim else 0)
-        self._old.pop(owner, None)
-        return True
+        raised = self._old.pop(owner, None) is None or term > (claim.term if claim else 0)
+        return raised
 
     def _evict(self, idle: Callable[[], list[str]]) -> None:
         gone = next(iter(idle()), None)
         if gone is None:
             raise TooManyExports(f"this holder keeps {MAX_EXPORTS} exports already")
-        self._old[gone] = self.claims.pop(gone).term
+        self._old[gone] = self.claims.pop(gone)
         while len(self._old) > MAX_OLD_TERMS:
             self._old.pop(next(iter(self._old)))
 
@@ -143,6 +145,27 @@ class CopyOrders:
             out.append(ordered)
         return out
 
+    def withdraw(
+        self,
+        owner: str,
+        keyed: str,
+        areas: Sequence[int],
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        *,
+        inclusive: bool,
+    ) -> None:
+        """Forget orders of these keys below each version (at or below it, `inclusive`): the
+        owner dropped them or stored newer ones; a copy still on its way is a stray now."""
+        table = self._expected
+        if not table:
+            return
+        for area, offset, version in zip(areas, offsets, versions, strict=True):
+            key = (owner, keyed, area, offset)
+            order = table.get(key)
+            if order is not None and (order[0] < version or (inclusive and order[0] == version)):
+                del table[key]
+
     def forget(self, owner: str) -> None:
         """Drop every order of an owner (its pages here are gone)."""
         for key in [k for k in self._expected if k[0] == owner]:
@@ -172,6 +195,20 @@ def newest_wins(
         sums = [next(found) if h is not None else None for h in held]
     take = []
     refused = 0
+    same = [
+        i
+        for i, have, s in zip(idx, held, sums, strict=True)
+        if have == versions[i] and s == checksums[i]
+    ]
+    # The same copy again is kept as it is only if the held bytes still match it: a damaged
+    # copy (or an orphan that rotted) is replaced, never counted as the owner's replica.
+    ps = pool.config.page_size
+    stored = pool.get_stored_many(ident, [offsets[i] for i in same]) if same else []
+    sound = {
+        i
+        for i, item in zip(same, stored, strict=True)
+        if item is not None and page_checksum(expand(item[2], ps)) == checksums[i]
+    }
     for i, have, have_sum in zip(idx, held, sums, strict=True):
         version = versions[i]
         if version <= floor:
@@ -181,7 +218,7 @@ def newest_wins(
             if have > version or (have == version and have_sum != checksums[i]):
                 refused += 1
                 continue
-            if have == version:
+            if have == version and i in sound:
                 ok[i] = True  # a duplicate: the held copy is this one
                 continue
         take.append(i)

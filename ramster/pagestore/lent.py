@@ -442,6 +442,8 @@ class LentPool:
             groups = [(a, [i for i in idx if ordered[i]]) for a, idx in groups]
         else:
             self.note_owner(owner, inc)
+            # The owner's own newer store: an older copy it ordered here is a stray now.
+            self.orders.withdraw(owner, keyed, areas, offsets, versions, inclusive=False)
         ok = [False] * len(offsets)
         if self.draining:
             return ok
@@ -500,6 +502,9 @@ class LentPool:
     ) -> list[bool]:
         """Forget pages; with versions, only copies no newer than the given version go."""
         self.note_owner(owner, inc)
+        if versions is not None:
+            keyed = keyed_incarnation(owner, inc)
+            self.orders.withdraw(owner, keyed, areas, offsets, versions, inclusive=True)
         ok = [False] * len(offsets)
         for area, idx in by_area(areas):
             ident = self._area_id(owner, inc, area, create=False)

@@ -108,6 +108,8 @@ def test_made_up_export_names_are_bounded() -> None:
     assert lent.claim("export:one-more", 1, "a", 0)[0]
     assert lent.statistics().exports == MAX_EXPORTS
     assert not lent.claim("export:e0", 4, "b", 0)[0]  # still fenced below its last term
+    assert not lent.claim("export:e0", 5, "b", 0)[0]  # and its term stays its server's
+    assert lent.claim("export:e0", 5, "a", 0)[0]
     # Exports that hold pages here are never evicted.
     full = LentPool(PoolConfig(budget_bytes=64 << 20))
     for i in range(MAX_EXPORTS):
