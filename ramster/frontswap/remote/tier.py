@@ -522,8 +522,19 @@ class ClusterFrontswap(LocalFrontswap):
 
     def holder_restarted(self, node: str, old_incarnation: str) -> None:
         """A holder came back as a new incarnation: the copies its old one held are gone."""
+        # A repair or move may have put copies on the new incarnation before this owner heard
+        # of the restart; burying the node makes those copies unreferenced: queue their drops
+        # (a no-op where absent; a later put of a key there withdraws its drop first).
+        landed = self.pool.remote_in_sets(self._tier.sets.touching({node}))
         self._tier.sets.bury(node, old_incarnation)
         self._drops.forget_node(node)
+        by_area: dict[int, tuple[list[int], list[int]]] = {}
+        for area, offset, version, _, _ in landed:
+            keys = by_area.setdefault(area, ([], []))
+            keys[0].append(offset)
+            keys[1].append(version)
+        for area, (offsets, versions) in by_area.items():
+            self._drops.enqueue([node], area, offsets, versions)
         self._reclaim_epochs.pop(node, None)  # a new incarnation counts its reclaims anew
         log.warning("holder %s restarted: its copies count as lost", node)
 
