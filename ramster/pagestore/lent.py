@@ -77,6 +77,9 @@ class LentPool:
         # are gone (or being swept: invisible meanwhile), and late copies of them are refused.
         self._floors: dict[tuple[str, str, int], int] = {}
         self._sweeps: list[AreaSweep] = []  # area drops still freeing their pages, a leaf at a time
+        self.step_pages = RECLAIM_STEP_PAGES
+        """Pages one reclaim step frees (about): the most work an area drop or a forgotten
+        owner costs one pass of the event loop."""
 
     @property
     def refused_for_order(self) -> int:
@@ -300,6 +303,10 @@ class LentPool:
         pages = self.pages_by_owner()
         return {o: (c, pages.get(o, 0)) for o, c in self.terms.claims.items()}
 
+    def owner_incarnations(self) -> dict[str, str]:
+        """{owner: the newest incarnation this holder knows of it} (a copy)."""
+        return dict(self._current)
+
     def epoch(self, owner: str) -> int:
         """How many times this holder reclaimed the owner's pages (0: never)."""
         return self._epochs.get(owner, 0)
@@ -307,7 +314,7 @@ class LentPool:
     def forget(self, owner: str, keep: str | None = None) -> int:
         """Forget every page of an owner (but those of incarnation `keep`); returns how many.
 
-        The pages are unreachable at once; the first RECLAIM_STEP_PAGES are freed now, the
+        The pages are unreachable at once; the first step_pages are freed now, the
         rest by `reclaim_step`, a bounded step at a time (a large owner would stall the loop).
         """
         dropped = 0
@@ -326,8 +333,11 @@ class LentPool:
         self.reclaim_step()
         return dropped
 
-    def reclaim_step(self, max_pages: int = RECLAIM_STEP_PAGES) -> int:
-        """Free up to about max_pages pages of forgotten owners; pages freed."""
+    def reclaim_step(self, max_pages: int | None = None) -> int:
+        """Free up to about max_pages (default: step_pages) pages of forgotten owners or
+        dropped areas; pages freed."""
+        if max_pages is None:
+            max_pages = self.step_pages
         freed = 0
         while self._doomed and freed < max_pages:
             ident = self._doomed[-1]

@@ -48,6 +48,10 @@ class Proc:
         default_factory=list
     )
     context: contextvars.Context = field(default_factory=contextvars.Context)
+    work: int = 0
+    """Units of work its code reported (see model.ReclaimMeter): pages freed, so far."""
+    busiest: int = 0
+    """The most work one of its callbacks did: one pass of a real loop that long stalls it."""
 
     def __post_init__(self) -> None:
         self.context = contextvars.copy_context()
@@ -122,7 +126,9 @@ class SimLoop(looptime.LoopTimeEventLoop, asyncio.SelectorEventLoop):
         if proc.paused:
             proc.held.append((callback, args, ctx))
             return
+        before = proc.work
         callback(*args)
+        proc.busiest = max(proc.busiest, proc.work - before)
 
     def resume(self, proc: Proc) -> None:
         """Let a paused process run again: what it missed runs first, in order."""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ramster.pagestore.lent import LentPool
+from ramster.testing.sim.loop import Proc
 from ramster.types import Buffer
 
 
@@ -93,6 +94,17 @@ class Model:
         st = self.state(owner, key)
         st.possible = {None}
         st.acked = False
+
+    def invalidate_area_started(self, owner: str) -> None:
+        """The owner's whole area is being invalidated."""
+        for st in self.keys.get(owner, {}).values():
+            st.possible.add(None)
+
+    def invalidate_area_done(self, owner: str) -> None:
+        """The owner's area was invalidated: every key is empty."""
+        for st in self.keys.get(owner, {}).values():
+            st.possible = {None}
+            st.acked = False
 
     def observe_holders(self, owner: str, holders: dict[int, int]) -> None:
         """The owner's records now: holders per remote key of the model's area."""
@@ -189,3 +201,20 @@ class HolderWatch:
             ident = self.lent._area_id(owner, inc, area, create=False)
             out.append(None if ident is None else self.lent.pool.versions(ident, [offset])[0])
         return out
+
+
+class ReclaimMeter:
+    """Counts the pages a holder frees in reclaim steps as its process's work, so that the
+    loop sees how much one callback did (an area drop or a forgotten owner must be freed a
+    bounded step at a time: one pass freeing a whole area stalls a real holder)."""
+
+    def __init__(self, lent: LentPool, proc: Proc, step_pages: int) -> None:
+        lent.step_pages = step_pages
+        original = lent.reclaim_step
+
+        def reclaim_step(max_pages: int | None = None) -> int:
+            freed = original(max_pages)
+            proc.work += freed
+            return freed
+
+        lent.reclaim_step = reclaim_step  # type: ignore[method-assign]

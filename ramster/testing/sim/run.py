@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from ramster.errors import RamsterError
+from ramster.pagestore.index import LEAF_SIZE
 from ramster.rpc.connection import ClientConnection
+from ramster.testing.sim import hostile
 from ramster.testing.sim.cluster import SimCluster, SimNode
 from ramster.testing.sim.liveness import check_liveness, leaked_slots
 from ramster.testing.sim.loop import SimLoop, virtual_world
-from ramster.testing.sim.model import HolderWatch, Model, Violation
+from ramster.testing.sim.model import HolderWatch, Model, ReclaimMeter, Violation
 from ramster.testing.sim.network import SimNetwork
 
 AREA = 0
-FAULTS = ("crash", "pause", "partition", "cut", "slow", "slow-holder")
+FAULTS = ("crash", "pause", "partition", "cut", "slow", "slow-holder", "hostile")
 ENDS = {
     "crash": "restart",
     "pause": "resume",
@@ -38,11 +40,18 @@ ENDS = {
     "cut": "cut",
     "slow": "fast",
     "slow-holder": "fast-holders",
+    "hostile": "hostile",
 }
 """Each fault, and what ends it."""
 SLOT_CHECKS = 8
 """Steps in a row a connection must be short of call slots to count as leaking them."""
 TRACE_TAIL = 40
+STEP_PAGES = 8
+"""Pages a simulated holder frees per reclaim step (4096 in production: the areas here are
+small); one callback freeing more than a step (and the leaf it ends in) stalls its loop."""
+MAX_WORK = STEP_PAGES + LEAF_SIZE
+WHOLE_AREA = -1
+"""In `busy` with an owner: its area is being invalidated (no store may start meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,8 @@ class Simulation:
         self.short_slots: dict[ClientConnection, int] = {}
         self.still_short: dict[ClientConnection, int] = {}
         self.slow_holders: dict[str, float] = {}
+        self.incarnations: dict[str, set[str]] = {}
+        """Every incarnation each node ran (holders must know no other)."""
         """Seconds each holder's page calls wait before they run."""
 
     def impaired(self) -> set[str]:
@@ -171,6 +182,9 @@ class Simulation:
         await self.cluster.start(node)
         assert node.node is not None
         HolderWatch(node.name, node.node.lent, self.failures)
+        assert node.proc is not None
+        ReclaimMeter(node.node.lent, node.proc, STEP_PAGES)
+        self.incarnations.setdefault(node.name, set()).add(node.node.incarnation)
         self.cluster.slow_holder(node, lambda: self.slow_holders.get(node.name, 0.0))
         self.model.restarted(node.name)
         self.note(f"start {node.name} run {node.runs}")
@@ -198,6 +212,13 @@ class Simulation:
         if not owners:
             return
         owner = rng.choice(owners)
+        if (owner.name, WHOLE_AREA) in self.busy:
+            return
+        if roll > 0.985:  # swapoff: the whole area goes (the holders' sweeps), then swapon
+            if not any(name == owner.name for name, _ in self.busy):
+                self.busy.add((owner.name, WHOLE_AREA))
+                self.spawn(owner, self.swapoff(owner))
+            return
         # Bursts: calls started in one instant share their deadlines (as a kernel's batch).
         for _ in range(rng.choice((1, 1, 2, 4, 8))):
             # A few hot keys are overwritten often: writes race with repairs and moves.
@@ -270,6 +291,24 @@ class Simulation:
             self.model.invalidate_done(owner.name, key)
             self.note(f"invalidate {owner.name} {key}")
 
+    async def swapoff(self, owner: SimNode) -> None:
+        """Invalidate the owner's whole area, then initialise it again."""
+        assert owner.node is not None
+        run = owner.runs
+        self.model.invalidate_area_started(owner.name)
+        try:
+            await owner.node.frontswap.invalidate_area(AREA)
+        except RamsterError as exc:
+            self.note(f"swapoff {owner.name} raised {type(exc).__name__}")
+        else:
+            if run == owner.runs:
+                self.model.invalidate_area_done(owner.name)
+                self.note(f"swapoff {owner.name}")
+        try:
+            await owner.node.frontswap.init(AREA)
+        finally:
+            self.busy.discard((owner.name, WHOLE_AREA))
+
     # -- faults --------------------------------------------------------------------------------
 
     async def fault(self) -> None:
@@ -324,6 +363,11 @@ class Simulation:
         elif kind == "fast-holders":
             self.slow_holders.clear()
             self.note("fast holders")
+        elif kind == "hostile":
+            for attack in hostile.plan(rng, nodes, self.keys, AREA):
+                attacker = next(n for n in nodes if n.name == attack.attacker)
+                self.note(attack.describe())
+                self.spawn(attacker, hostile.send(attacker, attack, self.note))
         elif kind == "fast":
             self.net.slow.clear()
             self.note("fast")
@@ -338,12 +382,21 @@ class Simulation:
         failures, self.failures[:] = list(self.failures), []
         for what in failures:
             self.fail(what)
+        forged = hostile.check_identities(self.cluster.nodes, self.incarnations)
+        if forged:
+            self.fail(forged)
         for n in self.cluster.nodes:
             if not n.up or n.node is None:
                 continue
             self.observe_holders(n)
             if n.serving:  # a paused node's slot in hand-over waits for it to run again
                 self.check_slots(n)
+            assert n.proc is not None
+            if n.proc.busiest > MAX_WORK:
+                self.fail(
+                    f"{n.name} freed {n.proc.busiest} pages in one pass of its loop (at most "
+                    f"{MAX_WORK}): a holder's area or owner drop is not incremental (bug 7)"
+                )
             for label, stats in (
                 ("local", n.node.frontswap.pool.statistics()),
                 ("lent", n.node.lent.statistics().pool),
