@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from ramster.pagestore.index import LEAF_SIZE
 from ramster.pagestore.lent import LentPool
 from ramster.testing.sim.loop import Proc
 from ramster.types import Buffer
@@ -204,17 +206,24 @@ class HolderWatch:
 
 
 class ReclaimMeter:
-    """Counts the pages a holder frees in reclaim steps as its process's work, so that the
-    loop sees how much one callback did (an area drop or a forgotten owner must be freed a
-    bounded step at a time: one pass freeing a whole area stalls a real holder)."""
+    """Counts a holder's reclaim work (pages freed, and LEAF_SIZE per index leaf a sweep
+    scans) as its process's work, so that the loop sees how much one callback did: an area
+    drop or a forgotten owner must be freed a bounded step at a time (one pass of a real
+    loop through a whole area of millions of pages stalls the holder past dead_after)."""
 
     def __init__(self, lent: LentPool, proc: Proc, step_pages: int) -> None:
         lent.step_pages = step_pages
-        original = lent.reclaim_step
+        reclaim_step = lent.reclaim_step
+        leaf_offsets = lent.pool.leaf_offsets
 
-        def reclaim_step(max_pages: int | None = None) -> int:
-            freed = original(max_pages)
+        def metered_step(max_pages: int | None = None) -> int:
+            freed = reclaim_step(max_pages)
             proc.work += freed
             return freed
 
-        lent.reclaim_step = reclaim_step  # type: ignore[method-assign]
+        def metered_leaf(area: int, first: int) -> Any:
+            proc.work += LEAF_SIZE
+            return leaf_offsets(area, first)
+
+        lent.reclaim_step = metered_step  # type: ignore[method-assign]
+        lent.pool.leaf_offsets = metered_leaf  # type: ignore[method-assign]
