@@ -314,8 +314,9 @@ class LentPool:
     def forget(self, owner: str, keep: str | None = None) -> int:
         """Forget every page of an owner (but those of incarnation `keep`); returns how many.
 
-        The pages are unreachable at once; the first step_pages are freed now, the
-        rest by `reclaim_step`, a bounded step at a time (a large owner would stall the loop).
+        The pages are unreachable at once and freed by `reclaim_step`, a bounded step at a
+        time (the reclaim loop's): a large owner, or many owners forgotten in one pass, would
+        stall the loop.
         """
         dropped = 0
         for key in [k for k in self._ids if k[0] == owner and k[1] != keep]:
@@ -330,7 +331,6 @@ class LentPool:
             self._current.pop(owner, None)
             self._last_seen.pop(owner, None)
         self._reclaimed += dropped
-        self.reclaim_step()
         return dropped
 
     def reclaim_step(self, max_pages: int | None = None) -> int:

@@ -47,6 +47,8 @@ def test_a_new_incarnation_reclaims_the_old_ones_pages() -> None:
     lent.put("a", OLD, [0] * 20, list(range(20)), [1] * 20, [0] * 20, blobs(20))
     lent.put("b", OLD, [0] * 5, list(range(5)), [1] * 5, [0] * 5, blobs(5))
     assert lent.note_owner("a", NEW) == 20
+    assert lent.get("a", NEW, [0], [0]) == [None]  # gone at once, freed by the reclaim loop
+    _reclaim_all(lent)
     st = lent.statistics()
     assert st.reclaimed_pages == 20
     assert st.pool.stored_pages == 5
@@ -61,6 +63,7 @@ def test_full_lent_pool_refuses_and_reports_no_room() -> None:
     assert not all(ok)
     assert lent.free_bytes() == 0
     lent.forget("a")
+    _reclaim_all(lent)
     assert lent.statistics().pool.stored_pages == 0
 
 
@@ -72,7 +75,15 @@ def test_silent_owners_are_reclaimed_after_the_grace() -> None:
     lent.put("b", OLD, [0] * 10, list(range(10)), [1] * 10, [0] * 10, blobs(10))
     lent.note_owner("b", OLD, now=150.0)
     assert lent.reclaim_silent(now=170.0, grace=60.0) == {"a": 10}
+    _reclaim_all(lent)
     assert lent.statistics().pool.stored_pages == 10
     assert lent.reclaim_silent(now=200.0, grace=60.0) == {}
     assert lent.reclaim_silent(now=211.0, grace=60.0) == {"b": 10}
+    _reclaim_all(lent)
     assert lent.statistics().pool.stored_pages == 0
+
+
+def _reclaim_all(lent: LentPool) -> None:
+    """What the node's reclaim loop does, a step per pass."""
+    while lent.reclaim_pending():
+        lent.reclaim_step()

@@ -186,6 +186,27 @@ def test_an_area_drop_takes_bounded_steps() -> None:
     assert first_step < 0.1
 
 
+def test_owners_forgotten_together_are_freed_a_bounded_step_at_a_time() -> None:
+    """Many silent owners forgotten in one pass (or a restart's old incarnation) free nothing
+    in that pass: the reclaim loop frees them a step at a time, whatever their number."""
+    lent = lent_pool()
+    lent.step_pages = 4
+    for o in range(5):
+        lent.note_owner(f"o{o}", INC, now=0.0)
+        lent.put(f"o{o}", INC, [0] * 10, list(range(10)), [1] * 10, [0] * 10, [page(1)] * 10)
+    assert sorted(lent.reclaim_silent(100.0, 30.0).values()) == [10] * 5
+    assert lent.statistics().pool.stored_pages == 50
+    lent.note_owner("o9", INC, now=100.0)
+    lent.put("o9", INC, [0] * 10, list(range(10)), [1] * 10, [0] * 10, [page(1)] * 10)
+    assert lent.note_owner("o9", NEWER, now=100.0) == 10
+    assert lent.statistics().pool.stored_pages == 60
+    freed = []
+    while lent.reclaim_pending():
+        freed.append(lent.reclaim_step())
+    # A step ends once it freed step_pages, at the end of an index leaf: one owner's 10 here.
+    assert sum(freed) == 60 and max(freed) <= 10
+
+
 def test_a_copy_nobody_ordered_is_refused() -> None:
     """A copy needs its owner's order (hold.expect: keys, versions and checksums), sent by the
     owner itself: a member forging a newer copy of another owner's page changes nothing."""
