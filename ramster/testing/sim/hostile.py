@@ -18,10 +18,12 @@ from ramster.errors import RamsterError
 from ramster.pagestore.codec import checksum
 from ramster.pagestore.owners import incarnation_order, is_export
 from ramster.protocol import HOLD_DROP, HOLD_DROP_AREA, HOLD_EXPECT, HOLD_PUT, HOLD_PUT_COPY
-from ramster.rpc import Keys, PageBatch
+from ramster.rpc import Identity, KeyKind, Keys, PageBatch, RpcClient, Secret
 from ramster.testing.sim.cluster import SimNode
 
-ATTACKS = ("newer-incarnation", "forged-versions", "made-up-owner", "victim-orders")
+ATTACKS = ("newer-incarnation", "forged-versions", "made-up-owner", "victim-orders", "outsider")
+OUTSIDER_SECRET = Secret(b"not-the-cluster-secret-0123456789", KeyKind.CLUSTER)
+"""An outsider's key: it knows the protocol and the node names, not the cluster's secret."""
 FORGED_VERSION = 1 << 39
 """A version above any the simulated owners reach: a forged copy would win newest-wins."""
 
@@ -35,6 +37,9 @@ class Attack:
     target: str
     victim: str
     calls: list[tuple[str, list[object]]] = field(default_factory=list)
+    outsider: bool = False
+    """Sent without the cluster's secret, over a connection of its own."""
+    victim_incarnation: str = ""
 
     def describe(self) -> str:
         """For the trace."""
@@ -60,7 +65,7 @@ def plan(rng: random.Random, nodes: list[SimNode], keys: int, area: int) -> list
     for target in running:
         if target is attacker or target is victim:
             continue
-        attack = Attack(kind, attacker.name, target.name, victim.name)
+        attack = Attack(kind, attacker.name, target.name, victim.name, victim_incarnation=inc)
         if kind == "newer-incarnation":
             attack.calls.append(
                 (HOLD_PUT_COPY, [victim.name, newer, _batch(area, offsets, 1, forged)])
@@ -75,6 +80,16 @@ def plan(rng: random.Random, nodes: list[SimNode], keys: int, area: int) -> list
                 (HOLD_PUT_COPY, [ghost, ghost_inc, _batch(area, offsets, 1, forged)])
             )
             attack.calls.append((HOLD_PUT_COPY, [ghost, ghost_inc, PageBatch.of([]).to_wire()]))
+        elif kind == "outsider":  # no secret: it claims to be the victim itself
+            attack.outsider = True
+            wire_keys = Keys([area] * len(offsets), offsets).to_wire()
+            attack.calls.append((HOLD_DROP_AREA, [victim.name, inc, area, FORGED_VERSION]))
+            attack.calls.append(
+                (HOLD_PUT, [victim.name, inc, _batch(area, offsets, FORGED_VERSION, forged)])
+            )
+            attack.calls.append(
+                (HOLD_DROP, [victim.name, inc, wire_keys, [FORGED_VERSION] * len(offsets)])
+            )
         else:  # the victim's own orders, then the copy they would let in, and its drops
             wire_keys = Keys([area] * len(offsets), offsets).to_wire()
             sums = [checksum(p) for p in forged]
@@ -98,9 +113,27 @@ def _batch(area: int, offsets: list[int], version: int, pages: list[bytes]) -> l
     ).to_wire()
 
 
-async def send(attacker: SimNode, attack: Attack, note: Callable[[str], None]) -> None:
-    """Make the forged calls over the attacker's own authenticated connection to the target."""
+async def send(
+    attacker: SimNode,
+    attack: Attack,
+    note: Callable[[str], None],
+    failures: list[str],
+    address: tuple[str, int],
+) -> None:
+    """Make the forged calls over the attacker's own authenticated connection to the target
+    (an outsider: over its own connection, without the secret, claiming the victim's name)."""
     assert attacker.node is not None
+    if attack.outsider:
+        identity = Identity.node(attack.victim, attack.victim_incarnation)
+        outsider = RpcClient(*address, OUTSIDER_SECRET, identity=identity)
+        try:
+            async with outsider:
+                for method, params in attack.calls:
+                    await outsider.call(method, params, timeout=2.0)
+                    failures.append(f"{attack.describe()}: {method} was answered (invariant 6)")
+        except RamsterError as exc:
+            note(f"{attack.describe()}: refused: {type(exc).__name__}")
+        return
     try:
         client = attacker.node.peers.client_of(attack.target)
     except RamsterError:

@@ -25,7 +25,7 @@ from ramster.errors import RamsterError
 from ramster.pagestore.index import LEAF_SIZE
 from ramster.rpc.connection import ClientConnection
 from ramster.testing.sim import hostile
-from ramster.testing.sim.cluster import SimCluster, SimNode
+from ramster.testing.sim.cluster import PORT, SimCluster, SimNode, host_of
 from ramster.testing.sim.liveness import check_liveness, leaked_slots
 from ramster.testing.sim.loop import SimLoop, virtual_world
 from ramster.testing.sim.model import HolderWatch, Model, ReclaimMeter, Violation
@@ -369,7 +369,11 @@ class Simulation:
             for attack in hostile.plan(rng, nodes, self.keys, AREA):
                 attacker = next(n for n in nodes if n.name == attack.attacker)
                 self.note(attack.describe())
-                self.spawn(attacker, hostile.send(attacker, attack, self.note))
+                target = next(n for n in nodes if n.name == attack.target)
+                address = (host_of(target.index), PORT)
+                self.spawn(
+                    attacker, hostile.send(attacker, attack, self.note, self.failures, address)
+                )
         elif kind == "fast":
             self.net.slow.clear()
             self.note("fast")
