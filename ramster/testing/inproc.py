@@ -26,6 +26,8 @@ class InProcessHolders:
         self.incarnation = incarnation
         self.lents = lents
         self.down: set[str] = set()
+        self.seq = 0
+        """The owner's call sequence, as its puts and drops carry it over the wire."""
 
     def _lent(self, node: str) -> LentPool:
         if node in self.down or node not in self.lents:
@@ -60,8 +62,17 @@ class InProcessHolders:
     ) -> list[bool]:
         """Keep pages on node."""
         lent = self._lent(node)
+        self.seq += 1
         return lent.put(
-            self.owner, self.incarnation, areas, offsets, versions, checksums, payloads, ephemeral
+            self.owner,
+            self.incarnation,
+            areas,
+            offsets,
+            versions,
+            checksums,
+            payloads,
+            ephemeral,
+            seq=self.seq,
         )
 
     async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
@@ -100,7 +111,8 @@ class InProcessHolders:
         self, node: str, areas: list[int], offsets: list[int], versions: list[int]
     ) -> None:
         """Forget copies on node."""
-        self._lent(node).drop(self.owner, self.incarnation, areas, offsets, versions)
+        self.seq += 1
+        self._lent(node).drop(self.owner, self.incarnation, areas, offsets, versions, self.seq)
 
     async def drop_area(self, node: str, area: int, max_version: int) -> None:
         """Forget an area's pages no newer than max_version on node."""
