@@ -108,7 +108,7 @@ class HolderCalls:
         told first, by the owner itself (hold.expect), exactly which copies to take."""
         keys = Keys(areas, offsets).to_wire()
         await self._client(target).call(
-            HOLD_EXPECT, [*owner, keys, versions, checksums], timeout=self.timeout
+            HOLD_EXPECT, [*owner, keys, versions, checksums, self._next_seq()], timeout=self.timeout
         )
         result = await self._client(source).call(
             HOLD_COPY,

@@ -102,6 +102,10 @@ class CopyOrders:
 
     def __init__(self) -> None:
         self._expected: dict[tuple[str, str, int, int], tuple[int, int]] = {}
+        self._seqs: dict[tuple[str, str, int, int], int] = {}
+        self.taken: dict[tuple[int, int], int] = {}
+        """(area, offset) -> the owner's call sequence of each order the last `take` consumed
+        (orders sent with one): the copy counts as a put of that call (`CallMarks`)."""
 
     def __len__(self) -> int:
         return len(self._expected)
@@ -114,17 +118,25 @@ class CopyOrders:
         offsets: Sequence[int],
         versions: Sequence[int],
         checksums: Sequence[int],
+        seq: int | None = None,
     ) -> None:
-        """Note copies the owner will have sent here (the newest order for a key wins)."""
+        """Note copies the owner will have sent here (the newest order for a key wins), with
+        the owner's call sequence of the order if it sent one."""
         table = self._expected
+        seqs = self._seqs
         for area, offset, version, checksum in zip(
             areas, offsets, versions, checksums, strict=True
         ):
             key = (owner, keyed, area, offset)
             table.pop(key, None)
             table[key] = (version, checksum)
+            if seq is None:
+                seqs.pop(key, None)
+            else:
+                seqs[key] = seq
         while len(table) > MAX_EXPECTED:
-            table.pop(next(iter(table)))
+            seqs.pop(table_key := next(iter(table)), None)
+            table.pop(table_key)
 
     def take(
         self,
@@ -135,9 +147,12 @@ class CopyOrders:
         versions: Sequence[int],
         checksums: Sequence[int],
     ) -> list[bool]:
-        """Which copies were ordered exactly so (those orders are consumed)."""
+        """Which copies were ordered exactly so (those orders are consumed; `taken` says with
+        which call sequences)."""
         out = []
         table = self._expected
+        seqs = self._seqs
+        self.taken = {}
         for area, offset, version, checksum in zip(
             areas, offsets, versions, checksums, strict=True
         ):
@@ -145,6 +160,9 @@ class CopyOrders:
             ordered = table.get(key) == (version, checksum)
             if ordered:
                 del table[key]
+                seq = seqs.pop(key, None)
+                if seq is not None:
+                    self.taken[(area, offset)] = seq
             out.append(ordered)
         return out
 
@@ -168,11 +186,13 @@ class CopyOrders:
             order = table.get(key)
             if order is not None and (order[0] < version or (inclusive and order[0] == version)):
                 del table[key]
+                self._seqs.pop(key, None)
 
     def forget(self, owner: str) -> None:
         """Drop every order of an owner (its pages here are gone)."""
         for key in [k for k in self._expected if k[0] == owner]:
             del self._expected[key]
+            self._seqs.pop(key, None)
 
 
 class CallMarks:

@@ -260,11 +260,13 @@ class LentPool:
         offsets: Sequence[int],
         versions: Sequence[int],
         checksums: Sequence[int],
+        seq: int | None = None,
     ) -> None:
-        """The owner's order of copies another holder will forward here (hold.expect)."""
+        """The owner's order of copies another holder will forward here (hold.expect), sent as
+        its call `seq` (if it says): a copy that lands counts as a put of that call."""
         self.note_owner(owner, inc)
         self.orders.expect(
-            owner, keyed_incarnation(owner, inc), areas, offsets, versions, checksums
+            owner, keyed_incarnation(owner, inc), areas, offsets, versions, checksums, seq
         )
 
     def _floor(self, owner: str, keyed: str, area: int) -> int:
@@ -486,6 +488,13 @@ class LentPool:
                 held = [offsets[i] for i in idx if ok[i]]
                 if held:
                     self.marks.kept(owner, inc, area, held, seq)
+        elif copy and self.orders.taken:
+            taken = self.orders.taken
+            for area, idx in groups:
+                for i in idx:
+                    order_seq = taken.get((area, offsets[i]))
+                    if ok[i] and order_seq is not None:
+                        self.marks.kept(owner, inc, area, [offsets[i]], order_seq)
         return ok
 
     def _not_overtaken(

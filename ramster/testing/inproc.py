@@ -90,7 +90,10 @@ class InProcessHolders:
     ) -> tuple[list[bool], int]:
         """Verify source's copies and put them on target, as a holder does for hold.copy."""
         # The owner's order first (hold.expect), then the source verifies and forwards.
-        self._lent(target).expect(self.owner, self.incarnation, areas, offsets, versions, checksums)
+        self.seq += 1
+        self._lent(target).expect(
+            self.owner, self.incarnation, areas, offsets, versions, checksums, self.seq
+        )
         held = self._lent(source).get(self.owner, self.incarnation, areas, offsets)
         good, payloads = copyable(held, versions, checksums, self.page_size)
         if not good:

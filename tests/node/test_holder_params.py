@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ramster.errors import ProtocolError
-from ramster.node.handlers.holder import _drop_params, _put_params
+from ramster.node.handlers.holder import _drop_params, _expect_params, _put_params
 from ramster.protocol import EPHEMERAL
 
 BATCH = b"batch"
@@ -41,3 +41,10 @@ def test_drop_params_with_and_without_a_sequence() -> None:
     for bad in bads:
         with pytest.raises(ProtocolError):
             _drop_params(bad)
+
+
+def test_expect_params_with_and_without_a_sequence() -> None:
+    assert _expect_params(["o", "i", b"k", [1], [2]]).rest == [b"k", [1], [2], None]
+    assert _expect_params(["o", "i", b"k", [1], [2], 3]).rest == [b"k", [1], [2], 3]
+    with pytest.raises(ProtocolError):
+        _expect_params(["o", "i", b"k", [1], [2], None])

@@ -247,6 +247,18 @@ def test_a_drop_that_runs_after_a_later_put_leaves_its_copy() -> None:
     assert lent.get("o", INC, [0], [58]) == [None]
 
 
+def test_a_drop_that_runs_after_a_later_ordered_copy_leaves_it() -> None:
+    """The same for a repair's holder-to-holder copy: the owner's order (hold.expect) is its
+    call, and the copy that lands counts as a put of that call."""
+    lent = lent_pool()
+    data, sum_ = stored(5)
+    lent.expect("o", INC, [0], [58], [1], [sum_], 30)
+    assert lent.put("o", INC, [0], [58], [1], [sum_], [data], copy=True) == [True]
+    assert lent.drop("o", INC, [0], [58], [1], seq=20) == [False]
+    assert lent.get("o", INC, [0], [58]) == [(1, sum_, data)]
+    assert lent.drop("o", INC, [0], [58], [1], seq=31) == [True]
+
+
 def test_call_marks_are_per_incarnation_and_bounded() -> None:
     from ramster.pagestore import claims
 

@@ -102,6 +102,16 @@ def _put_params(params: list[object]) -> Owned:
     )
 
 
+def _expect_params(params: list[object]) -> Owned:
+    """hold.expect [owner, incarnation, keys, versions, checksums(, seq)]."""
+    if len(params) not in (5, 6):
+        raise ProtocolError(
+            "expected params [owner, incarnation, keys, versions, checksums(, seq)]"
+        )
+    rest = [*params[2:5], integer(params[5], "seq") if len(params) == 6 else None]
+    return Owned(text(params[0], "owner"), text(params[1], "incarnation"), rest)
+
+
 def _drop_params(params: list[object]) -> Owned:
     """hold.drop [owner, incarnation, keys, versions(, seq)]."""
     if len(params) not in (4, 5):
@@ -169,11 +179,7 @@ class HolderService:
             HOLD_PUT_COPY, self.put_copy, decode=_owned(3, "[owner, incarnation, batch]")
         )
         server.register(HOLD_GET, self.get, decode=_owned(3, "[owner, incarnation, keys]"))
-        server.register(
-            HOLD_EXPECT,
-            self.expect,
-            decode=_owned(5, "[owner, incarnation, keys, versions, checksums]"),
-        )
+        server.register(HOLD_EXPECT, self.expect, decode=_expect_params)
         server.register(
             HOLD_COPY,
             self.copy,
@@ -253,8 +259,12 @@ class HolderService:
         n = len(keys)
         versions = int_list(req.rest[1], "versions", MAX_VERSION, n)
         sums = int_list(req.rest[2], "checksums", MAX_CHECKSUM, n)
+        seq = req.rest[3]
+        assert seq is None or type(seq) is int
         with _refusals():
-            self.lent.expect(req.owner, req.incarnation, keys.areas, keys.offsets, versions, sums)
+            self.lent.expect(
+                req.owner, req.incarnation, keys.areas, keys.offsets, versions, sums, seq
+            )
 
     def get(self, req: Owned) -> list[object]:
         """The held pages among the keys, as a page batch."""
