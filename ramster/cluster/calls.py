@@ -3,6 +3,7 @@ it serves. Answers are checked for shape here; the page batches by `ramster.rpc.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,14 @@ class HolderCalls:
         self._client = client_of
         self._spent = spent
         self.timeout = timeout
+        self._seq = time.time_ns() // 1000
+        """The call sequence of this process's puts and drops (rising, from the clock so that a
+        later process of the same identity starts above it): a holder refuses a put that
+        arrives after a drop sent later (`LentPool.drop`)."""
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     async def put(
         self,
@@ -75,7 +84,10 @@ class HolderCalls:
     ) -> list[bool]:
         """hold.put (or, forwarded, hold.put_copy: another owner's verified copies) on node;
         pages of an ephemeral area say so (the holder may evict them)."""
-        params: list[object] = [*owner, *([EPHEMERAL] if ephemeral else []), batch.to_wire()]
+        flags: list[object] = [EPHEMERAL] if ephemeral else []
+        if not forwarded:
+            flags.append(self._next_seq())
+        params: list[object] = [*owner, *flags, batch.to_wire()]
         result = await self._client(node).call(
             HOLD_PUT_COPY if forwarded else HOLD_PUT, params, timeout=self.timeout
         )
@@ -96,7 +108,7 @@ class HolderCalls:
         told first, by the owner itself (hold.expect), exactly which copies to take."""
         keys = Keys(areas, offsets).to_wire()
         await self._client(target).call(
-            HOLD_EXPECT, [*owner, keys, versions, checksums], timeout=self.timeout
+            HOLD_EXPECT, [*owner, keys, versions, checksums, self._next_seq()], timeout=self.timeout
         )
         result = await self._client(source).call(
             HOLD_COPY,
@@ -132,7 +144,9 @@ class HolderCalls:
     ) -> None:
         """hold.drop on node (versioned: newer copies stay)."""
         result = await self._client(node).call(
-            HOLD_DROP, [*owner, Keys(areas, offsets).to_wire(), versions], timeout=self.timeout
+            HOLD_DROP,
+            [*owner, Keys(areas, offsets).to_wire(), versions, self._next_seq()],
+            timeout=self.timeout,
         )
         flags_from_wire(result, len(offsets))
 

@@ -26,7 +26,7 @@ from typing import Any
 from ramster.cluster.calls import ClaimAnswer
 from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
-from ramster.errors import ExportPending, ExportTaken, RamsterError
+from ramster.errors import ExportFenced, ExportPending, ExportTaken, RamsterError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.nbd.config import LOCAL, REPLICATED, ExportSpec
 from ramster.nbd.export import Export
@@ -51,6 +51,9 @@ from ramster.node.export_served import (
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import MAX_EXPORT_TERM, TERM_SHIFT
+
+DELETE_RETRY = 2.0
+"""Seconds between attempts to tell members that missed an export's deletion."""
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,9 @@ class ExportService:
         self._opening: dict[str, asyncio.Future[None]] = {}
         """Takeovers under way: how each ends (a move's answer may come before it serves)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self.undeleted: dict[str, tuple[int, set[str]]] = {}
+        """Deleted exports (owner) -> (the deletion's term, members that did not confirm it):
+        told again once they are alive (`DELETE_RETRY`), not left to `export_grace`."""
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -409,7 +415,9 @@ class ExportService:
             for served in self.served.values():
                 if served.state == "serving" and served.task is None:
                     served.task = tg.create_task(self._tend(served))
-            await asyncio.Event().wait()
+            while True:
+                await asyncio.sleep(DELETE_RETRY)
+                await self.retry_deletes()
 
     async def _tend(self, served: Served) -> None:
         """Drops, keepalive claims and repairs of one export until it is fenced or retired."""
@@ -578,14 +586,38 @@ class ExportService:
         dropped = 0
         # This node's own lent pool too: it may hold copies of a server before it.
         dropped += self.lent.delete_export(owner, term, self.peers.me)
+        missed = set(self.peers.membership.members()) - {self.peers.me}
         for node in sorted(self.peers.alive()):
             try:
                 dropped += await self.peers.calls.delete_export(node, owner, term)
+                missed.discard(node)
             except RamsterError as exc:
                 log.warning("export %s: %s did not delete its copies: %s", name, node, exc)
+        if missed:
+            self.undeleted[owner] = (term, missed)
         # Deleted: a later export of that name starts blank; its term is kept (never reused).
         self.records.update(name, 0, serving=False, created=False, holders=())
         self._event("export-deleted", name, f"{dropped} pages dropped", logging.WARNING)
+        return dropped
+
+    async def retry_deletes(self) -> int:
+        """Tell the members that missed a deletion (down, cut off or failing then) once they
+        are alive; pages they dropped. One that knows a newer life of the export (fenced) keeps
+        that: its copies of the deleted life are below the new term's floor."""
+        dropped = 0
+        alive = self.peers.alive()
+        for owner, (term, missed) in list(self.undeleted.items()):
+            for node in sorted(missed & alive):
+                try:
+                    dropped += await self.peers.calls.delete_export(node, owner, term)
+                except ExportFenced:
+                    pass
+                except RamsterError as exc:
+                    log.info("export %s: %s did not delete its copies yet: %s", owner, node, exc)
+                    continue
+                missed.discard(node)
+            if not missed:
+                self.undeleted.pop(owner, None)
         return dropped
 
     def holder_restarted(self, node: str, old_incarnation: str) -> None:

@@ -23,6 +23,9 @@ MAX_OLD_TERMS = 65536
 fenced): a small int each, so far more than MAX_EXPORTS."""
 MAX_EXPECTED = 1 << 18
 """Copies ordered by owners and not yet arrived that a holder remembers (oldest go first)."""
+MAX_CALL_MARKS = 1 << 16
+"""Keys whose latest drop, and whose latest put, a holder remembers by the owner's call
+sequence, against calls that arrive after later ones (oldest go first)."""
 
 
 class ExportTerms:
@@ -99,6 +102,10 @@ class CopyOrders:
 
     def __init__(self) -> None:
         self._expected: dict[tuple[str, str, int, int], tuple[int, int]] = {}
+        self._seqs: dict[tuple[str, str, int, int], int] = {}
+        self.taken: dict[tuple[int, int], int] = {}
+        """(area, offset) -> the owner's call sequence of each order the last `take` consumed
+        (orders sent with one): the copy counts as a put of that call (`CallMarks`)."""
 
     def __len__(self) -> int:
         return len(self._expected)
@@ -111,17 +118,25 @@ class CopyOrders:
         offsets: Sequence[int],
         versions: Sequence[int],
         checksums: Sequence[int],
+        seq: int | None = None,
     ) -> None:
-        """Note copies the owner will have sent here (the newest order for a key wins)."""
+        """Note copies the owner will have sent here (the newest order for a key wins), with
+        the owner's call sequence of the order if it sent one."""
         table = self._expected
+        seqs = self._seqs
         for area, offset, version, checksum in zip(
             areas, offsets, versions, checksums, strict=True
         ):
             key = (owner, keyed, area, offset)
             table.pop(key, None)
             table[key] = (version, checksum)
+            if seq is None:
+                seqs.pop(key, None)
+            else:
+                seqs[key] = seq
         while len(table) > MAX_EXPECTED:
-            table.pop(next(iter(table)))
+            seqs.pop(table_key := next(iter(table)), None)
+            table.pop(table_key)
 
     def take(
         self,
@@ -132,9 +147,12 @@ class CopyOrders:
         versions: Sequence[int],
         checksums: Sequence[int],
     ) -> list[bool]:
-        """Which copies were ordered exactly so (those orders are consumed)."""
+        """Which copies were ordered exactly so (those orders are consumed; `taken` says with
+        which call sequences)."""
         out = []
         table = self._expected
+        seqs = self._seqs
+        self.taken = {}
         for area, offset, version, checksum in zip(
             areas, offsets, versions, checksums, strict=True
         ):
@@ -142,6 +160,9 @@ class CopyOrders:
             ordered = table.get(key) == (version, checksum)
             if ordered:
                 del table[key]
+                seq = seqs.pop(key, None)
+                if seq is not None:
+                    self.taken[(area, offset)] = seq
             out.append(ordered)
         return out
 
@@ -165,11 +186,95 @@ class CopyOrders:
             order = table.get(key)
             if order is not None and (order[0] < version or (inclusive and order[0] == version)):
                 del table[key]
+                self._seqs.pop(key, None)
 
     def forget(self, owner: str) -> None:
         """Drop every order of an owner (its pages here are gone)."""
         for key in [k for k in self._expected if k[0] == owner]:
             del self._expected[key]
+            self._seqs.pop(key, None)
+
+
+class CallMarks:
+    """The owner's puts and drops of keys, by the owner's call sequence, so that a call that
+    runs here after a later one (a slow or reordered call, or one its caller timed out on and
+    sent again) does not undo it:
+    - a put sent before a drop that names its key at its version or above is a stray the owner
+      no longer references: refused (a put sent after the drop, the same version again when a
+      spill or repair is retried, is kept);
+    - a drop sent before a put that kept the key since does not take that copy.
+
+    Sequence numbers are the owner's (one counter per owner process, rising with every call),
+    compared only within one owner incarnation exactly as the calls name it. Both tables are
+    bounded (oldest go first): a call later than MAX_CALL_MARKS others is judged by versions
+    alone."""
+
+    def __init__(self) -> None:
+        self._drops: dict[tuple[str, str, int, int], tuple[int, int]] = {}
+        self._puts: dict[tuple[str, str, int, int], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._drops) + len(self._puts)
+
+    def dropped(
+        self,
+        owner: str,
+        inc: str,
+        area: int,
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        seq: int,
+    ) -> list[bool]:
+        """Note the owner's drop of these keys (no newer than the versions), sent as call `seq`;
+        per key, whether it may take the copy held (False: a put sent after it kept the key).
+        Two drops of a key merge into the higher version and sequence: the owner never puts a
+        version older than one it dropped, so that refuses no put it still wants."""
+        table = self._drops
+        puts = self._puts
+        out = []
+        for offset, version in zip(offsets, versions, strict=True):
+            key = (owner, inc, area, offset)
+            old = table.pop(key, None)
+            table[key] = (version, seq) if old is None else (max(version, old[0]), max(seq, old[1]))
+            out.append(puts.get(key, 0) < seq)
+        while len(table) > MAX_CALL_MARKS:
+            table.pop(next(iter(table)))
+        return out
+
+    def put(
+        self,
+        owner: str,
+        inc: str,
+        area: int,
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        seq: int,
+    ) -> list[bool]:
+        """Per key of a put sent as call `seq`, whether it may be kept (False: a drop sent after
+        it reached its version)."""
+        table = self._drops
+        if not table:
+            return [True] * len(offsets)
+        out = []
+        for offset, version in zip(offsets, versions, strict=True):
+            mark = table.get((owner, inc, area, offset))
+            out.append(mark is None or version > mark[0] or seq > mark[1])
+        return out
+
+    def kept(self, owner: str, inc: str, area: int, offsets: Sequence[int], seq: int) -> None:
+        """The keys a put sent as call `seq` kept here."""
+        table = self._puts
+        for offset in offsets:
+            key = (owner, inc, area, offset)
+            table[key] = max(seq, table.pop(key, 0))
+        while len(table) > MAX_CALL_MARKS:
+            table.pop(next(iter(table)))
+
+    def forget(self, owner: str) -> None:
+        """Drop every mark of an owner (its pages here are gone)."""
+        for table in (self._drops, self._puts):
+            for key in [k for k in table if k[0] == owner]:
+                del table[key]
 
 
 def newest_wins(

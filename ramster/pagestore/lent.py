@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ramster.errors import InvalidPage
-from ramster.pagestore.claims import CopyOrders, ExportTerms, newest_wins
+from ramster.pagestore.claims import CallMarks, CopyOrders, ExportTerms, newest_wins
 from ramster.pagestore.config import MAX_AREA, PoolConfig
 from ramster.pagestore.owners import (
     EXPORT_PREFIX,
@@ -70,6 +70,7 @@ class LentPool:
         """When export calls were last heard (exports say no hello: every call counts)."""
         self.terms = ExportTerms()
         self.orders = CopyOrders()
+        self.marks = CallMarks()
         self._export_seen: dict[str, float] = {}
         self._unordered = 0
         self._newer_held = 0
@@ -262,11 +263,13 @@ class LentPool:
         offsets: Sequence[int],
         versions: Sequence[int],
         checksums: Sequence[int],
+        seq: int | None = None,
     ) -> None:
-        """The owner's order of copies another holder will forward here (hold.expect)."""
+        """The owner's order of copies another holder will forward here (hold.expect), sent as
+        its call `seq` (if it says): a copy that lands counts as a put of that call."""
         self.note_owner(owner, inc)
         self.orders.expect(
-            owner, keyed_incarnation(owner, inc), areas, offsets, versions, checksums
+            owner, keyed_incarnation(owner, inc), areas, offsets, versions, checksums, seq
         )
 
     def _floor(self, owner: str, keyed: str, area: int) -> int:
@@ -327,6 +330,7 @@ class LentPool:
             del self._floors[key]
         if keep is None:
             self.orders.forget(owner)
+            self.marks.forget(owner)
         if keep is None:
             self._current.pop(owner, None)
             self._last_seen.pop(owner, None)
@@ -422,6 +426,7 @@ class LentPool:
         ephemeral: bool = False,
         *,
         copy: bool = False,
+        seq: int | None = None,
     ) -> list[bool]:
         """Keep pages for an owner; False for each page refused (the lent budget is full, or a
         newer version of the key is held here: a late copy never replaces a newer one).
@@ -430,6 +435,8 @@ class LentPool:
         page needs: they are evicted, coldest first, when a persistent copy needs it.
         A copy (`copy=True`: forwarded by another holder) must name the owner's current
         incarnation or term exactly; only the owner's own calls create or advance them.
+        The owner's own put may say which of its calls it is (`seq`): a drop of a key the owner
+        sent after it, at this version or above, that ran here first refuses it (`CallMarks`).
         InvalidPage, before anything changes, for an empty batch, a payload that is empty or
         over a page, or a key given twice: a peer's batch is checked whole before any of it
         is kept.
@@ -454,6 +461,11 @@ class LentPool:
             self.note_owner(owner, inc)
             # The owner's own newer store: an older copy it ordered here is a stray now.
             self.orders.withdraw(owner, keyed, areas, offsets, versions, inclusive=False)
+            if seq is not None:
+                groups = [
+                    (a, self._not_overtaken(owner, inc, a, idx, offsets, versions, seq))
+                    for a, idx in groups
+                ]
         ok = [False] * len(offsets)
         if self.draining:
             return ok
@@ -481,7 +493,36 @@ class LentPool:
             )
             for i, flag in zip(take, kept, strict=True):
                 ok[i] = flag
+        if seq is not None and not copy:
+            for area, idx in groups:
+                held = [offsets[i] for i in idx if ok[i]]
+                if held:
+                    self.marks.kept(owner, inc, area, held, seq)
+        elif copy and self.orders.taken:
+            taken = self.orders.taken
+            for area, idx in groups:
+                for i in idx:
+                    order_seq = taken.get((area, offsets[i]))
+                    if ok[i] and order_seq is not None:
+                        self.marks.kept(owner, inc, area, [offsets[i]], order_seq)
         return ok
+
+    def _not_overtaken(
+        self,
+        owner: str,
+        inc: str,
+        area: int,
+        idx: list[int],
+        offsets: Sequence[int],
+        versions: Sequence[int],
+        seq: int,
+    ) -> list[int]:
+        """The pages of a put (call `seq`) that no drop sent after it reached."""
+        fine = self.marks.put(
+            owner, inc, area, [offsets[i] for i in idx], [versions[i] for i in idx], seq
+        )
+        self._newer_held += fine.count(False)
+        return [i for i, keep in zip(idx, fine, strict=True) if keep]
 
     def get(
         self, owner: str, inc: str, areas: Sequence[int], offsets: Sequence[int]
@@ -509,12 +550,29 @@ class LentPool:
         areas: Sequence[int],
         offsets: Sequence[int],
         versions: Sequence[int] | None = None,
+        seq: int | None = None,
     ) -> list[bool]:
-        """Forget pages; with versions, only copies no newer than the given version go."""
+        """Forget pages; with versions, only copies no newer than the given version go. With
+        `seq` (the owner's call sequence, `CallMarks`): a put the owner sent before this drop
+        and that runs here after it keeps none of these versions either, and a copy that a put
+        sent after this drop kept here stays."""
         self.note_owner(owner, inc)
+        may = [True] * len(offsets)
         if versions is not None:
             keyed = keyed_incarnation(owner, inc)
             self.orders.withdraw(owner, keyed, areas, offsets, versions, inclusive=True)
+            if seq is not None:
+                for area, idx in by_area(areas):
+                    fine = self.marks.dropped(
+                        owner,
+                        inc,
+                        area,
+                        [offsets[i] for i in idx],
+                        [versions[i] for i in idx],
+                        seq,
+                    )
+                    for i, flag in zip(idx, fine, strict=True):
+                        may[i] = flag
         ok = [False] * len(offsets)
         for area, idx in by_area(areas):
             ident = self._area_id(owner, inc, area, create=False)
@@ -525,7 +583,7 @@ class LentPool:
             go = [
                 j
                 for j, (i, v) in enumerate(zip(idx, held, strict=True))
-                if v is not None and (versions is None or v <= versions[i])
+                if v is not None and (versions is None or v <= versions[i]) and may[i]
             ]
             self.pool.drop_many(ident, [offs[j] for j in go])
             for j in go:

@@ -26,6 +26,8 @@ class InProcessHolders:
         self.incarnation = incarnation
         self.lents = lents
         self.down: set[str] = set()
+        self.seq = 0
+        """The owner's call sequence, as its puts and drops carry it over the wire."""
 
     def _lent(self, node: str) -> LentPool:
         if node in self.down or node not in self.lents:
@@ -60,8 +62,17 @@ class InProcessHolders:
     ) -> list[bool]:
         """Keep pages on node."""
         lent = self._lent(node)
+        self.seq += 1
         return lent.put(
-            self.owner, self.incarnation, areas, offsets, versions, checksums, payloads, ephemeral
+            self.owner,
+            self.incarnation,
+            areas,
+            offsets,
+            versions,
+            checksums,
+            payloads,
+            ephemeral,
+            seq=self.seq,
         )
 
     async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
@@ -79,7 +90,10 @@ class InProcessHolders:
     ) -> tuple[list[bool], int]:
         """Verify source's copies and put them on target, as a holder does for hold.copy."""
         # The owner's order first (hold.expect), then the source verifies and forwards.
-        self._lent(target).expect(self.owner, self.incarnation, areas, offsets, versions, checksums)
+        self.seq += 1
+        self._lent(target).expect(
+            self.owner, self.incarnation, areas, offsets, versions, checksums, self.seq
+        )
         held = self._lent(source).get(self.owner, self.incarnation, areas, offsets)
         good, payloads = copyable(held, versions, checksums, self.page_size)
         if not good:
@@ -100,7 +114,8 @@ class InProcessHolders:
         self, node: str, areas: list[int], offsets: list[int], versions: list[int]
     ) -> None:
         """Forget copies on node."""
-        self._lent(node).drop(self.owner, self.incarnation, areas, offsets, versions)
+        self.seq += 1
+        self._lent(node).drop(self.owner, self.incarnation, areas, offsets, versions, self.seq)
 
     async def drop_area(self, node: str, area: int, max_version: int) -> None:
         """Forget an area's pages no newer than max_version on node."""

@@ -99,3 +99,17 @@ async def test_a_failed_batch_of_a_restarted_holder_is_not_queued_again() -> Non
     holders.gate.set()
     await sending
     assert drops.pending() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_put_of_an_older_version_leaves_a_newer_versions_drop_queued() -> None:
+    # The simulation's seed 12: a repair batch read before key 7 moved on to v56 put v27 on
+    # the holder of v56 (refused there: newest wins), and took the queued drop of v56 out of
+    # the queue with it: v56 stayed on that holder, referenced by no one.
+    drops, _, _ = _setup()
+    drops.enqueue(["peer1"], 0, [7], [56])
+    await drops.before_put(["peer1"], 0, [7], [27])
+    assert drops.pending() == 1
+    # A put of that very version takes the drop out (it would remove the new copy).
+    await drops.before_put(["peer1"], 0, [7], [56])
+    assert drops.pending() == 0

@@ -250,3 +250,41 @@ async def test_a_page_moved_back_onto_a_holder_keeps_its_copy_there() -> None:
     assert lent_pages(holders) == 2 * len(entries)
     holders.down.add("peer1")
     assert await fs.load_many(0, list(range(n))) == pages  # one copy each is enough
+
+
+@pytest.mark.asyncio
+async def test_a_batch_without_room_does_not_hold_up_repair_of_a_smaller_one() -> None:
+    # The simulation's seed 15: the first batch (a big set) had no holder with room for it, and
+    # repair stopped there; a two-page set the third holder had room for stayed short for good.
+    lents = {
+        "peer0": LentPool(PoolConfig(budget_bytes=LENT)),
+        "peer1": LentPool(PoolConfig(budget_bytes=LENT)),
+        "peer2": LentPool(PoolConfig(budget_bytes=64 << 10)),
+    }
+    holders = InProcessHolders("owner", INC, lents)
+    fs = ClusterFrontswap(
+        PoolConfig(budget_bytes=LOCAL),
+        holders,
+        SpillConfig(replicas=2, batch_pages=64),
+        rng=random.Random(5),
+        replicated=True,  # every store goes to its holders at once
+    )
+    await fs.init(0)
+    big = 200
+    pages = corpus.pages(big + 2, seed=3)
+    holders.down.add("peer2")
+    # The big set first (on peer0 and peer1), then a short one on peer0 alone.
+    assert all(await fs.store_many(0, list(range(big)), pages[:big]))
+    holders.down.add("peer1")
+    assert all(await fs.store_many(0, [big, big + 1], pages[big:]))
+    holders.down.discard("peer2")
+    sets = {
+        tuple(sorted(fs.holder_set(e[3]))) for e in fs.pool.remote_entries(0, list(range(big + 2)))
+    }
+    assert sets == {("peer0", "peer1"), ("peer0",)}
+    # peer2 has room for the short set's two pages, not for the big set's 200.
+    assert await fs.repair({"peer1"}) == 2
+    (a, b) = fs.pool.remote_entries(0, [big, big + 1])
+    assert fs.holder_set(a[3]) == fs.holder_set(b[3]) == ("peer0", "peer2")
+    holders.down.add("peer0")
+    assert await fs.load_many(0, [big, big + 1]) == pages[big:]

@@ -234,3 +234,63 @@ def test_a_copy_never_changes_an_areas_kind() -> None:
     lent.expect("o", INC, [0], [2], [2], [2])
     assert lent.put("o", INC, [0], [2], [2], [2], [page(2)], copy=True) == [True]
     assert lent.pool.statistics().ephemeral_pages == 2
+
+
+def test_a_put_that_runs_after_a_later_drop_is_refused() -> None:
+    """The simulation's seed 1024: the owner's put of K v4 to a slow holder straggled, so the
+    owner dropped it there (a later call); the drop ran first, the put 5 s later, and the copy
+    stayed for good, referenced by no one. The call sequence tells them apart."""
+    lent = lent_pool()
+    assert lent.drop("o", INC, [0], [3], [4], seq=11) == [False]  # nothing held yet
+    assert lent.put("o", INC, [0], [3], [4], [44], [page(4)], seq=10) == [False]
+    assert lent.get("o", INC, [0], [3]) == [None]
+    assert lent.refused_for_order == 1  # not for room: the handler says so
+    # The same version put again after the drop (a spill or repair retried) is kept, and a
+    # newer version from before the drop too (the drop reached v4 only).
+    assert lent.put("o", INC, [0], [3], [4], [44], [page(4)], seq=12) == [True]
+    assert lent.put("o", INC, [0], [5], [6], [66], [page(6)], seq=9) == [True]
+    assert lent.drop("o", INC, [0], [5], [5], seq=13) == [False]
+    assert lent.put("o", INC, [0], [5], [7], [77], [page(7)], seq=8) == [True]
+    # Without a sequence (an older caller) nothing changes.
+    assert lent.put("o", INC, [0], [9], [1], [11], [page(1)]) == [True]
+
+
+def test_a_drop_that_runs_after_a_later_put_leaves_its_copy() -> None:
+    """The simulation's seed 1024 again: a drop of K v1 timed out on a slow holder and was sent
+    again; repair then put K v1 there and recorded it, and the first drop, run last, took it."""
+    lent = lent_pool()
+    v1 = page(1)
+    assert lent.put("o", INC, [0], [58], [1], [11], [v1], seq=30) == [True]
+    assert lent.drop("o", INC, [0], [58], [1], seq=20) == [False]
+    assert lent.get("o", INC, [0], [58]) == [(1, 11, v1)]
+    # A drop sent after the put still takes it.
+    assert lent.drop("o", INC, [0], [58], [1], seq=31) == [True]
+    assert lent.get("o", INC, [0], [58]) == [None]
+
+
+def test_a_drop_that_runs_after_a_later_ordered_copy_leaves_it() -> None:
+    """The same for a repair's holder-to-holder copy: the owner's order (hold.expect) is its
+    call, and the copy that lands counts as a put of that call."""
+    lent = lent_pool()
+    data, sum_ = stored(5)
+    lent.expect("o", INC, [0], [58], [1], [sum_], 30)
+    assert lent.put("o", INC, [0], [58], [1], [sum_], [data], copy=True) == [True]
+    assert lent.drop("o", INC, [0], [58], [1], seq=20) == [False]
+    assert lent.get("o", INC, [0], [58]) == [(1, sum_, data)]
+    assert lent.drop("o", INC, [0], [58], [1], seq=31) == [True]
+
+
+def test_call_marks_are_per_incarnation_and_bounded() -> None:
+    from ramster.pagestore import claims
+
+    lent = lent_pool()
+    lent.drop("o", INC, [0], [3], [4], seq=11)
+    # Another incarnation's sequence is another counter: its put is not judged by this drop.
+    assert lent.put("o", NEWER, [0], [3], [4], [44], [page(4)], seq=1) == [True]
+    marks = claims.CallMarks()
+    for i in range(claims.MAX_CALL_MARKS + 10):
+        marks.dropped("o", INC, 0, [i], [1], i + 1)
+        marks.kept("o", INC, 0, [i], i + 1)
+    assert len(marks) == 2 * claims.MAX_CALL_MARKS
+    marks.forget("o")
+    assert len(marks) == 0

@@ -46,12 +46,7 @@ def test_a_seed_replays_the_same_run() -> None:
     assert _hash(other.stdout) != _hash(first.stdout)
 
 
-KNOWN = {
-    "which references": "found here, open: a holder keeps copies its owner does not reference, "
-    "or lacks ones it does, after healing",
-    "under-replicated pages after healing": "found here, open: repair of a short holder set "
-    "does not finish though another holder has room",
-}
+KNOWN: dict[str, str] = {}
 """Failures the simulation found that are not fixed yet; delete each entry once its fix lands,
 and the seeds that found it must pass. (Issue 23's bugs 3 and 6, which it found on the code
 before their fixes, are no longer here: they fail this test.)"""

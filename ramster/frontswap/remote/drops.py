@@ -66,9 +66,11 @@ def _reaches(
     drop_vers: npt.NDArray[np.uint64],
     keys: npt.NDArray[np.uint64],
     vers: npt.NDArray[np.uint64],
+    *,
+    exact: bool = False,
 ) -> npt.NDArray[np.bool_]:
     """Per queued drop: it names one of the keys at a version at least that key's (so it
-    would remove the copy about to be put)."""
+    would remove the copy about to be put); `exact`: at that very version."""
     if not len(drop_offs) or not len(keys):
         return np.zeros(len(drop_offs), dtype=bool)
     order = np.argsort(keys, kind="stable")
@@ -76,7 +78,10 @@ def _reaches(
     at = np.searchsorted(sorted_keys, drop_offs)
     at_ok = np.minimum(at, len(sorted_keys) - 1)
     hit = sorted_keys[at_ok] == drop_offs
-    out: npt.NDArray[np.bool_] = hit & (drop_vers >= vers[order][at_ok])
+    put_vers = vers[order][at_ok]
+    out: npt.NDArray[np.bool_] = hit & (
+        (drop_vers == put_vers) if exact else (drop_vers >= put_vers)
+    )
     return out
 
 
@@ -172,9 +177,12 @@ class DropQueue:
         self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
     ) -> None:
         """Pages about to be copied onto `nodes` must not be forgotten there by a drop queued
-        earlier that reaches their version (a drop of an older version cannot touch them):
-        take such drops out of the queues. Only if one is on its way to a node right now
-        does this wait for it to land (a slow holder's other drops hold nothing up)."""
+        earlier of their version (a drop of an older version cannot touch them): take such
+        drops out of the queues. A drop of a newer version stays: the owner had that version,
+        so a put of an older one is of a batch read before (a repair's), which the owner will
+        not record, and the newer copy still has to go. Only if a drop that reaches the pages
+        is on its way to a node right now does this wait for it to land (a slow holder's
+        other drops hold nothing up)."""
         keys = np.asarray(offsets, dtype=np.uint64)
         vers = np.asarray(versions, dtype=np.uint64)
         for node in nodes:
@@ -200,7 +208,7 @@ class DropQueue:
             return
         offs = np.frombuffer(pending[0], dtype=np.uint64)
         dvers = np.frombuffer(pending[1], dtype=np.uint64)
-        keep = ~_reaches(offs, dvers, keys, vers)
+        keep = ~_reaches(offs, dvers, keys, vers, exact=True)
         if keep.all():
             return
         if not keep.any():

@@ -106,19 +106,18 @@ class Repairer:
             return 0
         jobs = iter(self._batches(t.pool.remote_in_sets(sets)))
         repaired = 0
-        stuck = False
 
         async def worker() -> None:
             # A fixed number of batches in flight: bounded work, and the pipeline never waits
             # for the slowest batch of a wave.
-            nonlocal repaired, stuck
+            nonlocal repaired
             for set_id, area, chunk in jobs:
-                if stuck:
-                    return
                 done = await self._batch(set_id, area, chunk, gone, leaving)
                 if done < 0:
-                    stuck = True  # nowhere to copy to now: the coordinator asks again later
-                    return
+                    # Nowhere to copy this batch to now (the coordinator asks again later), but
+                    # a smaller batch, or one of a set that excludes other holders, may fit:
+                    # one batch without room must not hold up the rest.
+                    continue
                 repaired += done
                 t.counters["repaired_pages"] += done
                 await asyncio.sleep(t.config.repair_pause)

@@ -85,13 +85,39 @@ def _owned(n: int, shape: str) -> Callable[[list[object]], Owned]:
 
 
 def _put_params(params: list[object]) -> Owned:
-    """hold.put [owner, incarnation, batch] or [owner, incarnation, "ephemeral", batch] (the
-    batch last: its blob goes out without a copy)."""
-    if len(params) == 4 and params[2] != EPHEMERAL:
-        raise ProtocolError(f'the third param of a 4-param hold.put can only be "{EPHEMERAL}"')
-    if len(params) not in (3, 4):
-        raise ProtocolError('expected params [owner, incarnation(, "ephemeral"), batch]')
-    return Owned(text(params[0], "owner"), text(params[1], "incarnation"), list(params[2:]))
+    """hold.put [owner, incarnation(, "ephemeral")(, seq), batch] (the batch last: its blob goes
+    out without a copy; seq: the owner's call sequence, see `LentPool.drop`), as an Owned
+    whose rest is [ephemeral, seq or None, batch]."""
+    if len(params) not in (3, 4, 5):
+        raise ProtocolError('expected params [owner, incarnation(, "ephemeral")(, seq), batch]')
+    flags = params[2:-1]
+    ephemeral = bool(flags) and flags[0] == EPHEMERAL
+    if ephemeral:
+        flags = flags[1:]
+    if len(flags) > 1 or (flags and type(flags[0]) is not int):
+        raise ProtocolError(f'hold.put takes "{EPHEMERAL}" and a call sequence before its batch')
+    seq = integer(flags[0], "seq") if flags else None
+    return Owned(
+        text(params[0], "owner"), text(params[1], "incarnation"), [ephemeral, seq, params[-1]]
+    )
+
+
+def _expect_params(params: list[object]) -> Owned:
+    """hold.expect [owner, incarnation, keys, versions, checksums(, seq)]."""
+    if len(params) not in (5, 6):
+        raise ProtocolError(
+            "expected params [owner, incarnation, keys, versions, checksums(, seq)]"
+        )
+    rest = [*params[2:5], integer(params[5], "seq") if len(params) == 6 else None]
+    return Owned(text(params[0], "owner"), text(params[1], "incarnation"), rest)
+
+
+def _drop_params(params: list[object]) -> Owned:
+    """hold.drop [owner, incarnation, keys, versions(, seq)]."""
+    if len(params) not in (4, 5):
+        raise ProtocolError("expected params [owner, incarnation, keys, versions(, seq)]")
+    rest = [*params[2:4], integer(params[4], "seq") if len(params) == 5 else None]
+    return Owned(text(params[0], "owner"), text(params[1], "incarnation"), rest)
 
 
 def _as_itself(req: Owned) -> None:
@@ -153,19 +179,13 @@ class HolderService:
             HOLD_PUT_COPY, self.put_copy, decode=_owned(3, "[owner, incarnation, batch]")
         )
         server.register(HOLD_GET, self.get, decode=_owned(3, "[owner, incarnation, keys]"))
-        server.register(
-            HOLD_EXPECT,
-            self.expect,
-            decode=_owned(5, "[owner, incarnation, keys, versions, checksums]"),
-        )
+        server.register(HOLD_EXPECT, self.expect, decode=_expect_params)
         server.register(
             HOLD_COPY,
             self.copy,
             decode=_owned(6, "[owner, incarnation, target, keys, versions, checksums]"),
         )
-        server.register(
-            HOLD_DROP, self.drop, decode=_owned(4, "[owner, incarnation, keys, versions]")
-        )
+        server.register(HOLD_DROP, self.drop, decode=_drop_params)
         server.register(
             HOLD_DROP_AREA,
             self.drop_area,
@@ -197,7 +217,10 @@ class HolderService:
         batch = PageBatch.from_wire(req.rest[-1])
         if not len(batch):
             raise ProtocolError("an empty page batch")
-        ephemeral = len(req.rest) > 1
+        # hold.put: [ephemeral, seq, batch]; hold.put_copy: [batch] (never ephemeral, no seq).
+        ephemeral = bool(req.rest[0]) if len(req.rest) == 3 else False
+        seq = req.rest[1] if len(req.rest) == 3 else None
+        assert seq is None or type(seq) is int
         lent = self.lent
         order_before = lent.refused_for_order
         try:
@@ -212,6 +235,7 @@ class HolderService:
                     batch.payloads,
                     ephemeral,
                     copy=copy,
+                    seq=seq,
                 )
         except (ProtocolError, ExportFenced) as exc:
             reason = "fenced" if isinstance(exc, ExportFenced) else "refused"
@@ -235,8 +259,12 @@ class HolderService:
         n = len(keys)
         versions = int_list(req.rest[1], "versions", MAX_VERSION, n)
         sums = int_list(req.rest[2], "checksums", MAX_CHECKSUM, n)
+        seq = req.rest[3]
+        assert seq is None or type(seq) is int
         with _refusals():
-            self.lent.expect(req.owner, req.incarnation, keys.areas, keys.offsets, versions, sums)
+            self.lent.expect(
+                req.owner, req.incarnation, keys.areas, keys.offsets, versions, sums, seq
+            )
 
     def get(self, req: Owned) -> list[object]:
         """The held pages among the keys, as a page batch."""
@@ -293,8 +321,12 @@ class HolderService:
         versions = int_list(req.rest[1], "versions", MAX_VERSION, None)
         if len(versions) != len(keys):
             raise ProtocolError("one version per key")
+        seq = req.rest[2]
+        assert seq is None or type(seq) is int
         with _refusals():
-            return self.lent.drop(req.owner, req.incarnation, keys.areas, keys.offsets, versions)
+            return self.lent.drop(
+                req.owner, req.incarnation, keys.areas, keys.offsets, versions, seq
+            )
 
     def drop_area(self, req: Owned) -> int:
         """Forget the pages of one area of an owner no newer than max_version."""

@@ -178,10 +178,20 @@ class HolderWatch:
             ephemeral: bool = False,
             *,
             copy: bool = False,
+            seq: int | None = None,
         ) -> list[bool]:
             before = self._versions(owner, inc, areas, offsets)
             kept = original(
-                owner, inc, areas, offsets, versions, checksums, payloads, ephemeral, copy=copy
+                owner,
+                inc,
+                areas,
+                offsets,
+                versions,
+                checksums,
+                payloads,
+                ephemeral,
+                copy=copy,
+                seq=seq,
             )
             after = self._versions(owner, inc, areas, offsets)
             self.puts += 1
