@@ -42,6 +42,10 @@ class ExportTerms:
         claim = self.claims.get(owner) or self._old.get(owner)
         return claim.term if claim is not None else 0
 
+    def last_claim(self, owner: str) -> ExportClaim:
+        """The newest claim this holder knows of the export, evicted or not (term 0: none)."""
+        return self.claims.get(owner) or self._old.get(owner) or ExportClaim(0, "", 0)
+
     def check(self, owner: str, term: int, node: str, idle: Callable[[], list[str]]) -> bool:
         """Admit a call of `term` by `node` (Fenced if older, the same term from another node,
         past the ceiling, or far above the term known); True when it raised the export's term.

@@ -16,6 +16,7 @@ from ramster.pagestore.claims import CallMarks, CopyOrders, ExportTerms, newest_
 from ramster.pagestore.config import MAX_AREA, PoolConfig
 from ramster.pagestore.owners import (
     EXPORT_PREFIX,
+    FORGETS_PER_PASS,
     INVENTORY_LIMIT,
     MAX_FLOORS,
     MAX_OWNERS,
@@ -77,7 +78,10 @@ class LentPool:
         # (owner, keyed incarnation, area) -> the version an area drop reached: pages no newer
         # are gone (or being swept: invisible meanwhile), and late copies of them are refused.
         self._floors: dict[tuple[str, str, int], int] = {}
-        self._sweeps: list[AreaSweep] = []  # area drops still freeing their pages, a leaf at a time
+        # Area drops still freeing their pages, a leaf at a time, newest first; one per area (a
+        # drop of an area already being swept raises its floor and starts its walk again).
+        self._sweeps: dict[tuple[str, str, int], AreaSweep] = {}
+        self._kind_at: dict[int, int] = {}  # area id -> newest version a put set its kind with
         self.step_pages = RECLAIM_STEP_PAGES
         """Pages one reclaim step frees (about): the most work an area drop or a forgotten
         owner costs one pass of the event loop."""
@@ -202,7 +206,7 @@ class LentPool:
         term from another node; term 0 only asks. The claim after the call either way."""
         known = self.terms.claims.get(owner)
         if term == 0:
-            return True, known or ExportClaim(self.terms.known_term(owner), "", 0)
+            return True, known or self.terms.last_claim(owner)
         try:
             self._note_export(owner, export_incarnation(term, node), hello=True)
         except Fenced as exc:
@@ -284,12 +288,16 @@ class LentPool:
         now = self.clock()
         dropped: dict[str, int] = {}
         for owner, seen in list(self._export_seen.items()):
+            if len(dropped) == FORGETS_PER_PASS:
+                break  # the rest at the next pass: a forget scans tables as big as their bounds
             if now - seen > grace:
                 dropped[owner] = self.forget(owner)
                 del self._export_seen[owner]
                 epoch = self._epochs.pop(owner, 0) + 1
                 self._epochs[owner] = epoch
                 self._marked[(owner, "")] = epoch
+                while len(self._epochs) > MAX_REMEMBERED:
+                    self._epochs.pop(next(iter(self._epochs)))
                 while len(self._marked) > MAX_REMEMBERED:
                     self._marked.pop(next(iter(self._marked)))
                 log.warning(
@@ -352,9 +360,9 @@ class LentPool:
                 continue
             freed += self.pool.drop_many(ident, offs)
         while self._sweeps and freed < max_pages:
-            sweep = self._sweeps[-1]
+            sweep = next(reversed(self._sweeps.values()))
             if not sweep.leaves or self._ids.get(sweep.key) != sweep.ident:
-                self._sweeps.pop()  # done, or the owner was forgotten (its area id may be reused)
+                del self._sweeps[sweep.key]  # done, or its owner forgotten (the id may be reused)
                 continue
             offs = self.pool.leaf_offsets(sweep.ident, sweep.leaves.pop())
             held = self.pool.versions(sweep.ident, offs)
@@ -378,6 +386,8 @@ class LentPool:
         """
         dropped: dict[str, int] = {}
         for owner, seen in list(self._last_seen.items()):
+            if len(dropped) == FORGETS_PER_PASS:
+                break  # the rest at the next pass: a forget scans tables as big as their bounds
             if now - seen > grace:
                 incarnation = self._current.get(owner)
                 dropped[owner] = self.forget(owner)
@@ -410,6 +420,7 @@ class LentPool:
             else:
                 return None
             self._ids[key] = ident
+            self._kind_at.pop(ident, None)  # a reused id starts a new life
         return ident
 
     # -- pages -----------------------------------------------------------------------------------
@@ -480,10 +491,9 @@ class LentPool:
             self._newer_held += refused
             if not take:
                 continue
-            # The owner's word for the area's kind, on every put of its own (an area id is
-            # reused); a copy never changes it (a new area from a copy is persistent).
-            if not copy or not self.pool.area_pages(ident):
-                self.pool.set_ephemeral(ident, ephemeral and not copy)
+            if not self._kind_of_put(ident, ephemeral and not copy, copy, take, versions):
+                self._newer_held += len(take)
+                continue
             kept = self.pool.put_stored_many(
                 ident,
                 [offsets[i] for i in take],
@@ -506,6 +516,27 @@ class LentPool:
                     if ok[i] and order_seq is not None:
                         self.marks.kept(owner, inc, area, [offsets[i]], order_seq)
         return ok
+
+    def _kind_of_put(
+        self, ident: int, ephemeral: bool, copy: bool, take: list[int], versions: Sequence[int]
+    ) -> bool:
+        """Take the owner's word for the area's kind (ephemeral or not) from a put of its own,
+        unless the area holds pages a newer put of the other kind stored: then this put is
+        from the area's earlier life (the owner initialised it again since), late, and is
+        refused (False). A copy never changes the kind (a new area from a copy is persistent)."""
+        held = self.pool.area_pages(ident)
+        if copy and held:
+            return True
+        newest = max(versions[i] for i in take)
+        if (
+            held
+            and self.pool.is_ephemeral(ident) != ephemeral
+            and newest <= self._kind_at.get(ident, -1)
+        ):
+            return False
+        self.pool.set_ephemeral(ident, ephemeral)
+        self._kind_at[ident] = max(newest, self._kind_at.get(ident, -1))
+        return True
 
     def _not_overtaken(
         self,
@@ -617,7 +648,9 @@ class LentPool:
                 self._floors.pop(next(iter(self._floors)))
         if ident is None:
             return 0
-        self._sweeps.append(AreaSweep(key, ident, max_version, self.pool.area_leaves(ident)[::-1]))
+        old = self._sweeps.pop(key, None)
+        floor = max_version if old is None or old.ident != ident else max(old.floor, max_version)
+        self._sweeps[key] = AreaSweep(key, ident, floor, self.pool.area_leaves(ident)[::-1])
         pages = self.pool.area_pages(ident)
         self.reclaim_step()
         return pages

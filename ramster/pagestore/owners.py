@@ -105,6 +105,8 @@ class Reclaimed(Exception):
 
 MAX_REMEMBERED = 4096
 """Owners whose reclaims a holder remembers (epochs and markers): bounded against a flood."""
+FORGETS_PER_PASS = 8
+"""Owners (or exports) one pass of the reclaim loop forgets at most; the rest wait a pass."""
 MAX_OWNERS = 4096
 """Owners a holder knows at once; past it, one without pages here is forgotten to make room."""
 MAX_FLOORS = 65536
