@@ -1,7 +1,7 @@
 """Put each known bug back (tests/sim/bugs/*.patch, one at a time, in a scratch worktree) and
 count the seeds the cluster simulation needs to find it.
 
-    python tests/sim/hunt_bugs.py [--max-seeds N] [--steps S] [BUG ...]
+    python tests/sim/hunt_bugs.py [--max-seeds N] [--steps S] [--exports] [BUG ...]
 
 The same seeds run first on the code as it is (the baseline): a seed counts as finding a bug
 only if it fails with the bug put back and passed (or failed otherwise) without it. A bug the
@@ -53,13 +53,17 @@ def scratch_tree(patch: Path | None) -> Iterator[Path]:
 
 
 def run_seeds(
-    tree: Path, seeds: range, steps: int, baseline: dict[int, str] | None
+    tree: Path,
+    seeds: range,
+    steps: int,
+    baseline: dict[int, str] | None,
+    extra: tuple[str, ...] = (),
 ) -> tuple[dict[int, str], int | None]:
     """Failures per seed ({seed: message}); with a baseline, stop at the first seed whose
     failure it lacks and return how many seeds that took."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     argv = [sys.executable, "-m", "ramster.testing.sim", "--seeds",
-            f"{seeds.start}..{seeds.stop - 1}", "--steps", str(steps)]  # fmt: skip
+            f"{seeds.start}..{seeds.stop - 1}", "--steps", str(steps), *extra]  # fmt: skip
     failures: dict[int, str] = {}
     with subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
@@ -81,11 +85,15 @@ def main() -> int:
     parser.add_argument("--max-seeds", type=int, default=100, help="seeds to try per bug")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=200, help="steps per seed")
+    parser.add_argument(
+        "--exports", action="store_true", help="run the simulation with NBD exports (--exports)"
+    )
     args = parser.parse_args()
+    extra = ("--exports",) if args.exports else ()
     seeds = range(args.first_seed, args.first_seed + args.max_seeds)
     started = time.perf_counter()
     with scratch_tree(None) as tree:
-        baseline, _ = run_seeds(tree, seeds, args.steps, None)
+        baseline, _ = run_seeds(tree, seeds, args.steps, None, extra)
     print(f"baseline: {len(baseline)} of {len(seeds)} seeds fail without any bug put back "
           f"({time.perf_counter() - started:.0f} s): {sorted(baseline)}")  # fmt: skip
     found: dict[str, int | None] = {}
@@ -93,7 +101,7 @@ def main() -> int:
     for patch in patches(args.bugs):
         started = time.perf_counter()
         with scratch_tree(patch) as tree:
-            failures, seeds_needed = run_seeds(tree, seeds, args.steps, baseline)
+            failures, seeds_needed = run_seeds(tree, seeds, args.steps, baseline, extra)
         found[patch.stem] = seeds_needed
         what = "" if seeds_needed is None else failures[seeds.start + seeds_needed - 1]
         shown = "none" if seeds_needed is None else str(seeds_needed)
