@@ -153,7 +153,17 @@ class ExportService:
         # it goes to every live peer (up to MANIFEST_REPLICAS), not just R.
         fs.replicas_of[MANIFEST_AREA] = MANIFEST_REPLICAS
 
+        owner = export_owner(name)
+
         def fenced() -> str | None:
+            # A newer claim this node's own lent pool took (a takeover or a delete claims its
+            # term on every member, this server among them) fences it at once: without a
+            # holder call a read of blocks the new server wrote would be stale (zeros or older
+            # bytes) until the next keepalive.
+            if fs.fenced is None and served.term:
+                claim = self.lent.claim(owner, 0, self.peers.me, 0)[1]
+                if claim.term > served.term:
+                    fs.fenced = f"this node knows term {claim.term} by {claim.node or '?'}"
             return fs.fenced
 
         export = Export(
