@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -43,9 +44,11 @@ from ramster.node.export_served import (
     UNHEARD_LOG_EVERY,
     Attempt,
     Served,
+    TermTie,
     claim_answers,
     deleted_floor,
     describe,
+    fenced_here,
     required_nodes,
 )
 from ramster.pagestore import PoolConfig
@@ -153,28 +156,9 @@ class ExportService:
         # it goes to every live peer (up to MANIFEST_REPLICAS), not just R.
         fs.replicas_of[MANIFEST_AREA] = MANIFEST_REPLICAS
 
-        owner = export_owner(name)
-
-        def fenced() -> str | None:
-            # A newer claim this node's own lent pool took (a takeover or a delete claims its
-            # term on every member, this server among them) fences it at once: without a
-            # holder call a read of blocks the new server wrote would be stale (zeros or older
-            # bytes) until the next keepalive.
-            if fs.fenced is None and served.term:
-                claim = self.lent.claim(owner, 0, self.peers.me, 0)[1]
-                if claim.term > served.term:
-                    fs.fenced = f"this node knows term {claim.term} by {claim.node or '?'}"
-            return fs.fenced
-
-        export = Export(
-            fs,
-            spec,
-            max_payload,
-            area=DATA_AREA,
-            manifest_area=MANIFEST_AREA,
-            fenced=fenced,
-        )
+        export = Export(fs, spec, max_payload, area=DATA_AREA, manifest_area=MANIFEST_AREA)
         served = Served(spec, fs, holders, export, takeover=takeover, force=force)
+        export._fenced_by = lambda: fenced_here(served, self.lent, self.peers.me)
         self.served[spec.name] = served
         export.prepare = lambda: self._prepare(served)
         return export
@@ -201,6 +185,9 @@ class ExportService:
             attempt = await self._attempt(served)
             if attempt.ready:
                 break
+            if attempt.retry:
+                await asyncio.sleep(HEAR_RETRY * random.random())  # two takers: one wins
+                continue
             why = f"cannot hear {', '.join(sorted(attempt.missing))}: they may hold newer copies"
             if served.takeover:
                 raise ExportTaken(
@@ -323,7 +310,10 @@ class ExportService:
         try:
             heard, missing = await self._hear(served, required)
             heard.drop_older(deleted_floor(asked.values(), self.lent.terms.deleted_term(owner)))
-        except ExportTaken:
+        except ExportTaken as exc:
+            if isinstance(exc, TermTie) and served.takeover:  # a resume yields to a move
+                log.warning("export %s: %s; taking a newer term", name, exc)
+                return Attempt(retry=True)
             self.records.update(name, size, serving=False)  # a newer server owns it
             raise
         if missing:
@@ -396,14 +386,15 @@ class ExportService:
         taken = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, term, size))
         ok, claim = self.lent.claim(owner, term, self.peers.me, size)
         if not ok:
-            raise ExportTaken(f"export {name}: term {claim.term} by {claim.node} is newer")
-        refused = {n: a for n, a in taken.items() if not a.taken}
-        if refused:
-            node, answer = next(iter(refused.items()))
-            raise ExportTaken(
-                f"export {name}: {node} knows term {answer.term} by {answer.node}, "
-                f"newer than {term}"
+            raise (TermTie if claim.term == term else ExportTaken)(
+                f"export {name}: term {claim.term} by {claim.node} is newer"
             )
+        for node, answer in taken.items():
+            if not answer.taken:
+                raise (TermTie if answer.term == term else ExportTaken)(
+                    f"export {name}: {node} knows term {answer.term} by {answer.node}, "
+                    f"newer than {term}"
+                )
         return taken
 
     _each = staticmethod(claim_answers)

@@ -53,3 +53,40 @@ async def test_a_newer_claim_in_the_servers_own_lent_pool_fences_it_at_once(
     assert await export.write_many([(0, b"x" * 4096)]) == [const.EIO]
     assert export.fenced is not None
     assert served.fs.fenced is not None  # the service retires it at its next turn
+
+
+async def test_a_takeover_that_meets_the_same_term_claimed_by_another_node_takes_a_newer_one(
+    tmp_path: Path,
+) -> None:
+    """A restarted server resuming its export and an operator's move to another node took the
+    same term at once; each refused the other and both gave up, so nobody served the export
+    (the simulation's seed 1045 with --exports). The move now goes on under a newer term."""
+    lent = LentPool(PoolConfig(budget_bytes=1 << 20))
+    peers = cast(Peers, SimpleNamespace(me="n1", calls=None, alive=set, peers=list))
+    service = ExportService(
+        NodeConfig(node_id="n1", state_dir=tmp_path),
+        peers,
+        cast(ClusterFrontswap, None),
+        lambda *_: None,
+        lent,
+        ExportRecords(tmp_path),
+    )
+    # Forced: n2, silent here (no RPC in this test), need not be heard once it is the current
+    # server; the tie is met either way.
+    spec = ExportSpec("e", SIZE, 31, REPLICATED)
+    service.build(spec, const.MAX_PAYLOAD, takeover=True, force=True)
+    served = service.served["e"]
+    # The other node's claim of term 1 reaches this node between its question and its claim.
+    lent_claim = lent.claim
+
+    def claim(owner: str, term: int, node: str, size: int) -> object:
+        if term == 1 and node == "n1" and lent.terms.claims.get(owner) is None:
+            lent_claim(owner, 1, "n2", SIZE)  # n2 got here first
+        return lent_claim(owner, term, node, size)
+
+    lent.claim = claim  # type: ignore[assignment,method-assign]
+    first = await service._attempt(served)
+    assert first.retry and not first.ready
+    second = await service._attempt(served)
+    assert second.ready, second
+    assert served.term == 2
