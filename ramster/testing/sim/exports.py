@@ -297,6 +297,10 @@ class ExportSim:
             force = rng.random() < 0.25
             sim.note(f"export move {NAME} to {to.name} via {via.name} force={force}")
             self._operator(via, f"move to {to.name}", lambda n: n.move_export(NAME, to.name, force))
+            # Its client goes on writing to the old server while the new one claims its term
+            # (first writes of blocks too: their manifest goes to every live node).
+            for _ in range(rng.choice((0, 1, 2, 3, 4)) if servers else 0):
+                sim.loop.call_later(rng.uniform(0.0, 0.05), self._write_to, servers[-1])
         elif roll < 0.9:
             await self.restart_server()
         elif roll < 0.95 and not self.drained and len(nodes) > 3:
@@ -310,6 +314,18 @@ class ExportSim:
             via = rng.choice(running)
             sim.note(f"export delete {NAME} via {via.name}")
             self._operator(via, "delete", lambda n: n.delete_export(NAME), deleting=True)
+
+    def _write_to(self, where: tuple[SimNode, Served]) -> None:
+        """A write of a few blocks not in flight, through a given server (if it runs), mostly
+        of blocks not written yet."""
+        if not where[0].serving or where[1].state != "serving":
+            return
+        rng = self.rng
+        blank = [b for b, st in enumerate(self.model.state) if st.possible == {ZERO}]
+        pool = blank if blank and rng.random() < 0.7 else list(range(self.blocks))
+        blocks = sorted({rng.choice(pool) for _ in range(rng.choice((1, 2, 4, 8)))})
+        if not self.busy.intersection(blocks):
+            self._spawn(where[0], where[1], "write", blocks)
 
     def _operator(
         self, via: SimNode, what: str, call: Callable[[Any], Any], deleting: bool = False
