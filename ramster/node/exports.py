@@ -85,8 +85,7 @@ class ExportService:
         self.nbd: NbdServer | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._max_payload = 32 << 20
-        self._pending: list[str] = []
-        """Exports to resume once run() owns a TaskGroup."""
+        self._pending: list[str] = []  # exports to resume once run() owns a TaskGroup
         self._opening: dict[str, asyncio.Future[None]] = {}
         """Takeovers under way: how each ends (a move's answer may come before it serves)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,8 +99,7 @@ class ExportService:
         if self.nbd is None:
             return []
         names = [r.name for r in self.records.all() if r.serving and r.size and r.name not in named]
-        for name in names:
-            self._pending.append(name)
+        self._pending += names
         self._start_pending()
         return names
 
@@ -497,6 +495,8 @@ class ExportService:
             raise ExportTaken(f"export {name} is served here already")
         else:
             known = await self._known_size(name)
+            if name in self.served or name in self.nbd.exports:  # a move that came meanwhile
+                raise ExportTaken(f"export {name} is being taken over here already")
             spec = ExportSpec(name, size or known, area, REPLICATED)
             export = self.build(spec, self.nbd.config.max_payload, takeover=True, force=force)
             served = self.served[name]

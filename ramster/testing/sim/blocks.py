@@ -111,14 +111,15 @@ class ExportModel:
         return len(lost) >= self.replicas
 
     def check_read(
-        self, block: int, got: bytes | int, strict: bool, crashed: list[str]
+        self, block: int, got: bytes | int, strict: str | None, crashed: list[str]
     ) -> str | None:
-        """A read's outcome against the model: None if possible, else what is wrong."""
+        """A read's outcome against the model: None if possible, else what is wrong. `strict`
+        (when EIO must be excused: "after healing", ...) or None (EIO is fine)."""
         st = self.state[block]
         where = f"export {self.name} block {block}"
         if isinstance(got, int):
             if strict and not self.excusable(block, crashed):
-                return f"{where}: acknowledged block unreadable after healing (error {got})"
+                return f"{where}: acknowledged block unreadable {strict} (error {got})"
             return None
         if got in st.possible:
             return None

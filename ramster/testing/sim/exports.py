@@ -38,8 +38,15 @@ if TYPE_CHECKING:
     from ramster.testing.sim.run import Simulation
 
 NAME = "e0"
+OWNER = f"export:{NAME}"
 NBD_PORT = 10809
 REPLICAS = 2
+QUIET = 5.0
+"""Seconds with every node up, reachable and fast (dead_after, then a repair round) after which
+an export read's EIO must be excused as one after healing."""
+HELD_HERE = (
+    " though the server's own lent pool holds a copy (a takeover that could not store it elsewhere)"
+)
 
 
 @dataclass
@@ -68,8 +75,9 @@ class ExportSim:
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
         self.rng = rng = random.Random(sim.rng.getrandbits(64))
-        self.blocks = rng.choice((8, 16, 32, 64))
-        self.compressible = rng.random() < 0.7
+        self.blocks = rng.choice((8, 16, 32, 64, 64))
+        self.compressible = rng.random() < 0.5
+        """Incompressible blocks fill the holders' small lent budgets (refused stores)."""
         self.rate = rng.choice((0.3, 0.5, 0.7))
         """Share of the steps that act on the export (the rest: frontswap and faults)."""
         self.action_rate = rng.choice((0.05, 0.1, 0.2))
@@ -94,6 +102,8 @@ class ExportSim:
         """Nodes that lost their memory, in order."""
         self.serving: list[Serving] = []
         self.acks_after_force = 0
+        self.troubled_at = 0.0
+        """When a node was last impaired or crashed (see `_quiet`)."""
 
     # -- hooks of the simulation -----------------------------------------------------------------
 
@@ -136,6 +146,7 @@ class ExportSim:
     def crashed_node(self, node: SimNode) -> None:
         """node lost its memory: its operations in flight never end (their writes failed)."""
         self.crashed.append(node.name)
+        self.troubled_at = self.sim.loop.time()
         for key, op in list(self.inflight.items()):
             if op.node == node.name:
                 self._end(key, [const.EIO] * len(op.blocks))
@@ -202,7 +213,22 @@ class ExportSim:
         self.inflight[key] = op
         self.sim.spawn(node, self._run(key, op, served, kind))
 
+    def check(self) -> None:
+        """After every step: note when the cluster was last impaired."""
+        if self.impaired():
+            self.troubled_at = self.sim.loop.time()
+
+    def _quiet(self, started: float) -> str | None:
+        """A "while healthy" reason when nothing was impaired (down, paused, cut off, slow)
+        nor crashed for QUIET seconds before a read began and while it ran: then an EIO must
+        be excused as after healing. None otherwise."""
+        now = self.sim.loop.time()
+        if self.impaired() or started - self.troubled_at < QUIET:
+            return None
+        return f"while the cluster was healthy for {now - self.troubled_at:.1f} s"
+
     async def _run(self, key: int, op: Op, served: Served, kind: str) -> None:
+        node = next(n for n in self.sim.cluster.nodes if n.name == op.node)
         export, term = served.export, served.term
         started = self.sim.loop.time()
         first = op.blocks[0] * BLOCK if op.blocks else 0
@@ -233,7 +259,9 @@ class ExportSim:
             self._acked(op.node, served, term, started, what, len(op.blocks))
         if got and op.life == self.life:
             for b, one in zip(op.blocks, got, strict=True):
-                problem = self.model.check_read(b, one, False, self.crashed)
+                problem = self.model.check_read(b, one, self._quiet(started), self.crashed)
+                if problem and isinstance(one, int) and self._held_by_server(node, served, b):
+                    problem += HELD_HERE
                 if problem:
                     self.sim.failures.append(f"nbd byte model: {problem} (via {op.node} t{term})")
         self._end(key, errors if kind != "read" else [])
@@ -292,7 +320,10 @@ class ExportSim:
         if roll < 0.45:
             servers = sorted(self.servers(), key=lambda ns: ns[1].term)
             current = servers[-1][0].name if servers else ""
-            to = rng.choice([n for n in nodes if n.name != current])
+            others = [n for n in nodes if n.name != current]
+            # Mostly to a node that holds copies (it must rehome them: copy before drop).
+            holding = [n for n in others if self._holds(n)]
+            to = rng.choice(holding if holding and rng.random() < 0.6 else others)
             via = rng.choice(running)
             force = rng.random() < 0.25
             sim.note(f"export move {NAME} to {to.name} via {via.name} force={force}")
@@ -375,6 +406,10 @@ class ExportSim:
                 self.sim.note(f"resume {n.name}")
 
     @staticmethod
+    def _holds(n: SimNode) -> bool:
+        return n.node is not None and n.up and bool(n.node.lent.pages_by_owner().get(OWNER))
+
+    @staticmethod
     def _held_by_server(node: SimNode, served: Served, block: int) -> bool:
         assert node.node is not None
         owner, inc = served.holders.owner_identity
@@ -401,13 +436,10 @@ class ExportSim:
         logging.getLogger(__name__).debug("read back %d blocks", len(blocks))
         for b, r in zip(blocks, results, strict=True):
             got = r if isinstance(r, int) else b"".join(r)
-            problem = self.model.check_read(b, got, True, self.crashed)
+            problem = self.model.check_read(b, got, "after healing", self.crashed)
             if problem:
                 if isinstance(got, int) and self._held_by_server(node, served, b):
-                    problem += (
-                        " though the server's own lent pool holds a copy (a takeover that "
-                        "could not store it elsewhere)"
-                    )
+                    problem += HELD_HERE
                 self.sim.fail(f"nbd byte model: {problem} (read back via {node.name})")
         self.sim.note(
             f"export {NAME}: {len(blocks)} blocks read back via {node.name} t{served.term}; "

@@ -352,6 +352,8 @@ class Simulation:
         # Only steps in a row count: a connection not checked at a step (its node paused or
         # gone) starts again from 0.
         self.short_slots, self.still_short = self.still_short, {}
+        if self.exports is not None:
+            self.exports.check()
         failures, self.failures[:] = list(self.failures), []
         for what in failures:
             self.fail(what)

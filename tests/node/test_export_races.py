@@ -1,10 +1,13 @@
-"""A server learns it is fenced from its own lent pool too: a takeover (or a delete) claims its
+"""Races of the export service the simulation found (`--exports`).
+
+A server learns it is fenced from its own lent pool too: a takeover (or a delete) claims its
 new term on every member, the old server among them, and a read that needs no holder call must
 not serve the old server's view (the simulation's seed 18 with --exports: a block the new
 server wrote read as zeros on the old one until its next keepalive)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -13,8 +16,9 @@ import pytest
 
 from ramster.cluster.exports import export_owner
 from ramster.cluster.peers import Peers
+from ramster.errors import ExportTaken
 from ramster.frontswap.remote import ClusterFrontswap
-from ramster.nbd import const
+from ramster.nbd import NbdServer, const
 from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.node.config import NodeConfig
 from ramster.node.export_records import ExportRecords
@@ -90,3 +94,48 @@ async def test_a_takeover_that_meets_the_same_term_claimed_by_another_node_takes
     second = await service._attempt(served)
     assert second.ready, second
     assert served.term == 2
+
+
+async def test_two_moves_to_one_node_at_once_make_one_takeover(tmp_path: Path) -> None:
+    """Two moves to this node at once (an operator retrying with --force while the first
+    waited for the claims of a partitioned cluster) both found nothing served here, then both
+    built a takeover: the second replaced the first in the service's table, failed, and took
+    the entry with it, so the first one served the export untended (no keepalive, no repair,
+    never retired: the simulation's seed 1003 with --exports). The second is refused now."""
+    lent = LentPool(PoolConfig(budget_bytes=1 << 20))
+    peers = cast(Peers, SimpleNamespace(me="n1", calls=None, alive=set, peers=list))
+    service = ExportService(
+        NodeConfig(node_id="n1", state_dir=tmp_path),
+        peers,
+        cast(ClusterFrontswap, None),
+        lambda *_: None,
+        lent,
+        ExportRecords(tmp_path),
+    )
+    gate = asyncio.Event()
+
+    async def known_size(name: str) -> int:
+        await gate.wait()  # the claims of every member take a while
+        return SIZE
+
+    async def add_export(export: object) -> None:
+        await asyncio.Event().wait()  # hearing every node (never, here)
+
+    service._known_size = known_size  # type: ignore[method-assign]
+    service.nbd = cast(
+        NbdServer,
+        SimpleNamespace(
+            exports={}, config=SimpleNamespace(max_payload=const.MAX_PAYLOAD), add_export=add_export
+        ),
+    )
+    first = asyncio.create_task(service.adopt("e", SIZE, 31, force=True))
+    second = asyncio.create_task(service.adopt("e", SIZE, 31, force=False))
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(ExportTaken, match="being taken over here already"):
+        await second
+    assert service.served["e"].force  # the first one's takeover, still tended
+    first.cancel()
+    for task in [*service._tasks, first]:
+        task.cancel()
+    await asyncio.gather(first, *service._tasks, return_exceptions=True)
