@@ -133,7 +133,7 @@ async def test_two_moves_to_one_node_at_once_make_one_takeover(tmp_path: Path) -
     await asyncio.sleep(0)
     gate.set()
     with pytest.raises(ExportTaken, match="being taken over here already"):
-        await second
+        await asyncio.wait_for(second, 5)  # without the check, it waits to hear for good
     assert service.served["e"].force  # the first one's takeover, still tended
     first.cancel()
     for task in [*service._tasks, first]:
