@@ -22,7 +22,7 @@ import dataclasses
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +31,16 @@ from ramster.nbd import NbdServer, const
 from ramster.node.export_rebuild import DATA_AREA
 from ramster.node.export_served import Served
 from ramster.node.run import _start_nbd
+from ramster.pagestore.lent import LentPool
 from ramster.testing.sim.blocks import BLOCK, ZERO, ExportModel, content
 from ramster.testing.sim.cluster import SimNode, host_of
+
+
+def _version(lent: LentPool, area: int, offset: int) -> int | None:
+    """The version of an export copy a lent pool holds, None if none."""
+    ident = lent._ids.get((OWNER, "", area))
+    return None if ident is None else lent.pool.versions(ident, [offset])[0]
+
 
 if TYPE_CHECKING:
     from ramster.testing.sim.run import Simulation
@@ -128,7 +136,49 @@ class ExportSim:
             return original(kind, name, detail, level)
 
         service._event = event
+        self._watch_drops(node)
         sim.spawn(node, self._serve(node))
+
+    def _watch_drops(self, node: SimNode) -> None:
+        """Copy before drop (invariant 4), where a server rebuilding the export drops copies
+        from its own lent pool (rehome, stale copies): each copy of a manifest page, or of a
+        block whose acknowledged bytes the model needs, needs a copy of the same key, as new or
+        newer, on another running node's lent pool at that instant."""
+        made = node.node
+        assert made is not None
+        lent = made.lent
+        original = lent.drop
+        nodes = self.sim.cluster.nodes
+
+        def drop(
+            owner: str,
+            inc: str,
+            areas: Sequence[int],
+            offsets: Sequence[int],
+            versions: Sequence[int] | None = None,
+        ) -> list[bool]:
+            served = made.exports.served.get(NAME)
+            if owner == OWNER and versions is not None and served and served.state == "rebuilding":
+                for area, offset, version in zip(areas, offsets, versions, strict=True):
+                    if lent._area_id(owner, inc, area, create=False) is None:
+                        continue
+                    mine = _version(lent, area, offset)
+                    if mine is None or mine > version:
+                        continue  # nothing of that version here to drop
+                    if area == DATA_AREA and not self._needed(offset):
+                        continue  # trimmed, or its write failed: garbage, rightly dropped
+                    if not any(
+                        (v := _version(n.node.lent, area, offset)) is not None and v >= version
+                        for n in nodes
+                        if n is not node and n.node is not None and n.up
+                    ):
+                        self.sim.failures.append(
+                            f"invariant 4 on {node.name}: rebuilding {NAME} it dropped its copy "
+                            f"of area {area} block {offset} v{version:#x}, held nowhere else"
+                        )
+            return original(owner, inc, areas, offsets, versions)
+
+        lent.drop = drop  # type: ignore[method-assign]
 
     async def _serve(self, node: SimNode) -> None:
         made = node.node
@@ -404,6 +454,11 @@ class ExportSim:
             if n.proc is proc and n.up and not n.serving:
                 self.sim.cluster.resume(n)
                 self.sim.note(f"resume {n.name}")
+
+    def _needed(self, block: int) -> bool:
+        """The block's acknowledged content is bytes no other block state allows losing."""
+        st = self.model.state[block] if block < self.blocks else None
+        return st is not None and st.acked and not st.unsure and ZERO not in st.possible
 
     @staticmethod
     def _holds(n: SimNode) -> bool:
