@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ramster.cluster.calls import ClaimAnswer
-from ramster.cluster.exports import ExportHolders
+from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
-from ramster.errors import RamsterError
+from ramster.errors import ExportTaken, RamsterError
 from ramster.frontswap.remote import ClusterFrontswap
 from ramster.nbd.config import ExportSpec
 from ramster.nbd.export import Export
 from ramster.node.export_rebuild import Heard
 from ramster.node.export_records import ExportRecord
+from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import TERM_SHIFT
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ REPAIR_EVERY = 2.0
 """Seconds between checks for copies to repair."""
 HEAR_RETRY = 0.5
 """Seconds between attempts to hear every node a restarted server must hear."""
+DISCOVERY_SETTLE = 2.0
+"""dead_afters after its start within which a node that finds members by mDNS, and knows none
+yet, does not take an export it has no record of for new (it may not have found its holders)."""
 UNHEARD_LOG_EVERY = 10.0
 """Seconds between warnings that an export waits for nodes it must hear."""
 MANIFEST_REPLICAS = 8
@@ -79,6 +83,25 @@ class Served:
     """Set once the term is taken and a required node is still unheard."""
 
 
+class TermTie(ExportTaken):
+    """Another node claimed the same term at once (refused as a newer one is): a restarted
+    server resuming the export and a move, say. Were both to give up, nobody would serve it:
+    a takeover tries again a term higher (its record keeps this one), a resume yields."""
+
+
+def fenced_here(served: Served, lent: LentPool, me: str) -> str | None:
+    """Why the export is fenced (a holder said so, or this node's own lent pool took a newer
+    claim: a takeover or a delete claims its term on every member, this server among them),
+    or None. Without the second, a read that needs no holder call (a block the new server
+    wrote, unwritten here) would serve the stale index until the next keepalive."""
+    fs = served.fs
+    if fs.fenced is None and served.term:
+        claim = lent.claim(export_owner(served.spec.name), 0, me, 0)[1]
+        if claim.term > served.term:
+            fs.fenced = f"this node knows term {claim.term} by {claim.node or '?'}"
+    return fs.fenced
+
+
 @dataclass(slots=True)
 class Attempt:
     """One try at hearing enough to serve: ready, or the nodes still missing."""
@@ -86,6 +109,8 @@ class Attempt:
     ready: bool = False
     missing: set[str] = field(default_factory=set)
     heard: Heard = field(default_factory=Heard)
+    retry: bool = False
+    """A takeover met another node's claim of the same term: it tries again, a term higher."""
     new: bool = False
     """The export was never created (no record, no claim by another node, no copy anywhere,
     every member heard): only then is it started blank."""

@@ -19,22 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ramster.cluster.calls import ClaimAnswer
 from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
-from ramster.errors import ExportFenced, ExportPending, ExportTaken, RamsterError
+from ramster.errors import ExportPending, ExportTaken, RamsterError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.nbd.config import LOCAL, REPLICATED, ExportSpec
 from ramster.nbd.export import Export
 from ramster.nbd.server import NbdServer
 from ramster.node.config import NodeConfig
+from ramster.node.export_claims import DELETE_RETRY, ExportClaims
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Heard, Rebuilder
 from ramster.node.export_records import ExportRecords
 from ramster.node.export_served import (
+    DISCOVERY_SETTLE,
     HEAR_RETRY,
     INDEX_BYTES_PER_PAGE,
     KEEPALIVE_EVERY,
@@ -43,17 +45,16 @@ from ramster.node.export_served import (
     UNHEARD_LOG_EVERY,
     Attempt,
     Served,
+    TermTie,
     claim_answers,
     deleted_floor,
     describe,
+    fenced_here,
     required_nodes,
 )
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import MAX_EXPORT_TERM, TERM_SHIFT
-
-DELETE_RETRY = 2.0
-"""Seconds between attempts to tell members that missed an export's deletion."""
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,13 @@ class ExportService:
         self.nbd: NbdServer | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._max_payload = 32 << 20
-        self._pending: list[str] = []
-        """Exports to resume once run() owns a TaskGroup."""
+        self._pending: list[str] = []  # exports to resume once run() owns a TaskGroup
         self._opening: dict[str, asyncio.Future[None]] = {}
         """Takeovers under way: how each ends (a move's answer may come before it serves)."""
         self._tasks: set[asyncio.Task[None]] = set()
-        self.undeleted: dict[str, tuple[int, set[str]]] = {}
-        """Deleted exports (owner) -> (the deletion's term, members that did not confirm it):
-        told again once they are alive (`DELETE_RETRY`), not left to `export_grace`."""
+        self._started = time.monotonic()
+        self.claims = ExportClaims(peers, lent, records, events)
+        """Terms across the cluster: asking, taking, sizes, deletions."""
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -103,8 +103,7 @@ class ExportService:
         if self.nbd is None:
             return []
         names = [r.name for r in self.records.all() if r.serving and r.size and r.name not in named]
-        for name in names:
-            self._pending.append(name)
+        self._pending += names
         self._start_pending()
         return names
 
@@ -159,18 +158,9 @@ class ExportService:
         # it goes to every live peer (up to MANIFEST_REPLICAS), not just R.
         fs.replicas_of[MANIFEST_AREA] = MANIFEST_REPLICAS
 
-        def fenced() -> str | None:
-            return fs.fenced
-
-        export = Export(
-            fs,
-            spec,
-            max_payload,
-            area=DATA_AREA,
-            manifest_area=MANIFEST_AREA,
-            fenced=fenced,
-        )
+        export = Export(fs, spec, max_payload, area=DATA_AREA, manifest_area=MANIFEST_AREA)
         served = Served(spec, fs, holders, export, takeover=takeover, force=force)
+        export._fenced_by = lambda: fenced_here(served, self.lent, self.peers.me)
         self.served[spec.name] = served
         export.prepare = lambda: self._prepare(served)
         return export
@@ -197,6 +187,9 @@ class ExportService:
             attempt = await self._attempt(served)
             if attempt.ready:
                 break
+            if attempt.retry:
+                await asyncio.sleep(HEAR_RETRY * random.random())  # two takers: one wins
+                continue
             why = f"cannot hear {', '.join(sorted(attempt.missing))}: they may hold newer copies"
             if served.takeover:
                 raise ExportTaken(
@@ -269,15 +262,16 @@ class ExportService:
         name, size, me = served.spec.name, served.spec.size, self.peers.me
         owner = export_owner(name)
         record = self.records.get(name)
-        alive = sorted(self.peers.alive())
-        asked = await self._each(alive, lambda n: self.peers.calls.claim(n, owner, 0, 0))
-        own = self.lent.claim(owner, 0, me, 0)[1]
+        asked = await self.claims.ask(name, sorted(self.peers.alive()))
+        own = self.claims.here(name)
         newest_term, newest_node = max(
             [(a.term, a.node) for a in asked.values()] + [(own.term, own.node)]
         )
         mine = record.term if record is not None else 0
         current = newest_node if newest_node and newest_node != me else ""
-        if not served.takeover and current and newest_term > mine:
+        # Another node's claim at this node's recorded term counts too: a term this node took
+        # (recorded first) but no holder heard before it stopped may be taken again by a move.
+        if not served.takeover and current and newest_term >= mine:
             if record is not None:
                 self.records.update(name, size, serving=False)
             raise ExportTaken(
@@ -290,6 +284,9 @@ class ExportService:
                 "here again unless moved back (`ramster export move`)"
             )
         required = required_nodes(self.peers, served, record, current)
+        if not required and self._discovering() and not (record is not None and record.created):
+            # Unknown is not empty: nobody to hear may only mean nobody found yet.
+            return Attempt(missing={"the members mDNS has not found yet"})
         missing = required - set(asked)
         if missing and not served.force:
             return Attempt(missing=missing)  # refused (a move) or waited for: no term taken
@@ -319,7 +316,10 @@ class ExportService:
         try:
             heard, missing = await self._hear(served, required)
             heard.drop_older(deleted_floor(asked.values(), self.lent.terms.deleted_term(owner)))
-        except ExportTaken:
+        except ExportTaken as exc:
+            if isinstance(exc, TermTie) and served.takeover:  # a resume yields to a move
+                log.warning("export %s: %s; taking a newer term", name, exc)
+                return Attempt(retry=True)
             self.records.update(name, size, serving=False)  # a newer server owns it
             raise
         if missing:
@@ -333,6 +333,11 @@ class ExportService:
             and not missing
         )
         return Attempt(ready=True, missing=missing, heard=heard, new=new)
+
+    def _discovering(self) -> bool:
+        """Members are found by mDNS, and the node started too recently to know them all."""
+        settle = DISCOVERY_SETTLE * self.config.dead_after
+        return bool(self.config.mdns_interface) and time.monotonic() - self._started < settle
 
     async def _hear(self, served: Served, required: set[str]) -> tuple[Heard, set[str]]:
         """Claim the term taken (`served.term`) and read every inventory, again and again until
@@ -351,7 +356,7 @@ class ExportService:
         name, size, term = served.spec.name, served.spec.size, served.term
         told = 0.0
         while True:
-            taken = await self._take(name, term, size, sorted(self.peers.alive()))
+            taken = await self.claims.take(name, term, size, sorted(self.peers.alive()))
             heard = await self._rebuilder(served).inventories(sorted(taken))
             missing = (required - set(taken)) | (heard.failed & required)
             if not missing or served.force:
@@ -371,37 +376,6 @@ class ExportService:
                 )
             await asyncio.sleep(HEAR_RETRY)
 
-    async def claim(self, name: str, size: int) -> int:
-        """Take the next term of an export on every live peer (to fence its server and delete
-        it); ExportTaken if one refuses."""
-        owner = export_owner(name)
-        nodes = sorted(self.peers.alive())
-        asked = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, 0, 0))
-        here = self.lent.claim(owner, 0, self.peers.me, 0)[1].term
-        record = self.records.get(name)
-        term = max([a.term for a in asked.values()] + [here, record.term if record else 0]) + 1
-        self.records.update(name, size, term=term, serving=False)
-        await self._take(name, term, size, nodes)
-        return term
-
-    async def _take(
-        self, name: str, term: int, size: int, nodes: list[str]
-    ) -> dict[str, ClaimAnswer]:
-        """Claim `term` on the nodes and here; the answers (ExportTaken if any refused)."""
-        owner = export_owner(name)
-        taken = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, term, size))
-        ok, claim = self.lent.claim(owner, term, self.peers.me, size)
-        if not ok:
-            raise ExportTaken(f"export {name}: term {claim.term} by {claim.node} is newer")
-        refused = {n: a for n, a in taken.items() if not a.taken}
-        if refused:
-            node, answer = next(iter(refused.items()))
-            raise ExportTaken(
-                f"export {name}: {node} knows term {answer.term} by {answer.node}, "
-                f"newer than {term}"
-            )
-        return taken
-
     _each = staticmethod(claim_answers)
     """The claim answers of the nodes that answered (the others are left out, and logged)."""
 
@@ -417,7 +391,7 @@ class ExportService:
                     served.task = tg.create_task(self._tend(served))
             while True:
                 await asyncio.sleep(DELETE_RETRY)
-                await self.retry_deletes()
+                await self.claims.retry_deletes()
 
     async def _tend(self, served: Served) -> None:
         """Drops, keepalive claims and repairs of one export until it is fenced or retired."""
@@ -503,7 +477,9 @@ class ExportService:
         elif served is not None or name in self.nbd.exports:
             raise ExportTaken(f"export {name} is served here already")
         else:
-            known = await self._known_size(name)
+            known = await self.claims.known_size(name)
+            if name in self.served or name in self.nbd.exports:  # a move that came meanwhile
+                raise ExportTaken(f"export {name} is being taken over here already")
             spec = ExportSpec(name, size or known, area, REPLICATED)
             export = self.build(spec, self.nbd.config.max_payload, takeover=True, force=force)
             served = self.served[name]
@@ -562,63 +538,11 @@ class ExportService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _known_size(self, name: str) -> int:
-        owner = export_owner(name)
-        nodes = sorted(self.peers.alive())
-        answers = await self._each(nodes, lambda n: self.peers.calls.claim(n, owner, 0, 0))
-        record = self.records.get(name)
-        # This node's own lent pool may be the only holder left (a two-node cluster).
-        size = max(
-            [a.size for a in answers.values()]
-            + [self.lent.claim(owner, 0, self.peers.me, 0)[1].size, record.size if record else 0]
-        )
-        if not size:
-            raise ExportTaken(f"export {name}: no holder knows its size (give --size)")
-        return size
-
     async def delete(self, name: str) -> int:
         """Forget an export cluster-wide: fence its server, drop every copy; pages dropped."""
-        served = self.served.get(name)
-        if served is not None:
+        if name in self.served:
             self.retire(name, "deleted")
-        term = await self.claim(name, 0)
-        owner = export_owner(name)
-        dropped = 0
-        # This node's own lent pool too: it may hold copies of a server before it.
-        dropped += self.lent.delete_export(owner, term, self.peers.me)
-        missed = set(self.peers.membership.members()) - {self.peers.me}
-        for node in sorted(self.peers.alive()):
-            try:
-                dropped += await self.peers.calls.delete_export(node, owner, term)
-                missed.discard(node)
-            except RamsterError as exc:
-                log.warning("export %s: %s did not delete its copies: %s", name, node, exc)
-        if missed:
-            self.undeleted[owner] = (term, missed)
-        # Deleted: a later export of that name starts blank; its term is kept (never reused).
-        self.records.update(name, 0, serving=False, created=False, holders=())
-        self._event("export-deleted", name, f"{dropped} pages dropped", logging.WARNING)
-        return dropped
-
-    async def retry_deletes(self) -> int:
-        """Tell the members that missed a deletion (down, cut off or failing then) once they
-        are alive; pages they dropped. One that knows a newer life of the export (fenced) keeps
-        that: its copies of the deleted life are below the new term's floor."""
-        dropped = 0
-        alive = self.peers.alive()
-        for owner, (term, missed) in list(self.undeleted.items()):
-            for node in sorted(missed & alive):
-                try:
-                    dropped += await self.peers.calls.delete_export(node, owner, term)
-                except ExportFenced:
-                    pass
-                except RamsterError as exc:
-                    log.info("export %s: %s did not delete its copies yet: %s", owner, node, exc)
-                    continue
-                missed.discard(node)
-            if not missed:
-                self.undeleted.pop(owner, None)
-        return dropped
+        return await self.claims.delete(name)
 
     def holder_restarted(self, node: str, old_incarnation: str) -> None:
         """A holder restarted: its copies of every export are gone."""

@@ -193,13 +193,12 @@ class LentPool:
         newer one, and note that the export is alive."""
         term, node = parse_export_incarnation(incarnation)
         self.terms.check(owner, term, node, self._idle_exports)
-        if (owner, "") in self._marked:
-            if not hello:
-                raise Reclaimed(
-                    f"the pages of {owner} were reclaimed here (epoch {self._marked[(owner, '')]})"
-                )
-            del self._marked[(owner, "")]
         self._export_seen[owner] = self.clock()
+        # Told once, on the server's next data call (its claims' answers carry no epoch: a
+        # keepalive must not swallow the news); the server then repairs around this holder.
+        if not hello and (owner, "") in self._marked:
+            epoch = self._marked.pop((owner, ""))
+            raise Reclaimed(f"the pages of {owner} were reclaimed here (epoch {epoch})")
 
     def claim(self, owner: str, term: int, node: str, size: int) -> tuple[bool, ExportClaim]:
         """Take (or keep alive) an export under `term`: refused for an older term or the same

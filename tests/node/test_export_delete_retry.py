@@ -25,8 +25,8 @@ async def test_a_holder_that_missed_the_delete_is_told_again(three: list[Node]) 
     try:
         await n2.delete_export("swap0")
         assert _held(n1)  # the deleted life's copies are still there
-        assert set(n2.exports.undeleted["export:swap0"][1]) == {"n1"}
+        assert set(n2.exports.claims.undeleted["export:swap0"][1]) == {"n1"}
     finally:
         del n1.lent.delete_export
     await wait_until(lambda: _held(n1) == 0, 10, "n1 told of the delete again")
-    await wait_until(lambda: not n2.exports.undeleted, 5, "nothing left to tell")
+    await wait_until(lambda: not n2.exports.claims.undeleted, 5, "nothing left to tell")

@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.codec import checksum, encode
 from ramster.pagestore.lent import LentPool
-from ramster.pagestore.owners import FORGETS_PER_PASS
+from ramster.pagestore.owners import FORGETS_PER_PASS, Reclaimed
 
 INC = "00000180-aaaa"
 
@@ -163,3 +165,23 @@ def test_many_silent_exports_are_forgotten_a_few_per_pass() -> None:
         assert took < 0.5, f"one pass of the reclaim loop took {took:.2f} s"
         forgotten += done
     assert lent.reclaim_exports(5.0) == {}
+
+
+def test_an_exports_keepalive_keeps_the_news_that_its_pages_were_reclaimed() -> None:
+    """A holder forgets an export's pages after `export_grace` and marks it. The server's
+    keepalive claim (its answer carries no epoch) must not clear the mark: its next data call
+    is told (Reclaimed, once), so that it repairs around this holder."""
+    now = [0.0]
+    lent = LentPool(PoolConfig(budget_bytes=4 << 20))
+    lent.clock = lambda: now[0]
+    export, inc = "export:disk", "t1@s"
+    assert lent.claim(export, 1, "s", 1 << 20)[0]
+    (payload, s) = stored(1)
+    assert lent.put(export, inc, [0], [3], [(1 << 40) + 1], [s], [payload]) == [True]
+    now[0] = 100.0
+    assert lent.reclaim_exports(50.0) == {export: 1}
+    taken, claim = lent.claim(export, 1, "s", 1 << 20)  # the keepalive comes first
+    assert taken and claim.term == 1
+    with pytest.raises(Reclaimed):
+        lent.get(export, inc, [0], [3])
+    assert lent.get(export, inc, [0], [3]) == [None]  # told once: the server repairs

@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         help="count only failures whose message contains TEXT; the run goes on past others "
         "(with --first-failure: how many seeds it takes to find one kind of bug)",
     )
+    parser.add_argument(
+        "--exports",
+        action="store_true",
+        help="run replicated NBD exports too: their workload, operator actions and checkers",
+    )
     parser.add_argument("--verbose", action="store_true", help="the nodes' logs too")
     parser.add_argument("--trace", action="store_true", help="print every event as it happens")
     parser.add_argument("--quiet", action="store_true", help="only failures and the summary")
@@ -50,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for count, seed in enumerate(seeds, 1):
         t0 = time.perf_counter()
-        outcome = run_seed(seed, args.steps, verbose=args.verbose, echo=args.trace, only=args.match)
+        outcome = run_seed(
+            seed,
+            args.steps,
+            verbose=args.verbose,
+            echo=args.trace,
+            only=args.match,
+            exports=args.exports,
+        )
         took = time.perf_counter() - t0
         if outcome.failure is not None and (args.match or "") in outcome.failure:
             failed.append(seed)

@@ -26,6 +26,7 @@ from ramster.pagestore.index import LEAF_SIZE
 from ramster.rpc.connection import ClientConnection
 from ramster.testing.sim import hostile
 from ramster.testing.sim.cluster import PORT, SimCluster, SimNode, host_of
+from ramster.testing.sim.exports import ExportSim
 from ramster.testing.sim.liveness import check_liveness, leaked_slots
 from ramster.testing.sim.loop import SimLoop, virtual_world
 from ramster.testing.sim.model import HolderWatch, Model, ReclaimMeter, Violation
@@ -67,6 +68,7 @@ class Outcome:
     trace_hash: str
     tail: tuple[str, ...]
     virtual_seconds: float
+    exports: bool = False
 
     def report(self) -> str:
         """The failure, where it happened and the events before it (for a human)."""
@@ -75,6 +77,7 @@ class Outcome:
         lines += [f"  {e}" for e in self.tail]
         lines.append(
             f"replay: python -m ramster.testing.sim --seed {self.seed} --steps {self.steps}"
+            + (" --exports" if self.exports else "")
         )
         return "\n".join(lines)
 
@@ -91,6 +94,7 @@ class Simulation:
         *,
         echo: bool = False,
         only: str | None = None,
+        exports: bool = False,
     ) -> None:
         self.seed = seed
         self.echo = echo
@@ -137,9 +141,11 @@ class Simulation:
         self.short_slots: dict[ClientConnection, int] = {}
         self.still_short: dict[ClientConnection, int] = {}
         self.slow_holders: dict[str, float] = {}
+        """Seconds each holder's page calls wait before they run."""
         self.incarnations: dict[str, set[str]] = {}
         """Every incarnation each node ran (holders must know no other)."""
-        """Seconds each holder's page calls wait before they run."""
+        self.exports = ExportSim(self) if exports else None
+        """Replicated NBD exports, their operator actions and checkers (`--exports`)."""
 
     def impaired(self) -> set[str]:
         """Nodes that may miss a spill right now."""
@@ -191,6 +197,8 @@ class Simulation:
         self.model.restarted(node.name)
         self.note(f"start {node.name} run {node.runs}")
         self.spawn(node, self._init(node))
+        if self.exports is not None:
+            self.exports.booted(node)
 
     async def _init(self, node: SimNode) -> None:
         assert node.node is not None
@@ -209,6 +217,9 @@ class Simulation:
         roll = rng.random()
         if roll < self.fault_rate:
             await self.fault()
+            return
+        if self.exports is not None and rng.random() < self.exports.rate:
+            await self.exports.act()
             return
         owners = [n for n in self.cluster.nodes if n.serving and n.name in self.ready]
         if not owners:
@@ -321,10 +332,7 @@ class Simulation:
         kind = rng.choice(self.kinds)
         node = rng.choice(nodes)
         if kind == "crash" and node.up and sum(not n.up for n in nodes) == 0:
-            self.cluster.crash(node)
-            self.model.crashed(node.name)
-            self.ready.discard(node.name)
-            self.note(f"crash {node.name}")
+            self.crash(node)
         elif kind == "restart":
             for n in nodes:
                 if not n.up:
@@ -378,6 +386,15 @@ class Simulation:
             self.net.slow.clear()
             self.note("fast")
 
+    def crash(self, node: SimNode) -> None:
+        """kill -9 node (its state directory is kept)."""
+        self.cluster.crash(node)
+        self.model.crashed(node.name)
+        self.ready.discard(node.name)
+        if self.exports is not None:
+            self.exports.crashed_node(node)
+        self.note(f"crash {node.name}")
+
     # -- checks --------------------------------------------------------------------------------
 
     def check_always(self) -> None:
@@ -385,6 +402,8 @@ class Simulation:
         # Only steps in a row count: a connection not checked at a step (its node paused or
         # gone) starts again from 0.
         self.short_slots, self.still_short = self.still_short, {}
+        if self.exports is not None:
+            self.exports.check()
         failures, self.failures[:] = list(self.failures), []
         for what in failures:
             self.fail(what)
@@ -461,6 +480,8 @@ class Simulation:
         problem = await check_liveness(self)
         if problem:
             self.fail(problem)
+        if self.exports is not None:
+            await self.exports.settle()
         for owner in self.cluster.nodes:
             for key in sorted(self.model.keys.get(owner.name, {})):
                 self.busy.add((owner.name, key))
@@ -476,6 +497,7 @@ def run_seed(
     verbose: bool = False,
     echo: bool = False,
     only: str | None = None,
+    exports: bool = False,
 ) -> Outcome:
     """Run one seed in a fresh loop; never raises for a checker's failure (it is reported)."""
     loop = SimLoop(cpu=random.Random(seed ^ 0xC0FFEE))
@@ -490,7 +512,7 @@ def run_seed(
     # not an error of the run.
     sys.unraisablehook = lambda _: None
     with tempfile.TemporaryDirectory(prefix=f"ramster-sim-{seed}-") as tmp:
-        sim = Simulation(seed, steps, loop, Path(tmp), echo=echo, only=only)
+        sim = Simulation(seed, steps, loop, Path(tmp), echo=echo, only=only, exports=exports)
         try:
             with virtual_world(loop, random.Random(seed ^ 0x5EED)):
                 loop.run_until_complete(sim.run())
@@ -521,4 +543,5 @@ def run_seed(
         sim.digest.hexdigest()[:16],
         tuple(sim.trace),
         loop.time(),
+        exports,
     )
