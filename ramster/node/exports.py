@@ -269,9 +269,17 @@ class ExportService:
         )
         mine = record.term if record is not None else 0
         current = newest_node if newest_node and newest_node != me else ""
-        # Another node's claim at this node's recorded term counts too: a term this node took
-        # (recorded first) but no holder heard before it stopped may be taken again by a move.
-        if not served.takeover and current and newest_term >= mine:
+        # Another node's claim of this node's recorded term counts too, unless a holder knows
+        # this node's: a term it recorded (first) and no holder heard before it stopped may have
+        # been taken again by a move.
+        heard_mine = (own.term, own.node) == (mine, me) or any(
+            (a.term, a.node) == (mine, me) for a in asked.values()
+        )
+        if (
+            not served.takeover
+            and current
+            and (newest_term > mine or (newest_term == mine and not heard_mine))
+        ):
             if record is not None:
                 self.records.update(name, size, serving=False)
             raise ExportTaken(

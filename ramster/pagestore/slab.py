@@ -131,6 +131,10 @@ class SlabAllocator:
 
         Returns -1, changing nothing, if `resident_bytes` would end above `limit`.
         """
+        if self._resident + self._bookkeeping > limit:
+            # Already above it (the caller's other costs grew: index rows, slots): a free
+            # object in a slab held is no room either.
+            return -1
         n = len(data)
         cls = self._classes[(n - 1) // self.class_delta]
         slab = cls.current

@@ -57,8 +57,6 @@ KNOWN = {
     "though the server's own lent pool holds a copy": "found with --exports, open: a takeover "
     "by the only holder of some blocks (the other holders full) cannot store its own copies "
     "elsewhere and serves those blocks as EIO for good, though it holds them (seed 1033)",
-    "lent pool uses": "found with --exports, open: a holder's lent pool ends a put some 100 "
-    "bytes over its budget (invariant 3; seed 1031)",
 }
 """Failures the simulation found that are not fixed yet; delete each entry once its fix lands,
 and the seeds that found it must pass. (Issue 23's bugs 3 and 6, which it found on the code
