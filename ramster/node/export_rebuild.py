@@ -168,11 +168,21 @@ class Rebuilder:
                 for n in unreadable
             ]
             wanted = np.union1d(wanted, np.concatenate(spans))
+        uncertain = newer_than_manifest(merge(heard.data), meta, wanted)
+        if len(uncertain):
+            log.error(
+                "export %s: %d blocks have a copy newer than the manifest page that covers them "
+                "(an update of that page was lost): they read as I/O errors until written again",
+                self.name,
+                len(uncertain),
+            )
+            wanted = np.union1d(wanted, uncertain)
         data = merge(heard.data, wanted)
         fs.adopt(DATA_AREA, [g for g in data.groups if me not in g[0]])
         self._drop_stale(DATA_AREA, data)
         gone = await self.rehome(DATA_AREA, [g for g in data.groups if me in g[0]])
-        lost = np.union1d(data.lost, np.asarray(gone, dtype=np.int64)).astype(np.int64)
+        lost = np.union1d(data.lost, np.asarray(gone, dtype=np.int64))
+        lost = np.union1d(lost, uncertain).astype(np.int64)
         return data, wanted, lost, unstored
 
     async def new_manifest(self, total: int) -> list[int]:
@@ -295,3 +305,24 @@ def _joined(parts: list[Inventory]) -> Inventory:
         np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]),
     )
+
+
+def newer_than_manifest(data: Rebuilt, meta: Rebuilt, marked: I64) -> I64:
+    """Blocks the manifest does not mark written whose newest copy is newer than the chosen
+    version of the manifest page that covers them. A write stores its block, then the page
+    marking it (an overwrite of a marked block changes no page); a trim or a zeroing stores
+    the page, then drops the block. So that page's update marking the block was lost (or
+    the write failed before it), and whether the block holds the copy, zeros or older bytes
+    is unknown: an I/O error, never a guess (unknown is not empty). Blocks of pages not
+    heard at all are left to the caller."""
+    known = {int(o): int(v) for g in meta.groups for o, v in zip(g[1], g[2], strict=True)}
+    if not data.groups or not known:
+        return np.zeros(0, dtype=np.int64)
+    keys = np.concatenate([g[1] for g in data.groups]).astype(np.int64)
+    versions = np.concatenate([g[2] for g in data.groups]).astype(np.uint64)
+    pages = (keys >> manifest.PAGE_BITS).tolist()
+    heard = np.fromiter((p in known for p in pages), np.bool_, len(pages))
+    page_v = np.fromiter((known.get(p, 0) for p in pages), np.uint64, len(pages))
+    unmarked = ~np.isin(keys, marked)
+    out: I64 = np.sort(keys[heard & unmarked & (versions > page_v)])
+    return out
