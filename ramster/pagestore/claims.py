@@ -210,12 +210,16 @@ class CallMarks:
 
     Sequence numbers are the owner's (one counter per owner process, rising with every call),
     compared only within one owner incarnation exactly as the calls name it. Both tables are
-    bounded (oldest go first): a call later than MAX_CALL_MARKS others is judged by versions
-    alone."""
+    bounded (oldest go first, whoever's marks push them out); a mark that goes leaves its
+    owner incarnation's floor behind, and a call it may have been about errs on the safe side:
+    a put sent before an evicted drop is refused (the owner's retry, a later call, is kept),
+    a drop sent before an evicted put leaves the copy (a stray, never a loss)."""
 
     def __init__(self) -> None:
         self._drops: dict[tuple[str, str, int, int], tuple[int, int]] = {}
         self._puts: dict[tuple[str, str, int, int], int] = {}
+        self._drop_floor: dict[tuple[str, str], int] = {}
+        self._put_floor: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
         return len(self._drops) + len(self._puts)
@@ -240,9 +244,11 @@ class CallMarks:
             key = (owner, inc, area, offset)
             old = table.pop(key, None)
             table[key] = (version, seq) if old is None else (max(version, old[0]), max(seq, old[1]))
-            out.append(puts.get(key, 0) < seq)
+            kept = puts.get(key)
+            out.append(kept < seq if kept is not None else self._put_floor.get(key[:2], 0) < seq)
         while len(table) > MAX_CALL_MARKS:
-            table.pop(next(iter(table)))
+            gone = next(iter(table))
+            _raise(self._drop_floor, gone[:2], table.pop(gone)[1])
         return out
 
     def put(
@@ -257,12 +263,16 @@ class CallMarks:
         """Per key of a put sent as call `seq`, whether it may be kept (False: a drop sent after
         it reached its version)."""
         table = self._drops
-        if not table:
+        floor = self._drop_floor.get((owner, inc), 0)
+        if not table and not floor:
             return [True] * len(offsets)
         out = []
         for offset, version in zip(offsets, versions, strict=True):
             mark = table.get((owner, inc, area, offset))
-            out.append(mark is None or version > mark[0] or seq > mark[1])
+            if mark is None:
+                out.append(seq > floor)
+            else:
+                out.append(version > mark[0] or seq > mark[1])
         return out
 
     def kept(self, owner: str, inc: str, area: int, offsets: Sequence[int], seq: int) -> None:
@@ -272,13 +282,25 @@ class CallMarks:
             key = (owner, inc, area, offset)
             table[key] = max(seq, table.pop(key, 0))
         while len(table) > MAX_CALL_MARKS:
-            table.pop(next(iter(table)))
+            gone = next(iter(table))
+            _raise(self._put_floor, gone[:2], table.pop(gone))
 
     def forget(self, owner: str) -> None:
         """Drop every mark of an owner (its pages here are gone)."""
         for table in (self._drops, self._puts):
             for key in [k for k in table if k[0] == owner]:
                 del table[key]
+        for floors in (self._drop_floor, self._put_floor):
+            for pair in [k for k in floors if k[0] == owner]:
+                del floors[pair]
+
+
+def _raise(floors: dict[tuple[str, str], int], owner: tuple[str, str], seq: int) -> None:
+    """Raise an owner incarnation's floor to seq (the floors are bounded too: oldest go first,
+    and an owner incarnation that many others pushed out is long silent)."""
+    floors[owner] = max(seq, floors.pop(owner, 0))
+    while len(floors) > MAX_CALL_MARKS:
+        floors.pop(next(iter(floors)))
 
 
 def newest_wins(

@@ -8,19 +8,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
-import numpy.typing as npt
-
 from ramster.errors import InvalidPage
 from ramster.pagestore.claims import CallMarks, CopyOrders, ExportTerms, newest_wins
 from ramster.pagestore.config import MAX_AREA, PoolConfig
+from ramster.pagestore.lent_exports import ExportHolding
+from ramster.pagestore.lent_reclaim import Reclaiming
 from ramster.pagestore.owners import (
-    EXPORT_PREFIX,
-    FORGETS_PER_PASS,
-    INVENTORY_LIMIT,
     MAX_FLOORS,
     MAX_OWNERS,
-    MAX_REMEMBERED,
     RECLAIM_STEP_PAGES,
     AreaSweep,
     ExportClaim,
@@ -31,7 +26,6 @@ from ramster.pagestore.owners import (
     StaleIncarnation,
     TooManyOwners,
     by_area,
-    export_incarnation,
     incarnation_order,
     is_export,
     keyed_incarnation,
@@ -46,7 +40,7 @@ Stored = tuple[int, int, Buffer]
 """(version, checksum, stored payload) of one held page, wherever it travels."""
 
 
-class LentPool:
+class LentPool(ExportHolding, Reclaiming):
     """Pages held for peers, within the lent budget; one internal area per (owner, inc, area)."""
 
     def __init__(self, config: PoolConfig, twin_window: float = 0.0) -> None:
@@ -100,6 +94,8 @@ class LentPool:
         incarnation: str,
         now: float | None = None,
         supersedes: str | None = None,
+        *,
+        told: bool = False,
     ) -> int:
         """Learn an owner's incarnation; pages of an older one are reclaimed (returns how many).
 
@@ -109,7 +105,7 @@ class LentPool:
         from, Reclaimed for a data call of an incarnation whose pages were reclaimed.
         """
         if is_export(owner):
-            self._note_export(owner, incarnation, hello=now is not None)
+            self._note_export(owner, incarnation, hello=now is not None, told=told)
             return 0
         known = self._current.get(owner)
         if known is not None and known != incarnation:
@@ -188,76 +184,6 @@ class LentPool:
         if (owner, incarnation) in self._marked:
             raise Reclaimed(f"the pages of {owner} incarnation {incarnation} were reclaimed here")
 
-    def _note_export(self, owner: str, incarnation: str, *, hello: bool = False) -> None:
-        """Check an export call's term against the newest seen (Fenced if older), learn a
-        newer one, and note that the export is alive."""
-        term, node = parse_export_incarnation(incarnation)
-        self.terms.check(owner, term, node, self._idle_exports)
-        self._export_seen[owner] = self.clock()
-        # Told once, on the server's next data call (its claims' answers carry no epoch: a
-        # keepalive must not swallow the news); the server then repairs around this holder.
-        if not hello and (owner, "") in self._marked:
-            epoch = self._marked.pop((owner, ""))
-            raise Reclaimed(f"the pages of {owner} were reclaimed here (epoch {epoch})")
-
-    def claim(self, owner: str, term: int, node: str, size: int) -> tuple[bool, ExportClaim]:
-        """Take (or keep alive) an export under `term`: refused for an older term or the same
-        term from another node; term 0 only asks. The claim after the call either way."""
-        known = self.terms.claims.get(owner)
-        if term == 0:
-            return True, known or self.terms.last_claim(owner)
-        try:
-            self._note_export(owner, export_incarnation(term, node), hello=True)
-        except Fenced as exc:
-            return False, exc.claim
-        return True, self.terms.resize(owner, size)
-
-    def _idle_exports(self) -> list[str]:
-        """Exports with no pages here, longest silent first (their claims may make room)."""
-        pages = self.pages_by_owner()
-        idle = [o for o in self.terms.claims if not pages.get(o)]
-        return sorted(idle, key=lambda o: self._export_seen.get(o, 0.0))
-
-    def inventory(
-        self, owner: str, incarnation: str, area: int, start: int, limit: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-        """(offsets, versions, checksums) of up to `limit` pages of an export's area from
-        `start` on, ascending: what a restarted server rebuilds its index from."""
-        self.note_owner(owner, incarnation)
-        ident = self._ids.get((owner, "", area))
-        if ident is None:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty.astype(np.uint64), empty.astype(np.uint64)
-        limit = min(limit, INVENTORY_LIMIT)
-        floor = self._floor(owner, "", area)
-        if floor < 0:
-            return self.pool.held_meta(ident, start, limit)
-        # Pages an area drop reached are gone, even before the sweep has freed them; a short
-        # answer still means the end, so keep reading past them.
-        parts = []
-        while limit > 0:
-            offs, versions, sums = self.pool.held_meta(ident, start, limit)
-            live = versions > np.uint64(floor)
-            parts.append((offs[live], versions[live], sums[live]))
-            if len(offs) < limit:
-                break
-            limit -= int(live.sum())
-            start = int(offs[-1]) + 1
-        return (
-            np.concatenate([p[0] for p in parts]),
-            np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]),
-        )
-
-    def delete_export(self, owner: str, term: int, node: str) -> int:
-        """Forget an export's pages for good: its term is kept (older servers stay fenced) and
-        so is the deletion (a copy of an older term, however late, is never kept again)."""
-        self._note_export(owner, export_incarnation(term, node), hello=True)
-        self.terms.delete(owner, term)
-        dropped = self.forget(owner)
-        self._export_seen.pop(owner, None)
-        return dropped
-
     def expect(
         self,
         owner: str,
@@ -271,6 +197,21 @@ class LentPool:
         """The owner's order of copies another holder will forward here (hold.expect), sent as
         its call `seq` (if it says): a copy that lands counts as a put of that call."""
         self.note_owner(owner, inc)
+        if seq is not None:
+            # An order sent before a drop of its key that ran here first orders a stray: none.
+            allowed = [True] * len(offsets)
+            for area, idx in by_area(areas):
+                fine = self.marks.put(
+                    owner, inc, area, [offsets[i] for i in idx], [versions[i] for i in idx], seq
+                )
+                for i, ok in zip(idx, fine, strict=True):
+                    allowed[i] = ok
+            if not all(allowed):
+                keep = [i for i, ok in enumerate(allowed) if ok]
+                areas, offsets = [areas[i] for i in keep], [offsets[i] for i in keep]
+                versions, checksums = [versions[i] for i in keep], [checksums[i] for i in keep]
+                if not keep:
+                    return
         self.orders.expect(
             owner, keyed_incarnation(owner, inc), areas, offsets, versions, checksums, seq
         )
@@ -280,39 +221,6 @@ class LentPool:
         area_floor = self._floors.get((owner, keyed, area), -1)
         return max(area_floor, self.terms.version_floor(owner)) if keyed == "" else area_floor
 
-    def reclaim_exports(self, grace: float) -> dict[str, int]:
-        """Forget the pages of exports not heard from for `grace` seconds (0: never)."""
-        if grace <= 0:
-            return {}
-        now = self.clock()
-        dropped: dict[str, int] = {}
-        for owner, seen in list(self._export_seen.items()):
-            if len(dropped) == FORGETS_PER_PASS:
-                break  # the rest at the next pass: a forget scans tables as big as their bounds
-            if now - seen > grace:
-                dropped[owner] = self.forget(owner)
-                del self._export_seen[owner]
-                epoch = self._epochs.pop(owner, 0) + 1
-                self._epochs[owner] = epoch
-                self._marked[(owner, "")] = epoch
-                while len(self._epochs) > MAX_REMEMBERED:
-                    self._epochs.pop(next(iter(self._epochs)))
-                while len(self._marked) > MAX_REMEMBERED:
-                    self._marked.pop(next(iter(self._marked)))
-                log.warning(
-                    "export %s silent for %.0f s (export grace %.0f s): reclaimed %d pages",
-                    owner.removeprefix(EXPORT_PREFIX),
-                    now - seen,
-                    grace,
-                    dropped[owner],
-                )
-        return dropped
-
-    def exports(self) -> dict[str, tuple[ExportClaim, int]]:
-        """Every export this holder knows: its claim and the pages held here."""
-        pages = self.pages_by_owner()
-        return {o: (c, pages.get(o, 0)) for o, c in self.terms.claims.items()}
-
     def owner_incarnations(self) -> dict[str, str]:
         """{owner: the newest incarnation this holder knows of it} (a copy)."""
         return dict(self._current)
@@ -320,92 +228,6 @@ class LentPool:
     def epoch(self, owner: str) -> int:
         """How many times this holder reclaimed the owner's pages (0: never)."""
         return self._epochs.get(owner, 0)
-
-    def forget(self, owner: str, keep: str | None = None) -> int:
-        """Forget every page of an owner (but those of incarnation `keep`); returns how many.
-
-        The pages are unreachable at once and freed by `reclaim_step`, a bounded step at a
-        time (the reclaim loop's): a large owner, or many owners forgotten in one pass, would
-        stall the loop.
-        """
-        dropped = 0
-        for key in [k for k in self._ids if k[0] == owner and k[1] != keep]:
-            ident = self._ids.pop(key)
-            dropped += self.pool.area_pages(ident)
-            self._doomed.append(ident)
-        for key in [k for k in self._floors if k[0] == owner and k[1] != keep]:
-            del self._floors[key]
-        if keep is None:
-            self.orders.forget(owner)
-            self.marks.forget(owner)
-        if keep is None:
-            self._current.pop(owner, None)
-            self._last_seen.pop(owner, None)
-        self._reclaimed += dropped
-        return dropped
-
-    def reclaim_step(self, max_pages: int | None = None) -> int:
-        """Free up to about max_pages (default: step_pages) pages of forgotten owners or
-        dropped areas; pages freed."""
-        if max_pages is None:
-            max_pages = self.step_pages
-        freed = 0
-        while self._doomed and freed < max_pages:
-            ident = self._doomed[-1]
-            offs = self.pool.area_offsets(ident, limit=max_pages - freed)
-            if not len(offs):
-                self._doomed.pop()
-                self._free_ids.append(ident)
-                continue
-            freed += self.pool.drop_many(ident, offs)
-        while self._sweeps and freed < max_pages:
-            sweep = next(reversed(self._sweeps.values()))
-            if not sweep.leaves or self._ids.get(sweep.key) != sweep.ident:
-                del self._sweeps[sweep.key]  # done, or its owner forgotten (the id may be reused)
-                continue
-            offs = self.pool.leaf_offsets(sweep.ident, sweep.leaves.pop())
-            held = self.pool.versions(sweep.ident, offs)
-            old = [
-                o
-                for o, v in zip(offs.tolist(), held, strict=True)
-                if v is not None and v <= sweep.floor
-            ]
-            freed += self.pool.drop_many(sweep.ident, old) + 1  # + 1: an empty leaf is work too
-        return freed
-
-    def reclaim_pending(self) -> bool:
-        """Pages of forgotten owners or dropped areas are still to be freed."""
-        return bool(self._doomed or self._sweeps)
-
-    def reclaim_silent(self, now: float, grace: float) -> dict[str, int]:
-        """Forget the pages of owners not heard from for `grace` seconds; {owner: pages}.
-
-        The owner is told when it says hello again: its epoch here rises, and data calls of
-        that incarnation are refused (Reclaimed) until then.
-        """
-        dropped: dict[str, int] = {}
-        for owner, seen in list(self._last_seen.items()):
-            if len(dropped) == FORGETS_PER_PASS:
-                break  # the rest at the next pass: a forget scans tables as big as their bounds
-            if now - seen > grace:
-                incarnation = self._current.get(owner)
-                dropped[owner] = self.forget(owner)
-                epoch = self._epochs.pop(owner, 0) + 1
-                self._epochs[owner] = epoch
-                if incarnation is not None:
-                    self._marked[(owner, incarnation)] = epoch
-                while len(self._epochs) > MAX_REMEMBERED:
-                    self._epochs.pop(next(iter(self._epochs)))
-                while len(self._marked) > MAX_REMEMBERED:
-                    self._marked.pop(next(iter(self._marked)))
-                log.warning(
-                    "owner %s silent for %.0f s (grace %.0f s): reclaimed %d pages",
-                    owner,
-                    now - seen,
-                    grace,
-                    dropped[owner],
-                )
-        return dropped
 
     def _area_id(self, owner: str, inc: str, area: int, create: bool) -> int | None:
         key = (owner, keyed_incarnation(owner, inc), area)
@@ -468,7 +290,7 @@ class LentPool:
             self._unordered += ordered.count(False)
             groups = [(a, [i for i in idx if ordered[i]]) for a, idx in groups]
         else:
-            self.note_owner(owner, inc)
+            self.note_owner(owner, inc, told=True)
             # The owner's own newer store: an older copy it ordered here is a stray now.
             self.orders.withdraw(owner, keyed, areas, offsets, versions, inclusive=False)
             if seq is not None:
@@ -555,10 +377,17 @@ class LentPool:
         return [i for i, keep in zip(idx, fine, strict=True) if keep]
 
     def get(
-        self, owner: str, inc: str, areas: Sequence[int], offsets: Sequence[int]
+        self,
+        owner: str,
+        inc: str,
+        areas: Sequence[int],
+        offsets: Sequence[int],
+        *,
+        told: bool = True,
     ) -> list[Stored | None]:
-        """Held pages in stored form, None where not held."""
-        self.note_owner(owner, inc)
+        """Held pages in stored form, None where not held. `told`: the answer reaches the
+        owner itself (not a holder copying for it), so a reclaim it raises is news told."""
+        self.note_owner(owner, inc, told=told)
         out: list[Stored | None] = [None] * len(offsets)
         keyed = keyed_incarnation(owner, inc)
         for area, idx in by_area(areas):
@@ -586,7 +415,7 @@ class LentPool:
         `seq` (the owner's call sequence, `CallMarks`): a put the owner sent before this drop
         and that runs here after it keeps none of these versions either, and a copy that a put
         sent after this drop kept here stays."""
-        self.note_owner(owner, inc)
+        self.note_owner(owner, inc, told=True)
         may = [True] * len(offsets)
         if versions is not None:
             keyed = keyed_incarnation(owner, inc)
@@ -647,9 +476,7 @@ class LentPool:
                 self._floors.pop(next(iter(self._floors)))
         if ident is None:
             return 0
-        old = self._sweeps.pop(key, None)
-        floor = max_version if old is None or old.ident != ident else max(old.floor, max_version)
-        self._sweeps[key] = AreaSweep(key, ident, floor, self.pool.area_leaves(ident)[::-1])
+        self._sweep(key, ident, max_version)
         pages = self.pool.area_pages(ident)
         self.reclaim_step()
         return pages

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ramster.errors import RamsterError
+from ramster.errors import PagesReclaimed, RamsterError
 from ramster.frontswap.remote.holders import Tier, run_all
 from ramster.telemetry.ratelimit import LogLimiter
 
@@ -288,6 +288,11 @@ class DropQueue:
                             q.landed.set()
                         sent += len(offs)
                         t.counters["drops_sent"] += len(offs)
+            except PagesReclaimed as exc:
+                # The holder forgot this owner's pages: the copies to drop are gone, and the
+                # owner must repair around it (the holder says so to puts and gets too).
+                t.reclaimed(node, exc.epoch)
+                q.retry_at = time.monotonic() + RETRY
             except RamsterError as exc:
                 t.counters["drop_failures"] += 1
                 q.retry_at = time.monotonic() + RETRY

@@ -296,7 +296,7 @@ class HolderService:
         if target == self.node_id:
             raise ProtocolError("hold.copy onto the holder itself")
         with _refusals():
-            held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets)
+            held = self.lent.get(req.owner, req.incarnation, keys.areas, keys.offsets, told=False)
         good, payloads = copyable(held, versions, sums, self.lent.pool.config.page_size)
         self.copies_refused += n - len(good)
         if not good:

@@ -468,8 +468,11 @@ class ExportSim:
     @staticmethod
     def _held_by_server(node: SimNode, served: Served, block: int) -> bool:
         assert node.node is not None
-        owner, inc = served.holders.owner_identity
-        return node.node.lent.get(owner, inc, [DATA_AREA], [block])[0] is not None
+        owner, _ = served.holders.owner_identity
+        lent = node.node.lent
+        ident = lent._ids.get((owner, "", DATA_AREA))  # read without telling anyone anything
+        held = None if ident is None else lent.pool.versions(ident, [block])[0]
+        return held is not None and held > lent._floor(owner, "", DATA_AREA)
 
     # -- after healing ---------------------------------------------------------------------------
 
