@@ -60,12 +60,14 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .ramster-dev build dist
 
-## soak: the cluster simulation over many seeds (`make soak SEEDS=0..999 STEPS=200`); a failing
-## seed prints its report and replays with `python -m ramster.testing.sim --seed N --steps S`
+## soak: the cluster simulation over many seeds (`make soak SEEDS=0..999 STEPS=200`, and
+## EXPORTS=1 for NBD exports and operator actions); a failing seed prints its report and
+## replays with `python -m ramster.testing.sim --seed N --steps S [--exports]`
 SEEDS ?= 0..199
 STEPS ?= 200
+EXPORTS ?=
 soak: $(STAMP)
-	$(BIN)/python -m ramster.testing.sim --seeds $(SEEDS) --steps $(STEPS) --quiet
+	$(BIN)/python -m ramster.testing.sim --seeds $(SEEDS) --steps $(STEPS) --quiet $(if $(EXPORTS),--exports)
 
 ## sim-hunt: how many seeds the simulation needs to find each kind of failure it knows (the bugs
 ## of issue 23 among them); run it again once fixes land: each line should then say 0 failed
