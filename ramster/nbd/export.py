@@ -288,7 +288,7 @@ class Export:
         if self._check_fenced():
             return [const.EIO] * len(ops)
         errors = await self._mutate_pages(ops)
-        if self._dirty and not await self._persist():
+        if self._dirty and not await self.persist_manifest():
             errors = [e or const.EIO for e in errors]
         # One fenced answer anywhere in the batch fails all of it (the holders that kept a page
         # have not heard the new term yet, and prove nothing).
@@ -299,7 +299,7 @@ class Export:
         if self.manifest_area is not None and len(pages):
             self._dirty.update(manifest.pages_of(pages))
 
-    async def _persist(self) -> bool:
+    async def persist_manifest(self) -> bool:
         """Store the changed manifest pages; False if any could not be stored."""
         if self.manifest_area is None or not self._dirty:
             return True
@@ -328,7 +328,7 @@ class Export:
             return await self.fs.store_many(self.area, stores, contents)
         self._note_changed(fresh)
         data = asyncio.ensure_future(self.fs.store_many(self.area, stores, contents))
-        meta = asyncio.ensure_future(self._persist())
+        meta = asyncio.ensure_future(self.persist_manifest())
         try:
             await asyncio.wait((data, meta))
         except BaseException:
@@ -518,7 +518,7 @@ class Export:
             if self._check_fenced():
                 return const.EIO
             error = await self._invalidate_range(first, end)
-            error = error or (0 if await self._persist() else const.EIO)
+            error = error or (0 if await self.persist_manifest() else const.EIO)
             return const.EIO if self._check_fenced() else error
 
     async def write_zeroes(self, offset: int, length: int) -> int:
@@ -546,7 +546,7 @@ class Export:
             error = next((e for e in errors if e), 0)
             if first_full < end_full:
                 error = await self._invalidate_range(first_full, end_full) or error
-            error = error or (0 if await self._persist() else const.EIO)
+            error = error or (0 if await self.persist_manifest() else const.EIO)
             return const.EIO if self._check_fenced() else error
 
     async def _invalidate_range(self, first: int, end: int) -> int:
@@ -570,7 +570,7 @@ class Export:
         async with self._lock:
             if self._check_fenced():
                 return const.EIO
-            return const.EIO if not await self._persist() or self._check_fenced() else 0
+            return const.EIO if not await self.persist_manifest() or self._check_fenced() else 0
 
     def statistics(self) -> ExportStatistics:
         """A snapshot of the export's counters."""

@@ -23,6 +23,7 @@ from ramster.errors import RamsterError
 from ramster.frontswap.remote import ClusterFrontswap
 from ramster.frontswap.remote.rebuild import Inventory, Rebuilt, merge
 from ramster.nbd import manifest
+from ramster.nbd.export import Export
 from ramster.pagestore.codec import checksum, expand
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import INVENTORY_LIMIT
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DATA_AREA, MANIFEST_AREA = 0, 1
 I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
 
 
 @dataclass(slots=True)
@@ -76,6 +78,10 @@ class Rebuilder:
     owner: str
     incarnation: str
     rehome_lost: list[int] = field(default_factory=list)
+    uncertain: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Blocks the last rebuild found uncertain (`newer_than_manifest`): I/O errors."""
+    uncertain_copies: dict[str, tuple[I64, U64]] = field(default_factory=dict)
+    """Their copies, to drop once their manifest pages mark them (`settle_uncertain`)."""
 
     async def inventories(self, nodes: list[str]) -> Heard:
         """Both areas' inventories of every node named (and this node's own lent pool)."""
@@ -176,8 +182,10 @@ class Rebuilder:
                 self.name,
                 len(uncertain),
             )
-            wanted = np.union1d(wanted, uncertain)
+        # Their copies are in no index: they go once their pages mark them (settle_uncertain).
         data = merge(heard.data, wanted)
+        self.uncertain, self.uncertain_copies = uncertain, _take_keys(data, uncertain)
+        wanted = np.union1d(wanted, uncertain)
         fs.adopt(DATA_AREA, [g for g in data.groups if me not in g[0]])
         self._drop_stale(DATA_AREA, data)
         gone = await self.rehome(DATA_AREA, [g for g in data.groups if me in g[0]])
@@ -197,11 +205,26 @@ class Rebuilder:
             unstored += [n for n, ok in zip(numbers, kept, strict=True) if not ok]
         return unstored
 
+    async def settle_uncertain(self, export: Export) -> None:
+        """Make the uncertain blocks errors that last: store their manifest pages marking them
+        written, then drop their copies (marked with no copy reads as an I/O error, and a later
+        write of one is newer than its page). In that order: a crash between the two leaves a
+        block served as its copy, never as zeros; a page not stored keeps the copies."""
+        if not len(self.uncertain):
+            return
+        export.mark_manifest(sorted(manifest.pages_of(self.uncertain.tolist())))
+        if await export.persist_manifest():
+            self._drop_copies(DATA_AREA, self.uncertain_copies)
+        self.uncertain_copies = {}
+
     def _drop_stale(self, area: int, rebuilt: Rebuilt) -> None:
-        for node, (offs, vers) in rebuilt.stale.items():
+        self._drop_copies(area, rebuilt.stale)
+
+    def _drop_copies(self, area: int, stale: dict[str, tuple[I64, U64]]) -> None:
+        for node, (offs, vers) in stale.items():
             if node != self.peers.me:
                 self.fs.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
-        own = rebuilt.stale.get(self.peers.me)
+        own = stale.get(self.peers.me)
         if own is not None and len(own[0]):
             self.lent.drop(
                 self.owner, self.incarnation, [area] * len(own[0]), own[0].tolist(), own[1].tolist()
@@ -325,4 +348,17 @@ def newer_than_manifest(data: Rebuilt, meta: Rebuilt, marked: I64) -> I64:
     page_v = np.fromiter((known.get(p, 0) for p in pages), np.uint64, len(pages))
     unmarked = ~np.isin(keys, marked)
     out: I64 = np.sort(keys[heard & unmarked & (versions > page_v)])
+    return out
+
+
+def _take_keys(rebuilt: Rebuilt, keys: I64) -> dict[str, tuple[I64, U64]]:
+    """Take the copies of these keys out of the rebuild's stale copies (dropped elsewhere)."""
+    out: dict[str, tuple[I64, U64]] = {}
+    if not len(keys):
+        return out
+    for node, (offs, vers) in list(rebuilt.stale.items()):
+        mine = np.isin(offs, keys)
+        if mine.any():
+            out[node] = (offs[mine], vers[mine])
+            rebuilt.stale[node] = (offs[~mine], vers[~mine])
     return out

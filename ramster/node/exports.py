@@ -214,6 +214,7 @@ class ExportService:
         served.export.restore_index(written, lost)
         # What could not be stored (no peer yet) is stored before the first write's answer.
         served.export.mark_manifest(unstored)
+        await rebuilder.settle_uncertain(served.export)
         served.holders.set_may_hold(served.holders.may_hold | attempt.heard.holding())
         took = max(time.monotonic() - t0, 1e-6)
         served.rebuild.update(

@@ -95,7 +95,10 @@ class ExportHolding:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
         """(offsets, versions, checksums) of up to `limit` pages of an export's area from
         `start` on, ascending: what a restarted server rebuilds its index from."""
-        # A rebuild builds a new index: a reclaim here is no news to it.
+        # A rebuild builds a new index: a reclaim here is no news to it. Only a server whose
+        # term stands hears it so (a stale one's call must not spend the live server's news).
+        term, node = parse_export_incarnation(incarnation)
+        self.terms.check(owner, term, node, self._idle_exports)
         self._marked.pop((owner, ""), None)
         self.note_owner(owner, incarnation)
         ident = self._ids.get((owner, "", area))
