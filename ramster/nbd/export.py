@@ -4,8 +4,7 @@ Block `offset // page_size` is frontswap offset `offset // page_size` of the exp
 Never-written pages read as zeros, written ones with no readable copy as EIO; a page written
 as zeros, TRIM and WRITE_ZEROES invalidate; a partial write is a read-modify-write. Mutations are
 serialised by one lock (reads are not), so a read-modify-write is never torn by another
-connection's write: every connection sees one consistent device (NBD_FLAG_CAN_MULTI_CONN).
-"""
+connection's write: every connection sees one consistent device (NBD_FLAG_CAN_MULTI_CONN)."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ Mutation = tuple[int, int, bytes | int]
 """(WRITE, offset, data), or (ZERO or TRIM, offset, length)."""
 
 HELD_PAGES = 256
-"""Pages an export keeps itself (1 MiB at 4 KiB) when a refused sub-page write took their old
-copy with it and the pool would not take it back either; retried on every write."""
+"""Pages an export keeps itself (1 MiB at 4 KiB) while no holder takes them; retried on writes."""
 
 
 class Export:
@@ -120,6 +118,10 @@ class Export:
         if len(lost):
             self._lost = PageMap()
             self._lost.add(lost)
+
+    def hold(self, pages: dict[int, bytes]) -> None:
+        """Pages whose only good copies this server keeps: served, stored once there is room."""
+        self._held.update(pages)
 
     def mark_manifest(self, numbers: Sequence[int]) -> None:
         """Manifest pages to store before the next write is answered."""
@@ -595,5 +597,4 @@ class Export:
 
 
 def _worth_logging(count: int) -> bool:
-    """Log the 1st, 2nd, 4th, 8th... occurrence: a client retrying a bad page cannot flood."""
-    return count & (count - 1) == 0
+    return count & (count - 1) == 0  # the 1st, 2nd, 4th...: a client retrying cannot flood

@@ -23,7 +23,7 @@ from ramster.errors import RamsterError
 from ramster.frontswap.remote import ClusterFrontswap
 from ramster.frontswap.remote.rebuild import Inventory, Rebuilt, merge
 from ramster.nbd import manifest
-from ramster.nbd.export import Export
+from ramster.nbd.export import HELD_PAGES, Export
 from ramster.pagestore.codec import checksum, expand
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import INVENTORY_LIMIT
@@ -80,6 +80,8 @@ class Rebuilder:
     rehome_lost: list[int] = field(default_factory=list)
     uncertain: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Blocks the last rebuild found uncertain (`newer_than_manifest`): I/O errors."""
+    kept_here: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    """area -> {key: page}: good copies held here that rehome could store nowhere else."""
     uncertain_copies: dict[str, tuple[I64, U64]] = field(default_factory=dict)
     """Their copies, to drop once their manifest pages mark them (`settle_uncertain`)."""
 
@@ -143,7 +145,9 @@ class Rebuilder:
             except RamsterError as exc:
                 log.error("export %s: manifest pages unreadable: %s", self.name, exc)  # noqa: TRY400
                 pages = [None] * len(chunk)
-            for number, page in zip(chunk, pages, strict=True):
+            own = self.kept_here.get(MANIFEST_AREA, {})
+            for number, loaded in zip(chunk, pages, strict=True):
+                page = loaded if loaded is not None else own.get(number)
                 if page is None:
                     unreadable.append(number)
                 else:
@@ -159,6 +163,8 @@ class Rebuilder:
             # Every manifest page exists from the export's first start: one missing lost its
             # copies everywhere, and its range is as unknown as an unreadable one's.
             unreadable += sorted(set(range(total)) - set(numbers))
+        # Pages read from here alone (no holder had room for them) are stored again when it can.
+        unstored += sorted(self.kept_here.get(MANIFEST_AREA, {}))
         wanted = np.concatenate(written) if written else np.zeros(0, dtype=np.int64)
         if unreadable:
             # Which blocks those pages marked is unknown: every copy found in their ranges is
@@ -310,7 +316,15 @@ class Rebuilder:
                         ],
                     )
                 elif missed:
-                    unavailable += [part[j] for j in missed]
+                    # Good copies held here alone, no room elsewhere: served from here (the
+                    # server keeps them, a bounded number, and stores them once there is room).
+                    good = dict(zip(keys, pages, strict=True))
+                    here = self.kept_here.setdefault(area, {})
+                    for j in missed:
+                        if j in good and len(here) < HELD_PAGES:
+                            here[part[j]] = good[j]
+                        else:
+                            unavailable.append(part[j])
         return unavailable
 
 

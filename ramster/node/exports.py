@@ -212,6 +212,7 @@ class ExportService:
         rebuilt, written, lost, unstored = await rebuilder.rebuild(attempt.heard, attempt.new)
         self.records.update(name, served.spec.size, created=True)
         served.export.restore_index(written, lost)
+        served.export.hold(rebuilder.kept_here.get(DATA_AREA, {}))
         # What could not be stored (no peer yet) is stored before the first write's answer.
         served.export.mark_manifest(unstored)
         await rebuilder.settle_uncertain(served.export)

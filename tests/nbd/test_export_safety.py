@@ -135,8 +135,10 @@ async def test_rehome_keeps_a_copy_it_could_not_store_elsewhere() -> None:
     page = b"k" * PS
     total = _hold(me, 5, page, BASE + 1)
     via.down |= set(lents)  # nowhere else to store it
-    gone = await _rebuilder(fs, me).rehome(DATA_AREA, [_group(("me",), 5, BASE + 1, total)])
-    assert gone == [5]  # unavailable now (an I/O error), ...
+    rebuilder = _rebuilder(fs, me)
+    gone = await rebuilder.rehome(DATA_AREA, [_group(("me",), 5, BASE + 1, total)])
+    assert gone == []  # not lost: the server keeps it (Export.hold) and serves it, ...
+    assert rebuilder.kept_here == {DATA_AREA: {5: page}}
     held = me.get(OWNER, INC, [DATA_AREA], [5])[0]
     assert held is not None and held[0] == BASE + 1  # ... but never dropped: the only copy
     via.down.clear()

@@ -155,3 +155,43 @@ async def test_an_uncertain_trimmed_block_never_serves_its_old_bytes() -> None:
     export3, _ = await _take_over(lents, "n2", 3)
     got = await export3.read_many([(X * PS, PS)])
     assert got in ([const.EIO], [[bytes(PS)]]), "a trimmed block serves its old bytes"
+
+
+async def test_a_takeover_serves_the_good_copies_only_it_holds_when_no_holder_has_room() -> None:
+    """The only holder of a block takes the export over while the other holder has no room
+    (down here): rehome cannot store its copy elsewhere, so the new server keeps it and serves
+    it (Export.hold), never EIO for a block it holds (the simulation's seed 1033 with
+    --exports: such blocks read as EIO for good)."""
+    lents = {h: LentPool(PoolConfig(budget_bytes=16 << 20)) for h in ("h1", "h2")}
+    export, fs = _server(lents, "t1@n0", 1)
+    await export.open_areas()
+    for lent in lents.values():
+        assert lent.claim(OWNER, 1, "n0", SIZE)[0]
+    rb = Rebuilder(cast(Peers, SimpleNamespace(me="n0")), LentPool(PoolConfig()), PS, "x", SIZE,
+                   fs, OWNER, "t1@n0")  # fmt: skip
+    assert await rb.new_manifest(1) == []
+    via = cast(Holders, fs.holders)
+    via.down.add("h2")  # degraded: the block and its manifest mark live on h1 alone
+    assert await export.write_many([(X * PS, b"only" * 1024)]) == [0]
+    via.down.clear()
+    # h1 takes it over (term 2); h2 answers its inventory, then has no room for anything.
+    inc = "t2@h1"
+    for lent in lents.values():
+        assert lent.claim(OWNER, 2, "h1", SIZE)[0]
+    others = {"h2": lents["h2"]}
+    new, fs2 = _server(others, inc, 2)
+    await new.open_areas()
+
+    async def inventory(node: str, identity: object, area: int, start: int, limit: int) -> object:
+        return lents[node].inventory(OWNER, inc, area, start, limit)
+
+    peers = cast(Peers, SimpleNamespace(me="h1", calls=SimpleNamespace(inventory=inventory)))
+    rb2 = Rebuilder(peers, lents["h1"], PS, "x", SIZE, fs2, OWNER, inc)
+    heard = await rb2.inventories(["h2"])
+    cast(Holders, fs2.holders).down.add("h2")
+    _, written, lost, unstored = await rb2.rebuild(heard, new=False)
+    new.restore_index(written, lost)
+    new.mark_manifest(unstored)
+    new.hold(rb2.kept_here.get(DATA_AREA, {}))
+    assert X in [int(b) for b in written] and X not in [int(b) for b in lost]
+    assert await new.read_many([(X * PS, PS)]) == [[b"only" * 1024]]

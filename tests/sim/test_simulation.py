@@ -53,11 +53,7 @@ def test_an_export_seed_replays_the_same_run() -> None:
     assert _hash(first.stdout) == _hash(second.stdout)
 
 
-KNOWN = {
-    "though the server's own lent pool holds a copy": "found with --exports, open: a takeover "
-    "by the only holder of some blocks (the other holders full) cannot store its own copies "
-    "elsewhere and serves those blocks as EIO for good, though it holds them (seed 1033)",
-}
+KNOWN: dict[str, str] = {}
 """Failures the simulation found that are not fixed yet; delete each entry once its fix lands,
 and the seeds that found it must pass. (Issue 23's bugs 3 and 6, which it found on the code
 before their fixes, are no longer here: they fail this test.)"""

@@ -60,11 +60,20 @@ class BlockState:
 class ExportModel:
     """The byte model of one life of one export (a delete starts a new life)."""
 
-    def __init__(self, name: str, blocks: int, replicas: int) -> None:
+    def __init__(
+        self, name: str, blocks: int, replicas: int, before: ExportModel | None = None
+    ) -> None:
         self.name = name
         self.blocks = blocks
         self.replicas = replicas
         self.state = [BlockState() for _ in range(blocks)]
+        self.earlier: list[set[bytes]] = (
+            [set(st.history) | old for st, old in zip(before.state, before.earlier, strict=True)]
+            if before is not None
+            else [set() for _ in range(blocks)]
+        )
+        """Per block, what earlier lives (before a delete) wrote: a forced takeover by a node
+        that missed the deletion (cut off then) may bring those back too."""
         self.forced = 0
         """Forced takeovers that served without hearing every node (they may lose writes)."""
 
@@ -94,8 +103,8 @@ class ExportModel:
         """A forced takeover served without hearing every node: what only they held is lost,
         so any block may read as any of its earlier writes, zeros or EIO from now on."""
         self.forced += 1
-        for st in self.state:
-            st.possible |= {ZERO, *st.history}
+        for st, earlier in zip(self.state, self.earlier, strict=True):
+            st.possible |= {ZERO, *st.history, *earlier}
             st.unsure = True
 
     # -- checks ----------------------------------------------------------------------------------

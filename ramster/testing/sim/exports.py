@@ -425,7 +425,7 @@ class ExportSim:
             if deleting:
                 # A new life: whatever serves the name from now on starts blank.
                 self.life += 1
-                self.model = ExportModel(NAME, self.blocks, REPLICAS)
+                self.model = ExportModel(NAME, self.blocks, REPLICAS, self.model)
                 self.busy.clear()
 
         self.sim.spawn(via, run())
