@@ -352,14 +352,18 @@ def newer_than_manifest(data: Rebuilt, meta: Rebuilt, marked: I64) -> I64:
     the write failed before it), and whether the block holds the copy, zeros or older bytes
     is unknown: an I/O error, never a guess (unknown is not empty). Blocks of pages not
     heard at all are left to the caller."""
-    known = {int(o): int(v) for g in meta.groups for o, v in zip(g[1], g[2], strict=True)}
-    if not data.groups or not known:
+    if not data.groups or not meta.groups:
         return np.zeros(0, dtype=np.int64)
+    known = np.concatenate([g[1] for g in meta.groups]).astype(np.int64)
+    known_v = np.concatenate([g[2] for g in meta.groups]).astype(np.uint64)
+    order = np.argsort(known)
+    known, known_v = known[order], known_v[order]
     keys = np.concatenate([g[1] for g in data.groups]).astype(np.int64)
     versions = np.concatenate([g[2] for g in data.groups]).astype(np.uint64)
-    pages = (keys >> manifest.PAGE_BITS).tolist()
-    heard = np.fromiter((p in known for p in pages), np.bool_, len(pages))
-    page_v = np.fromiter((known.get(p, 0) for p in pages), np.uint64, len(pages))
+    pages = keys >> manifest.PAGE_BITS
+    at = np.minimum(np.searchsorted(known, pages), len(known) - 1)
+    heard = known[at] == pages
+    page_v = known_v[at]
     unmarked = ~np.isin(keys, marked)
     out: I64 = np.sort(keys[heard & unmarked & (versions > page_v)])
     return out

@@ -239,13 +239,13 @@ class CallMarks:
         version older than one it dropped, so that refuses no put it still wants."""
         table = self._drops
         puts = self._puts
+        put_floor = self._put_floor.get((owner, inc), 0)
         out = []
         for offset, version in zip(offsets, versions, strict=True):
             key = (owner, inc, area, offset)
             old = table.pop(key, None)
             table[key] = (version, seq) if old is None else (max(version, old[0]), max(seq, old[1]))
-            kept = puts.get(key)
-            out.append(kept < seq if kept is not None else self._put_floor.get(key[:2], 0) < seq)
+            out.append(puts.get(key, put_floor) < seq)
         while len(table) > MAX_CALL_MARKS:
             gone = next(iter(table))
             _raise(self._drop_floor, gone[:2], table.pop(gone)[1])

@@ -53,6 +53,18 @@ def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, Cl
     return export, fs
 
 
+async def _created(lents: dict[str, LentPool]) -> tuple[Export, ClusterFrontswap]:
+    """Term 1 on n0: a new export, its blank manifest stored on the holders."""
+    export, fs = _server(lents, "t1@n0", 1)
+    await export.open_areas()
+    for lent in lents.values():
+        assert lent.claim(OWNER, 1, "n0", SIZE)[0]
+    rb = Rebuilder(cast(Peers, SimpleNamespace(me="n0")), LentPool(PoolConfig()), PS, "x", SIZE,
+                   fs, OWNER, "t1@n0")  # fmt: skip
+    assert await rb.new_manifest(1) == []
+    return export, fs
+
+
 async def _take_over(lents: dict[str, LentPool], me: str, term: int) -> tuple[Export, list[int]]:
     """A new server (`me`, `term`) claims the export on every holder and rebuilds, as
     `node.exports` does (restore_index(written, lost), then mark_manifest(unstored))."""
@@ -79,13 +91,7 @@ async def _take_over(lents: dict[str, LentPool], me: str, term: int) -> tuple[Ex
 async def test_an_uncertain_block_written_again_survives_the_next_restart() -> None:
     lents = {h: LentPool(PoolConfig(budget_bytes=16 << 20)) for h in ("h1", "h2")}
     # Term 1 on n0: a new export (blank manifest), block X written and acknowledged.
-    export, fs = _server(lents, "t1@n0", 1)
-    await export.open_areas()
-    for lent in lents.values():
-        assert lent.claim(OWNER, 1, "n0", SIZE)[0]
-    rb = Rebuilder(cast(Peers, SimpleNamespace(me="n0")), LentPool(PoolConfig()), PS, "x", SIZE,
-                   fs, OWNER, "t1@n0")  # fmt: skip
-    assert await rb.new_manifest(1) == []
+    export, _ = await _created(lents)
     blank = {h: pool.get(OWNER, "t1@n0", [MANIFEST_AREA], [0])[0] for h, pool in lents.items()}
     assert await export.write_many([(X * PS, b"old!" * 1024)]) == [0]
     # The state the new rule is for: the page update marking X is lost (each holder has the
@@ -123,13 +129,7 @@ async def test_an_uncertain_trimmed_block_never_serves_its_old_bytes() -> None:
     pre-trim copy as newest and serves those old bytes without error (invariants 2 and 11: a
     trimmed block reads as zeros, and unknown is never turned into a guess)."""
     lents = {h: LentPool(PoolConfig(budget_bytes=16 << 20)) for h in ("h1", "h2")}
-    export, fs = _server(lents, "t1@n0", 1)
-    await export.open_areas()
-    for lent in lents.values():
-        assert lent.claim(OWNER, 1, "n0", SIZE)[0]
-    rb = Rebuilder(cast(Peers, SimpleNamespace(me="n0")), LentPool(PoolConfig()), PS, "x", SIZE,
-                   fs, OWNER, "t1@n0")  # fmt: skip
-    assert await rb.new_manifest(1) == []
+    export, _ = await _created(lents)
     blank = {h: pool.get(OWNER, "t1@n0", [MANIFEST_AREA], [0])[0] for h, pool in lents.items()}
     assert await export.write_many([(X * PS, b"old!" * 1024)]) == [0]
     stray = {h: pool.get(OWNER, "t1@n0", [DATA_AREA], [X])[0] for h, pool in lents.items()}
@@ -163,13 +163,7 @@ async def test_a_takeover_serves_the_good_copies_only_it_holds_when_no_holder_ha
     it (Export.hold), never EIO for a block it holds (the simulation's seed 1033 with
     --exports: such blocks read as EIO for good)."""
     lents = {h: LentPool(PoolConfig(budget_bytes=16 << 20)) for h in ("h1", "h2")}
-    export, fs = _server(lents, "t1@n0", 1)
-    await export.open_areas()
-    for lent in lents.values():
-        assert lent.claim(OWNER, 1, "n0", SIZE)[0]
-    rb = Rebuilder(cast(Peers, SimpleNamespace(me="n0")), LentPool(PoolConfig()), PS, "x", SIZE,
-                   fs, OWNER, "t1@n0")  # fmt: skip
-    assert await rb.new_manifest(1) == []
+    export, fs = await _created(lents)
     via = cast(Holders, fs.holders)
     via.down.add("h2")  # degraded: the block and its manifest mark live on h1 alone
     assert await export.write_many([(X * PS, b"only" * 1024)]) == [0]
