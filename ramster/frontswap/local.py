@@ -1,4 +1,5 @@
-"""The frontswap contract over the local compressed pool alone (the remote tier wraps it later)."""
+"""The frontswap contract: validation, areas and versions over the stores that keep the pages
+(the local pool alone by default; `frontswap.remote` builds the cluster's chain)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ import numpy.typing as npt
 
 from ramster.errors import InvalidPage
 from ramster.frontswap.contract import AreaKind, PageLike
+from ramster.frontswap.store import (
+    AreaStore,
+    Incoming,
+    PoolStore,
+    RawPages,
+    StoredPages,
+    Stores,
+    Versions,
+)
 from ramster.pagestore import (
     MAX_OFFSET,
     PagePool,
@@ -21,6 +31,7 @@ from ramster.pagestore import (
     encode,
 )
 from ramster.pagestore.core import SMALL_BATCH
+from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +89,43 @@ class FrontswapStatistics:
 
 
 class LocalFrontswap:
-    """frontswap over one PagePool: validation, areas and the owner's version counter."""
+    """frontswap over its stores: validation, areas and the owner's version counter.
+
+    Without stores it keeps pages in its pool alone; the cluster hands it a chain
+    (`frontswap.remote.RemoteTier`) that records in the same pool.
+    """
 
     def __init__(
-        self, config: PoolConfig | None = None, max_areas: int = DEFAULT_MAX_AREAS
+        self,
+        config: PoolConfig | None = None,
+        max_areas: int = DEFAULT_MAX_AREAS,
+        *,
+        pool: PagePool | None = None,
+        stores: Stores | None = None,
+        versions: Versions | None = None,
     ) -> None:
         if not 1 <= max_areas <= 65536:
             raise ValueError(f"max_areas must be within 1..65536, got {max_areas!r}")
-        self.pool = PagePool(config)
+        self.pool = pool or PagePool(config)
         self.max_areas = max_areas
+        local = PoolStore(self.pool)
+        self.stores = stores or Stores(local, local)
+        self.versions = versions or Versions()
         self._areas: set[int] = set()
         self._generation: dict[int, int] = {}
         """area -> how many times it was invalidated: a store that awaited across an
         invalidate_area must not record its pages in the area's next life."""
-        self._version = 0
         self._reject_no_area = 0
         self._ephemeral: set[int] = set()
         self._cc: dict[str, int] = dict.fromkeys(CLEANCACHE_COUNTERS, 0)
+
+    def _store(self, area: int) -> AreaStore:
+        ephemeral = self.stores.ephemeral
+        return (
+            ephemeral
+            if ephemeral is not None and area in self._ephemeral
+            else self.stores.persistent
+        )
 
     @property
     def page_size(self) -> int:
@@ -174,14 +205,12 @@ class LocalFrontswap:
                     f"area {area} is {self.kind_of(area)}: invalidate it before init as {kind}"
                 )
             return
-        self._check_kind(kind)
+        if ephemeral and self.stores.ephemeral is None:
+            raise InvalidPage(self.stores.why_not_ephemeral)
         if ephemeral:
             self._ephemeral.add(area)
         self.pool.set_ephemeral(area, ephemeral)
         self._areas.add(area)
-
-    def _check_kind(self, kind: AreaKind) -> None:
-        """InvalidPage if this frontswap cannot serve areas of that kind."""
 
     def kind_of(self, area: int) -> AreaKind:
         """What the area is (persistent when not initialised)."""
@@ -204,15 +233,13 @@ class LocalFrontswap:
         area = self._area(area)
         self._areas.discard(area)
         self._generation[area] = self._generation.get(area, 0) + 1
-        dropped = await self._drop_area(area)
+        # Every page of the area so far has a version up to the counter's: later ones are newer.
+        dropped = await self._store(area).drop_area(area, self.versions.last)
         if area in self._ephemeral and area not in self._areas:
             self._cc["invalidates"] += dropped
             self._ephemeral.discard(area)
             self.pool.set_ephemeral(area, False)
         log.debug("area %d invalidated: %d pages dropped", area, dropped)
-
-    async def _drop_area(self, area: int) -> int:
-        return self.pool.drop_area(area)
 
     async def store_many(
         self, area: int, offsets: Sequence[int], pages: Sequence[PageLike]
@@ -311,7 +338,7 @@ class LocalFrontswap:
         sums: list[int],
     ) -> list[bool]:
         """Store distinct keys in stored form (validated)."""
-        return self.pool.put_stored_many(area, offs, payloads, self._new_versions(len(offs)), sums)
+        return await self._put_with(area, offs, StoredPages(payloads, sums))
 
     async def _put_encoded_chunked(
         self,
@@ -333,16 +360,34 @@ class LocalFrontswap:
             ok += await self._put_encoded(area, offs[i:j], payloads[i:j], sums[i:j])
         return ok
 
-    def _new_versions(self, count: int) -> range:
-        first = self._version + 1
-        self._version += count
-        return range(first, first + count)
-
     async def _put(
         self, area: int, offs: npt.NDArray[np.int64], pages: list[bytes | bytearray]
     ) -> list[bool]:
         """Store distinct keys (validated)."""
-        return self.pool.put_many(area, offs, pages, self._new_versions(len(offs)))
+        return await self._put_with(area, offs, RawPages(pages))
+
+    async def _put_with(
+        self, area: int, offs: npt.NDArray[np.int64], pages: Incoming
+    ) -> list[bool]:
+        versions = self.versions.issue(len(offs))
+        if versions is None:
+            # Every version this term may issue is used: one more would be a version of the
+            # next term. Refused; the old copies go, as for any refused store: stale bytes
+            # never come back.
+            if self.versions.refused == len(offs):
+                log.error(
+                    "versions used up (%d of at most %d): stores refused until a new term",
+                    self.versions.last,
+                    self.versions.limit,
+                )
+            await self._store(area).drop(area, offs)
+            return [False] * len(offs)
+        generation = self.generation(area)
+
+        def alive() -> bool:
+            return self.generation(area) == generation and area in self._areas
+
+        return await self._store(area).put(area, offs, pages, versions, alive)
 
     async def load_many(
         self, area: int, offsets: Sequence[int], exclusive: bool = False
@@ -373,14 +418,24 @@ class LocalFrontswap:
         self, area: int, offs: npt.NDArray[np.int64], exclusive: bool
     ) -> list[bytes | None]:
         """Load keys (validated; distinct when exclusive)."""
-        return self.pool.get_many(area, offs, exclusive)
+        return await self._store(area).get(area, offs, exclusive)
 
-    async def _get_versioned(
-        self, area: int, offs: npt.NDArray[np.int64]
-    ) -> tuple[list[bytes | None], list[int | None]]:
-        """Load keys (validated) with the version each page had when it was read."""
-        pages = self.pool.get_many(area, offs, False)
-        return pages, self.pool.versions(area, offs)  # no await between: the same moment
+    async def load_encoded_many(
+        self, area: int, offsets: Sequence[int]
+    ) -> list[tuple[int, Buffer] | None]:
+        """(checksum, stored payload) per key, None where not stored; nothing is expanded here.
+
+        The caller must check each payload against its checksum and, for any that fails, load
+        it again with `load_many`, which verifies every copy and tries every holder.
+        """
+        area = self._area(area)
+        offs = self._offsets(offsets)
+        if area not in self._areas:
+            return [None] * len(offs)
+        out = await self._store(area).get_stored(area, offs)
+        if area in self._ephemeral:
+            self.count_gets(out)
+        return out
 
     async def load_versioned_many(
         self, area: int, offsets: Sequence[int]
@@ -394,7 +449,7 @@ class LocalFrontswap:
         offs = self._offsets(offsets)
         if area not in self._areas:
             return [None] * len(offs)
-        pages, versions = await self._get_versioned(area, offs)
+        pages, versions = await self._store(area).get_versioned(area, offs)
         return [
             None if page is None or version is None else (version, page)
             for page, version in zip(pages, versions, strict=True)
@@ -417,7 +472,7 @@ class LocalFrontswap:
         ]
         if go:
             self.pool.note_exclusive(len(go))
-            await self._drop(area, offs[go])
+            await self._store(area).drop(area, offs[go])
         freed = [False] * len(offs)
         for i in go:
             freed[i] = True
@@ -433,10 +488,7 @@ class LocalFrontswap:
         offs = self._offsets(offsets)
         if area in self._ephemeral:
             self._cc["invalidates"] += len(offs)
-        await self._drop(area, offs)
-
-    async def _drop(self, area: int, offs: npt.NDArray[np.int64]) -> None:
-        self.pool.drop_many(area, offs)
+        await self._store(area).drop(area, offs)
 
     def statistics(self) -> FrontswapStatistics:
         """Pool counters plus the contract's own."""
@@ -445,7 +497,7 @@ class LocalFrontswap:
             pool=pool,
             areas=tuple(sorted(self._areas)),
             reject_no_area=self._reject_no_area,
-            versions_issued=self._version,
+            versions_issued=self.versions.last,
             ephemeral_areas=tuple(sorted(self._ephemeral)),
             cleancache={**self._cc, "evicts": pool.evicts},
         )

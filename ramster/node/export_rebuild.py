@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from ramster.cluster.peers import Peers
 from ramster.errors import RamsterError
-from ramster.frontswap.remote import ClusterFrontswap
+from ramster.frontswap.remote import RemoteTier
 from ramster.frontswap.remote.rebuild import Inventory, Rebuilt, merge
 from ramster.nbd import manifest
 from ramster.nbd.export import HELD_PAGES, Export
@@ -74,7 +74,7 @@ class Rebuilder:
     page_size: int
     name: str
     size: int
-    fs: ClusterFrontswap
+    tier: RemoteTier
     owner: str
     incarnation: str
     rehome_lost: list[int] = field(default_factory=list)
@@ -130,9 +130,9 @@ class Rebuilder:
     async def rebuild(self, heard: Heard, new: bool) -> tuple[Rebuilt, I64, I64, list[int]]:
         """(data index, blocks written, blocks lost, manifest pages still to store) from what
         was heard; `new` only for an export known never to have been created."""
-        fs, me = self.fs, self.peers.me
+        tier, fs, me = self.tier, self.tier.frontswap, self.peers.me
         meta = merge(heard.meta)
-        fs.adopt(MANIFEST_AREA, [g for g in meta.groups if me not in g[0]])
+        tier.adopt(MANIFEST_AREA, [g for g in meta.groups if me not in g[0]])
         self._drop_stale(MANIFEST_AREA, meta)
         await self.rehome(MANIFEST_AREA, [g for g in meta.groups if me in g[0]])
         numbers = sorted(int(o) for g in meta.groups for o in g[1])
@@ -192,7 +192,7 @@ class Rebuilder:
         data = merge(heard.data, wanted)
         self.uncertain, self.uncertain_copies = uncertain, _take_keys(data, uncertain)
         wanted = np.union1d(wanted, uncertain)
-        fs.adopt(DATA_AREA, [g for g in data.groups if me not in g[0]])
+        tier.adopt(DATA_AREA, [g for g in data.groups if me not in g[0]])
         self._drop_stale(DATA_AREA, data)
         gone = await self.rehome(DATA_AREA, [g for g in data.groups if me in g[0]])
         lost = np.union1d(data.lost, np.asarray(gone, dtype=np.int64))
@@ -207,7 +207,9 @@ class Rebuilder:
         unstored: list[int] = []
         for i in range(0, total, 1024):
             numbers = list(range(i, min(i + 1024, total)))
-            kept = await self.fs.store_many(MANIFEST_AREA, numbers, [blank] * len(numbers))
+            kept = await self.tier.frontswap.store_many(
+                MANIFEST_AREA, numbers, [blank] * len(numbers)
+            )
             unstored += [n for n, ok in zip(numbers, kept, strict=True) if not ok]
         return unstored
 
@@ -229,7 +231,7 @@ class Rebuilder:
     def _drop_copies(self, area: int, stale: dict[str, tuple[I64, U64]]) -> None:
         for node, (offs, vers) in stale.items():
             if node != self.peers.me:
-                self.fs.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
+                self.tier.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
         own = stale.get(self.peers.me)
         if own is not None and len(own[0]):
             self.lent.drop(
@@ -277,9 +279,11 @@ class Rebuilder:
                     )
                 # The copies stored again are newer than the ones they replace, whatever the
                 # term: a drop of the old version can never take a new copy.
-                self.fs.start_versions_at(max(want_v))
+                self.tier.start_versions_at(max(want_v))
                 kept = (
-                    await self.fs.store_many(area, [part[j] for j in keys], pages) if keys else []
+                    await self.tier.frontswap.store_many(area, [part[j] for j in keys], pages)
+                    if keys
+                    else []
                 )
                 stored = [j for j, ok in zip(keys, kept, strict=True) if ok]
                 missed = bad + [j for j, ok in zip(keys, kept, strict=True) if not ok]
@@ -298,13 +302,13 @@ class Rebuilder:
                         [want_v[j] for j in stored],
                     )
                     for node in others:
-                        self.fs.queue_drops(
+                        self.tier.queue_drops(
                             node, area, [part[j] for j in stored], [want_v[j] for j in stored]
                         )
                 if missed and others:
                     # The other holders of the newest version serve it (verified on load).
                     missed.sort()
-                    self.fs.adopt(
+                    self.tier.adopt(
                         area,
                         [
                             (

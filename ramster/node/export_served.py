@@ -13,7 +13,7 @@ from ramster.cluster.calls import ClaimAnswer
 from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
 from ramster.errors import ExportTaken, RamsterError
-from ramster.frontswap.remote import ClusterFrontswap
+from ramster.frontswap.remote import RemoteTier
 from ramster.nbd.config import ExportSpec
 from ramster.nbd.export import Export
 from ramster.node.export_rebuild import Heard
@@ -64,7 +64,7 @@ class Served:
     """One replicated export served here."""
 
     spec: ExportSpec
-    fs: ClusterFrontswap
+    tier: RemoteTier
     holders: ExportHolders
     export: Export
     term: int = 0
@@ -94,12 +94,12 @@ def fenced_here(served: Served, lent: LentPool, me: str) -> str | None:
     claim: a takeover or a delete claims its term on every member, this server among them),
     or None. Without the second, a read that needs no holder call (a block the new server
     wrote, unwritten here) would serve the stale index until the next keepalive."""
-    fs = served.fs
-    if fs.fenced is None and served.term:
+    tier = served.tier
+    if tier.fenced is None and served.term:
         claim = lent.claim(export_owner(served.spec.name), 0, me, 0)[1]
         if claim.term > served.term:
-            fs.fenced = f"this node knows term {claim.term} by {claim.node or '?'}"
-    return fs.fenced
+            tier.fence(me, f"this node knows term {claim.term} by {claim.node or '?'}")
+    return tier.fenced
 
 
 @dataclass(slots=True)
@@ -129,10 +129,10 @@ def describe(served: Served, me: str, gone: set[str], leaving: set[str]) -> dict
         "waiting_for": sorted(served.waiting),
         "pages": stats.pages_mapped,
         "pages_lost": stats.pages_lost,
-        "under_replicated": served.fs.under_replicated(gone, leaving),
+        "under_replicated": served.tier.under_replicated(gone, leaving),
         "rebuild": dict(served.rebuild),
         "counters": {
-            k: int(v) for k, v in served.fs.remote_statistics().items() if k in EXPORT_COUNTERS
+            k: int(v) for k, v in served.tier.remote_statistics().items() if k in EXPORT_COUNTERS
         },
     }
 

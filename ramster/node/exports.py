@@ -2,7 +2,7 @@
 term, rebuilds its index from the holders, is kept alive, repaired and, once another server
 takes it over, fenced and retired.
 
-A replicated export has a frontswap of its own (`ClusterFrontswap(replicated=True)`): its pages
+A replicated export has a frontswap of its own (`RemoteTier(replicated=True)`): its pages
 belong to `export:NAME`, not to this process, so they outlive it. Its data area is 0 and its
 manifest (which blocks were written, see `nbd.manifest`) area 1.
 
@@ -27,7 +27,8 @@ from typing import Any
 from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
 from ramster.errors import ExportPending, ExportTaken, RamsterError
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.local import LocalFrontswap
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.nbd.config import LOCAL, REPLICATED, ExportSpec
 from ramster.nbd.export import Export
 from ramster.nbd.server import NbdServer
@@ -69,7 +70,7 @@ class ExportService:
         self,
         config: NodeConfig,
         peers: Peers,
-        frontswap: ClusterFrontswap,
+        frontswap: LocalFrontswap,
         events: Callable[[str, str, str, int], object],
         lent: LentPool,
         records: ExportRecords,
@@ -143,7 +144,7 @@ class ExportService:
         if record is not None:
             holders.may_hold = frozenset(record.holders)
         pages = spec.size // cfg.page_size
-        fs = ClusterFrontswap(
+        tier = RemoteTier(
             PoolConfig(
                 page_size=cfg.page_size,
                 budget_bytes=pages * INDEX_BYTES_PER_PAGE + (8 << 20),
@@ -156,10 +157,12 @@ class ExportService:
         )
         # The manifest is tiny (4 KiB per 128 MiB) and tells lost blocks from unwritten ones:
         # it goes to every live peer (up to MANIFEST_REPLICAS), not just R.
-        fs.replicas_of[MANIFEST_AREA] = MANIFEST_REPLICAS
+        tier.replicas_of[MANIFEST_AREA] = MANIFEST_REPLICAS
 
-        export = Export(fs, spec, max_payload, area=DATA_AREA, manifest_area=MANIFEST_AREA)
-        served = Served(spec, fs, holders, export, takeover=takeover, force=force)
+        export = Export(
+            tier.frontswap, spec, max_payload, area=DATA_AREA, manifest_area=MANIFEST_AREA
+        )
+        served = Served(spec, tier, holders, export, takeover=takeover, force=force)
         export._fenced_by = lambda: fenced_here(served, self.lent, self.peers.me)
         self.served[spec.name] = served
         export.prepare = lambda: self._prepare(served)
@@ -254,7 +257,7 @@ class ExportService:
     def _rebuilder(self, served: Served) -> Rebuilder:
         owner, inc = served.holders.owner_identity
         spec, ps = served.spec, self.config.page_size
-        return Rebuilder(self.peers, self.lent, ps, spec.name, spec.size, served.fs, owner, inc)
+        return Rebuilder(self.peers, self.lent, ps, spec.name, spec.size, served.tier, owner, inc)
 
     async def _attempt(self, served: Served) -> Attempt:
         """Ask every node, then take the next term and hear the required nodes: not ready (and
@@ -322,7 +325,7 @@ class ExportService:
         served.holders.set_term(term)
         # Never a version of the next term: past its 2^40 versions a term refuses writes
         # (a restart or a move takes a new term and writes again).
-        served.fs.start_versions_at(term << TERM_SHIFT, ((term + 1) << TERM_SHIFT) - 1)
+        served.tier.start_versions_at(term << TERM_SHIFT, ((term + 1) << TERM_SHIFT) - 1)
         try:
             heard, missing = await self._hear(served, required)
             heard.drop_older(deleted_floor(asked.values(), self.lent.terms.deleted_term(owner)))
@@ -405,14 +408,14 @@ class ExportService:
 
     async def _tend(self, served: Served) -> None:
         """Drops, keepalive claims and repairs of one export until it is fenced or retired."""
-        drops = asyncio.create_task(served.fs.spill_forever(), name="export drops")
+        drops = asyncio.create_task(served.tier.spill_forever(), name="export drops")
         try:
             last_claim = last_repair = time.monotonic()
             while True:
                 await asyncio.sleep(min(self.config.heartbeat, 0.5))
                 now = time.monotonic()
-                if served.fs.fenced is not None:
-                    self.retire(served.spec.name, served.fs.fenced)
+                if served.tier.fenced is not None:
+                    self.retire(served.spec.name, served.tier.fenced)
                     return
                 if now - last_claim >= KEEPALIVE_EVERY:
                     last_claim = now
@@ -424,7 +427,7 @@ class ExportService:
                 if now - last_repair >= REPAIR_EVERY:
                     last_repair = now
                     try:
-                        await served.fs.repair(self.peers.gone(), self.peers.leaving())
+                        await served.tier.repair(self.peers.gone(), self.peers.leaving())
                     except RamsterError as exc:
                         log.warning("export %s: repair failed: %s", served.spec.name, exc)
         finally:
@@ -446,7 +449,7 @@ class ExportService:
     def _forget_holders(self, served: Served) -> None:
         """Nodes that may hold copies, less the dead ones the index no longer names (their
         copies were repaired elsewhere): a restarted server need not wait for them."""
-        indexed = {n for n, pages in served.fs.inventory().items() if pages}
+        indexed = {n for n, pages in served.tier.inventory().items() if pages}
         gone = self.peers.gone() - indexed
         if served.holders.may_hold & gone:
             try:
@@ -557,7 +560,7 @@ class ExportService:
     def holder_restarted(self, node: str, old_incarnation: str) -> None:
         """A holder restarted: its copies of every export are gone."""
         for served in self.served.values():
-            served.fs.holder_restarted(node, old_incarnation)
+            served.tier.holder_restarted(node, old_incarnation)
 
     def describe(self) -> list[dict[str, Any]]:
         """The exports served here, as plain data."""

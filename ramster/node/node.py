@@ -1,7 +1,7 @@
 """The composition root: one node builds and owns every subsystem.
 
 Node ─┬─ RpcServer ── handlers: holder (hold.*), frontswap (fs.*), control (node.*, coord.*)
-      ├─ ClusterFrontswap (local pool + spiller + remote loads) ── Peers (heartbeats, holder calls)
+      ├─ RemoteTier (its frontswap: local pool + spiller + remote loads) ── Peers (holder calls)
       ├─ LentPool (other owners' pages)
       ├─ Election ── CoordinatorDriver (while elected: Coordinator state machine, sends orders)
       ├─ OrderFollower (carries out the orders this node receives: repair, move)
@@ -27,7 +27,7 @@ from ramster.cluster.mdns import MdnsDiscovery
 from ramster.cluster.membership import State, Transition
 from ramster.cluster.peers import Peers
 from ramster.errors import ProtocolError
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.node import loops, status
 from ramster.node.config import NodeConfig, claim_run, new_incarnation, node_id_for
 from ramster.node.export_records import ExportRecords
@@ -82,7 +82,7 @@ class Node:
             config.dead_after,
             max_dials=config.max_dials,
         )
-        self.frontswap = ClusterFrontswap(
+        self.tier = RemoteTier(
             PoolConfig(page_size=config.page_size, budget_bytes=config.local_budget),
             self.peers,
             SpillConfig(
@@ -91,6 +91,7 @@ class Node:
                 low_watermark=config.low_watermark,
             ),
         )
+        self.frontswap = self.tier.frontswap
         self.exports = ExportService(
             config,
             self.peers,
@@ -104,7 +105,7 @@ class Node:
         self._run_lock, self.peers.supersedes = claim_run(config, self.node_id, self.incarnation)
         self.peers.on_restart = self._holder_restarted
         self.peers.on_transition = self._peer_changed
-        self.peers.on_reclaimed = self.frontswap.holder_reclaimed
+        self.peers.on_reclaimed = self.tier.holder_reclaimed
         self.peers.on_duplicate = self._duplicate
         self.fatal: str | None = None
         """Why this node stopped itself (another live process runs under its id)."""
@@ -122,7 +123,7 @@ class Node:
         self.discovery: MdnsDiscovery | None = None
         self.election = Election(self.node_id)
         self.follower = OrderFollower(
-            self.frontswap, self.peers.present, config.dead_after, self.peers.gone
+            self.tier, self.peers.present, config.dead_after, self.peers.gone
         )
         self.driver = CoordinatorDriver(
             self.election,
@@ -261,7 +262,7 @@ class Node:
         cfg = self.config
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.peers.run(), name="heartbeats")
-            tg.create_task(self.frontswap.spill_forever(), name="spiller and drops")
+            tg.create_task(self.tier.spill_forever(), name="spiller and drops")
             tg.create_task(
                 loops.reclaim_forever(self.lent, cfg.heartbeat, cfg.owner_grace, cfg.export_grace),
                 name="reclaim",
@@ -327,7 +328,7 @@ class Node:
             self._runner.cancel()
 
     def _holder_restarted(self, node: str, old_incarnation: str) -> None:
-        self.frontswap.holder_restarted(node, old_incarnation)
+        self.tier.holder_restarted(node, old_incarnation)
         self.exports.holder_restarted(node, old_incarnation)
 
     async def adopt_export(self, name: str, size: int, area: int, force: bool = False) -> int:
@@ -436,7 +437,7 @@ class Node:
             lent_pool=self.lent.statistics().pool,
             rpc=self.server.statistics(),
             method_latencies=self.server.method_latencies(),
-            remote=self.frontswap.remote_statistics(),
+            remote=self.tier.remote_statistics(),
             under_replicated=int(self.inventory.get(self)["under_replicated"]),
             repairing=self.follower.repairing,
             orders_refused=self.orders_refused,

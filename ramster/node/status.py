@@ -43,8 +43,8 @@ class InventoryCache:
         if now - self._at >= self._every:
             self._at = now
             self._cached = {
-                "inventory": node.frontswap.inventory(),
-                "under_replicated": node.frontswap.under_replicated(node.peers.gone()),
+                "inventory": node.tier.inventory(),
+                "under_replicated": node.tier.under_replicated(node.peers.gone()),
                 "lent_pages": node.lent.statistics().pool.stored_pages,
                 "repairing_pages": node.follower.repairing,
                 "uptime_s": round(time.time() - node.started_at, 1),
@@ -91,7 +91,7 @@ def hello_info(node: Node) -> dict[str, Any]:
 def counters(node: Node) -> dict[str, int]:
     """Monotonic counters operators turn into rates (dashboard, metrics)."""
     pool = node.frontswap.pool.statistics()
-    remote = node.frontswap.remote_statistics()
+    remote = node.tier.remote_statistics()
     return {
         "stores": pool.succ_stores,
         "loads": pool.loads + int(remote["remote_loads"]),
@@ -107,7 +107,7 @@ def ephemeral_view(node: Node) -> dict[str, Any]:
     here, on holders and held for others."""
     fs = node.frontswap.statistics()
     lent = node.lent.statistics().pool
-    remote = node.frontswap.remote_statistics()
+    remote = node.tier.remote_statistics()
     return {
         **(fs.cleancache or {}),
         "areas": list(fs.ephemeral_areas),
@@ -178,7 +178,7 @@ def describe(node: Node) -> dict[str, Any]:
         "draining": node.lent.draining,
         "pool": dataclasses.asdict(node.frontswap.pool.statistics()),
         "lent": _lent(node),
-        "remote": node.frontswap.remote_statistics(),
+        "remote": node.tier.remote_statistics(),
         "ephemeral": ephemeral_view(node),
         "counters": counters(node),
         "orders": _orders(node),
@@ -220,11 +220,11 @@ def stats(node: Node) -> dict[str, Any]:
             fs.pool.metadata_size / max(1, fs.pool.stored_pages + remote_pages), 1
         ),
         "lent": _lent(node),
-        "remote": node.frontswap.remote_statistics(),
+        "remote": node.tier.remote_statistics(),
         "ephemeral": ephemeral_view(node),
         "gone_peers": sorted(gone),
-        "under_replicated_pages": node.frontswap.under_replicated(gone),
-        "orphans_pending": node.frontswap.orphans_pending(),
+        "under_replicated_pages": node.tier.under_replicated(gone),
+        "orphans_pending": node.tier.orphans_pending(),
         "copies_refused": node.holder.copies_refused,
         "peers": node.peers.statistics(),
         "heartbeats": {

@@ -9,7 +9,7 @@ import pytest
 
 from ramster.errors import InvalidPage
 from ramster.frontswap.local import LocalFrontswap
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.pagestore import PagePool, PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.testing import corpus
@@ -24,14 +24,15 @@ def page(k: int) -> bytes:
 
 
 def cluster(
-    local: int = 1 << 20, lent: int = 4 << 20
-) -> tuple[ClusterFrontswap, dict[str, LentPool]]:
+    local: int = 1 << 20, lent: int = 4 << 20, replicated: bool = False
+) -> tuple[RemoteTier, dict[str, LentPool]]:
     lents = {h: LentPool(PoolConfig(budget_bytes=lent)) for h in HOLDERS}
-    fs = ClusterFrontswap(
+    fs = RemoteTier(
         PoolConfig(budget_bytes=local),
         InProcessHolders("o1", "00000001-a", lents),
         SpillConfig(replicas=2, batch_pages=64, depth=2),
         rng=random.Random(1),
+        replicated=replicated,
     )
     return fs, lents
 
@@ -48,10 +49,9 @@ async def test_kinds_are_checked_and_kept() -> None:
     await fs.invalidate_area(1)
     await fs.init(1)  # a new life may have the other kind
     assert fs.kind_of(1) == "persistent" and not fs.pool.is_ephemeral(1)
-    replicated, _ = cluster()
-    replicated.replicated = True
+    replicated, _ = cluster(replicated=True)
     with pytest.raises(InvalidPage, match="no ephemeral areas"):
-        await replicated.init(0, "ephemeral")
+        await replicated.frontswap.init(0, "ephemeral")
 
 
 @pytest.mark.asyncio
@@ -140,10 +140,10 @@ def test_lent_ephemeral_copies_make_room_for_persistent_ones() -> None:
     assert kept > 600 and lent.pool.ephemeral_pages == 0
 
 
-async def spilled(fs: ClusterFrontswap, n: int = 512) -> list[int]:
-    await fs.init(1, "ephemeral")
+async def spilled(fs: RemoteTier, n: int = 512) -> list[int]:
+    await fs.frontswap.init(1, "ephemeral")
     keys = list(range(n))
-    assert all(await fs.store_many(1, keys, [page(k) for k in keys]))
+    assert all(await fs.frontswap.store_many(1, keys, [page(k) for k in keys]))
     fs.pool.config = PoolConfig(budget_bytes=64 << 10)  # squeeze: the spiller moves them out
     await fs.spill_once()
     return keys
@@ -160,7 +160,7 @@ async def test_ephemeral_pages_spill_with_one_copy() -> None:
     assert all(
         lent.pool.ephemeral_pages == lent.pool.statistics().stored_pages for lent in lents.values()
     )
-    assert await fs.load_many(1, keys) == [page(k) for k in keys]
+    assert await fs.frontswap.load_many(1, keys) == [page(k) for k in keys]
     assert fs.under_replicated(set()) == 0
 
 
@@ -168,12 +168,12 @@ async def test_ephemeral_pages_spill_with_one_copy() -> None:
 async def test_a_lost_holder_costs_misses_and_no_repair() -> None:
     fs, lents = cluster()
     keys = await spilled(fs)
-    holders = fs._tier.holders
+    holders = fs.holders
     assert isinstance(holders, InProcessHolders)
     holders.down.add("h1")
     assert fs.under_replicated({"h1"}) == 0
     assert await fs.repair({"h1"}) == 0  # nothing is repaired: a lost ephemeral page is a miss
-    got = await fs.load_many(1, keys)
+    got = await fs.frontswap.load_many(1, keys)
     on_h1 = set(lents["h1"].pool.area_offsets(0).tolist())
     assert on_h1, "h1 held some of the pages"
     for k, p in zip(keys, got, strict=True):
@@ -185,7 +185,7 @@ async def test_a_lost_holder_costs_misses_and_no_repair() -> None:
     holders.down.clear()
     lents["h2"] = LentPool(PoolConfig(budget_bytes=4 << 20))
     fs.holder_restarted("h2", "old")
-    got = await fs.load_many(1, keys)
+    got = await fs.frontswap.load_many(1, keys)
     assert all(p is None or p == page(k) for k, p in zip(keys, got, strict=True))
 
 
@@ -200,7 +200,7 @@ async def test_spoiled_copies_are_misses() -> None:
             if item is not None and len(item[2]) > 8:
                 lent.damage_for_test("o1", 1, off, stale=spoiled % 2 == 1)
                 spoiled += 1
-    got = await fs.load_many(1, keys)
+    got = await fs.frontswap.load_many(1, keys)
     assert all(p is None or p == page(k) for k, p in zip(keys, got, strict=True))
     assert got.count(None) == spoiled
     assert fs.remote_statistics()["remote_bad_copies"] == spoiled

@@ -1,6 +1,6 @@
 """Ephemeral areas against a model, under eviction pressure and faults.
 
-Two owners (ClusterFrontswap), each with a persistent area 0 and an ephemeral area 1, share
+Two owners (RemoteTier), each with a persistent area 0 and an ephemeral area 1, share
 three holders (real LentPools, small budgets) through the faulty in-process transport, with
 their spillers running all along. Rules store, overwrite, load (plain and exclusive),
 invalidate (pages and the whole area), cancel stores mid-flight, push persistent pages in to
@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ramster.errors import PageUnavailable
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.pagestore import PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.testing import corpus
@@ -84,7 +84,7 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.faults = Faults()
         self.lents = {h: LentPool(PoolConfig(PAGE, LENT)) for h in HOLDERS}
-        self.owners: dict[str, ClusterFrontswap] = {}
+        self.owners: dict[str, RemoteTier] = {}
         # (owner, area) -> key -> the values a load may return (None: absent or evicted).
         self.model: dict[tuple[str, int], dict[int, set[bytes | None]]] = {}
         self.tasks: list[asyncio.Task[None]] = []
@@ -98,7 +98,7 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
     def start(self, seed: int) -> None:
         self.faults.rng = random.Random(seed)
         for o in OWNERS:
-            fs = ClusterFrontswap(
+            fs = RemoteTier(
                 PoolConfig(PAGE, LOCAL),
                 FaultyHolders(o, INC, self.lents, self.faults, PAGE),
                 SpillConfig(replicas=2, batch_pages=8, depth=2, repair_batch_pages=8),
@@ -107,8 +107,8 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
             self.owners[o] = fs
             for area in (PERSISTENT, EPHEMERAL):
                 self.model[(o, area)] = {k: {None} for k in range(KEYS)}
-            self.run(fs.init(PERSISTENT))
-            self.run(fs.init(EPHEMERAL, "ephemeral"))
+            self.run(fs.frontswap.init(PERSISTENT))
+            self.run(fs.frontswap.init(EPHEMERAL, "ephemeral"))
         self.tasks = [self.loop.create_task(fs.spill_forever()) for fs in self.owners.values()]
 
     def faulty(self) -> bool:
@@ -133,7 +133,7 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
             keys = list(dict.fromkeys(k % PERSISTENT_KEYS for k in keys))
         fs = self.owners[owner]
         pages = [VALUES[(v + k) % len(VALUES)] for k in keys]
-        ok = self.run(fs.store_many(area, keys, pages))
+        ok = self.run(fs.frontswap.store_many(area, keys, pages))
         for k, page, flag in zip(keys, pages, ok, strict=True):
             self.model[(owner, area)][k] = {page if flag else None}
         if area == PERSISTENT and not all(ok):
@@ -146,7 +146,7 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
         if area == PERSISTENT:
             keys = list(dict.fromkeys(k % PERSISTENT_KEYS for k in keys))
         pages = [VALUES[(k * 7) % len(VALUES)] for k in keys]
-        task = self.loop.create_task(self.owners[owner].store_many(area, keys, pages))
+        task = self.loop.create_task(self.owners[owner].frontswap.store_many(area, keys, pages))
 
         async def settle() -> None:
             for _ in range(turns):
@@ -166,7 +166,7 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
     @rule(owner=owner_st, area=area_st, keys=keys_st, exclusive=st.booleans())
     def load(self, owner: str, area: int, keys: list[int], exclusive: bool) -> None:
         try:
-            got = self.run(self.owners[owner].load_many(area, keys, exclusive))
+            got = self.run(self.owners[owner].frontswap.load_many(area, keys, exclusive))
         except PageUnavailable:
             # Only persistent pages may be unavailable, and only while a holder is faulty.
             assert area == PERSISTENT and self.faulty()
@@ -179,15 +179,15 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
 
     @rule(owner=owner_st, area=area_st, keys=keys_st)
     def invalidate(self, owner: str, area: int, keys: list[int]) -> None:
-        self.run(self.owners[owner].invalidate_many(area, keys))
+        self.run(self.owners[owner].frontswap.invalidate_many(area, keys))
         for k in keys:
             self.model[(owner, area)][k] = {None}
 
     @rule(owner=owner_st)
     def invalidate_ephemeral_area(self, owner: str) -> None:
         fs = self.owners[owner]
-        self.run(fs.invalidate_area(EPHEMERAL))
-        self.run(fs.init(EPHEMERAL, "ephemeral"))
+        self.run(fs.frontswap.invalidate_area(EPHEMERAL))
+        self.run(fs.frontswap.init(EPHEMERAL, "ephemeral"))
         self.model[(owner, EPHEMERAL)] = {k: {None} for k in range(KEYS)}
 
     @rule(owner=owner_st, v=st.integers(0, len(VALUES) - 1))
@@ -301,7 +301,7 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
                 await fs.repair(set())
         for owner, fs in self.owners.items():
             for area in (PERSISTENT, EPHEMERAL):
-                self.check(owner, area, keys, await fs.load_many(area, keys))
+                self.check(owner, area, keys, await fs.frontswap.load_many(area, keys))
             assert await fs.settle_drops()
             TOTALS.evicts += fs.pool.statistics().evicts
         for owner, fs in self.owners.items():

@@ -1,6 +1,6 @@
 """The remote tier against a dict model, under faults.
 
-Two owners (ClusterFrontswap) share four holders (real LentPools) through the faulty
+Two owners (RemoteTier) share four holders (real LentPools) through the faulty
 in-process transport; their spillers and drop queues run in the background all along. Rules
 store, overwrite, invalidate, load (plain and exclusive), cancel stores and loads mid-flight,
 race a store with invalidate_area, and inject faults: holders down, paused, losing answers,
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ramster.errors import PageUnavailable
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
 from ramster.testing import corpus
@@ -71,7 +71,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.faults = Faults()
         self.lents = {h: LentPool(PoolConfig(budget_bytes=LENT)) for h in HOLDERS}
-        self.owners: dict[str, ClusterFrontswap] = {}
+        self.owners: dict[str, RemoteTier] = {}
         self.model: dict[str, dict[int, set[bytes | None]]] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.restarts = 0
@@ -88,7 +88,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
             self.lents[h] = LentPool(PoolConfig(budget_bytes=lent))
         for o in OWNERS:
             holders = FaultyHolders(o, INC, self.lents, self.faults)
-            fs = ClusterFrontswap(
+            fs = RemoteTier(
                 PoolConfig(budget_bytes=LOCAL),
                 holders,
                 SpillConfig(replicas=2, batch_pages=8, depth=2, repair_batch_pages=8),
@@ -96,7 +96,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
             )
             self.owners[o] = fs
             self.model[o] = {k: {ABSENT} for k in range(KEYS)}
-            self.run(fs.init(0))
+            self.run(fs.frontswap.init(0))
         self.tasks = [self.loop.create_task(fs.spill_forever()) for fs in self.owners.values()]
 
     # -- helpers -------------------------------------------------------------------------------
@@ -135,14 +135,16 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
     @rule(owner=owner_st, keys=keys_st, v=st.integers(0, len(VALUES) - 1))
     def store(self, owner: str, keys: list[int], v: int) -> None:
         pages = [VALUES[(v + k) % len(VALUES)] for k in keys]
-        ok = self.run(self.owners[owner].store_many(0, keys, pages))
+        ok = self.run(self.owners[owner].frontswap.store_many(0, keys, pages))
         for k, page, flag in zip(keys, pages, ok, strict=True):
             self.model[owner][k] = {page if flag else ABSENT}
 
     @rule(owner=owner_st, keys=keys_st, v=st.integers(0, 23), turns=st.integers(0, 30))
     def store_cancelled(self, owner: str, keys: list[int], v: int, turns: int) -> None:
         pages = [VALUES[(v + k) % len(VALUES)] for k in keys]
-        _, ok = self.run(self._settle_to(self.owners[owner].store_many(0, keys, pages), turns))
+        _, ok = self.run(
+            self._settle_to(self.owners[owner].frontswap.store_many(0, keys, pages), turns)
+        )
         for i, (k, page) in enumerate(zip(keys, pages, strict=True)):
             if ok is not None:
                 self.model[owner][k] = {page if ok[i] else ABSENT}
@@ -152,7 +154,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
     @rule(owner=owner_st, keys=keys_st, exclusive=st.booleans())
     def load(self, owner: str, keys: list[int], exclusive: bool) -> None:
         try:
-            got = self.run(self.owners[owner].load_many(0, keys, exclusive))
+            got = self.run(self.owners[owner].frontswap.load_many(0, keys, exclusive))
         except PageUnavailable:
             TOTALS.unavailable += 1
             assert self.faulty(), "a page was unavailable with no fault on"
@@ -165,7 +167,9 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
 
     @rule(owner=owner_st, keys=keys_st, turns=st.integers(0, 30))
     def exclusive_load_cancelled(self, owner: str, keys: list[int], turns: int) -> None:
-        _, got = self.run(self._settle_to(self.owners[owner].load_many(0, keys, True), turns))
+        _, got = self.run(
+            self._settle_to(self.owners[owner].frontswap.load_many(0, keys, True), turns)
+        )
         if got is not None:
             self.check(owner, keys, got)
             for k, page in zip(keys, got, strict=True):
@@ -175,7 +179,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
 
     @rule(owner=owner_st, keys=keys_st)
     def invalidate(self, owner: str, keys: list[int]) -> None:
-        self.run(self.owners[owner].invalidate_many(0, keys))
+        self.run(self.owners[owner].frontswap.invalidate_many(0, keys))
         for k in keys:
             self.model[owner][k] = {ABSENT}
 
@@ -185,12 +189,12 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
         pages = [VALUES[k % len(VALUES)] for k in keys]
 
         async def race() -> None:
-            store = self.loop.create_task(fs.store_many(0, keys, pages))
+            store = self.loop.create_task(fs.frontswap.store_many(0, keys, pages))
             for _ in range(turns):
                 await asyncio.sleep(0)
-            await fs.invalidate_area(0)
+            await fs.frontswap.invalidate_area(0)
             await store
-            await fs.init(0)
+            await fs.frontswap.init(0)
 
         self.run(race())
         # Whatever the store answered, nothing of the area's last life may come back.
@@ -236,7 +240,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
         for fs in self.owners.values():
             fs.holder_restarted(h, f"old{self.restarts}")
 
-    async def _repair_fully(self, fs: ClusterFrontswap) -> None:
+    async def _repair_fully(self, fs: RemoteTier) -> None:
         gone = set(self.faults.down)
         for _ in range(20):
             if not fs.under_replicated(gone):
@@ -284,7 +288,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
             assert await fs.settle_drops()
         for owner, fs in self.owners.items():
             keys = list(range(KEYS))
-            got = await fs.load_many(0, keys)
+            got = await fs.frontswap.load_many(0, keys)
             self.check(owner, keys, got)
             # The holders keep exactly the copies this owner references, no more, no less.
             referenced: dict[str, set[tuple[int, int]]] = {h: set() for h in HOLDERS}

@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 
 from ramster.cluster.peers import Peers
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.nbd import const
 from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.nbd.export import Export
@@ -32,11 +32,9 @@ SIZE = BLOCKS * PS
 MANIFEST_PAGES = -(-BLOCKS // (1 << 15))
 
 
-def _server(
-    lents: dict[str, LentPool], inc: str, term: int
-) -> tuple[Export, ClusterFrontswap, Holders]:
+def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, RemoteTier, Holders]:
     via = Holders(OWNER, inc, lents)
-    fs = ClusterFrontswap(
+    fs = RemoteTier(
         PoolConfig(budget_bytes=BLOCKS * 64 + (8 << 20)),
         via,
         SpillConfig(replicas=2),
@@ -48,7 +46,7 @@ def _server(
     )
     spec = ExportSpec("x", SIZE, 0, REPLICATED)
     export = Export(
-        fs,
+        fs.frontswap,
         spec,
         const.MAX_PAYLOAD,
         area=DATA_AREA,
@@ -58,7 +56,7 @@ def _server(
     return export, fs, via
 
 
-async def _write_all(export: Export, fs: ClusterFrontswap, page: bytes | None) -> None:
+async def _write_all(export: Export, fs: RemoteTier, page: bytes | None) -> None:
     await export.open_areas()
     rb = Rebuilder(cast(Peers, SimpleNamespace(me="n0")), LentPool(PoolConfig()), PS, "x", SIZE,
                    fs, OWNER, "t1@n0")  # fmt: skip

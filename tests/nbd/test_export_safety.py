@@ -14,7 +14,7 @@ import pytest
 
 from ramster.cluster.peers import Peers
 from ramster.errors import ExportFenced
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.nbd import const
 from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.nbd.export import Export
@@ -49,10 +49,10 @@ class Holders(InProcessHolders):
             raise ExportFenced(str(exc)) from None
 
 
-def _cluster(n: int = 2) -> tuple[ClusterFrontswap, dict[str, LentPool], Holders]:
+def _cluster(n: int = 2) -> tuple[RemoteTier, dict[str, LentPool], Holders]:
     lents = {f"h{i}": LentPool(PoolConfig(budget_bytes=16 << 20)) for i in range(1, n + 1)}
     via = Holders(OWNER, INC, lents)
-    fs = ClusterFrontswap(
+    fs = RemoteTier(
         PoolConfig(budget_bytes=8 << 20),
         via,
         SpillConfig(replicas=2),
@@ -64,10 +64,10 @@ def _cluster(n: int = 2) -> tuple[ClusterFrontswap, dict[str, LentPool], Holders
     return fs, lents, via
 
 
-async def _export() -> tuple[Export, ClusterFrontswap, dict[str, LentPool], Holders]:
+async def _export() -> tuple[Export, RemoteTier, dict[str, LentPool], Holders]:
     fs, lents, via = _cluster()
     export = Export(
-        fs,
+        fs.frontswap,
         ExportSpec("x", 1 << 20, 0, REPLICATED),
         const.MAX_PAYLOAD,
         area=DATA_AREA,
@@ -107,7 +107,7 @@ async def test_a_written_block_with_no_readable_copy_is_an_io_error_never_zeros(
     assert await export.read_many([(PS, PS)]) == [[bytes(PS)]]  # never written: zeros
 
 
-def _rebuilder(fs: ClusterFrontswap, me: LentPool) -> Rebuilder:
+def _rebuilder(fs: RemoteTier, me: LentPool) -> Rebuilder:
     peers = cast(Peers, SimpleNamespace(me="me"))
     return Rebuilder(peers, me, PS, "x", 1 << 20, fs, OWNER, INC)
 
@@ -130,7 +130,7 @@ def _group(nodes: tuple[str, ...], key: int, version: int, total: int) -> object
 
 async def test_rehome_keeps_a_copy_it_could_not_store_elsewhere() -> None:
     fs, lents, via = _cluster()
-    await fs.init(DATA_AREA)
+    await fs.frontswap.init(DATA_AREA)
     me = LentPool(PoolConfig(budget_bytes=16 << 20))
     page = b"k" * PS
     total = _hold(me, 5, page, BASE + 1)
@@ -144,13 +144,13 @@ async def test_rehome_keeps_a_copy_it_could_not_store_elsewhere() -> None:
     via.down.clear()
     gone = await _rebuilder(fs, me).rehome(DATA_AREA, [_group(("me",), 5, BASE + 1, total)])
     assert gone == []
-    assert await fs.load_many(DATA_AREA, [5]) == [page]
+    assert await fs.frontswap.load_many(DATA_AREA, [5]) == [page]
     assert me.get(OWNER, INC, [DATA_AREA], [5]) == [None]  # stored elsewhere, then dropped
 
 
 async def test_rehome_never_launders_a_damaged_copy() -> None:
     fs, lents, _ = _cluster()
-    await fs.init(DATA_AREA)
+    await fs.frontswap.init(DATA_AREA)
     me = LentPool(PoolConfig(budget_bytes=16 << 20))
     page = bytes(random.Random(1).randbytes(PS))
     total = _hold(me, 7, page, BASE + 3)
@@ -159,7 +159,7 @@ async def test_rehome_never_launders_a_damaged_copy() -> None:
     group = _group(("h1", "me"), 7, BASE + 3, total)
     assert await _rebuilder(fs, me).rehome(DATA_AREA, [group]) == []
     # h1's good copy serves the block and is untouched; the bad one is not stored anywhere.
-    assert await fs.load_many(DATA_AREA, [7]) == [page]
+    assert await fs.frontswap.load_many(DATA_AREA, [7]) == [page]
     held = lents["h1"].get(OWNER, INC, [DATA_AREA], [7])[0]
     assert held is not None and held[0] == BASE + 3 and held[1] == total
     assert lents["h2"].get(OWNER, INC, [DATA_AREA], [7]) == [None]
@@ -167,7 +167,7 @@ async def test_rehome_never_launders_a_damaged_copy() -> None:
 
 async def test_rehome_queues_the_other_holders_older_copies_to_be_dropped() -> None:
     fs, lents, _ = _cluster(3)
-    await fs.init(DATA_AREA)
+    await fs.frontswap.init(DATA_AREA)
     me = LentPool(PoolConfig(budget_bytes=16 << 20))
     page = b"m" * PS
     total = _hold(me, 9, page, BASE + 4)
@@ -183,4 +183,4 @@ async def test_rehome_queues_the_other_holders_older_copies_to_be_dropped() -> N
     ]
     # Exactly the R new copies remain: h3's old one went (unless it got a new one in place).
     assert len(copies) == 2 and min(copies) > BASE + 4, copies
-    assert await fs.load_many(DATA_AREA, [9]) == [page]
+    assert await fs.frontswap.load_many(DATA_AREA, [9]) == [page]

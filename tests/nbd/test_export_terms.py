@@ -13,7 +13,7 @@ import pytest
 
 from ramster.cluster.exports import export_owner
 from ramster.errors import ExportTaken
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.node.exports import MAX_EXPORT_TERM, TERM_SHIFT
 from ramster.node.node import Node
 from ramster.pagestore import PoolConfig
@@ -37,7 +37,7 @@ async def test_a_served_term_issues_no_version_of_the_next_term(three: list[Node
     n0 = three[0]
     served = n0.exports.served["swap0"]
     assert served.term == 1
-    assert served.fs.version_limit == (2 << TERM_SHIFT) - 1
+    assert served.tier.version_limit == (2 << TERM_SHIFT) - 1
 
 
 async def test_no_term_above_the_last_is_taken_even_by_a_forced_move(
@@ -66,7 +66,7 @@ async def test_a_term_whose_versions_are_used_up_refuses_writes_and_never_serves
     term = MAX_EXPORT_TERM
     lents = {f"h{i}": LentPool(PoolConfig(budget_bytes=16 << 20)) for i in (1, 2)}
     inc = f"t{term}@me"
-    fs = ClusterFrontswap(
+    fs = RemoteTier(
         PoolConfig(budget_bytes=8 << 20),
         Holders("export:x", inc, lents),
         SpillConfig(replicas=2),
@@ -80,12 +80,12 @@ async def test_a_term_whose_versions_are_used_up_refuses_writes_and_never_serves
     # As a served export sets it, its counter 4 versions short of the term's end.
     fs.start_versions_at(term << TERM_SHIFT, last)
     fs.start_versions_at(last - 4)
-    await fs.init(0)
-    assert await fs.store_many(0, [0, 1, 2, 3], [b"a" * PS] * 4) == [True] * 4
-    assert await fs.store_many(0, [0], [b"b" * PS]) == [False]  # would be version 2^63
-    assert await fs.store_many(0, [5, 6], [b"c" * PS] * 2) == [False, False]
+    await fs.frontswap.init(0)
+    assert await fs.frontswap.store_many(0, [0, 1, 2, 3], [b"a" * PS] * 4) == [True] * 4
+    assert await fs.frontswap.store_many(0, [0], [b"b" * PS]) == [False]  # would be version 2^63
+    assert await fs.frontswap.store_many(0, [5, 6], [b"c" * PS] * 2) == [False, False]
     # The refused overwrite left no stale copy: key 0 is gone, not "a".
-    assert await fs.load_many(0, [0, 1, 5]) == [None, b"a" * PS, None]
+    assert await fs.frontswap.load_many(0, [0, 1, 5]) == [None, b"a" * PS, None]
     for lent in lents.values():
         _, versions, _ = lent.inventory("export:x", inc, 0, 0, 1 << 16)
         assert all(int(v) <= last for v in versions)

@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 
 from ramster.cluster.peers import Peers
-from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.nbd import const
 from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.nbd.export import Export
@@ -30,9 +30,9 @@ SIZE = 64 * PS
 X = 5  # the block
 
 
-def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, ClusterFrontswap]:
+def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, RemoteTier]:
     via = Holders(OWNER, inc, lents)
-    fs = ClusterFrontswap(
+    fs = RemoteTier(
         PoolConfig(budget_bytes=8 << 20),
         via,
         SpillConfig(replicas=2),
@@ -43,7 +43,7 @@ def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, Cl
         cache_bytes=0,
     )
     export = Export(
-        fs,
+        fs.frontswap,
         ExportSpec("x", SIZE, 0, REPLICATED),
         const.MAX_PAYLOAD,
         area=DATA_AREA,
@@ -53,7 +53,7 @@ def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, Cl
     return export, fs
 
 
-async def _created(lents: dict[str, LentPool]) -> tuple[Export, ClusterFrontswap]:
+async def _created(lents: dict[str, LentPool]) -> tuple[Export, RemoteTier]:
     """Term 1 on n0: a new export, its blank manifest stored on the holders."""
     export, fs = _server(lents, "t1@n0", 1)
     await export.open_areas()

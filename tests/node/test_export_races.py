@@ -17,7 +17,7 @@ import pytest
 from ramster.cluster.exports import export_owner
 from ramster.cluster.peers import Peers
 from ramster.errors import ExportTaken
-from ramster.frontswap.remote import ClusterFrontswap
+from ramster.frontswap.local import LocalFrontswap
 from ramster.nbd import NbdServer, const
 from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.node.config import NodeConfig
@@ -38,7 +38,7 @@ async def test_a_newer_claim_in_the_servers_own_lent_pool_fences_it_at_once(
     service = ExportService(
         NodeConfig(node_id="n1", state_dir=tmp_path),
         peers,
-        cast(ClusterFrontswap, None),
+        cast(LocalFrontswap, None),
         lambda *_: None,
         lent,
         ExportRecords(tmp_path),
@@ -56,7 +56,7 @@ async def test_a_newer_claim_in_the_servers_own_lent_pool_fences_it_at_once(
     assert await export.read_many([(0, 4096)]) == [const.EIO]
     assert await export.write_many([(0, b"x" * 4096)]) == [const.EIO]
     assert export.fenced is not None
-    assert served.fs.fenced is not None  # the service retires it at its next turn
+    assert served.tier.fenced is not None  # the service retires it at its next turn
 
 
 async def test_a_takeover_that_meets_the_same_term_claimed_by_another_node_takes_a_newer_one(
@@ -70,7 +70,7 @@ async def test_a_takeover_that_meets_the_same_term_claimed_by_another_node_takes
     service = ExportService(
         NodeConfig(node_id="n1", state_dir=tmp_path),
         peers,
-        cast(ClusterFrontswap, None),
+        cast(LocalFrontswap, None),
         lambda *_: None,
         lent,
         ExportRecords(tmp_path),
@@ -107,7 +107,7 @@ async def test_two_moves_to_one_node_at_once_make_one_takeover(tmp_path: Path) -
     service = ExportService(
         NodeConfig(node_id="n1", state_dir=tmp_path),
         peers,
-        cast(ClusterFrontswap, None),
+        cast(LocalFrontswap, None),
         lambda *_: None,
         lent,
         ExportRecords(tmp_path),

@@ -2,11 +2,11 @@
 
 holders (the transport seam, holder sets, shared state) · spill (the spiller) · fetch (remote
 loads) · repair (re-replication and moves) · drops (versioned drops, orphans) · tier (the
-ClusterFrontswap that composes them behind the frontswap contract).
+RemoteTier that composes them; stores: the chain behind the frontswap contract).
 """
 
 from ramster.frontswap.remote.config import SpillConfig
 from ramster.frontswap.remote.holders import Holders
-from ramster.frontswap.remote.tier import ClusterFrontswap
+from ramster.frontswap.remote.tier import RemoteTier
 
-__all__ = ["ClusterFrontswap", "Holders", "SpillConfig"]
+__all__ = ["Holders", "RemoteTier", "SpillConfig"]

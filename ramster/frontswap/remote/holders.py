@@ -7,12 +7,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ramster.cluster.placement import Candidate
-from ramster.errors import ExportFenced, PagesReclaimed, RamsterError
 from ramster.frontswap.remote.config import SpillConfig
 from ramster.pagestore import PagePool
 from ramster.pagestore.lent import Stored
@@ -201,19 +200,13 @@ class Tier:
     sets: HolderSets = field(default_factory=HolderSets)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     log: LogLimiter = field(default_factory=lambda: LogLimiter(log))
-    strays: Callable[[Sequence[str], int, list[int], list[int]], None] = lambda *_: None
-    """Queue copies on nodes to be dropped (set by the tier to its drop queue)."""
-    before_put: Callable[[Sequence[str], int, list[int], list[int]], Awaitable[None]] = lambda *_: (
-        asyncio.sleep(0)
-    )
-    """Take keys about to be put on nodes out of their drop queues (set by the tier)."""
-    reclaimed: Callable[[str, int], None] = lambda _node, _epoch: None
-    """A holder answered that it reclaimed this owner's pages (set by the tier)."""
-    fenced: Callable[[str, str], None] = lambda _node, _why: None
-    """A holder answered that a newer server took this export over (set by the tier)."""
     slow_until: dict[str, float] = field(default_factory=dict)
     """Holders left out of a batch as stragglers, not chosen again until then (monotonic)."""
+    fenced: str | None = None
+    """Why a holder refused this owner as stale (another server took the export over)."""
     _warned_at: float = -NO_HOLDER_WARN_EVERY
+    _reclaims: int = 0
+    _reclaim_epochs: dict[str, int] = field(default_factory=dict)
 
     def candidates(self) -> list[Candidate]:
         """Where new copies may go: live holders with room, but not one that just straggled
@@ -250,115 +243,33 @@ class Tier:
             roomy,
         )
 
-    async def put_everywhere(
-        self,
-        nodes: Sequence[str],
-        area: int,
-        offsets: list[int],
-        versions: list[int],
-        sums: list[int],
-        payloads: Sequence[Buffer],
-        ephemeral: bool = False,
-    ) -> list[tuple[str, ...]]:
-        """Send one batch to every node at once; per page, the nodes that kept it (in order).
+    def fence(self, node: str, why: str) -> None:
+        """A holder answered that a newer server took this export over."""
+        if self.fenced is None:
+            self.fenced = why
+            log.error("holder %s fenced this owner: %s", node, why)
 
-        A node whose call failed may have kept the pages all the same (its answer was lost),
-        and should the caller be cancelled every node may have: those copies are queued to be
-        dropped again (`strays`), so that nothing leaks. Drops queued earlier for these keys on
-        these nodes are withdrawn first: a late one must not take a copy put now.
-        """
-        areas = [area] * len(offsets)
-        epochs = {n: self.sets.epoch(n) for n in nodes}
-        await self.before_put(nodes, area, offsets, versions)
+    def reclaimed(self, node: str, epoch: int) -> None:
+        """A holder reclaimed this owner's pages (it did not hear from it for longer than its
+        owner grace): the copies there are gone; repair gives those pages new ones.
 
-        async def one(node: str) -> list[bool]:
-            try:
-                return await self.holders.put(
-                    node, areas, offsets, versions, sums, payloads, ephemeral
-                )
-            except PagesReclaimed as exc:
-                self.reclaimed(node, exc.epoch)
-                return [False] * len(offsets)
-            except ExportFenced as exc:
-                self.fenced(node, str(exc))  # nothing was kept: no strays to drop
-                return [False] * len(offsets)
-            except RamsterError as exc:
-                self.strays([node], area, offsets, versions)
-                self.log.info(
-                    ("put", node),
-                    "holder %s refused a batch of %d pages: %s",
-                    node,
-                    len(offsets),
-                    exc,
-                )
-                return [False] * len(offsets)
+        Told twice (a refused call and the heartbeat), the same reclaim (epoch) counts once:
+        copies put there after the first telling are real."""
+        if epoch and epoch <= self._reclaim_epochs.get(node, 0):
+            return
+        if epoch:
+            self._reclaim_epochs[node] = epoch
+        self._reclaims += 1
+        # Its queued drops stay: copies it took in late (requests it read after the reclaim)
+        # are still there to be dropped.
+        self.sets.bury(node, f"reclaimed{self._reclaims}")
+        self.counters["holders_reclaimed"] += 1
+        log.error("holder %s reclaimed this node's pages: its copies count as lost", node)
 
-        results = await self._gather_hedged(nodes, one, area, offsets, versions)
-        # A holder that restarted meanwhile may have answered as its old incarnation: what it
-        # kept may be gone.
-        fresh = self.sets.unburied(nodes, epochs)
-        for node in nodes:
-            if node in results and node not in fresh:
-                # Or its new incarnation took the pages: then they are strays to drop.
-                self.strays([node], area, offsets, versions)
-        return [
-            tuple(n for n in nodes if n in fresh and n in results and results[n][i])
-            for i in range(len(offsets))
-        ]
-
-    async def _gather_hedged(
-        self,
-        nodes: Sequence[str],
-        one: Callable[[str], Coroutine[Any, Any, list[bool]]],
-        area: int,
-        offsets: list[int],
-        versions: list[int],
-    ) -> dict[str, list[bool]]:
-        """Every node's answer, but for stragglers: once min_replicas have answered, the rest
-        get three times as long again (between straggler_min and straggler_timeout). A paused
-        holder must not hold up a writer when it is not needed for the answer: a straggler's
-        copies are queued to be dropped, and it gets no new copies for straggler_pause."""
-        tasks = {asyncio.ensure_future(one(n)): n for n in nodes}
-        results: dict[str, list[bool]] = {}
-        pending = set(tasks)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline: float | None = None
-        try:
-            while pending:
-                wait = None if deadline is None else max(0.0, deadline - loop.time())
-                done, pending = await asyncio.wait(
-                    pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    results[tasks[task]] = task.result()
-                if not done:
-                    break  # the stragglers' time is up
-                if deadline is None and len(results) >= self.config.min_replicas:
-                    # Healthy holders answer within a small factor of each other: the others
-                    # get three times what the first answers took, within bounds.
-                    took = loop.time() - started
-                    cfg = self.config
-                    grace = min(cfg.straggler_timeout, max(cfg.straggler_min, 3 * took))
-                    deadline = loop.time() + grace
-        except BaseException:
-            self.strays(nodes, area, offsets, versions)
-            raise
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        late = [tasks[t] for t in pending]
-        for node in late:
-            self.slow_until[node] = time.monotonic() + self.config.straggler_pause
-        if late:
-            self.counters["stragglers"] += len(late)
-            self.log.info(
-                ("straggler", *late), "holder(s) %s too slow for a batch: left out", ",".join(late)
-            )
-            self.strays(late, area, offsets, versions)
-        return results
+    def restarted(self, node: str, old_incarnation: str) -> None:
+        """A holder came back as a new incarnation: its old one's copies count as lost."""
+        self.sets.bury(node, old_incarnation)
+        self._reclaim_epochs.pop(node, None)  # a new incarnation counts its reclaims anew
 
 
 async def run_all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:

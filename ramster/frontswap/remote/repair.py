@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from ramster.cluster.placement import choose_holders
 from ramster.errors import RamsterError
+from ramster.frontswap.remote.copies import Copier
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
 from ramster.frontswap.remote.holders import Tier, run_all
@@ -29,10 +30,11 @@ Batch = tuple[int, int, list[tuple[int, int, int]]]
 class Repairer:
     """Gives pages new copies: `repair` after losses, `move` to even holders out."""
 
-    def __init__(self, tier: Tier, fetcher: Fetcher, drops: DropQueue) -> None:
+    def __init__(self, tier: Tier, fetcher: Fetcher, drops: DropQueue, copier: Copier) -> None:
         self._t = tier
         self._fetcher = fetcher
         self._drops = drops
+        self._copier = copier
 
     def _needing(self, gone: set[str], leaving: set[str]) -> list[int]:
         """Holder sets with a copy on a gone or leaving holder, or with fewer than R good ones
@@ -259,7 +261,7 @@ class Repairer:
             )
         found = [(i, copies[j]) for j, i in enumerate(relay) if j in copies]
         if found:
-            got = await t.put_everywhere(
+            got = await self._copier.put(
                 new,
                 area,
                 [offsets[i] for i, _ in found],
@@ -292,7 +294,7 @@ class Repairer:
                 return await t.holders.copy(source, node, areas, offsets, versions, sums)
             except RamsterError as exc:
                 # It may have landed all the same: dropped again unless relayed (and kept) later.
-                t.strays([node], area, offsets, versions)
+                self._drops.enqueue([node], area, offsets, versions)
                 t.counters["direct_copy_failures"] += 1
                 t.log.info(
                     ("copy", source, node),

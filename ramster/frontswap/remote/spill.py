@@ -7,6 +7,7 @@ import asyncio
 from collections import defaultdict
 
 from ramster.cluster.placement import choose_holders
+from ramster.frontswap.remote.copies import Copier
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.holders import Tier, run_all
 from ramster.pagestore import ColdPage
@@ -15,9 +16,10 @@ from ramster.pagestore import ColdPage
 class Spiller:
     """Moves cold pages out of the local pool until it is below the low watermark."""
 
-    def __init__(self, tier: Tier, drops: DropQueue) -> None:
+    def __init__(self, tier: Tier, drops: DropQueue, copier: Copier) -> None:
         self._t = tier
         self._drops = drops
+        self._copier = copier
         self._wanted = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -107,7 +109,7 @@ class Spiller:
         for area, idx in _by_area(cold).items():
             offsets = [cold[i].offset for i in idx]
             versions = [cold[i].version for i in idx]
-            kept_by = await t.put_everywhere(
+            kept_by = await self._copier.put(
                 nodes,
                 area,
                 offsets,

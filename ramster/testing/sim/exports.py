@@ -339,7 +339,7 @@ class ExportSim:
           the old server sends after that is refused: an acknowledgement means a write the new
           server never sees.
         """
-        why = served.fs.fenced or served.export.fenced
+        why = served.tier.fenced or served.export.fenced
         if why is not None:
             self.sim.failures.append(
                 f"fencing: {node} (term {term}) acknowledged {what} after a holder told it that "

@@ -63,7 +63,7 @@ def _problem(sim: Simulation, leaks: dict[int, int], attempt: int) -> str | None
             return f"liveness: {n.name} has under-replicated pages after healing: {stuck}"
     for owner in nodes:
         assert owner.node is not None
-        refs = owner.node.frontswap.inventory()
+        refs = owner.node.tier.inventory()
         for holder in nodes:
             assert holder.node is not None
             held = holder.node.lent.pages_by_owner().get(owner.name, 0)
@@ -90,7 +90,7 @@ def _repairable(n: SimNode, nodes: list[SimNode]) -> str | None:
     before the copies are read), whatever they compress to.
     """
     assert n.node is not None
-    fs = n.node.frontswap
+    fs = n.node.tier
     if fs.remote_statistics().get("pages_lost", 0):
         return None  # pages that lost every holder stay counted: nothing can repair them
     repairer = fs._repairer

@@ -451,7 +451,7 @@ class Simulation:
     def observe_holders(self, n: SimNode) -> None:
         """Tell the model how many holders the owner records for each of its remote pages."""
         assert n.node is not None
-        fs = n.node.frontswap
+        fs = n.node.tier
         sets = list(fs.pool.remote_set_counts())
         if not sets:
             return

@@ -1,0 +1,134 @@
+"""Copies onto holders: one batch to several holders at once, hedged against stragglers, with
+every copy that may have landed but does not count queued to be dropped again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from ramster.errors import ExportFenced, PagesReclaimed, RamsterError
+from ramster.frontswap.remote.drops import DropQueue
+from ramster.frontswap.remote.holders import Tier
+from ramster.types import Buffer
+
+
+class Copier:
+    """Puts batches on holders for the owner; strays go to its drop queue."""
+
+    def __init__(self, tier: Tier, drops: DropQueue) -> None:
+        self._t = tier
+        self._drops = drops
+
+    async def put(
+        self,
+        nodes: Sequence[str],
+        area: int,
+        offsets: list[int],
+        versions: list[int],
+        sums: list[int],
+        payloads: Sequence[Buffer],
+        ephemeral: bool = False,
+    ) -> list[tuple[str, ...]]:
+        """Send one batch to every node at once; per page, the nodes that kept it (in order).
+
+        A node whose call failed may have kept the pages all the same (its answer was lost),
+        and should the caller be cancelled every node may have: those copies are queued to be
+        dropped again, so that nothing leaks. Drops queued earlier for these keys on
+        these nodes are withdrawn first: a late one must not take a copy put now.
+        """
+        t = self._t
+        areas = [area] * len(offsets)
+        epochs = {n: t.sets.epoch(n) for n in nodes}
+        await self._drops.before_put(nodes, area, offsets, versions)
+
+        async def one(node: str) -> list[bool]:
+            try:
+                return await t.holders.put(
+                    node, areas, offsets, versions, sums, payloads, ephemeral
+                )
+            except PagesReclaimed as exc:
+                t.reclaimed(node, exc.epoch)
+                return [False] * len(offsets)
+            except ExportFenced as exc:
+                t.fence(node, str(exc))  # nothing was kept: no strays to drop
+                return [False] * len(offsets)
+            except RamsterError as exc:
+                self._drops.enqueue([node], area, offsets, versions)
+                t.log.info(
+                    ("put", node),
+                    "holder %s refused a batch of %d pages: %s",
+                    node,
+                    len(offsets),
+                    exc,
+                )
+                return [False] * len(offsets)
+
+        results = await self._gather_hedged(nodes, one, area, offsets, versions)
+        # A holder that restarted meanwhile may have answered as its old incarnation: what it
+        # kept may be gone.
+        fresh = t.sets.unburied(nodes, epochs)
+        for node in nodes:
+            if node in results and node not in fresh:
+                # Or its new incarnation took the pages: then they are strays to drop.
+                self._drops.enqueue([node], area, offsets, versions)
+        return [
+            tuple(n for n in nodes if n in fresh and n in results and results[n][i])
+            for i in range(len(offsets))
+        ]
+
+    async def _gather_hedged(
+        self,
+        nodes: Sequence[str],
+        one: Callable[[str], Coroutine[Any, Any, list[bool]]],
+        area: int,
+        offsets: list[int],
+        versions: list[int],
+    ) -> dict[str, list[bool]]:
+        """Every node's answer, but for stragglers: once min_replicas have answered, the rest
+        get three times as long again (between straggler_min and straggler_timeout). A paused
+        holder must not hold up a writer when it is not needed for the answer: a straggler's
+        copies are queued to be dropped, and it gets no new copies for straggler_pause."""
+        t = self._t
+        tasks = {asyncio.ensure_future(one(n)): n for n in nodes}
+        results: dict[str, list[bool]] = {}
+        pending = set(tasks)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline: float | None = None
+        try:
+            while pending:
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    results[tasks[task]] = task.result()
+                if not done:
+                    break  # the stragglers' time is up
+                if deadline is None and len(results) >= t.config.min_replicas:
+                    # Healthy holders answer within a small factor of each other: the others
+                    # get three times what the first answers took, within bounds.
+                    took = loop.time() - started
+                    cfg = t.config
+                    grace = min(cfg.straggler_timeout, max(cfg.straggler_min, 3 * took))
+                    deadline = loop.time() + grace
+        except BaseException:
+            self._drops.enqueue(nodes, area, offsets, versions)
+            raise
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        late = [tasks[t] for t in pending]
+        for node in late:
+            t.slow_until[node] = time.monotonic() + t.config.straggler_pause
+        if late:
+            t.counters["stragglers"] += len(late)
+            t.log.info(
+                ("straggler", *late), "holder(s) %s too slow for a batch: left out", ",".join(late)
+            )
+            self._drops.enqueue(late, area, offsets, versions)
+        return results
