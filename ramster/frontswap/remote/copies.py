@@ -73,10 +73,13 @@ class Copier:
             if node in results and node not in fresh:
                 # Or its new incarnation took the pages: then they are strays to drop.
                 self._drops.enqueue([node], area, offsets, versions)
-        return [
+        kept_by = [
             tuple(n for n in nodes if n in fresh and n in results and results[n][i])
             for i in range(len(offsets))
         ]
+        answered = [n for n in nodes if n in fresh and n in results]
+        self._drops.not_kept(answered, area, offsets, versions, kept_by)
+        return kept_by
 
     async def _gather_hedged(
         self,

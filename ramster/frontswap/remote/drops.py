@@ -54,8 +54,6 @@ class _Queue:
     landed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever no batch is on its way."""
     retry_at: float = 0.0
-    forgotten: int = 0
-    """How many times the holder restarted: a batch sent before then is not queued again."""
 
     def size(self) -> int:
         return sum(len(o) for o, _ in self.pages.values()) + len(self.areas)
@@ -129,6 +127,39 @@ class DropQueue:
                 )
         self._wake.set()
 
+    def not_kept(
+        self,
+        nodes: Sequence[str],
+        area: int,
+        offsets: list[int],
+        versions: list[int],
+        kept_by: Sequence[tuple[str, ...]],
+    ) -> None:
+        """After a put or copy onto `nodes` that some did not keep: such a node may still hold
+        an earlier stray copy of the page whose drop `before_put` withdrew (a straggler's,
+        say); queue that drop again, unless this owner records the node as holding that very
+        version (another call placed it there meanwhile)."""
+        width = len(nodes)
+        short = [i for i, kept in enumerate(kept_by) if len(kept) < width]
+        if not short:
+            return
+        sets = self._t.sets
+        held = {
+            short[j]: (version, sets[set_id])
+            for j, version, _, set_id in self._t.pool.remote_entries(
+                area, [offsets[i] for i in short]
+            )
+        }
+        for node in nodes:
+            idx = [
+                i
+                for i in short
+                if node not in kept_by[i]
+                and not (i in held and held[i][0] == versions[i] and node in held[i][1])
+            ]
+            if idx:
+                self.enqueue([node], area, [offsets[i] for i in idx], [versions[i] for i in idx])
+
     def collect(self) -> None:
         """Queue the drops the pool recorded (pages it forgot that had remote copies)."""
         drops = self._t.pool.drain_remote_drops()
@@ -151,21 +182,6 @@ class DropQueue:
             q.areas[area] = max(max_version, q.areas.get(area, 0))
             q.pages.pop(area, None)  # the area drop covers them
         self._wake.set()
-
-    def forget_node(self, node: str) -> int:
-        """Give up every drop queued for a holder whose copies are gone; how many.
-
-        The queue itself stays while a batch is on its way: that batch may reach the new
-        incarnation, and `before_put` must still see it and wait for it to land."""
-        q = self._q.get(node)
-        if q is None:
-            return 0
-        given_up = q.size()
-        q.pages.clear()
-        q.areas.clear()
-        q.forgotten += 1
-        self._discard_if_idle(node, q)
-        return given_up
 
     def _discard_if_idle(self, node: str, q: _Queue) -> None:
         """Remove an emptied queue, unless its sender holds it (a batch may be on its way,
@@ -274,14 +290,12 @@ class DropQueue:
                             np.frombuffer(vers, dtype=np.uint64),
                         )
                         q.landed.clear()
-                        forgotten = q.forgotten
                         try:
                             await t.holders.drop(node, [area] * len(offs), list(offs), list(vers))
                         except BaseException:
-                            if q.forgotten == forgotten:  # else its copies are gone already
-                                back = q.pages.setdefault(area, (array("Q"), array("Q")))
-                                back[0].extend(offs)
-                                back[1].extend(vers)
+                            back = q.pages.setdefault(area, (array("Q"), array("Q")))
+                            back[0].extend(offs)
+                            back[1].extend(vers)
                             raise
                         finally:
                             q.inflight = None

@@ -187,6 +187,8 @@ class Repairer:
             if node not in fresh:  # or its new incarnation kept them: strays to drop
                 self._drops.enqueue([node], area, offsets, versions)
         kept_by = [tuple(n for n in kept if n in fresh) for kept in kept_by]
+        # A new holder that kept nothing may hold a straggler's copy whose drop was withdrawn.
+        self._drops.not_kept([n for n in new if n in fresh], area, offsets, versions, kept_by)
         # Per page: its new set is the staying holders and the new ones that kept it.
         groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for i, kept in enumerate(kept_by):

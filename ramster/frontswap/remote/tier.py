@@ -180,10 +180,10 @@ class RemoteTier:
         """A holder came back as a new incarnation: the copies its old one held are gone."""
         # A repair or move may have put copies on the new incarnation before this owner heard
         # of the restart; burying the node makes those copies unreferenced: queue their drops
-        # (a no-op where absent; a later put of a key there withdraws its drop first).
+        # (a no-op where absent; a later put of a key there withdraws its drop first). For the
+        # same reason the drops queued for it stay: a stray may have reached the new one too.
         landed = self.pool.remote_in_sets(self._tier.sets.touching({node}))
         self._tier.restarted(node, old_incarnation)
-        self._drops.forget_node(node)
         by_area: dict[int, tuple[list[int], list[int]]] = {}
         for area, offset, version, _, _ in landed:
             keys = by_area.setdefault(area, ([], []))
