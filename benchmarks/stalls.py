@@ -35,6 +35,7 @@ from ramster.pagestore import PoolConfig
 from ramster.pagestore import pool as pool_module
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import RECLAIM_STEP_PAGES
+from ramster.rpc.pages import PageBatch
 from ramster.testing import corpus
 
 PROBE = 0.005
@@ -81,11 +82,13 @@ def fill(lent: LentPool, owner: str, pages: int, seed: int) -> None:
         ok = lent.put(
             owner,
             "00000001-bench",
-            [0] * n,
-            list(range(first, first + n)),
-            [1] * n,
-            [7] * n,
-            [next(source) for _ in range(n)],
+            PageBatch(
+                [0] * n,
+                list(range(first, first + n)),
+                [1] * n,
+                [7] * n,
+                [next(source) for _ in range(n)],
+            ),
         )
         if not all(ok):
             raise RuntimeError(f"the lent pool refused pages of {owner} at {first}")
@@ -128,11 +131,13 @@ async def one_run(
                 lent.put(
                     "new",
                     "00000001-bench",
-                    [0] * 256,
-                    offsets,
-                    [first] * 256,
-                    [7] * 256,
-                    [next(source) for _ in range(256)],
+                    PageBatch(
+                        [0] * 256,
+                        offsets,
+                        [first] * 256,
+                        [7] * 256,
+                        [next(source) for _ in range(256)],
+                    ),
                 )
                 await asyncio.sleep(0)
 

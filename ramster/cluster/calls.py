@@ -4,7 +4,7 @@ it serves. Answers are checked for shape here; the page batches by `ramster.rpc.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,6 @@ from ramster.protocol import (
 )
 from ramster.rpc import Keys, PageBatch, RpcClient
 from ramster.rpc.pages import flags_from_wire
-from ramster.types import Buffer
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -99,36 +98,33 @@ class HolderCalls:
         owner: Owner,
         source: str,
         target: str,
-        areas: list[int],
-        offsets: list[int],
+        keys: Keys,
         versions: list[int],
         checksums: list[int],
     ) -> tuple[list[bool], int]:
         """hold.copy on source: it verifies its copies and puts them on target. The target is
         told first, by the owner itself (hold.expect), exactly which copies to take."""
-        keys = Keys(areas, offsets).to_wire()
+        wire = keys.to_wire()
         await self._client(target).call(
-            HOLD_EXPECT, [*owner, keys, versions, checksums, self._next_seq()], timeout=self.timeout
+            HOLD_EXPECT, [*owner, wire, versions, checksums, self._next_seq()], timeout=self.timeout
         )
         result = await self._client(source).call(
             HOLD_COPY,
-            [*owner, target, keys, versions, checksums],
+            [*owner, target, wire, versions, checksums],
             timeout=self.timeout * 2,  # two hops
         )
         if type(result) is not list or len(result) != 2 or type(result[1]) is not int:
             raise ProtocolError("hold.copy must answer [flags, bytes]")
         self._spent(target, result[1])
-        return flags_from_wire(result[0], len(offsets)), result[1]
+        return flags_from_wire(result[0], len(keys)), result[1]
 
-    async def get(
-        self, owner: Owner, node: str, areas: list[int], offsets: list[int]
-    ) -> list[Stored | None]:
+    async def get(self, owner: Owner, node: str, keys: Keys) -> list[Stored | None]:
         """hold.get on node, answers in the order of the keys."""
         result = await self._client(node).call(
-            HOLD_GET, [*owner, Keys(areas, offsets).to_wire()], timeout=self.timeout
+            HOLD_GET, [*owner, keys.to_wire()], timeout=self.timeout
         )
         batch = PageBatch.from_wire(result)
-        if batch.offsets == offsets and batch.areas == areas:  # all held, in key order
+        if batch.offsets == keys.offsets and batch.areas == keys.areas:  # all held, in order
             return list(zip(batch.versions, batch.checksums, batch.payloads, strict=True))
         found = dict(
             zip(
@@ -137,18 +133,16 @@ class HolderCalls:
                 strict=True,
             )
         )
-        return [found.get(key) for key in zip(areas, offsets, strict=True)]
+        return [found.get(key) for key in keys]
 
-    async def drop(
-        self, owner: Owner, node: str, areas: list[int], offsets: list[int], versions: list[int]
-    ) -> None:
+    async def drop(self, owner: Owner, node: str, keys: Keys, versions: list[int]) -> None:
         """hold.drop on node (versioned: newer copies stay)."""
         result = await self._client(node).call(
             HOLD_DROP,
-            [*owner, Keys(areas, offsets).to_wire(), versions, self._next_seq()],
+            [*owner, keys.to_wire(), versions, self._next_seq()],
             timeout=self.timeout,
         )
-        flags_from_wire(result, len(offsets))
+        flags_from_wire(result, len(keys))
 
     async def drop_area(self, owner: Owner, node: str, area: int, max_version: int) -> None:
         """hold.drop_area on node: the owner's pages of the area no newer than max_version."""
@@ -219,43 +213,23 @@ class SpeaksFor:
     calls: HolderCalls
     owner_identity: Owner
 
-    async def put(
-        self,
-        node: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
-        payloads: Sequence[Buffer],
-        ephemeral: bool = False,
-    ) -> list[bool]:
+    async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
         """hold.put on node."""
-        batch = PageBatch(areas, offsets, versions, checksums, payloads)
         return await self.calls.put(node, self.owner_identity, batch, ephemeral=ephemeral)
 
     async def copy(
-        self,
-        source: str,
-        target: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
+        self, source: str, target: str, keys: Keys, versions: list[int], checksums: list[int]
     ) -> tuple[list[bool], int]:
         """hold.copy on source: it verifies its copies and puts them on target."""
-        return await self.calls.copy(
-            self.owner_identity, source, target, areas, offsets, versions, checksums
-        )
+        return await self.calls.copy(self.owner_identity, source, target, keys, versions, checksums)
 
-    async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
+    async def get(self, node: str, keys: Keys) -> list[Stored | None]:
         """hold.get on node, answers in the order of the keys."""
-        return await self.calls.get(self.owner_identity, node, areas, offsets)
+        return await self.calls.get(self.owner_identity, node, keys)
 
-    async def drop(
-        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
-    ) -> None:
+    async def drop(self, node: str, keys: Keys, versions: list[int]) -> None:
         """hold.drop on node (versioned: newer copies stay)."""
-        await self.calls.drop(self.owner_identity, node, areas, offsets, versions)
+        await self.calls.drop(self.owner_identity, node, keys, versions)
 
     async def drop_area(self, node: str, area: int, max_version: int) -> None:
         """hold.drop_area on node: the owner's pages of the area no newer than max_version."""

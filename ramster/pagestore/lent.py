@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from ramster.errors import InvalidPage
 from ramster.pagestore.claims import CallMarks, CopyOrders, ExportTerms, newest_wins
@@ -38,6 +39,21 @@ log = logging.getLogger(__name__)
 
 Stored = tuple[int, int, Buffer]
 """(version, checksum, stored payload) of one held page, wherever it travels."""
+
+
+class PageColumns(Protocol):
+    """A batch of pages as parallel columns, as it came off the wire (`ramster.rpc.PageBatch`)."""
+
+    @property
+    def areas(self) -> Sequence[int]: ...
+    @property
+    def offsets(self) -> Sequence[int]: ...
+    @property
+    def versions(self) -> Sequence[int]: ...
+    @property
+    def checksums(self) -> Sequence[int]: ...
+    @property
+    def payloads(self) -> Sequence[Buffer]: ...
 
 
 class LentPool(ExportHolding, Reclaiming):
@@ -250,11 +266,7 @@ class LentPool(ExportHolding, Reclaiming):
         self,
         owner: str,
         inc: str,
-        areas: Sequence[int],
-        offsets: Sequence[int],
-        versions: Sequence[int],
-        checksums: Sequence[int],
-        payloads: Sequence[bytes | bytearray | memoryview],
+        batch: PageColumns,
         ephemeral: bool = False,
         *,
         copy: bool = False,
@@ -273,6 +285,8 @@ class LentPool(ExportHolding, Reclaiming):
         over a page, or a key given twice: a peer's batch is checked whole before any of it
         is kept.
         """
+        areas, offsets, versions = batch.areas, batch.offsets, batch.versions
+        checksums, payloads = batch.checksums, batch.payloads
         if not offsets:
             raise InvalidPage("an empty page batch")
         groups = by_area(areas)

@@ -71,6 +71,10 @@ class Keys:
     def __len__(self) -> int:
         return len(self.areas)
 
+    def take(self, idx: Sequence[int]) -> Keys:
+        """The keys at these positions."""
+        return Keys([self.areas[i] for i in idx], [self.offsets[i] for i in idx])
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return zip(self.areas, self.offsets, strict=True)
 
@@ -128,6 +132,13 @@ class PageBatch:
             checksums.append(checksum)
             payloads.append(payload)
         return cls(areas, offsets, versions, checksums, payloads)
+
+    @classmethod
+    def with_keys(
+        cls, keys: Keys, versions: list[int], checksums: list[int], payloads: Sequence[Buffer]
+    ) -> PageBatch:
+        """A batch of these keys' pages."""
+        return cls(keys.areas, keys.offsets, versions, checksums, payloads)
 
     @classmethod
     def empty(cls) -> PageBatch:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ramster.cluster.placement import Candidate
 from ramster.errors import PeerLost, PeerTimeout
 from ramster.pagestore.lent import LentPool, Stored
+from ramster.rpc.pages import Keys, PageBatch
 from ramster.testing.inproc import InProcessHolders
-from ramster.types import Buffer
 
 
 @dataclass
@@ -99,51 +98,34 @@ class FaultyHolders(InProcessHolders):
             f.injected += 1
             raise PeerTimeout(f"the answer of {node} was lost")
 
-    async def put(
-        self,
-        node: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
-        payloads: Sequence[Buffer],
-        ephemeral: bool = False,
-    ) -> list[bool]:
+    async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
         """hold.put, through the faults."""
         await self._enter(node)
-        kept = await super().put(node, areas, offsets, versions, checksums, payloads, ephemeral)
+        kept = await super().put(node, batch, ephemeral)
         self._exit(node)
         return kept
 
-    async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
+    async def get(self, node: str, keys: Keys) -> list[Stored | None]:
         """hold.get, through the faults."""
         await self._enter(node)
-        held = await super().get(node, areas, offsets)
+        held = await super().get(node, keys)
         self._exit(node)
         return held
 
     async def copy(
-        self,
-        source: str,
-        target: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
+        self, source: str, target: str, keys: Keys, versions: list[int], checksums: list[int]
     ) -> tuple[list[bool], int]:
         """hold.copy, through the faults of both holders."""
         await self._enter(source)
         await self._enter(target)
-        result = await super().copy(source, target, areas, offsets, versions, checksums)
+        result = await super().copy(source, target, keys, versions, checksums)
         self._exit(source)
         return result
 
-    async def drop(
-        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
-    ) -> None:
+    async def drop(self, node: str, keys: Keys, versions: list[int]) -> None:
         """hold.drop, through the faults."""
         await self._enter(node)
-        await super().drop(node, areas, offsets, versions)
+        await super().drop(node, keys, versions)
         self._exit(node)
 
     async def drop_area(self, node: str, area: int, max_version: int) -> None:

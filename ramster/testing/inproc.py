@@ -6,13 +6,11 @@ Used by unit tests of the remote tier and by anything that wants a cluster insid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ramster.cluster.placement import Candidate
 from ramster.errors import PeerLost
 from ramster.pagestore.lent import LentPool, Stored
 from ramster.pagestore.verify import copyable, spread
-from ramster.types import Buffer
+from ramster.rpc.pages import Keys, PageBatch
 
 
 class InProcessHolders:
@@ -50,72 +48,41 @@ class InProcessHolders:
             return "unknown"
         return "dead" if node in self.down else "alive"
 
-    async def put(
-        self,
-        node: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
-        payloads: Sequence[Buffer],
-        ephemeral: bool = False,
-    ) -> list[bool]:
+    async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
         """Keep pages on node."""
         lent = self._lent(node)
         self.seq += 1
-        return lent.put(
-            self.owner,
-            self.incarnation,
-            areas,
-            offsets,
-            versions,
-            checksums,
-            payloads,
-            ephemeral,
-            seq=self.seq,
-        )
+        return lent.put(self.owner, self.incarnation, batch, ephemeral, seq=self.seq)
 
-    async def get(self, node: str, areas: list[int], offsets: list[int]) -> list[Stored | None]:
+    async def get(self, node: str, keys: Keys) -> list[Stored | None]:
         """Pages node holds."""
-        return self._lent(node).get(self.owner, self.incarnation, areas, offsets)
+        return self._lent(node).get(self.owner, self.incarnation, keys.areas, keys.offsets)
 
     async def copy(
-        self,
-        source: str,
-        target: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
+        self, source: str, target: str, keys: Keys, versions: list[int], checksums: list[int]
     ) -> tuple[list[bool], int]:
         """Verify source's copies and put them on target, as a holder does for hold.copy."""
         # The owner's order first (hold.expect), then the source verifies and forwards.
         self.seq += 1
         self._lent(target).expect(
-            self.owner, self.incarnation, areas, offsets, versions, checksums, self.seq
+            self.owner, self.incarnation, keys.areas, keys.offsets, versions, checksums, self.seq
         )
-        held = self._lent(source).get(self.owner, self.incarnation, areas, offsets)
+        held = self._lent(source).get(self.owner, self.incarnation, keys.areas, keys.offsets)
         good, payloads = copyable(held, versions, checksums, self.page_size)
         if not good:
-            return [False] * len(offsets), 0
-        kept = self._lent(target).put(
-            self.owner,
-            self.incarnation,
-            [areas[i] for i in good],
-            [offsets[i] for i in good],
-            [versions[i] for i in good],
-            [checksums[i] for i in good],
-            payloads,
-            copy=True,
+            return [False] * len(keys), 0
+        batch = PageBatch.with_keys(
+            keys.take(good), [versions[i] for i in good], [checksums[i] for i in good], payloads
         )
-        return spread(len(offsets), good, kept, payloads)
+        kept = self._lent(target).put(self.owner, self.incarnation, batch, copy=True)
+        return spread(len(keys), good, kept, payloads)
 
-    async def drop(
-        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
-    ) -> None:
+    async def drop(self, node: str, keys: Keys, versions: list[int]) -> None:
         """Forget copies on node."""
         self.seq += 1
-        self._lent(node).drop(self.owner, self.incarnation, areas, offsets, versions, self.seq)
+        self._lent(node).drop(
+            self.owner, self.incarnation, keys.areas, keys.offsets, versions, self.seq
+        )
 
     async def drop_area(self, node: str, area: int, max_version: int) -> None:
         """Forget an area's pages no newer than max_version on node."""

@@ -14,6 +14,7 @@ from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.holders import Tier
 from ramster.pagestore import PagePool, PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
+from ramster.rpc.pages import Keys, PageBatch
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
 
@@ -28,12 +29,10 @@ class GatedHolders(InProcessHolders):
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def drop(
-        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
-    ) -> None:
+    async def drop(self, node: str, keys: Keys, versions: list[int]) -> None:
         self.entered.set()
         await self.gate.wait()
-        await super().drop(node, areas, offsets, versions)
+        await super().drop(node, keys, versions)
 
 
 def _setup() -> tuple[DropQueue, GatedHolders, bytes]:
@@ -46,7 +45,10 @@ def _setup() -> tuple[DropQueue, GatedHolders, bytes]:
 
 def _put(holders: GatedHolders, page: bytes) -> None:
     ok = holders.lents["peer1"].put(
-        "owner", INC, [0], [7], [3], [checksum(page)], [encode(page, PoolConfig())], False
+        "owner",
+        INC,
+        PageBatch([0], [7], [3], [checksum(page)], [encode(page, PoolConfig())]),
+        False,
     )
     assert ok == [True]
 
@@ -92,7 +94,7 @@ async def test_drops_queued_for_a_holder_that_restarted_still_reach_it() -> None
     tier = RemoteTier(PoolConfig(budget_bytes=1 << 20), holders, SpillConfig(replicas=1))
     page = corpus.pages(1, seed=3)[0]
     assert lents["n4"].put(
-        "owner", INC, [0], [7], [3], [checksum(page)], [encode(page, PoolConfig())]
+        "owner", INC, PageBatch([0], [7], [3], [checksum(page)], [encode(page, PoolConfig())])
     ) == [True]
     tier.queue_drops("n4", 0, [7], [3])  # a copy that did not count
     tier.holder_restarted("n4", "old-incarnation")  # heard late: the copy is on the new one
@@ -127,7 +129,7 @@ async def test_a_withdrawn_drop_comes_back_when_the_copy_is_not_kept() -> None:
     )
     page = corpus.pages(1, seed=3)[0]
     stored, total = encode(page, PoolConfig()), checksum(page)
-    assert lents["n0"].put("owner", INC, [0], [7], [3], [total], [stored]) == [True]
+    assert lents["n0"].put("owner", INC, PageBatch([0], [7], [3], [total], [stored])) == [True]
     tier.queue_drops("n0", 0, [7], [3])  # the straggler's copy: a stray
     # The owner records the page on n4 alone, which has lost it meanwhile.
     tier.pool.put_remote(0, [7], [3], [total], tier._tier.sets.intern(("n4",)))

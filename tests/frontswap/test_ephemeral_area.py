@@ -12,6 +12,7 @@ from ramster.frontswap.local import LocalFrontswap
 from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.pagestore import PagePool, PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
+from ramster.rpc.pages import PageBatch
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
 
@@ -116,11 +117,13 @@ def test_lent_ephemeral_copies_make_room_for_persistent_ones() -> None:
         return lent.put(
             owner,
             "00000001-x",
-            [0] * len(keys),
-            keys,
-            [1] * len(keys),
-            [checksum(p) for p in pages],
-            [encode(p, cfg) for p in pages],
+            PageBatch(
+                [0] * len(keys),
+                keys,
+                [1] * len(keys),
+                [checksum(p) for p in pages],
+                [encode(p, cfg) for p in pages],
+            ),
             ephemeral,
         )
 

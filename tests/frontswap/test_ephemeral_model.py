@@ -30,6 +30,7 @@ from ramster.errors import PageUnavailable
 from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.pagestore import PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
+from ramster.rpc.pages import PageBatch
 from ramster.testing import corpus
 from ramster.testing.faults import Faults, FaultyHolders
 
@@ -204,7 +205,9 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
         pages = [VALUES[k % len(VALUES)] for k in range(n)]
         payloads = [encode(p, lent.pool.config) for p in pages]
         kept = lent.put(
-            "o9", INC, [0] * n, list(range(n)), [1] * n, [checksum(p) for p in pages], payloads
+            "o9",
+            INC,
+            PageBatch([0] * n, list(range(n)), [1] * n, [checksum(p) for p in pages], payloads),
         )
         if not all(kept):
             assert lent.pool.ephemeral_keys() == 0, "a persistent copy refused beside ephemeral"

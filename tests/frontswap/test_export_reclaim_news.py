@@ -15,6 +15,7 @@ from ramster.frontswap.remote.holders import Tier
 from ramster.pagestore import PagePool, PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import Fenced, Reclaimed, export_incarnation
+from ramster.rpc.pages import Keys, PageBatch
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
 
@@ -25,19 +26,17 @@ INC = export_incarnation(1, "srv")
 class WireHolders(InProcessHolders):
     """In-process holders that answer as the RPC handler does (`handlers.holder._refusals`)."""
 
-    async def put(self, node: str, *args: object, **kw: object) -> list[bool]:
+    async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
         try:
-            return await super().put(node, *args, **kw)  # type: ignore[arg-type]
+            return await super().put(node, batch, ephemeral)
         except Reclaimed as exc:
             raise PagesReclaimed(str(exc)) from None
         except Fenced as exc:
             raise ExportFenced(str(exc)) from None
 
-    async def drop(
-        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
-    ) -> None:
+    async def drop(self, node: str, keys: Keys, versions: list[int]) -> None:
         try:
-            await super().drop(node, areas, offsets, versions)
+            await super().drop(node, keys, versions)
         except Reclaimed as exc:
             raise PagesReclaimed(str(exc)) from None
 
@@ -61,11 +60,13 @@ async def test_a_reclaim_told_to_a_drop_reaches_the_server() -> None:
     cfg = PoolConfig()
     ok = await holders.put(
         "peer1",
-        [0, 0, 0],
-        [1, 2, 3],
-        [1, 1, 1],
-        [checksum(p) for p in pages[:3]],
-        [encode(p, cfg) for p in pages[:3]],
+        PageBatch(
+            [0, 0, 0],
+            [1, 2, 3],
+            [1, 1, 1],
+            [checksum(p) for p in pages[:3]],
+            [encode(p, cfg) for p in pages[:3]],
+        ),
     )
     assert ok == [True, True, True]
     now[0] = 1000.0
@@ -79,7 +80,9 @@ async def test_a_reclaim_told_to_a_drop_reaches_the_server() -> None:
     await drops.deliver()
     # The holder has now spent its news: the next put is taken silently.
     p = pages[3]
-    assert await holders.put("peer1", [0], [4], [1], [checksum(p)], [encode(p, cfg)]) == [True]
+    assert await holders.put(
+        "peer1", PageBatch([0], [4], [1], [checksum(p)], [encode(p, cfg)])
+    ) == [True]
     assert tier.counters["holders_reclaimed"] == 1, (
         "peer1 reclaimed the export's pages and told it once, to a drop; the drop queue took it "
         "for a failure, so the server never learned that its copies on peer1 are gone"

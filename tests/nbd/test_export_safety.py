@@ -5,7 +5,6 @@ never launders a damaged copy nor drops one it could not store elsewhere."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import cast
 
@@ -22,8 +21,8 @@ from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Rebuilder
 from ramster.pagestore import PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import Fenced
+from ramster.rpc.pages import PageBatch
 from ramster.testing.inproc import InProcessHolders
-from ramster.types import Buffer
 
 pytestmark = pytest.mark.asyncio
 OWNER, INC, PS = "export:x", "t1@me", 4096
@@ -33,18 +32,9 @@ BASE = 1 << 40
 class Holders(InProcessHolders):
     """In-process holders that answer a fenced put as a node does (ExportFenced)."""
 
-    async def put(
-        self,
-        node: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
-        payloads: Sequence[Buffer],
-        ephemeral: bool = False,
-    ) -> list[bool]:
+    async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
         try:
-            return await super().put(node, areas, offsets, versions, checksums, payloads, ephemeral)
+            return await super().put(node, batch, ephemeral)
         except Fenced as exc:
             raise ExportFenced(str(exc)) from None
 
@@ -114,7 +104,9 @@ def _rebuilder(fs: RemoteTier, me: LentPool) -> Rebuilder:
 
 def _hold(lent: LentPool, key: int, page: bytes, version: int) -> int:
     total = checksum(page)
-    ok = lent.put(OWNER, INC, [DATA_AREA], [key], [version], [total], [encode(page, PoolConfig())])
+    ok = lent.put(
+        OWNER, INC, PageBatch([DATA_AREA], [key], [version], [total], [encode(page, PoolConfig())])
+    )
     assert ok == [True]
     return total
 

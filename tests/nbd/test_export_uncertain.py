@@ -22,6 +22,7 @@ from ramster.nbd.export import Export
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Rebuilder
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
+from ramster.rpc.pages import PageBatch
 from tests.nbd.test_export_safety import Holders
 
 pytestmark = pytest.mark.asyncio
@@ -102,7 +103,7 @@ async def test_an_uncertain_block_written_again_survives_the_next_restart() -> N
         held = blank[h]
         assert held is not None
         v, s, payload = held
-        ok = lent.put(OWNER, "t1@n0", [MANIFEST_AREA], [0], [v], [s], [payload])
+        ok = lent.put(OWNER, "t1@n0", PageBatch([MANIFEST_AREA], [0], [v], [s], [payload]))
         assert ok == [True]
 
     # Term 2 on n1: X is uncertain, an I/O error (the new rule, as designed).
@@ -138,13 +139,17 @@ async def test_an_uncertain_trimmed_block_never_serves_its_old_bytes() -> None:
     # The trim's drop missed h1 (its copy stays, a stray), and page 0's updates (marking, then
     # unmarking X) were lost: each holder has new_manifest's blank page 0.
     h, item = next((h, s) for h, s in stray.items() if s is not None)
-    assert lents[h].put(OWNER, "t1@n0", [DATA_AREA], [X], [item[0]], [item[1]], [item[2]]) == [True]
+    assert lents[h].put(
+        OWNER, "t1@n0", PageBatch([DATA_AREA], [X], [item[0]], [item[1]], [item[2]])
+    ) == [True]
     for h, lent in lents.items():
         lent.drop(OWNER, "t1@n0", [MANIFEST_AREA], [0])
         held = blank[h]
         assert held is not None
         v, s, payload = held
-        assert lent.put(OWNER, "t1@n0", [MANIFEST_AREA], [0], [v], [s], [payload]) == [True]
+        assert lent.put(OWNER, "t1@n0", PageBatch([MANIFEST_AREA], [0], [v], [s], [payload])) == [
+            True
+        ]
 
     export2, lost2 = await _take_over(lents, "n1", 2)
     assert X in list(lost2)

@@ -18,6 +18,7 @@ from ramster.node.node import Node
 from ramster.pagestore import PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.rpc import Secret
+from ramster.rpc.pages import PageBatch
 
 pytestmark = pytest.mark.asyncio
 SECRET = Secret(b"resume-tie-secret-0123456789abcdef")
@@ -46,7 +47,9 @@ def _hold(lent: LentPool, term: int, node: str, block: bytes, version: int) -> N
     meta = manifest.encode(written, 0)
     for area, page, v in ((DATA_AREA, block, version), (MANIFEST_AREA, meta, version + 1)):
         stored = encode(page, PoolConfig())
-        assert lent.put(OWNER, inc, [area], [0], [v], [checksum(page)], [stored]) == [True]
+        assert lent.put(OWNER, inc, PageBatch([area], [0], [v], [checksum(page)], [stored])) == [
+            True
+        ]
 
 
 async def test_a_resumed_server_yields_an_export_moved_away_under_the_same_term(

@@ -9,6 +9,7 @@ import os
 from ramster.pagestore import PoolConfig, claims
 from ramster.pagestore.codec import checksum, encode
 from ramster.pagestore.lent import LentPool
+from ramster.rpc.pages import PageBatch
 
 INC = "00000180-aaaa"
 MALLORY_INC = "00000180-mmmm"
@@ -34,10 +35,12 @@ def test_an_order_sent_before_a_drop_that_ran_first_brings_no_stray() -> None:
     inventories it back."""
     lent = lent_pool()
     data, sum_ = stored(5)
-    lent.put("o", INC, [0], [1], [1], [1], [stored(1)[0]], seq=1)  # the owner is known here
+    lent.put(
+        "o", INC, PageBatch([0], [1], [1], [1], [stored(1)[0]]), seq=1
+    )  # the owner is known here
     assert lent.drop("o", INC, [0], [58], [1], seq=21) == [False]  # nothing held yet
     lent.expect("o", INC, [0], [58], [1], [sum_], 20)  # sent before the drop, runs after
-    kept = lent.put("o", INC, [0], [58], [1], [sum_], [data], copy=True)
+    kept = lent.put("o", INC, PageBatch([0], [58], [1], [sum_], [data]), copy=True)
     assert kept == [False], "a copy ordered before a drop that reached its version was kept"
     assert lent.get("o", INC, [0], [58]) == [None]
 
@@ -57,7 +60,7 @@ def test_another_owner_cannot_flush_a_victims_drop_marks() -> None:
     for start in range(0, n, step):
         offs = list(range(start, start + step))
         lent.drop("mallory", MALLORY_INC, [0] * step, offs, [1] * step, seq=start + 1)
-    assert lent.put("victim", INC, [0], [3], [4], [sum_], [data], seq=10) == [False], (
+    assert lent.put("victim", INC, PageBatch([0], [3], [4], [sum_], [data]), seq=10) == [False], (
         "another owner's drops of keys it never held evicted the victim's drop mark: the "
         "straggling put that the victim's later drop undid was kept"
     )
@@ -72,8 +75,8 @@ def test_another_owner_cannot_flush_a_victims_put_marks() -> None:
     gone while it counts it (invariant 1: R=2 no longer survives one more holder loss)."""
     lent = lent_pool()
     data, sum_ = stored(7)
-    assert lent.put("victim", INC, [0], [3], [1], [sum_], [data], seq=10) == [True]
-    assert lent.put("victim", INC, [0], [3], [1], [sum_], [data], seq=12) == [True]
+    assert lent.put("victim", INC, PageBatch([0], [3], [1], [sum_], [data]), seq=10) == [True]
+    assert lent.put("victim", INC, PageBatch([0], [3], [1], [sum_], [data]), seq=12) == [True]
     n = claims.MAX_CALL_MARKS
     step = 4096
     junk, junk_sum = stored(9)
@@ -82,11 +85,7 @@ def test_another_owner_cannot_flush_a_victims_put_marks() -> None:
         ok = lent.put(
             "mallory",
             MALLORY_INC,
-            [0] * step,
-            offs,
-            [1] * step,
-            [junk_sum] * step,
-            [junk] * step,
+            PageBatch([0] * step, offs, [1] * step, [junk_sum] * step, [junk] * step),
             seq=start + 1,
         )
         assert all(ok)
@@ -105,8 +104,8 @@ def test_ordinary_spill_traffic_does_not_expire_a_put_mark() -> None:
     re-put's mark; the slow drop (call 11) then takes the copy the victim counts."""
     lent = lent_pool(mib=300)
     data, sum_ = stored(7)
-    assert lent.put("victim", INC, [0], [3], [1], [sum_], [data], seq=10) == [True]
-    assert lent.put("victim", INC, [0], [3], [1], [sum_], [data], seq=12) == [True]
+    assert lent.put("victim", INC, PageBatch([0], [3], [1], [sum_], [data]), seq=10) == [True]
+    assert lent.put("victim", INC, PageBatch([0], [3], [1], [sum_], [data]), seq=12) == [True]
     step = 4096
     junk, junk_sum = stored(9)
     seq = 13
@@ -115,11 +114,7 @@ def test_ordinary_spill_traffic_does_not_expire_a_put_mark() -> None:
         ok = lent.put(
             "victim",
             INC,
-            [1] * step,
-            offs,
-            [2] * step,
-            [junk_sum] * step,
-            [junk] * step,
+            PageBatch([1] * step, offs, [2] * step, [junk_sum] * step, [junk] * step),
             seq=seq,
         )
         seq += 1

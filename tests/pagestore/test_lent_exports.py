@@ -17,6 +17,7 @@ from ramster.pagestore.owners import (
     export_incarnation,
     parse_export_incarnation,
 )
+from ramster.rpc.pages import PageBatch
 
 OWNER = "export:swap0"
 
@@ -26,11 +27,7 @@ def _put(lent: LentPool, term: int, node: str, offsets: list[int], version: int)
     return lent.put(
         OWNER,
         export_incarnation(term, node),
-        [0] * n,
-        offsets,
-        [version] * n,
-        [7] * n,
-        [b"x" * 10] * n,
+        PageBatch([0] * n, offsets, [version] * n, [7] * n, [b"x" * 10] * n),
     )
 
 
@@ -113,7 +110,9 @@ def test_made_up_export_names_are_bounded() -> None:
     # Exports that hold pages here are never evicted.
     full = LentPool(PoolConfig(budget_bytes=64 << 20))
     for i in range(MAX_EXPORTS):
-        full.put(f"export:e{i}", export_incarnation(1, "a"), [0], [1], [1], [1], [b"\x01" * 8])
+        full.put(
+            f"export:e{i}", export_incarnation(1, "a"), PageBatch([0], [1], [1], [1], [b"\x01" * 8])
+        )
     with pytest.raises(TooManyExports):
         full.claim("export:one-more", 1, "a", 0)
 

@@ -10,6 +10,7 @@ from ramster.pagestore import PoolConfig
 from ramster.pagestore.codec import checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import TERM_SHIFT, export_incarnation
+from ramster.rpc.pages import PageBatch
 
 OWNER = "export:disk"
 
@@ -24,13 +25,15 @@ def test_a_deletion_told_late_takes_only_the_deleted_life() -> None:
     assert n.claim(OWNER, 1, "a", 1 << 20)[0]
     old, old_sum = stored(1)
     v_old = (1 << TERM_SHIFT) + 5
-    assert n.put(OWNER, export_incarnation(1, "a"), [0], [7], [v_old], [old_sum], [old]) == [True]
+    assert n.put(
+        OWNER, export_incarnation(1, "a"), PageBatch([0], [7], [v_old], [old_sum], [old])
+    ) == [True]
     # Deleted under term 2 elsewhere while N was away; a new life (term 3) claims N.
     new_inc = export_incarnation(3, "b")
     assert n.claim(OWNER, 3, "b", 1 << 20)[0]
     new, new_sum = stored(2)
     v_new = (3 << TERM_SHIFT) + 1
-    assert n.put(OWNER, new_inc, [0], [8], [v_new], [new_sum], [new]) == [True]
+    assert n.put(OWNER, new_inc, PageBatch([0], [8], [v_new], [new_sum], [new])) == [True]
     assert n.delete_export(OWNER, 2, "deleter") == 0  # told late: not fenced
     assert n.terms.deleted_term(OWNER) == 2
     offs, vers, _ = n.inventory(OWNER, new_inc, 0, 0, 100)

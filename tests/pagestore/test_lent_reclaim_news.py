@@ -11,6 +11,7 @@ import pytest
 from ramster.pagestore import PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import Fenced, Reclaimed
+from ramster.rpc.pages import PageBatch
 
 OWNER = "export:x"
 PS = 4096
@@ -28,7 +29,7 @@ def test_a_stale_inventory_swallows_the_reclaim_news_of_the_live_server() -> Non
     assert lent.claim(OWNER, 1, "a", 1 << 20)[0]  # the old server
     assert lent.claim(OWNER, 2, "b", 1 << 20)[0]  # the live server now (term 2)
     v, s, p = _page(lent)
-    assert lent.put(OWNER, "t2@b", [0], [7], [v], [s], [p]) == [True]
+    assert lent.put(OWNER, "t2@b", PageBatch([0], [7], [v], [s], [p])) == [True]
     # b is cut off from this holder past the export grace: its pages here are reclaimed.
     now[0] = 100.0
     assert lent.reclaim_exports(60.0) == {OWNER: 1}

@@ -13,6 +13,7 @@ from ramster.pagestore import PoolConfig
 from ramster.pagestore.codec import checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import FORGETS_PER_PASS, Reclaimed
+from ramster.rpc.pages import PageBatch
 
 INC = "00000180-aaaa"
 
@@ -35,27 +36,31 @@ def test_a_late_put_of_an_areas_earlier_life_never_changes_its_kind() -> None:
     ok = lent.put(
         "a",
         INC,
-        [5] * 64,
-        list(range(64)),
-        list(range(100, 164)),
-        [s for _, s in mine],
-        [p for p, _ in mine],
+        PageBatch(
+            [5] * 64,
+            list(range(64)),
+            list(range(100, 164)),
+            [s for _, s in mine],
+            [p for p, _ in mine],
+        ),
     )
     assert all(ok)
     # The old, ephemeral life's put, late: a key the new life never stored, an older version.
     old, old_sum = stored(200)
-    lent.put("a", INC, [5], [1000], [50], [old_sum], [old], ephemeral=True)
+    lent.put("a", INC, PageBatch([5], [1000], [50], [old_sum], [old]), ephemeral=True)
     # Another owner's persistent spill needs room: it evicts ephemeral pages.
     for batch in range(40):
         other = [stored(j) for j in range(16)]
         lent.put(
             "b",
             INC,
-            [0] * 16,
-            list(range(batch * 16, batch * 16 + 16)),
-            [1] * 16,
-            [s for _, s in other],
-            [p for p, _ in other],
+            PageBatch(
+                [0] * 16,
+                list(range(batch * 16, batch * 16 + 16)),
+                [1] * 16,
+                [s for _, s in other],
+                [p for p, _ in other],
+            ),
         )
     held = lent.get("a", INC, [5] * 64, list(range(64)))
     lost = [i for i, h in enumerate(held) if h is None]
@@ -78,11 +83,9 @@ def test_repeated_area_drops_keep_one_sweep_per_area() -> None:
         ok = lent.put(
             "m",
             INC,
-            [0] * len(part),
-            part,
-            [5] * len(part),
-            [0] * len(part),
-            [b"\x07" * 8] * len(part),
+            PageBatch(
+                [0] * len(part), part, [5] * len(part), [0] * len(part), [b"\x07" * 8] * len(part)
+            ),
         )
         assert all(ok)
     calls = 12
@@ -108,8 +111,8 @@ def test_an_area_id_reused_under_a_pending_sweep_keeps_the_new_pages() -> None:
     lent.note_owner("o", INC, now=0.0)
     n = 4096
     same = [b"\x05" * 8] * n
-    assert all(lent.put("p", INC, [0] * n, list(range(n)), [5] * n, [0] * n, same))
-    assert all(lent.put("o", INC, [0] * n, list(range(n)), [5] * n, [0] * n, same))
+    assert all(lent.put("p", INC, PageBatch([0] * n, list(range(n)), [5] * n, [0] * n, same)))
+    assert all(lent.put("o", INC, PageBatch([0] * n, list(range(n)), [5] * n, [0] * n, same)))
     lent.drop_area("o", INC, 0, 10)  # a sweep of 64 leaves, one done
     (sweep,) = lent._sweeps.values()
     lent.reclaim_silent(100.0, 30.0)  # both forgotten: o's area id is freed first (LIFO)
@@ -117,7 +120,7 @@ def test_an_area_id_reused_under_a_pending_sweep_keeps_the_new_pages() -> None:
         lent.reclaim_step()
     lent.note_owner("o", INC, now=101.0)  # hello: told, and back
     (payload, s) = stored(9)
-    assert lent.put("o", INC, [0], [100], [11], [s], [payload]) == [True]
+    assert lent.put("o", INC, PageBatch([0], [100], [11], [s], [payload])) == [True]
     # The same key may get the same area id back, under the stale sweep if it is still there.
     while lent.reclaim_pending():
         lent.reclaim_step()
@@ -177,7 +180,7 @@ def test_an_exports_keepalive_keeps_the_news_that_its_pages_were_reclaimed() -> 
     export, inc = "export:disk", "t1@s"
     assert lent.claim(export, 1, "s", 1 << 20)[0]
     (payload, s) = stored(1)
-    assert lent.put(export, inc, [0], [3], [(1 << 40) + 1], [s], [payload]) == [True]
+    assert lent.put(export, inc, PageBatch([0], [3], [(1 << 40) + 1], [s], [payload])) == [True]
     now[0] = 100.0
     assert lent.reclaim_exports(50.0) == {export: 1}
     taken, claim = lent.claim(export, 1, "s", 1 << 20)  # the keepalive comes first

@@ -11,6 +11,7 @@ from typing import Any
 from ramster.errors import ExportFenced, PagesReclaimed, RamsterError
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.holders import Tier
+from ramster.rpc.pages import PageBatch
 from ramster.types import Buffer
 
 
@@ -39,15 +40,13 @@ class Copier:
         these nodes are withdrawn first: a late one must not take a copy put now.
         """
         t = self._t
-        areas = [area] * len(offsets)
+        batch = PageBatch([area] * len(offsets), offsets, versions, sums, payloads)
         epochs = {n: t.sets.epoch(n) for n in nodes}
         await self._drops.before_put(nodes, area, offsets, versions)
 
         async def one(node: str) -> list[bool]:
             try:
-                return await t.holders.put(
-                    node, areas, offsets, versions, sums, payloads, ephemeral
-                )
+                return await t.holders.put(node, batch, ephemeral)
             except PagesReclaimed as exc:
                 t.reclaimed(node, exc.epoch)
                 return [False] * len(offsets)

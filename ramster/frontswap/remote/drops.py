@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from ramster.errors import PagesReclaimed, RamsterError
 from ramster.frontswap.remote.holders import Tier, run_all
+from ramster.rpc.pages import Keys
 from ramster.telemetry.ratelimit import LogLimiter
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,9 @@ class DropQueue:
                         )
                         q.landed.clear()
                         try:
-                            await t.holders.drop(node, [area] * len(offs), list(offs), list(vers))
+                            await t.holders.drop(
+                                node, Keys([area] * len(offs), list(offs)), list(vers)
+                            )
                         except BaseException:
                             back = q.pages.setdefault(area, (array("Q"), array("Q")))
                             back[0].extend(offs)

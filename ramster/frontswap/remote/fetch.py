@@ -13,6 +13,7 @@ import numpy.typing as npt
 from ramster.errors import PagesReclaimed, PageUnavailable, RamsterError
 from ramster.frontswap.remote.holders import Tier, run_all
 from ramster.pagestore import checksum, expand
+from ramster.rpc.pages import Keys
 from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class Fetcher:
             keys = [keyed[i] for i, _, _ in left]
             started = time.perf_counter()
             try:
-                got = await t.holders.get(node, [area] * len(keys), keys)
+                got = await t.holders.get(node, Keys([area] * len(keys), keys))
                 self.latency_us.append((time.perf_counter() - started) * 1e6)
             except PagesReclaimed as exc:
                 t.reclaimed(node, exc.epoch)

@@ -15,8 +15,8 @@ from ramster.cluster.placement import Candidate
 from ramster.frontswap.remote.config import SpillConfig
 from ramster.pagestore import PagePool
 from ramster.pagestore.lent import Stored
+from ramster.rpc.pages import Keys, PageBatch
 from ramster.telemetry.ratelimit import LogLimiter
-from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +71,23 @@ class Holders(Protocol):
         """What the failure detector believes: alive, suspect, dead or unknown."""
         ...
 
-    async def put(
-        self,
-        node: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
-        payloads: Sequence[Buffer],
-        ephemeral: bool = False,
-    ) -> list[bool]:
+    async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
         """Ask `node` to keep pages (of an ephemeral area: evictable there); True for each page
         it kept."""
         ...
 
-    async def get(self, node: str, areas: list[int], offsets: list[int]) -> Sequence[Stored | None]:
+    async def get(self, node: str, keys: Keys) -> Sequence[Stored | None]:
         """The pages `node` holds among the keys, None where it holds none."""
         ...
 
     async def copy(
-        self,
-        source: str,
-        target: str,
-        areas: list[int],
-        offsets: list[int],
-        versions: list[int],
-        checksums: list[int],
+        self, source: str, target: str, keys: Keys, versions: list[int], checksums: list[int]
     ) -> tuple[list[bool], int]:
         """Have `source` verify its copies (version and checksum) and put them on `target`:
         True for each page the target kept, and the bytes sent."""
         ...
 
-    async def drop(
-        self, node: str, areas: list[int], offsets: list[int], versions: list[int]
-    ) -> None:
+    async def drop(self, node: str, keys: Keys, versions: list[int]) -> None:
         """Ask `node` to forget copies no newer than the given versions."""
 
     async def drop_area(self, node: str, area: int, max_version: int) -> None:

@@ -20,6 +20,7 @@ from ramster.frontswap.remote.copies import Copier
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
 from ramster.frontswap.remote.holders import Tier, run_all
+from ramster.rpc.pages import Keys
 
 log = logging.getLogger(__name__)
 
@@ -289,11 +290,11 @@ class Repairer:
         """Holder-to-holder copies onto every target; per page, the targets that kept it, and
         the bytes sent."""
         t = self._t
-        areas = [area] * len(offsets)
+        keys = Keys([area] * len(offsets), offsets)
 
         async def one(node: str) -> tuple[list[bool], int]:
             try:
-                return await t.holders.copy(source, node, areas, offsets, versions, sums)
+                return await t.holders.copy(source, node, keys, versions, sums)
             except RamsterError as exc:
                 # It may have landed all the same: dropped again unless relayed (and kept) later.
                 self._drops.enqueue([node], area, offsets, versions)

@@ -228,11 +228,7 @@ class HolderService:
                 ok = lent.put(
                     req.owner,
                     req.incarnation,
-                    batch.areas,
-                    batch.offsets,
-                    batch.versions,
-                    batch.checksums,
-                    batch.payloads,
+                    batch,
                     ephemeral,
                     copy=copy,
                     seq=seq,
@@ -277,12 +273,8 @@ class HolderService:
             return PageBatch(keys.areas, keys.offsets, versions, sums, payloads).to_wire()
         idx = [i for i, item in enumerate(held) if item is not None]
         found = [item for item in held if item is not None]
-        return PageBatch(
-            [keys.areas[i] for i in idx],
-            [keys.offsets[i] for i in idx],
-            [f[0] for f in found],
-            [f[1] for f in found],
-            [f[2] for f in found],
+        return PageBatch.with_keys(
+            keys.take(idx), [f[0] for f in found], [f[1] for f in found], [f[2] for f in found]
         ).to_wire()
 
     async def copy(self, req: Owned) -> list[object]:
@@ -301,12 +293,8 @@ class HolderService:
         self.copies_refused += n - len(good)
         if not good:
             return [[False] * n, 0]
-        batch = PageBatch(
-            [keys.areas[i] for i in good],
-            [keys.offsets[i] for i in good],
-            [versions[i] for i in good],
-            [sums[i] for i in good],
-            payloads,
+        batch = PageBatch.with_keys(
+            keys.take(good), [versions[i] for i in good], [sums[i] for i in good], payloads
         )
         try:
             kept = await self._forward(target, req.owner, req.incarnation, batch)

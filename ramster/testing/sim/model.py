@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ramster.pagestore.index import LEAF_SIZE
-from ramster.pagestore.lent import LentPool
+from ramster.pagestore.lent import LentPool, PageColumns
 from ramster.testing.sim.loop import Proc
-from ramster.types import Buffer
 
 
 class Violation(AssertionError):
@@ -170,29 +169,15 @@ class HolderWatch:
         def put(
             owner: str,
             inc: str,
-            areas: Sequence[int],
-            offsets: Sequence[int],
-            versions: Sequence[int],
-            checksums: Sequence[int],
-            payloads: Sequence[Buffer],
+            batch: PageColumns,
             ephemeral: bool = False,
             *,
             copy: bool = False,
             seq: int | None = None,
         ) -> list[bool]:
+            areas, offsets = batch.areas, batch.offsets
             before = self._versions(owner, inc, areas, offsets)
-            kept = original(
-                owner,
-                inc,
-                areas,
-                offsets,
-                versions,
-                checksums,
-                payloads,
-                ephemeral,
-                copy=copy,
-                seq=seq,
-            )
+            kept = original(owner, inc, batch, ephemeral, copy=copy, seq=seq)
             after = self._versions(owner, inc, areas, offsets)
             self.puts += 1
             for i, (old, new) in enumerate(zip(before, after, strict=True)):
