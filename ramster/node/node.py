@@ -80,6 +80,7 @@ class Node:
             config.peers,
             config.heartbeat,
             config.dead_after,
+            self,
             max_dials=config.max_dials,
         )
         self.frontswap = ClusterFrontswap(
@@ -102,10 +103,6 @@ class Node:
         # A restart under the same state dir proves its predecessor dead (the lock was free):
         # holders accept it at once instead of waiting dead_after for the old one to go quiet.
         self._run_lock, self.peers.supersedes = claim_run(config, self.node_id, self.incarnation)
-        self.peers.on_restart = self._holder_restarted
-        self.peers.on_transition = self._peer_changed
-        self.peers.on_reclaimed = self.frontswap.holder_reclaimed
-        self.peers.on_duplicate = self._duplicate
         self.fatal: str | None = None
         """Why this node stopped itself (another live process runs under its id)."""
         self.refusals = Refusals(self._events)
@@ -305,13 +302,17 @@ class Node:
     def twin(self, incarnation: str, reason: str) -> None:
         """Another process says hello under this node's id: the newer of the two must go."""
         if incarnation_order(incarnation) < incarnation_order(self.incarnation):
-            self._duplicate(f"node id {self.node_id} is in use by an older live process")
+            self.duplicate(f"node id {self.node_id} is in use by an older live process")
         else:
             log.error(
                 "a newer process under this node's id %s said hello: %s", self.node_id, reason
             )
 
-    def _duplicate(self, reason: str) -> None:
+    # -- cluster.peers.PeerEvents: what the node does when its peers change ---------------------
+    # Peers are built before the frontswap and the exports that react (the frontswap holds its
+    # copies through them), so the node, which owns all three, is the one that reacts.
+
+    def duplicate(self, reason: str) -> None:
         """This process is a second one under a live node id: stop, keeping its pages safe."""
         if self.fatal is not None:
             return
@@ -326,19 +327,27 @@ class Node:
         if self._runner is not None:
             self._runner.cancel()
 
-    def _holder_restarted(self, node: str, old_incarnation: str) -> None:
+    def peer_restarted(self, node: str, old_incarnation: str) -> None:
+        """A peer restarted: its copies of this node's pages and of its exports are gone."""
         self.frontswap.holder_restarted(node, old_incarnation)
         self.exports.holder_restarted(node, old_incarnation)
 
-    async def adopt_export(self, name: str, size: int, area: int, force: bool = False) -> int:
-        """Take an export over from its server (export.adopt): its new term."""
-        return await self.exports.adopt(name, size, area, force)
+    def holder_reclaimed(self, node: str, epoch: int) -> None:
+        """A holder reclaimed this node's pages: its copies are gone."""
+        self.frontswap.holder_reclaimed(node, epoch)
 
-    def _peer_changed(self, t: Transition) -> None:
+    def peer_changed(self, t: Transition) -> None:
+        """A peer came alive or died: the event log keeps it."""
         if t.new is State.SUSPECT:
             return  # the failure detector's logs say it; the event log keeps decisions
         kind = "peer-alive" if t.new is State.ALIVE else "peer-dead"
         self._events.add(kind, t.node, t.reason)
+
+    # -- exports ---------------------------------------------------------------------------------
+
+    async def adopt_export(self, name: str, size: int, area: int, force: bool = False) -> int:
+        """Take an export over from its server (export.adopt): its new term."""
+        return await self.exports.adopt(name, size, area, force)
 
     def _reports(self) -> dict[str, dict[str, Any]]:
         """The latest heartbeat answer of every member not declared dead, this node's own too.
