@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -40,10 +41,38 @@ connections share one area and one lock: what one connection flushed, every othe
 ReadResult = list[bytes] | int
 """The chunks of a READ's data, or its error."""
 
-__all__ = ["HELD_PAGES", "TRIM", "WRITE", "ZERO", "Export", "Mutation", "ReadResult"]
+__all__ = [
+    "HELD_PAGES",
+    "OPEN_AREAS",
+    "TRIM",
+    "WRITE",
+    "ZERO",
+    "Export",
+    "Mutation",
+    "Opener",
+    "ReadResult",
+]
 
 HELD_PAGES = 256
 """Pages an export keeps itself (1 MiB at 4 KiB) while no holder takes them; retried on writes."""
+
+
+class Opener(Protocol):
+    """How an export is made usable before it takes connections."""
+
+    async def open(self, export: Export) -> None:
+        """Make export usable (a replicated one hears its holders, claims a term, rebuilds)."""
+
+
+class OpenAreas:
+    """The Opener of an export that needs its areas only (a local one)."""
+
+    async def open(self, export: Export) -> None:
+        """Make the export's areas usable."""
+        await export.open_areas()
+
+
+OPEN_AREAS = OpenAreas()
 
 
 class Export:
@@ -55,6 +84,7 @@ class Export:
         spec: ExportSpec,
         max_payload: int,
         *,
+        opener: Opener,
         area: int | None = None,
         manifest_area: int | None = None,
         fenced: Callable[[], str | None] | None = None,
@@ -95,15 +125,11 @@ class Export:
         self._dirty: set[int] = set()
         """Manifest pages changed and not yet stored."""
         self._manifest_failures = 0
-        self.prepare: Callable[[], Awaitable[None]] | None = None
-        """Run by open() instead of open_areas() (a replicated export claims and rebuilds)."""
+        self._opener = opener
 
     async def open(self) -> None:
-        """Make the export usable (before it takes connections)."""
-        if self.prepare is not None:
-            await self.prepare()
-        else:
-            await self.open_areas()
+        """Make the export usable (before it takes connections), through its opener."""
+        await self._opener.open(self)
 
     async def open_areas(self) -> None:
         """Make the export's areas usable."""

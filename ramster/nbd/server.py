@@ -21,7 +21,7 @@ from ramster.errors import ExportTaken, NbdProtocolError
 from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const, plan
 from ramster.nbd.config import ExportSpec, NbdConfig, allowed
-from ramster.nbd.export import Export
+from ramster.nbd.export import OPEN_AREAS, Export
 from ramster.nbd.handshake import Handshake
 from ramster.nbd.statistics import ExportStatistics
 from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, reply
@@ -65,7 +65,9 @@ class NbdServer:
         build: Callable[[ExportSpec], Export] | None = None,
     ) -> None:
         self.config = config
-        make = build or (lambda spec: Export(frontswap, spec, config.max_payload))
+        make = build or (
+            lambda spec: Export(frontswap, spec, config.max_payload, opener=OPEN_AREAS)
+        )
         self.exports = {spec.name: make(spec) for spec in config.exports}
         self.infos = [e.info for e in self.exports.values()]
         self._server: asyncio.Server | None = None

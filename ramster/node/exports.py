@@ -29,7 +29,7 @@ from ramster.cluster.peers import Peers
 from ramster.errors import ExportPending, ExportTaken, RamsterError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.nbd.config import LOCAL, REPLICATED, ExportSpec
-from ramster.nbd.export import Export
+from ramster.nbd.export import OPEN_AREAS, Export
 from ramster.nbd.server import NbdServer
 from ramster.node.config import NodeConfig
 from ramster.node.export_claims import DELETE_RETRY, ExportClaims
@@ -131,7 +131,7 @@ class ExportService:
         """The Export for a spec: over the node's frontswap (local) or one of its own."""
         self._max_payload = max_payload
         if spec.durability == LOCAL:
-            return Export(self.frontswap, spec, max_payload)
+            return Export(self.frontswap, spec, max_payload, opener=OPEN_AREAS)
         cfg = self.config
         name, size = spec.name, spec.size
 
@@ -158,16 +158,13 @@ class ExportService:
         # it goes to every live peer (up to MANIFEST_REPLICAS), not just R.
         fs.replicas_of[MANIFEST_AREA] = MANIFEST_REPLICAS
 
-        export = Export(fs, spec, max_payload, area=DATA_AREA, manifest_area=MANIFEST_AREA)
-        served = Served(spec, fs, holders, export, takeover=takeover, force=force)
-        export._fenced_by = lambda: fenced_here(served, self.lent, self.peers.me)
+        served = Served(spec, fs, holders, self, max_payload, takeover=takeover, force=force)
         self.served[spec.name] = served
-        export.prepare = lambda: self._prepare(served)
-        return export
+        return served.export
 
     # -- start: hear, claim, rebuild --------------------------------------------------------------
 
-    async def _prepare(self, served: Served) -> None:
+    async def prepare(self, served: Served) -> None:
         """Before the export takes connections: hear every node that may know better, take the
         next term, rebuild the index (see `_attempt` for what must be heard)."""
         try:
@@ -250,6 +247,10 @@ class ExportService:
         )
         if self._tg is not None:
             served.task = self._tg.create_task(self._tend(served), name=f"export {name}")
+
+    def fenced(self, served: Served) -> str | None:
+        """Why the export is fenced (see `export_served.fenced_here`), or None."""
+        return fenced_here(served, self.lent, self.peers.me)
 
     def _rebuilder(self, served: Served) -> Rebuilder:
         owner, inc = served.holders.owner_identity

@@ -17,7 +17,7 @@ from ramster.errors import ExportFenced
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
 from ramster.nbd import const
 from ramster.nbd.config import REPLICATED, ExportSpec
-from ramster.nbd.export import Export
+from ramster.nbd.export import OPEN_AREAS, Export
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Rebuilder
 from ramster.pagestore import PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
@@ -72,6 +72,7 @@ async def _export() -> tuple[Export, ClusterFrontswap, dict[str, LentPool], Hold
         const.MAX_PAYLOAD,
         area=DATA_AREA,
         manifest_area=MANIFEST_AREA,
+        opener=OPEN_AREAS,
         fenced=lambda: fs.fenced,
     )
     await export.open_areas()
