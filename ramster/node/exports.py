@@ -73,6 +73,7 @@ class ExportService:
         events: Callable[[str, str, str, int], object],
         lent: LentPool,
         records: ExportRecords,
+        nbd: NbdServer | None,
     ) -> None:
         self.config = config
         self.records = records
@@ -83,7 +84,8 @@ class ExportService:
         self.frontswap = frontswap
         self._event = events
         self.served: dict[str, Served] = {}
-        self.nbd: NbdServer | None = None
+        self.nbd = nbd
+        """Where exports are served (None: the node serves no NBD)."""
         self._tg: asyncio.TaskGroup | None = None
         self._max_payload = 32 << 20
         self._pending: list[str] = []  # exports to resume once run() owns a TaskGroup
@@ -95,6 +97,12 @@ class ExportService:
         """Terms across the cluster: asking, taking, sizes, deletions."""
 
     # -- building ----------------------------------------------------------------------------------
+
+    def named(self) -> list[Export]:
+        """The exports the command line names (none without NBD)."""
+        if self.nbd is None:
+            return []
+        return [self.build(spec, self.nbd.config.max_payload) for spec in self.nbd.config.exports]
 
     def resume(self, named: set[str]) -> list[str]:
         """Serve again, in the background, the replicated exports this node served when it

@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ramster.admin.source import Coordination, Gauges, Member, UnknownNode
@@ -28,6 +27,7 @@ from ramster.cluster.membership import State, Transition
 from ramster.cluster.peers import Peers
 from ramster.errors import ProtocolError
 from ramster.frontswap.remote import ClusterFrontswap, SpillConfig
+from ramster.nbd import NbdServer
 from ramster.node import loops, status
 from ramster.node.config import NodeConfig, claim_run, new_incarnation, node_id_for
 from ramster.node.export_records import ExportRecords
@@ -92,6 +92,8 @@ class Node:
                 low_watermark=config.low_watermark,
             ),
         )
+        self.nbd = NbdServer(config.nbd_config()) if config.nbd is not None else None
+        """The NBD server of this node's exports (only with --nbd); `start_nbd()` starts it."""
         self.exports = ExportService(
             config,
             self.peers,
@@ -99,6 +101,7 @@ class Node:
             self._events.add,
             self.lent,
             ExportRecords(config.state_dir),
+            self.nbd,
         )
         # A restart under the same state dir proves its predecessor dead (the lock was free):
         # holders accept it at once instead of waiting dead_after for the old one to go quiet.
@@ -131,8 +134,6 @@ class Node:
             self._events.add,
         )
         self.orders_refused = 0
-        self.nbd_statistics: Callable[[], object] | None = None
-        """Set by whoever serves NBD exports of this node (node.run), for stats and /metrics."""
         self.admin_address: str | None = None
         """host:port of the admin API once it listens."""
         self.admin: AdminServer | None = None
@@ -271,6 +272,16 @@ class Node:
             tg.create_task(self.follower.run(), name="orders")
             tg.create_task(self.exports.run(), name="exports")
 
+    async def start_nbd(self) -> list[str]:
+        """Listen for NBD (once the command line's exports are ready), then resume, in the
+        background, the exports this node served when it stopped that its command line does not
+        name: their names (none without NBD). Not part of `start()`: a replicated export waits
+        until its server has heard every node that may hold its copies."""
+        if self.nbd is None:
+            return []
+        await self.nbd.start(self.exports.named())
+        return self.exports.resume({spec.name for spec in self.nbd.config.exports})
+
     async def wait_closed(self) -> None:
         """Return when the background tasks end (they only end on close or on a bug)."""
         if self._runner is not None:
@@ -282,6 +293,8 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        if self.nbd is not None:
+            await self.nbd.close()
         if self.admin is not None:
             await self.admin.close()
         if self.discovery is not None:
