@@ -92,7 +92,7 @@ class Served:
     force: bool = False
     """The operator forced the takeover: serve without the nodes that cannot be heard."""
     waiting: frozenset[str] = frozenset()
-    """Required nodes not heard yet though the term is taken (see `ExportService._hear`)."""
+    """Required nodes not heard yet though the term is taken (see `ExportOpener._hear`)."""
     pending: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the term is taken and a required node is still unheard."""
 

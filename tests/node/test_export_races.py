@@ -91,9 +91,9 @@ async def test_a_takeover_that_meets_the_same_term_claimed_by_another_node_takes
         return lent_claim(owner, term, node, size)
 
     lent.claim = claim  # type: ignore[assignment,method-assign]
-    first = await service._attempt(served)
+    first = await service.opener._attempt(served)
     assert first.retry and not first.ready
-    second = await service._attempt(served)
+    second = await service.opener._attempt(served)
     assert second.ready, second
     assert served.term == 2
 

@@ -119,7 +119,7 @@ class ExportSim:
         """A new run of node: watch its export events and start its NBD server."""
         assert node.node is not None
         service = node.node.exports
-        original = service._event
+        original = service.opener._event  # the keeper's is the same: the node's event log
         sim = self.sim
 
         def event(kind: str, name: str, detail: str, level: int) -> object:
@@ -135,7 +135,7 @@ class ExportSim:
                 sim.note(f"export {name} on {node.name}: {kind} {detail}")
             return original(kind, name, detail, level)
 
-        service._event = event
+        service.opener._event = service.keeper._event = event
         self._watch_drops(node)
         sim.spawn(node, self._serve(node))
 
