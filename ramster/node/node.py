@@ -5,7 +5,11 @@ Node ─┬─ RpcServer ── handlers: holder (hold.*), frontswap (fs.*), con
       ├─ LentPool (other owners' pages)
       ├─ Election ── CoordinatorDriver (while elected: Coordinator state machine, sends orders)
       ├─ OrderFollower (carries out the orders this node receives: repair, move)
+      ├─ ExportService (factory, opener, keeper, claims) ── NbdServer (only with --nbd)
       └─ AdminServer (only when the admin API is on; it sees the node as an admin.source)
+
+Every collaborator is passed at construction. Peers reports to the node (`PeerEvents`): what
+reacts, the frontswap and the exports, is built after Peers and through it.
 """
 
 from __future__ import annotations
