@@ -92,10 +92,12 @@ class NbdServer:
     async def start(self, exports: Iterable[Export]) -> None:
         """Open every export, listen, and return once connections are taken. An export that may
         not be served here (ExportTaken: another server owns it) is left out."""
-        for export in exports:
+        given = list(exports)
+        for export in given:
             self.exports[export.spec.name] = export
             self.infos.append(export.info)
-        for name, export in list(self.exports.items()):
+        for export in given:  # not those add_export opened already
+            name = export.spec.name
             try:
                 await export.open()
             except ExportTaken as exc:
