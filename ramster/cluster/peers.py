@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ramster.cluster.calls import HolderCalls, SpeaksFor
 from ramster.cluster.hints import Hints
@@ -39,6 +39,22 @@ MAX_PEERS = 256
 """Bound on the peer table: discovery cannot grow it without limit."""
 MAX_DIALS = 4
 """Discovered addresses dialled at once (static seeds and known peers are not held back)."""
+
+
+class PeerEvents(Protocol):
+    """What this node does when its peers change (`Peers` calls it from its heartbeats)."""
+
+    def peer_restarted(self, node: str, old_incarnation: str) -> None:
+        """A peer restarted: the copies its old incarnation held are gone."""
+
+    def peer_changed(self, transition: Transition) -> None:
+        """A peer's state changed (for the event log)."""
+
+    def holder_reclaimed(self, node: str, epoch: int) -> None:
+        """A holder says it reclaimed this node's pages (a long silence): its copies are gone."""
+
+    def duplicate(self, reason: str) -> None:
+        """This process turned out to be a second one under a live node id: it must stop."""
 
 
 @dataclass(slots=True)
@@ -77,6 +93,7 @@ class Peers(SpeaksFor):
         addresses: Sequence[str],
         heartbeat: float,
         dead_after: float,
+        events: PeerEvents,
         max_dials: int = MAX_DIALS,
     ) -> None:
         self.me = me
@@ -108,16 +125,9 @@ class Peers(SpeaksFor):
             MembershipConfig(suspect_after=dead_after / 2, dead_after=dead_after)
         )
         self._tg: asyncio.TaskGroup | None = None
-        self.on_restart: Callable[[str, str], None] | None = None
-        """Called with (node, old incarnation) when a peer restarted: its copies are gone."""
-        self.on_transition: Callable[[Transition], None] | None = None
-        """Called with every change of a peer's state (for the event log)."""
+        self._events = events
         self.changed = asyncio.Event()
         """Set when a peer dies or comes (back) alive; whoever waits on it clears it."""
-        self.on_reclaimed: Callable[[str, int], None] | None = None
-        """Called with a holder that says it reclaimed this node's pages (a long silence)."""
-        self.on_duplicate: Callable[[str], None] | None = None
-        """Called when this process turns out to be a second one under a live node id."""
         self.bad_answers = 0
         """Heartbeat answers dropped as malformed."""
         self.duplicates = 0
@@ -221,8 +231,8 @@ class Peers(SpeaksFor):
             address = peer.address if peer else "?"
             if t.new is State.DEAD:
                 log.warning("peer %s at %s is dead (%s)", t.node, address, t.reason)
-                if t.reason == "restarted" and self.on_restart is not None:
-                    self.on_restart(t.node, t.incarnation)
+                if t.reason == "restarted":
+                    self._events.peer_restarted(t.node, t.incarnation)
             elif t.new is State.SUSPECT:
                 log.info("peer %s at %s is suspect (silent)", t.node, address)
             else:
@@ -231,8 +241,7 @@ class Peers(SpeaksFor):
                 peer.alive = t.new is State.ALIVE
             if t.new is not State.SUSPECT:
                 self.changed.set()
-            if self.on_transition is not None:
-                self.on_transition(t)
+            self._events.peer_changed(t)
 
     async def beat_once(self, peer: Peer, *, join: bool = False) -> bool:
         """One heartbeat: learn the peer's identity and capacity, or note its silence.
@@ -315,8 +324,8 @@ class Peers(SpeaksFor):
         seen = peer.epoch
         peer.epoch = (incarnation, epoch)
         rose = seen is not None and seen[0] == incarnation and epoch > seen[1]
-        if rose and self.on_reclaimed is not None:
-            self.on_reclaimed(node, epoch)
+        if rose:
+            self._events.holder_reclaimed(node, epoch)
 
     def _twin(self, peer: Peer, incarnation: str) -> None:
         """Another process answered under this node's id."""
@@ -345,8 +354,7 @@ class Peers(SpeaksFor):
             self._fatal(f"{peer.address} keeps refusing this node: {reason}")
 
     def _fatal(self, reason: str) -> None:
-        if self.on_duplicate is not None:
-            self.on_duplicate(reason)
+        self._events.duplicate(reason)
 
     def _owns_address(self, peer: Peer, info: dict[str, Any]) -> bool:
         """Whether peer's address is (now) the one used for the node it reached.

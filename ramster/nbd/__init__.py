@@ -6,7 +6,7 @@ asyncio shell in `server`.
 
 from ramster.nbd.config import ExportSpec, NbdConfig, parse_allow, parse_exports
 from ramster.nbd.export import Export
-from ramster.nbd.server import NbdServer, NbdStatistics
+from ramster.nbd.server import NbdServer, NbdStatistics, local_exports
 from ramster.nbd.statistics import ExportStatistics
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "NbdConfig",
     "NbdServer",
     "NbdStatistics",
+    "local_exports",
     "parse_allow",
     "parse_exports",
 ]

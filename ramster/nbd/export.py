@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from ramster.errors import RamsterError
 from ramster.frontswap.contract import Frontswap
-from ramster.nbd import const, manifest
+from ramster.nbd import const, manifest, mutation
 from ramster.nbd.config import ExportSpec
 from ramster.nbd.handshake import ExportInfo
+from ramster.nbd.mutation import TRIM, WRITE, ZERO, Mutation
 from ramster.nbd.pagemap import PageMap
 from ramster.nbd.statistics import ExportStatistics
 
@@ -39,12 +41,38 @@ connections share one area and one lock: what one connection flushed, every othe
 ReadResult = list[bytes] | int
 """The chunks of a READ's data, or its error."""
 
-WRITE, ZERO, TRIM = 0, 1, 2
-Mutation = tuple[int, int, bytes | int]
-"""(WRITE, offset, data), or (ZERO or TRIM, offset, length)."""
+__all__ = [
+    "HELD_PAGES",
+    "OPEN_AREAS",
+    "TRIM",
+    "WRITE",
+    "ZERO",
+    "Export",
+    "Mutation",
+    "Opener",
+    "ReadResult",
+]
 
 HELD_PAGES = 256
 """Pages an export keeps itself (1 MiB at 4 KiB) while no holder takes them; retried on writes."""
+
+
+class Opener(Protocol):
+    """How an export is made usable before it takes connections."""
+
+    async def open(self, export: Export) -> None:
+        """Make export usable (a replicated one hears its holders, claims a term, rebuilds)."""
+
+
+class OpenAreas:
+    """The Opener of an export that needs its areas only (a local one)."""
+
+    async def open(self, export: Export) -> None:
+        """Make the export's areas usable."""
+        await export.open_areas()
+
+
+OPEN_AREAS = OpenAreas()
 
 
 class Export:
@@ -56,6 +84,7 @@ class Export:
         spec: ExportSpec,
         max_payload: int,
         *,
+        opener: Opener,
         area: int | None = None,
         manifest_area: int | None = None,
         fenced: Callable[[], str | None] | None = None,
@@ -96,15 +125,11 @@ class Export:
         self._dirty: set[int] = set()
         """Manifest pages changed and not yet stored."""
         self._manifest_failures = 0
-        self.prepare: Callable[[], Awaitable[None]] | None = None
-        """Run by open() instead of open_areas() (a replicated export claims and rebuilds)."""
+        self._opener = opener
 
     async def open(self) -> None:
-        """Make the export usable (before it takes connections)."""
-        if self.prepare is not None:
-            await self.prepare()
-        else:
-            await self.open_areas()
+        """Make the export usable (before it takes connections), through its opener."""
+        await self._opener.open(self)
 
     async def open_areas(self) -> None:
         """Make the export's areas usable."""
@@ -238,43 +263,13 @@ class Export:
         async with self._lock:
             return await self._mutate_locked(ops)
 
-    def _spans(self, ops: Sequence[Mutation]) -> list[tuple[int, int, bytes | None]]:
-        """(offset, length, data) per operation; data None means zeros. A TRIM covers the whole
-        pages inside its range only: partial pages keep their bytes (the spec allows either)."""
-        ps = self.page_size
-        spans: list[tuple[int, int, bytes | None]] = []
-        for kind, offset, arg in ops:
-            if isinstance(arg, bytes):
-                spans.append((offset, len(arg), arg))
-            elif kind == ZERO:
-                spans.append((offset, arg, None))
-            else:
-                first = -(-offset // ps) * ps
-                spans.append((first, max((offset + arg) // ps * ps - first, 0), None))
-        return spans
-
-    async def _old_pages(
-        self, spans: list[tuple[int, int, bytes | None]]
-    ) -> tuple[dict[int, bytes], set[int]]:
+    async def _old_pages(self, spans: list[mutation.Span]) -> tuple[dict[int, bytes], set[int]]:
         """Stored content of the pages written only in part (unless an earlier operation of the
         batch produces them), and the pages that failed to load."""
-        ps = self.page_size
-        seen: set[int] = set()
-        need: dict[int, None] = {}
-        for offset, length, _ in spans:
-            if not length:
-                continue
-            end = offset + length
-            first, last = offset // ps, (end - 1) // ps
-            if offset % ps and first not in seen:
-                need[first] = None
-            if end % ps and last not in seen:
-                need[last] = None
-            seen.update(range(first, last + 1))
         old: dict[int, bytes] = {}
         bad: set[int] = set()
-        if need:
-            wanted = list(need)
+        wanted = mutation.partial_pages(spans, self.page_size)
+        if wanted:
             loaded = await self._load(wanted)
             if loaded is not None:
                 return dict(zip(wanted, loaded, strict=True)), bad
@@ -353,37 +348,11 @@ class Export:
         zero = self._zero
         if self._held:
             await self._retry_held()
-        spans = self._spans(ops)
-        aligned = all(not (offset % ps or length % ps) for offset, length, _ in spans)
+        spans = mutation.spans(ops, ps)
+        aligned = mutation.aligned(spans, ps)
         old, bad = ({}, set()) if aligned else await self._old_pages(spans)
-        # The final content of every page touched, in operation order (the last one wins).
-        final: dict[int, bytes] = {}
-        skipped: list[int] = []
-        for i, (offset, length, data) in enumerate(spans):
-            if not length:
-                continue
-            if bad and ({offset // ps, (offset + length - 1) // ps} & bad):
-                skipped.append(i)
-                continue
-            if aligned and data is not None and length == ps:
-                final[offset // ps] = data
-                continue
-            pos = 0
-            while pos < length:
-                page, inside = divmod(offset + pos, ps)
-                take = min(ps - inside, length - pos)
-                if take == ps:
-                    content = zero if data is None else data[pos : pos + ps]
-                else:
-                    base = final[page] if page in final else old.get(page, zero)
-                    merged = bytearray(base)
-                    merged[inside : inside + take] = (
-                        bytes(take) if data is None else data[pos : pos + take]
-                    )
-                    content = bytes(merged)
-                    self._rmw += 1
-                final[page] = content
-                pos += take
+        final, skipped, merges = mutation.final_pages(spans, old, bad, aligned, ps)
+        self._rmw += merges
         stores: list[int] = []
         contents: list[bytes] = []
         zeros: list[int] = []
@@ -434,16 +403,8 @@ class Export:
             mapped = [zeros[i] for i in self._map.present(zeros)]
             if mapped and await self._invalidate_logged(mapped):
                 failed.update(dict.fromkeys(mapped, const.EIO))
-        errors = [0] * len(ops)
-        for i in skipped:
-            errors[i] = const.EIO
-            self._read_errors += 1
-        if failed:
-            for i, (offset, length, _) in enumerate(spans):
-                if length and not errors[i]:
-                    first, last = offset // ps, (offset + length - 1) // ps
-                    errors[i] = next((failed[p] for p in range(first, last + 1) if p in failed), 0)
-        return errors
+        self._read_errors += len(skipped)
+        return mutation.errors_of(spans, skipped, failed, ps)
 
     async def _restore(self, refused: list[int], old: dict[int, bytes]) -> None:
         """Put back the old content of refused pages that were only partly overwritten.

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ramster.nbd import const
-from ramster.nbd.export import TRIM, WRITE, ZERO, Mutation
+from ramster.nbd.mutation import TRIM, WRITE, ZERO, Mutation
 from ramster.nbd.wire import Request, check
 
 READ = 0

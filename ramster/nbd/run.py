@@ -9,7 +9,7 @@ import signal
 from ramster.frontswap.local import LocalFrontswap
 from ramster.nbd import safety
 from ramster.nbd.config import StandaloneConfig
-from ramster.nbd.server import NbdServer, NbdStatistics
+from ramster.nbd.server import NbdServer, NbdStatistics, local_exports
 from ramster.pagestore import PoolConfig
 from ramster.rpc.loop import run
 
@@ -39,14 +39,14 @@ async def serve(settings: StandaloneConfig) -> None:
     if config.swap_safety:
         safety.protect()  # before the pool maps anything (see safety.lock_memory)
     frontswap = LocalFrontswap(PoolConfig(budget_bytes=local_budget))
-    server = NbdServer(frontswap, config)
+    server = NbdServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("%s", summary(server.statistics())))
     try:
-        await server.start()
+        await server.start(local_exports(frontswap, config))
         log.info("nbd: serving from a local pool of %d bytes", local_budget)
         await stop.wait()
         log.info("stop signal received; shutting down")

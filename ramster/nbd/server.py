@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 from ramster.errors import ExportTaken, NbdProtocolError
 from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const, plan
-from ramster.nbd.config import ExportSpec, NbdConfig, allowed
-from ramster.nbd.export import Export
-from ramster.nbd.handshake import Handshake
+from ramster.nbd.config import NbdConfig, allowed
+from ramster.nbd.export import OPEN_AREAS, Export
+from ramster.nbd.handshake import ExportInfo, Handshake
 from ramster.nbd.statistics import ExportStatistics
 from ramster.nbd.wire import PayloadTooLarge, Request, RequestDecoder, reply
 from ramster.settings import parse_address
@@ -55,19 +55,20 @@ class NbdStatistics:
     exports: dict[str, ExportStatistics] = field(default_factory=dict)
 
 
-class NbdServer:
-    """Serves `config.exports` from one frontswap; `start()` returns when listening."""
+def local_exports(frontswap: Frontswap, config: NbdConfig) -> list[Export]:
+    """`config.exports` over one frontswap (each in its own area of it)."""
+    return [
+        Export(frontswap, spec, config.max_payload, opener=OPEN_AREAS) for spec in config.exports
+    ]
 
-    def __init__(
-        self,
-        frontswap: Frontswap,
-        config: NbdConfig,
-        build: Callable[[ExportSpec], Export] | None = None,
-    ) -> None:
+
+class NbdServer:
+    """Serves the exports it is given; `start(exports)` returns when listening."""
+
+    def __init__(self, config: NbdConfig) -> None:
         self.config = config
-        make = build or (lambda spec: Export(frontswap, spec, config.max_payload))
-        self.exports = {spec.name: make(spec) for spec in config.exports}
-        self.infos = [e.info for e in self.exports.values()]
+        self.exports: dict[str, Export] = {}
+        self.infos: list[ExportInfo] = []
         self._server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -88,10 +89,15 @@ class NbdServer:
         self._bytes_written = 0
         self._inflight_peak = 0
 
-    async def start(self) -> None:
-        """Open every export's area, listen, and return once connections are taken. An export
-        that may not be served here (ExportTaken: another server owns it) is left out."""
-        for name, export in list(self.exports.items()):
+    async def start(self, exports: Iterable[Export]) -> None:
+        """Open every export, listen, and return once connections are taken. An export that may
+        not be served here (ExportTaken: another server owns it) is left out."""
+        given = list(exports)
+        for export in given:
+            self.exports[export.spec.name] = export
+            self.infos.append(export.info)
+        for export in given:  # not those add_export opened already
+            name = export.spec.name
             try:
                 await export.open()
             except ExportTaken as exc:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Protocol
 
 from ramster.cluster.calls import ClaimAnswer
 from ramster.cluster.exports import ExportHolders, export_owner
@@ -16,7 +16,7 @@ from ramster.errors import ExportTaken, RamsterError
 from ramster.frontswap.remote import RemoteTier
 from ramster.nbd.config import ExportSpec
 from ramster.nbd.export import Export
-from ramster.node.export_rebuild import Heard
+from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Heard
 from ramster.node.export_records import ExportRecord
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import TERM_SHIFT
@@ -59,14 +59,28 @@ INDEX_BYTES_PER_PAGE = 64
 """The export's own pool keeps only the index: about this much per block, plus slack."""
 
 
+class ServedHooks(Protocol):
+    """What a replicated export served here asks of the node's exports."""
+
+    async def prepare(self, served: Served) -> None:
+        """Before it takes connections: hear the nodes that may know better, take the next
+        term, rebuild the index."""
+
+    def fenced(self, served: Served) -> str | None:
+        """Why another server took it over, or None."""
+
+
 @dataclass(slots=True)
 class Served:
-    """One replicated export served here."""
+    """One replicated export served here; it builds its Export and is its `nbd.export.Opener`
+    (the export is opened through `hooks.prepare`)."""
 
     spec: ExportSpec
     tier: RemoteTier
     holders: ExportHolders
-    export: Export
+    hooks: ServedHooks
+    max_payload: InitVar[int]
+    export: Export = field(init=False)
     term: int = 0
     state: str = "starting"
     """starting, hearing, rebuilding, serving, fenced or deleted."""
@@ -78,9 +92,24 @@ class Served:
     force: bool = False
     """The operator forced the takeover: serve without the nodes that cannot be heard."""
     waiting: frozenset[str] = frozenset()
-    """Required nodes not heard yet though the term is taken (see `ExportService._hear`)."""
+    """Required nodes not heard yet though the term is taken (see `ExportOpener._hear`)."""
     pending: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the term is taken and a required node is still unheard."""
+
+    def __post_init__(self, max_payload: int) -> None:
+        self.export = Export(
+            self.tier.frontswap,
+            self.spec,
+            max_payload,
+            opener=self,
+            area=DATA_AREA,
+            manifest_area=MANIFEST_AREA,
+            fenced=lambda: self.hooks.fenced(self),
+        )
+
+    async def open(self, export: Export) -> None:
+        """Open `export` (this one's) through the hooks: hear, claim, rebuild."""
+        await self.hooks.prepare(self)
 
 
 class TermTie(ExportTaken):

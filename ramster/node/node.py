@@ -5,7 +5,11 @@ Node ─┬─ RpcServer ── handlers: holder (hold.*), frontswap (fs.*), con
       ├─ LentPool (other owners' pages)
       ├─ Election ── CoordinatorDriver (while elected: Coordinator state machine, sends orders)
       ├─ OrderFollower (carries out the orders this node receives: repair, move)
+      ├─ ExportService (factory, opener, keeper, claims) ── NbdServer (only with --nbd)
       └─ AdminServer (only when the admin API is on; it sees the node as an admin.source)
+
+Every collaborator is passed at construction. Peers reports to the node (`PeerEvents`): what
+reacts, the frontswap and the exports, is built after Peers and through it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ramster.admin.source import Coordination, Gauges, Member, UnknownNode
@@ -28,6 +31,7 @@ from ramster.cluster.membership import State, Transition
 from ramster.cluster.peers import Peers
 from ramster.errors import ProtocolError
 from ramster.frontswap.remote import RemoteTier, SpillConfig
+from ramster.nbd import NbdServer
 from ramster.node import loops, status
 from ramster.node.config import NodeConfig, claim_run, new_incarnation, node_id_for
 from ramster.node.export_records import ExportRecords
@@ -80,6 +84,7 @@ class Node:
             config.peers,
             config.heartbeat,
             config.dead_after,
+            self,
             max_dials=config.max_dials,
         )
         self.tier = RemoteTier(
@@ -92,6 +97,8 @@ class Node:
             ),
         )
         self.frontswap = self.tier.frontswap
+        self.nbd = NbdServer(config.nbd_config()) if config.nbd is not None else None
+        """The NBD server of this node's exports (only with --nbd); `start_nbd()` starts it."""
         self.exports = ExportService(
             config,
             self.peers,
@@ -99,14 +106,11 @@ class Node:
             self._events.add,
             self.lent,
             ExportRecords(config.state_dir),
+            self.nbd,
         )
         # A restart under the same state dir proves its predecessor dead (the lock was free):
         # holders accept it at once instead of waiting dead_after for the old one to go quiet.
         self._run_lock, self.peers.supersedes = claim_run(config, self.node_id, self.incarnation)
-        self.peers.on_restart = self._holder_restarted
-        self.peers.on_transition = self._peer_changed
-        self.peers.on_reclaimed = self.tier.holder_reclaimed
-        self.peers.on_duplicate = self._duplicate
         self.fatal: str | None = None
         """Why this node stopped itself (another live process runs under its id)."""
         self.refusals = Refusals(self._events)
@@ -135,8 +139,6 @@ class Node:
             self._events.add,
         )
         self.orders_refused = 0
-        self.nbd_statistics: Callable[[], object] | None = None
-        """Set by whoever serves NBD exports of this node (node.run), for stats and /metrics."""
         self.admin_address: str | None = None
         """host:port of the admin API once it listens."""
         self.admin: AdminServer | None = None
@@ -275,6 +277,16 @@ class Node:
             tg.create_task(self.follower.run(), name="orders")
             tg.create_task(self.exports.run(), name="exports")
 
+    async def start_nbd(self) -> list[str]:
+        """Listen for NBD (once the command line's exports are ready), then resume, in the
+        background, the exports this node served when it stopped that its command line does not
+        name: their names (none without NBD). Not part of `start()`: a replicated export waits
+        until its server has heard every node that may hold its copies."""
+        if self.nbd is None:
+            return []
+        await self.nbd.start(self.exports.named())
+        return self.exports.resume({spec.name for spec in self.nbd.config.exports})
+
     async def wait_closed(self) -> None:
         """Return when the background tasks end (they only end on close or on a bug)."""
         if self._runner is not None:
@@ -286,6 +298,8 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        if self.nbd is not None:
+            await self.nbd.close()
         if self.admin is not None:
             await self.admin.close()
         if self.discovery is not None:
@@ -306,13 +320,17 @@ class Node:
     def twin(self, incarnation: str, reason: str) -> None:
         """Another process says hello under this node's id: the newer of the two must go."""
         if incarnation_order(incarnation) < incarnation_order(self.incarnation):
-            self._duplicate(f"node id {self.node_id} is in use by an older live process")
+            self.duplicate(f"node id {self.node_id} is in use by an older live process")
         else:
             log.error(
                 "a newer process under this node's id %s said hello: %s", self.node_id, reason
             )
 
-    def _duplicate(self, reason: str) -> None:
+    # -- cluster.peers.PeerEvents: what the node does when its peers change ---------------------
+    # Peers are built before the frontswap and the exports that react (the frontswap holds its
+    # copies through them), so the node, which owns all three, is the one that reacts.
+
+    def duplicate(self, reason: str) -> None:
         """This process is a second one under a live node id: stop, keeping its pages safe."""
         if self.fatal is not None:
             return
@@ -327,19 +345,27 @@ class Node:
         if self._runner is not None:
             self._runner.cancel()
 
-    def _holder_restarted(self, node: str, old_incarnation: str) -> None:
+    def peer_restarted(self, node: str, old_incarnation: str) -> None:
+        """A peer restarted: its copies of this node's pages and of its exports are gone."""
         self.tier.holder_restarted(node, old_incarnation)
         self.exports.holder_restarted(node, old_incarnation)
 
-    async def adopt_export(self, name: str, size: int, area: int, force: bool = False) -> int:
-        """Take an export over from its server (export.adopt): its new term."""
-        return await self.exports.adopt(name, size, area, force)
+    def holder_reclaimed(self, node: str, epoch: int) -> None:
+        """A holder reclaimed this node's pages: its copies are gone."""
+        self.tier.holder_reclaimed(node, epoch)
 
-    def _peer_changed(self, t: Transition) -> None:
+    def peer_changed(self, t: Transition) -> None:
+        """A peer came alive or died: the event log keeps it."""
         if t.new is State.SUSPECT:
             return  # the failure detector's logs say it; the event log keeps decisions
         kind = "peer-alive" if t.new is State.ALIVE else "peer-dead"
         self._events.add(kind, t.node, t.reason)
+
+    # -- exports ---------------------------------------------------------------------------------
+
+    async def adopt_export(self, name: str, size: int, area: int, force: bool = False) -> int:
+        """Take an export over from its server (export.adopt): its new term."""
+        return await self.exports.adopt(name, size, area, force)
 
     def _reports(self) -> dict[str, dict[str, Any]]:
         """The latest heartbeat answer of every member not declared dead, this node's own too.

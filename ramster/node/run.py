@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-from ramster.nbd import NbdServer, safety
+from ramster.nbd import safety
 from ramster.nbd.run import summary
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
@@ -23,7 +23,6 @@ async def serve(config: NodeConfig, secret: Secret) -> int:
     if nbd_config is not None and nbd_config.swap_safety:
         safety.protect()  # before the node's pools map anything (see safety.lock_memory)
     node = Node(config, secret)
-    nbd: NbdServer | None = None
     stop = asyncio.Event()
     code = 0
     loop = asyncio.get_running_loop()
@@ -31,18 +30,11 @@ async def serve(config: NodeConfig, secret: Secret) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await node.start()
-        if nbd_config is not None:
-            limit = nbd_config.max_payload
-            nbd = NbdServer(
-                node.frontswap, nbd_config, lambda spec: node.exports.build(spec, limit)
-            )
-            node.exports.nbd = nbd
-            node.nbd_statistics = nbd.statistics
         waiter = asyncio.create_task(stop.wait())
         runner = asyncio.create_task(node.wait_closed())
         # A replicated export listens only once its server heard every node that may hold
         # its copies (that may take until a paused holder resumes): a stop signal still stops.
-        starter = asyncio.create_task(_start_nbd(node, nbd))
+        starter = asyncio.create_task(_start_nbd(node))
         done, _ = await asyncio.wait({waiter, runner, starter}, return_when=asyncio.FIRST_COMPLETED)
         if starter in done and starter.exception() is None:
             done, _ = await asyncio.wait({waiter, runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -65,23 +57,19 @@ async def serve(config: NodeConfig, secret: Secret) -> int:
         else:
             log.info("stop signal received; shutting down")
     finally:
-        if nbd is not None:
-            await nbd.close()
-            log.info("%s", summary(nbd.statistics()))
+        if node.nbd is not None:
+            await node.nbd.close()
+            log.info("%s", summary(node.nbd.statistics()))
         await node.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return code
 
 
-async def _start_nbd(node: Node, nbd: NbdServer | None) -> None:
+async def _start_nbd(node: Node) -> None:
     """Listen for NBD (the command line's exports ready), then resume the exports this node
     served when it stopped that its command line does not name."""
-    if nbd is None:
-        return
-    await nbd.start()
-    named = {spec.name for spec in nbd.config.exports}
-    for name in node.exports.resume(named):
+    for name in await node.start_nbd():
         log.info("export %s: this node served it when it stopped: resuming it", name)
 
 

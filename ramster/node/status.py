@@ -123,10 +123,9 @@ def ephemeral_view(node: Node) -> dict[str, Any]:
 
 def nbd_view(node: Node) -> dict[str, Any] | None:
     """The NBD server's counters as plain data (None without NBD exports)."""
-    if node.nbd_statistics is None:
+    if node.nbd is None:
         return None
-    st = node.nbd_statistics()
-    return dataclasses.asdict(st) if dataclasses.is_dataclass(st) else None  # type: ignore[arg-type]
+    return dataclasses.asdict(node.nbd.statistics())
 
 
 def _lent(node: Node) -> dict[str, Any]:

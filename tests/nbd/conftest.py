@@ -12,7 +12,7 @@ import pytest_asyncio
 import uvloop
 
 from ramster.frontswap import LocalFrontswap
-from ramster.nbd import NbdConfig, NbdServer, parse_exports
+from ramster.nbd import NbdConfig, NbdServer, local_exports, parse_exports
 from ramster.pagestore import PoolConfig
 
 ServerFactory = Callable[..., Awaitable[NbdServer]]
@@ -46,9 +46,9 @@ async def nbd_factory() -> AsyncIterator[ServerFactory]:
             swap_safety=False,
             **config,
         )
-        server = NbdServer(fs, nbd_config)
+        server = NbdServer(nbd_config)
         made.append(server)
-        await server.start()
+        await server.start(local_exports(fs, nbd_config))
         return server
 
     yield factory

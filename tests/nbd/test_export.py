@@ -17,7 +17,7 @@ from ramster.errors import CorruptPage
 from ramster.frontswap import LocalFrontswap
 from ramster.nbd import const
 from ramster.nbd.config import ExportSpec
-from ramster.nbd.export import TRIM, WRITE, ZERO, Export, Mutation
+from ramster.nbd.export import OPEN_AREAS, TRIM, WRITE, ZERO, Export, Mutation
 from ramster.nbd.pagemap import CHUNK, PageMap
 from ramster.pagestore import PoolConfig
 from ramster.testing import corpus
@@ -29,7 +29,7 @@ CI = os.environ.get("RAMSTER_REQUIRE_ALL") == "1"
 
 
 def export_on(fs: LocalFrontswap, size: int = SIZE, area: int = 3) -> Export:
-    return Export(fs, ExportSpec("t", size, area), const.MAX_PAYLOAD)
+    return Export(fs, ExportSpec("t", size, area), const.MAX_PAYLOAD, opener=OPEN_AREAS)
 
 
 @st.composite

@@ -21,7 +21,6 @@ import pytest
 import pytest_asyncio
 
 from ramster.errors import ExportPending, ExportTaken
-from ramster.nbd import NbdServer
 from ramster.node.config import NodeConfig
 from ramster.node.node import Node
 from ramster.rpc import Secret
@@ -60,26 +59,14 @@ async def three(tmp_path: Path) -> AsyncIterator[list[Node]]:
         Node(_config(tmp_path, 1, ports, nbd=f"127.0.0.1:{free_port()}", **nbd), SECRET),
         Node(_config(tmp_path, 2, ports), SECRET),
     ]  # fmt: skip
-    servers: list[NbdServer] = []
     try:
         for n in nodes:
             await n.start()
-        for n in nodes[:2]:
-            cfg = n.config.nbd_config()
-
-            def build(spec: Any, n: Node = n, payload: int = cfg.max_payload) -> Any:
-                return n.exports.build(spec, payload)
-
-            server = NbdServer(n.frontswap, cfg, build)
-            n.exports.nbd = server
-            servers.append(server)
-        await asyncio.gather(*(s.start() for s in servers))
+        await asyncio.gather(*(n.start_nbd() for n in nodes[:2]))
         await wait_until(lambda: _state(nodes[0]) == "serving", 30, "n0 serves swap0")
         assert await nodes[0].exports.served["swap0"].export.write_many([(0, b"a" * PS)]) == [0]
         yield nodes
     finally:
-        for s in servers:
-            await s.close()
         for n in reversed(nodes):
             await n.close()
 

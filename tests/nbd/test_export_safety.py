@@ -16,7 +16,7 @@ from ramster.errors import ExportFenced
 from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.nbd import const
 from ramster.nbd.config import REPLICATED, ExportSpec
-from ramster.nbd.export import Export
+from ramster.nbd.export import OPEN_AREAS, Export
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Rebuilder
 from ramster.pagestore import PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
@@ -62,6 +62,7 @@ async def _export() -> tuple[Export, RemoteTier, dict[str, LentPool], Holders]:
         const.MAX_PAYLOAD,
         area=DATA_AREA,
         manifest_area=MANIFEST_AREA,
+        opener=OPEN_AREAS,
         fenced=lambda: fs.fenced,
     )
     await export.open_areas()

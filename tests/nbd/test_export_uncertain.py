@@ -18,7 +18,7 @@ from ramster.cluster.peers import Peers
 from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.nbd import const
 from ramster.nbd.config import REPLICATED, ExportSpec
-from ramster.nbd.export import Export
+from ramster.nbd.export import OPEN_AREAS, Export
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Rebuilder
 from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
@@ -49,6 +49,7 @@ def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, Re
         const.MAX_PAYLOAD,
         area=DATA_AREA,
         manifest_area=MANIFEST_AREA,
+        opener=OPEN_AREAS,
         fenced=lambda: fs.fenced,
     )
     return export, fs

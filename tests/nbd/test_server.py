@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ramster.frontswap import LocalFrontswap
-from ramster.nbd import NbdConfig, NbdServer, const, parse_exports
+from ramster.nbd import NbdConfig, NbdServer, const, local_exports, parse_exports
 from ramster.pagestore import PoolConfig
 from tests.nbd.client import RawNbd, go_data, option, request
 from tests.nbd.conftest import ServerFactory, port_of
@@ -321,11 +321,11 @@ async def test_close_ends_idle_and_half_open_connections(nbd_factory: ServerFact
 
 
 async def test_close_after_a_failed_start_is_safe(nbd_server: NbdServer) -> None:
-    busy = NbdServer(
-        LocalFrontswap(PoolConfig(budget_bytes=1 << 20)),
-        NbdConfig(exports=parse_exports(["a:1MiB"]), listen=nbd_server.address, swap_safety=False),
+    config = NbdConfig(
+        exports=parse_exports(["a:1MiB"]), listen=nbd_server.address, swap_safety=False
     )
+    busy = NbdServer(config)
     with pytest.raises(OSError, match="address already in use"):
-        await busy.start()
+        await busy.start(local_exports(LocalFrontswap(PoolConfig(budget_bytes=1 << 20)), config))
     await busy.close()
     await busy.close()

@@ -38,7 +38,7 @@ async def test_an_export_unknown_to_a_node_that_found_nobody_yet_waits_for_disco
     await n.start()
     try:
         # As if started with mDNS (no multicast here: the service only reads the setting).
-        n.exports.config = dataclasses.replace(config, mdns_interface="127.0.0.1")
+        n.exports.opener.config = dataclasses.replace(config, mdns_interface="127.0.0.1")
         started = time.monotonic()
         export = n.exports.build(ExportSpec("x", 1 << 20, 31, REPLICATED), const.MAX_PAYLOAD)
         opening = asyncio.create_task(export.open())

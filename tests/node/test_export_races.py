@@ -42,6 +42,7 @@ async def test_a_newer_claim_in_the_servers_own_lent_pool_fences_it_at_once(
         lambda *_: None,
         lent,
         ExportRecords(tmp_path),
+        None,
     )
     export = service.build(ExportSpec("e", SIZE, 31, REPLICATED), const.MAX_PAYLOAD)
     served = service.served["e"]
@@ -74,6 +75,7 @@ async def test_a_takeover_that_meets_the_same_term_claimed_by_another_node_takes
         lambda *_: None,
         lent,
         ExportRecords(tmp_path),
+        None,
     )
     # Forced: n2, silent here (no RPC in this test), need not be heard once it is the current
     # server; the tie is met either way.
@@ -89,9 +91,9 @@ async def test_a_takeover_that_meets_the_same_term_claimed_by_another_node_takes
         return lent_claim(owner, term, node, size)
 
     lent.claim = claim  # type: ignore[assignment,method-assign]
-    first = await service._attempt(served)
+    first = await service.opener._attempt(served)
     assert first.retry and not first.ready
-    second = await service._attempt(served)
+    second = await service.opener._attempt(served)
     assert second.ready, second
     assert served.term == 2
 
@@ -104,6 +106,10 @@ async def test_two_moves_to_one_node_at_once_make_one_takeover(tmp_path: Path) -
     never retired: the simulation's seed 1003 with --exports). The second is refused now."""
     lent = LentPool(PoolConfig(budget_bytes=1 << 20))
     peers = cast(Peers, SimpleNamespace(me="n1", calls=None, alive=set, peers=list))
+
+    async def add_export(export: object) -> None:
+        await asyncio.Event().wait()  # hearing every node (never, here)
+
     service = ExportService(
         NodeConfig(node_id="n1", state_dir=tmp_path),
         peers,
@@ -111,6 +117,14 @@ async def test_two_moves_to_one_node_at_once_make_one_takeover(tmp_path: Path) -
         lambda *_: None,
         lent,
         ExportRecords(tmp_path),
+        cast(
+            NbdServer,
+            SimpleNamespace(
+                exports={},
+                config=SimpleNamespace(max_payload=const.MAX_PAYLOAD),
+                add_export=add_export,
+            ),
+        ),
     )
     gate = asyncio.Event()
 
@@ -118,16 +132,7 @@ async def test_two_moves_to_one_node_at_once_make_one_takeover(tmp_path: Path) -
         await gate.wait()  # the claims of every member take a while
         return SIZE
 
-    async def add_export(export: object) -> None:
-        await asyncio.Event().wait()  # hearing every node (never, here)
-
     service.claims.known_size = known_size  # type: ignore[method-assign]
-    service.nbd = cast(
-        NbdServer,
-        SimpleNamespace(
-            exports={}, config=SimpleNamespace(max_payload=const.MAX_PAYLOAD), add_export=add_export
-        ),
-    )
     first = asyncio.create_task(service.adopt("e", SIZE, 31, force=True))
     second = asyncio.create_task(service.adopt("e", SIZE, 31, force=False))
     await asyncio.sleep(0)

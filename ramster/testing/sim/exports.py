@@ -1,10 +1,10 @@
 """Replicated NBD exports in the simulation (`--exports`): served, written, moved, checked.
 
 Every node is given an NBD address; one (drawn) names export `e0` on its command line, as
-`ramster node --nbd-export` would. Each run of a node builds its `NbdServer` as `node.run` does
-(`node.exports.build` for replicated exports, `_start_nbd`: listen once the command line's
-exports are ready, then resume the exports `exports.json` says this node served) and the
-simulated loop's `create_server` gives it its listening address. The workload drives the
+`ramster node --nbd-export` would. Each run of a node starts the `NbdServer` its `Node` built
+as `node.run` does (`_start_nbd`: listen once the command line's exports are ready, then resume
+the exports `exports.json` says this node served) and the simulated loop's `create_server` gives
+it its listening address. The workload drives the
 `Export` block logic directly (`write_many`, `read_many`, `trim`, `write_zeroes`, `flush`) from
 tasks in the serving node's process, now and then through a stale server (one an operator moved
 the export away from, which may not know yet). Operator actions run the node API the admin
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ramster.errors import RamsterError
-from ramster.nbd import NbdServer, const
+from ramster.nbd import const
 from ramster.node.export_rebuild import DATA_AREA
 from ramster.node.export_served import Served
 from ramster.node.run import _start_nbd
@@ -119,7 +119,7 @@ class ExportSim:
         """A new run of node: watch its export events and start its NBD server."""
         assert node.node is not None
         service = node.node.exports
-        original = service._event
+        original = service.opener._event  # the keeper's is the same: the node's event log
         sim = self.sim
 
         def event(kind: str, name: str, detail: str, level: int) -> object:
@@ -135,7 +135,7 @@ class ExportSim:
                 sim.note(f"export {name} on {node.name}: {kind} {detail}")
             return original(kind, name, detail, level)
 
-        service._event = event
+        service.opener._event = service.keeper._event = event
         self._watch_drops(node)
         sim.spawn(node, self._serve(node))
 
@@ -184,13 +184,8 @@ class ExportSim:
     async def _serve(self, node: SimNode) -> None:
         made = node.node
         assert made is not None
-        config = made.config.nbd_config()
-        limit = config.max_payload
-        nbd = NbdServer(made.frontswap, config, lambda spec: made.exports.build(spec, limit))
-        made.exports.nbd = nbd
-        made.nbd_statistics = nbd.statistics
         try:
-            await _start_nbd(made, nbd)
+            await _start_nbd(made)
         except RamsterError as exc:
             self.sim.note(f"nbd of {node.name} did not start: {exc!r}")
 
