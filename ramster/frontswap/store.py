@@ -154,13 +154,21 @@ class Chain:
     """Two stores as one: `fast` first, `slow` for what `fast` refuses or does not have.
 
     Both record in one index (`pool`), so a key is in one of them at a time, and an exclusive
-    read frees only after everything is read: a slow read that fails frees nothing.
+    read frees only after everything is read: a slow read that fails frees nothing. `then` runs
+    after every put that returns (the cluster's: the spiller looks at the pool's usage).
     """
 
-    def __init__(self, pool: PagePool, fast: AreaStore, slow: AreaStore) -> None:
+    def __init__(
+        self,
+        pool: PagePool,
+        fast: AreaStore,
+        slow: AreaStore,
+        then: Callable[[], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.fast = fast
         self.slow = slow
+        self._then = then
 
     async def put(
         self, area: int, offs: I64, pages: Incoming, versions: Sequence[int], alive: Alive
@@ -174,6 +182,8 @@ class Chain:
             )
             for i, flag in zip(missing, stored, strict=True):
                 ok[i] = flag
+        if self._then is not None:
+            self._then()
         return ok
 
     async def get_versioned(

@@ -76,7 +76,6 @@ class Reclaiming:
         finally:
             # The old copies of overwritten keys, even when the call was cancelled.
             self._drops.collect()
-            self._spiller.wake()
 
     async def get(self, area: int, offs: I64, exclusive: bool) -> list[bytes | None]:
         """Pages in the pool."""

@@ -89,11 +89,17 @@ class RemoteTier:
             )
         else:
             stores = Stores(
-                Chain(pool, Reclaiming(self._tier, self._spiller, self._drops), self._spilled()),
+                Chain(
+                    pool,
+                    Reclaiming(self._tier, self._spiller, self._drops),
+                    self._spilled(),
+                    self._spiller.wake,
+                ),
                 Chain(
                     pool,
                     Reclaiming(self._tier, self._spiller, self._drops, ephemeral=True),
                     self._spilled(ephemeral=True),
+                    self._spiller.wake,
                 ),
             )
         self.frontswap = LocalFrontswap(
