@@ -144,12 +144,22 @@ class ExtentAllocator:
         starts before that block (the lowest such), for compaction."""
         if n <= 0:
             raise ValueError("n must be positive")
-        if below is not None:
-            fits = [s for s, length in self._by_start.items() if s < below and length >= n]
-            if not fits:
-                return -1
-            return self._take(min(fits), n)
         first = _bin(n)
+        if below is not None:
+            lowest = below
+            for b in range(first, len(self._bins)):
+                starts = self._bins[b]
+                if not starts:
+                    continue
+                if b < EXACT_BINS:
+                    first_start = min(starts)  # every run here fits: min() runs in C
+                    lowest = min(lowest, first_start)
+                else:
+                    by_start = self._by_start
+                    lowest = min(
+                        lowest, min((s for s in starts if by_start[s] >= n), default=below)
+                    )
+            return -1 if lowest >= below else self._take(lowest, n)
         for b in range(first, len(self._bins)):
             starts = self._bins[b]
             if not starts:

@@ -40,6 +40,7 @@ class DiskStore:
         self._closed = False
         self._compacting = asyncio.Lock()
         self._latency = Histogram()
+        self._write_seconds = 0.0
 
     @classmethod
     async def open(
@@ -225,6 +226,7 @@ class DiskStore:
             self._index.land(runs, [False] * len(runs), failed="abandoned_writes")
             self._budget.release(nbytes)
 
+        began = time.perf_counter()
         try:
             ok = await self._in_thread(self._write_runs, runs, abandoned=abandoned)
         except asyncio.CancelledError:
@@ -233,6 +235,7 @@ class DiskStore:
             self._index.land(runs, [False] * len(runs))
             self._budget.release(nbytes)
             raise
+        self._write_seconds += time.perf_counter() - began
         out += self._index.land(runs, ok)
         self._budget.release(nbytes)
         return out
@@ -354,11 +357,14 @@ class DiskStore:
             "fragmentation": alloc.fragmentation,
             **self._counts,
             "pool_limit_hit": self._counts["reject_full"],
-            # Dask's spill metrics: ("disk-write" | "disk-read", "count" | "bytes").
+            # Dask's dask_worker_spill_{count,bytes,time_seconds}_total{activity=disk_write|
+            # disk_read}, one key per (activity, measure).
             "disk_write_count": self._counts["written_back_pages"],
             "disk_write_bytes": self._counts["written_bytes"],
+            "disk_write_seconds": self._write_seconds,
             "disk_read_count": self._counts["loads"],
             "disk_read_bytes": self._counts["loaded_bytes"],
+            "disk_read_seconds": self._latency.sum,
             "inflight_bytes": self._budget.used,
             "inflight_peak_bytes": self._budget.peak,
             "inflight_limit_bytes": self._budget.limit,

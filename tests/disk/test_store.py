@@ -59,6 +59,10 @@ async def test_round_trip_and_counters(store: DiskStore) -> None:
     assert st["file_bytes"] == 4 << 20
     assert st["used_bytes"] == sum(record_blocks(len(p)) * BLOCK for _, _, p in items)
     assert 0 < st["load_p50_us"] <= st["load_p99_us"]
+    assert st["disk_read_count"] == 60
+    assert st["disk_write_bytes"] == st["disk_read_bytes"] == st["stored_bytes"]
+    assert st["disk_write_seconds"] > 0
+    assert st["disk_read_seconds"] > 0
     assert st["corrupt_records"] == st["read_errors"] == st["reject_full"] == 0
 
 
