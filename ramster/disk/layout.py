@@ -152,13 +152,10 @@ class ExtentAllocator:
                 if not starts:
                     continue
                 if b < EXACT_BINS:
-                    first_start = min(starts)  # every run here fits: min() runs in C
-                    lowest = min(lowest, first_start)
+                    low = min(starts)  # every run in the bin fits: min() alone, in C
                 else:
-                    by_start = self._by_start
-                    lowest = min(
-                        lowest, min((s for s in starts if by_start[s] >= n), default=below)
-                    )
+                    low = min((s for s in starts if self._by_start[s] >= n), default=below)
+                lowest = min(lowest, low)
             return -1 if lowest >= below else self._take(lowest, n)
         for b in range(first, len(self._bins)):
             starts = self._bins[b]

@@ -204,6 +204,7 @@ class FaultyIo(OsIo):
         self.write_delay = 0.0
         self.writing = 0
         self.most_writing = 0
+        self.calls = {"pwritev": 0, "pread": 0}
         self._lock = threading.Lock()
 
     def pwritev(self, fd: int, buffers: Sequence[bytes], offset: int) -> int:
@@ -211,6 +212,7 @@ class FaultyIo(OsIo):
             raise OSError(self.write_error, os.strerror(self.write_error))
         size = sum(map(len, buffers))
         with self._lock:
+            self.calls["pwritev"] += 1
             self.writing += size
             self.most_writing = max(self.most_writing, self.writing)
         time.sleep(self.write_delay)
@@ -223,6 +225,8 @@ class FaultyIo(OsIo):
     def pread(self, fd: int, n: int, offset: int) -> bytes:
         if self.read_error is not None:
             raise OSError(self.read_error, os.strerror(self.read_error))
+        with self._lock:
+            self.calls["pread"] += 1
         return super().pread(fd, n, offset)
 
 
@@ -552,4 +556,35 @@ async def test_a_cancelled_compaction_keeps_every_page(tmp_path: Path) -> None:
     assert st["used_bytes"] == 20 * 3 * BLOCK
     want = [(1, checksum(p), p) for p in (payload(k, 1, 1000) for k in live)]
     assert await store.get_many(live) == want
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_is_one_write_and_neighbours_one_read(tmp_path: Path) -> None:
+    io = FaultyIo()
+    store = await DiskStore.open(tmp_path / "f", 1 << 20, io=io)
+    keys = [(0, 0, i) for i in range(40)]
+    assert await put(store, [(k, 1, payload(k, 1)) for k in keys]) == [True] * 40
+    assert io.calls == {"pwritev": 1, "pread": 0}
+    got = await store.get_many(keys[::-1])
+    assert [g and g[2] for g in got] == [payload(k, 1) for k in keys[::-1]]
+    assert io.calls["pread"] == 1
+    assert store.drop_many(keys[10:30]) == 20  # a gap far wider than read_gap_blocks
+    await store.get_many(keys)
+    assert io.calls["pread"] == 3
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_without_fallocate_the_file_is_sparse_but_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    store = await DiskStore.open(tmp_path / "f", 1 << 20)
+    assert (tmp_path / "f").stat().st_size == 1 << 20
+    assert await put(store, [((0, 0, 0), 1, b"page")]) == [True]
+    assert await store.get_many([(0, 0, 0)]) == [(1, checksum(b"page"), b"page")]
     await store.close()
