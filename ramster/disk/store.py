@@ -60,13 +60,14 @@ class DiskStore:
         return cls(fd, total, config or DiskConfig(), io or OsIo())
 
     async def close(self) -> None:
-        """Wait for the I/O in flight, then close the file; idempotent."""
-        if self._closed:
-            return
+        """Refuse new calls, wait for the I/O in flight, then close the file; idempotent (and
+        a close that was cancelled while waiting can be called again)."""
         self._closed = True
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        os.close(self._fd)
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
 
     def _check_open(self) -> None:
         if self._closed:
