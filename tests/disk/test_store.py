@@ -1,4 +1,4 @@
-"""DiskStore on real files: round trips, newest wins, space, faults, backpressure, compaction."""
+"""DiskStore on real files: round trips, newest wins, space, faults, backpressure, a model."""
 
 from __future__ import annotations
 
@@ -6,35 +6,17 @@ import asyncio
 import errno
 import os
 import random
-import threading
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from ramster.disk import BLOCK, DiskConfig, DiskError, DiskFull, DiskKey, DiskStore, OsIo
+from ramster.disk import BLOCK, DiskConfig, DiskError, DiskFull, DiskKey, DiskStore
 from ramster.disk.layout import record_blocks
 from ramster.errors import InvalidPage
 from ramster.pagestore import checksum
-
-SMALL = DiskConfig(max_inflight_bytes=16 << 10, max_write_bytes=8 << 10, max_payload=4096)
-
-
-def payload(key: DiskKey, version: int, size: int | None = None) -> bytes:
-    """Bytes that differ for every (key, version), of a size that varies with them."""
-    rng = random.Random(hash((key, version)))
-    return rng.randbytes(size if size is not None else rng.randint(8, 3000))
-
-
-async def put(store: DiskStore, items: Sequence[tuple[DiskKey, int, bytes]]) -> list[bool]:
-    return await store.put_many(
-        [k for k, _, _ in items],
-        [v for _, v, _ in items],
-        [checksum(p) for _, _, p in items],
-        [p for _, _, p in items],
-    )
+from tests.disk.faults import SMALL, FaultyIo, payload, put
 
 
 @pytest_asyncio.fixture
@@ -195,41 +177,6 @@ async def test_a_truncated_file_is_a_short_read_and_a_miss(tmp_path: Path) -> No
     await store.close()
 
 
-class FaultyIo(OsIo):
-    """OsIo with errors and delays to order."""
-
-    def __init__(self) -> None:
-        self.read_error: int | None = None
-        self.write_error: int | None = None
-        self.write_delay = 0.0
-        self.writing = 0
-        self.most_writing = 0
-        self.calls = {"pwritev": 0, "pread": 0}
-        self._lock = threading.Lock()
-
-    def pwritev(self, fd: int, buffers: Sequence[bytes], offset: int) -> int:
-        if self.write_error is not None:
-            raise OSError(self.write_error, os.strerror(self.write_error))
-        size = sum(map(len, buffers))
-        with self._lock:
-            self.calls["pwritev"] += 1
-            self.writing += size
-            self.most_writing = max(self.most_writing, self.writing)
-        time.sleep(self.write_delay)
-        try:
-            return super().pwritev(fd, buffers, offset)
-        finally:
-            with self._lock:
-                self.writing -= size
-
-    def pread(self, fd: int, n: int, offset: int) -> bytes:
-        if self.read_error is not None:
-            raise OSError(self.read_error, os.strerror(self.read_error))
-        with self._lock:
-            self.calls["pread"] += 1
-        return super().pread(fd, n, offset)
-
-
 @pytest.mark.asyncio
 async def test_io_errors_are_counted_misses_and_refusals(tmp_path: Path) -> None:
     io = FaultyIo()
@@ -296,95 +243,6 @@ async def test_a_cancelled_writer_leaves_nothing_behind(tmp_path: Path) -> None:
     assert st["inflight_bytes"] == 0
     assert st["stored_pages"] == 0, "a cancelled overwrite counts as failed: the old copy goes"
     assert st["used_bytes"] == 0
-
-
-class GatedIo(FaultyIo):
-    """FaultyIo that can hold the next read or write until the test lets it go."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hold_next: str | None = None
-        self.held = threading.Event()
-        self.go = threading.Event()
-
-    def _gate(self, op: str) -> None:
-        if self.hold_next == op:
-            self.hold_next = None
-            self.held.set()
-            self.go.wait(5)
-
-    def pwritev(self, fd: int, buffers: Sequence[bytes], offset: int) -> int:
-        self._gate("write")
-        return super().pwritev(fd, buffers, offset)
-
-    def pread(self, fd: int, n: int, offset: int) -> bytes:
-        self._gate("read")
-        return super().pread(fd, n, offset)
-
-
-async def _held(io: GatedIo) -> None:
-    """Until the held call has begun (the gate is a thread's event: wait for it in one)."""
-    assert await asyncio.to_thread(io.held.wait, 5)
-
-
-async def _sparse_store(path: Path, io: OsIo) -> tuple[DiskStore, list[DiskKey]]:
-    """40 records of 3 blocks side by side, the lower 20 dropped: 20 live ones above a hole."""
-    store = await DiskStore.open(path, 1 << 20, io=io)
-    keys = [(0, 0, i) for i in range(40)]
-    assert await put(store, [(k, 1, payload(k, 1, 1000)) for k in keys]) == [True] * 40
-    assert store.drop_many(keys[:20]) == 20
-    return store, keys[20:]
-
-
-@pytest.mark.asyncio
-async def test_compaction_moves_the_tail_into_holes(tmp_path: Path) -> None:
-    store, live = await _sparse_store(tmp_path / "f", OsIo())
-    before = store.statistics()
-    assert before["fragmentation"] > 0
-    assert await store.compact(3 * BLOCK) == 3 * BLOCK, "bounded: one record this call"
-    moved = await store.compact(1 << 20)
-    after = store.statistics()
-    assert moved == 19 * 3 * BLOCK
-    assert after["fragmentation"] == 0.0
-    assert after["largest_free_bytes"] == after["free_bytes"] == (1 << 20) - 20 * 3 * BLOCK
-    assert after["compactions"] == 2
-    assert after["moved_bytes"] == 20 * 3 * BLOCK
-    assert await store.compact() == 0, "nothing left to move"
-    got = await store.get_many(live)
-    assert got == [(1, checksum(p), p) for p in (payload(k, 1, 1000) for k in live)]
-    await store.close()
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("phase", ["read", "write"])
-async def test_compaction_never_resurrects_what_changed_while_it_moved(
-    tmp_path: Path, phase: str
-) -> None:
-    io = GatedIo()
-    store, live = await _sparse_store(tmp_path / "f", io)
-    newest, dropped, dropped_by_version = live[-1], live[-2], live[-3]
-    io.hold_next = phase
-    compaction = asyncio.create_task(store.compact(1 << 20))
-    await _held(io)
-    fresh = payload(newest, 2, 1000)
-    assert await put(store, [(newest, 2, fresh)]) == [True]
-    assert store.drop_many([dropped]) == 1
-    assert store.drop_many([dropped_by_version], [1]) == 1
-    io.go.set()
-    assert await compaction == 17 * 3 * BLOCK
-    assert await store.get_many([newest, dropped, dropped_by_version]) == [
-        (2, checksum(fresh), fresh),
-        None,
-        None,
-    ]
-    rest = live[:-3]
-    assert await store.get_many(rest) == [
-        (1, checksum(payload(k, 1, 1000)), payload(k, 1, 1000)) for k in rest
-    ]
-    st = store.statistics()
-    assert st["stored_pages"] == 18
-    assert st["used_bytes"] == 18 * 3 * BLOCK, "the copies let go are free again"
-    await store.close()
 
 
 @pytest.mark.asyncio
@@ -465,98 +323,6 @@ async def test_bad_calls_change_nothing(store: DiskStore) -> None:
     with pytest.raises(InvalidPage):
         store.drop_many([(0, 0, 1)], [1, 2])
     assert store.statistics()["stored_pages"] == 0
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("how", ["key", "version", "area"])
-async def test_a_drop_during_the_write_wins(tmp_path: Path, how: str) -> None:
-    io = GatedIo()
-    store = await DiskStore.open(tmp_path / "f", 1 << 20, io=io)
-    key = (5, 6, 7)
-    assert await put(store, [(key, 1, b"one" * 100)]) == [True]
-    io.hold_next = "write"
-    writer = asyncio.create_task(put(store, [(key, 2, b"two" * 100)]))
-    await _held(io)
-    if how == "key":
-        assert store.drop_many([key]) == 1
-    elif how == "version":
-        assert store.drop_many([key], [2]) == 1
-    else:
-        assert store.drop_area(5, 6) == 1
-    # The same version again is refused now: it would land dropped.
-    assert await put(store, [(key, 2, b"two" * 100)]) == [False]
-    io.go.set()
-    assert await writer == [True], "kept, then dropped"
-    assert await store.get_many([key]) == [None]
-    st = store.statistics()
-    assert st["stored_pages"] == st["used_bytes"] == 0
-    assert await put(store, [(key, 3, b"three")]) == [True]
-    assert await store.get_many([key]) == [(3, checksum(b"three"), b"three")]
-    await store.close()
-
-
-@pytest.mark.asyncio
-async def test_space_under_a_read_is_not_reused_until_it_is_done(tmp_path: Path) -> None:
-    io = GatedIo()
-    store = await DiskStore.open(tmp_path / "f", 9 * BLOCK, io=io)
-    a, b, c, d = ((0, 0, i) for i in range(4))
-    data = {k: payload(k, 1, 1000) for k in (a, b, c, d)}  # 3 blocks each: the file holds 3
-    assert await put(store, [(k, 1, data[k]) for k in (a, b, c)]) == [True] * 3
-    io.hold_next = "read"
-    reader = asyncio.create_task(store.get_many([a]))
-    await _held(io)
-    assert store.drop_many([a]) == 1
-    assert await put(store, [(d, 1, data[d])]) == [False], "a's space is still being read"
-    io.go.set()
-    assert await reader == [(1, checksum(data[a]), data[a])]
-    assert await put(store, [(d, 1, data[d])]) == [True]
-    assert await store.get_many([b, c, d]) == [(1, checksum(data[k]), data[k]) for k in (b, c, d)]
-    assert store.statistics()["corrupt_records"] == 0
-    await store.close()
-
-
-@pytest.mark.asyncio
-async def test_close_waits_for_the_io_in_flight_and_nothing_writes_after_it(
-    tmp_path: Path,
-) -> None:
-    io = GatedIo()
-    store, _ = await _sparse_store(tmp_path / "f", io)
-    io.hold_next = "read"
-    compaction = asyncio.create_task(store.compact(1 << 20))
-    await _held(io)
-    closing = asyncio.create_task(store.close())
-    await asyncio.sleep(0.01)
-    assert not closing.done(), "close waits for the read in flight"
-    io.most_writing = 0
-    io.go.set()
-    await closing
-    with pytest.raises(DiskError, match="closed"):
-        await compaction
-    assert io.most_writing == 0, "no write once the store was closing"
-    assert store.statistics()["inflight_bytes"] == 0
-
-
-@pytest.mark.asyncio
-async def test_a_cancelled_compaction_keeps_every_page(tmp_path: Path) -> None:
-    io = GatedIo()
-    store, live = await _sparse_store(tmp_path / "f", io)
-    io.hold_next = "write"
-    compaction = asyncio.create_task(store.compact(1 << 20))
-    await _held(io)
-    compaction.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await compaction
-    io.go.set()
-    for _ in range(500):  # until the abandoned write has landed
-        if not store.statistics()["inflight_bytes"]:
-            break
-        await asyncio.sleep(0.01)
-    st = store.statistics()
-    assert st["inflight_bytes"] == 0
-    assert st["used_bytes"] == 20 * 3 * BLOCK
-    want = [(1, checksum(p), p) for p in (payload(k, 1, 1000) for k in live)]
-    assert await store.get_many(live) == want
-    await store.close()
 
 
 @pytest.mark.asyncio
