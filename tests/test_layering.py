@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"ramster.admin", "ramster.nbd", "ramster.client"},
     {"ramster.frontswap"},
     {"ramster.cluster"},
-    {"ramster.rpc", "ramster.pagestore", "ramster.protocol"},
+    {"ramster.rpc", "ramster.pagestore", "ramster.disk", "ramster.protocol"},
     {
         "ramster.telemetry",
         "ramster.settings",
