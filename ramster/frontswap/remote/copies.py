@@ -31,13 +31,17 @@ class Copier:
         sums: list[int],
         payloads: Sequence[Buffer],
         ephemeral: bool = False,
+        *,
+        requeue: bool = True,
     ) -> list[tuple[str, ...]]:
         """Send one batch to every node at once; per page, the nodes that kept it (in order).
 
         A node whose call failed may have kept the pages all the same (its answer was lost),
         and should the caller be cancelled every node may have: those copies are queued to be
         dropped again, so that nothing leaks. Drops queued earlier for these keys on
-        these nodes are withdrawn first: a late one must not take a copy put now.
+        these nodes are withdrawn first: a late one must not take a copy put now; with
+        `requeue`, those of a node that then kept nothing come back (`DropQueue.not_kept`; a
+        caller that placed the pages there some other way too does that itself).
         """
         t = self._t
         batch = PageBatch([area] * len(offsets), offsets, versions, sums, payloads)
@@ -76,8 +80,9 @@ class Copier:
             tuple(n for n in nodes if n in fresh and n in results and results[n][i])
             for i in range(len(offsets))
         ]
-        answered = [n for n in nodes if n in fresh and n in results]
-        self._drops.not_kept(answered, area, offsets, versions, kept_by)
+        if requeue:
+            answered = [n for n in nodes if n in fresh and n in results]
+            self._drops.not_kept(answered, area, offsets, versions, kept_by)
         return kept_by
 
     async def _gather_hedged(

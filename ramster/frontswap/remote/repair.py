@@ -21,6 +21,7 @@ from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
 from ramster.frontswap.remote.holders import Tier, run_all
 from ramster.rpc.pages import Keys
+from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -263,18 +264,24 @@ class Repairer:
                 ", ".join(readable),
             )
         found = [(i, copies[j]) for j, i in enumerate(relay) if j in copies]
-        if found:
+        # Each page only to the new holders that missed it: one that kept a direct copy must
+        # not be sent it again (a refused or failed duplicate would queue the drop of the copy
+        # this batch records there). `_batch` requeues withdrawn drops once all is merged.
+        missed: dict[tuple[str, ...], list[tuple[int, Buffer]]] = defaultdict(list)
+        for i, payload in found:
+            missed[tuple(nd for nd in new if nd not in kept_by[i])].append((i, payload))
+        for nodes, items in missed.items():
             got = await self._copier.put(
-                new,
+                nodes,
                 area,
-                [offsets[i] for i, _ in found],
-                [versions[i] for i, _ in found],
-                [sums[i] for i, _ in found],
-                [p for _, p in found],  # views into the holder's reply: no copy
+                [offsets[i] for i, _ in items],
+                [versions[i] for i, _ in items],
+                [sums[i] for i, _ in items],
+                [p for _, p in items],  # views into the holder's reply: no copy
+                requeue=False,
             )
-            for (i, payload), kept in zip(found, got, strict=True):
-                merged = tuple(nd for nd in new if nd in kept or nd in kept_by[i])
-                kept_by[i] = merged
+            for (i, payload), kept in zip(items, got, strict=True):
+                kept_by[i] = tuple(nd for nd in new if nd in kept or nd in kept_by[i])
                 sent += len(payload) * len(kept)
         return kept_by, sent
 
