@@ -2,15 +2,17 @@
 
 Block `offset // page_size` is frontswap offset `offset // page_size` of the export's area.
 Never-written pages read as zeros, written ones with no readable copy as EIO; a page written
-as zeros, TRIM and WRITE_ZEROES invalidate; a partial write is a read-modify-write. Mutations are
-serialised by one lock (reads are not), so a read-modify-write is never torn by another
-connection's write: every connection sees one consistent device (NBD_FLAG_CAN_MULTI_CONN)."""
+as zeros, TRIM and WRITE_ZEROES invalidate; a partial write is a read-modify-write. Mutations
+hold the pages they touch (`ranges.RangeLocks`; reads hold nothing): those of one page run in
+the order they came, so a read-modify-write is never torn by another write, and mutations of
+other pages run at once, each acknowledged once its own pages (and the manifest pages marking
+them) are stored. Every connection sees one consistent device (NBD_FLAG_CAN_MULTI_CONN)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +24,7 @@ from ramster.nbd.config import ExportSpec
 from ramster.nbd.handshake import ExportInfo
 from ramster.nbd.mutation import TRIM, WRITE, ZERO, Mutation
 from ramster.nbd.pagemap import PageMap
+from ramster.nbd.ranges import EVERYTHING, RangeLocks, Ranges, pages_of
 from ramster.nbd.statistics import ExportStatistics
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,8 @@ TRANSMISSION_FLAGS = (
     | const.FLAG_CAN_MULTI_CONN
 )
 """Writes are stored before they are answered, so FUA and FLUSH hold by construction, and all
-connections share one area and one lock: what one connection flushed, every other one reads."""
+connections share one area and its range locks: what one connection flushed, every other one
+reads."""
 
 ReadResult = list[bytes] | int
 """The chunks of a READ's data, or its error."""
@@ -112,7 +116,9 @@ class Export:
         self._zero = bytes(ps)
         self._map = PageMap()
         self._held: dict[int, bytes] = {}
-        self._lock = asyncio.Lock()
+        self._ranges = RangeLocks()
+        self._manifest_lock = asyncio.Lock()
+        """One store of manifest pages at a time: a later one carries every change since."""
         self._stored = 0
         self._zero_pages = 0
         self._rmw = 0
@@ -122,8 +128,9 @@ class Export:
         self._load_failures = 0
         self._restore_failures = 0
         self._lost: PageMap | None = None
-        self._dirty: set[int] = set()
-        """Manifest pages changed and not yet stored."""
+        self._dirty: dict[int, int] = {}
+        """Manifest pages changed and not yet stored, with the sequence of their last change."""
+        self._changes = 0
         self._manifest_failures = 0
         self._opener = opener
 
@@ -150,7 +157,12 @@ class Export:
 
     def mark_manifest(self, numbers: Sequence[int]) -> None:
         """Manifest pages to store before the next write is answered."""
-        self._dirty.update(numbers)
+        self._mark(numbers)
+
+    def _mark(self, numbers: Iterable[int]) -> None:
+        for number in numbers:
+            self._changes += 1
+            self._dirty[number] = self._changes
 
     def fence(self, why: str) -> None:
         """Serve nothing more: another server took the export over."""
@@ -260,8 +272,15 @@ class Export:
     async def mutate(self, ops: Sequence[Mutation]) -> list[int]:
         """Apply WRITE, ZERO and TRIM operations in order, as if one after another, in one
         load, one store and one invalidate of the pool; an error per operation."""
-        async with self._lock:
-            return await self._mutate_locked(ops)
+        ps = self.page_size
+        ranges: Ranges = EVERYTHING
+        if not self._held:  # held pages are retried by a barrier: one store of each at a time
+            ranges = [
+                pages_of(offset, len(arg) if isinstance(arg, bytes) else arg, ps)
+                for _, offset, arg in ops
+            ]
+        async with self._ranges.hold(ranges):
+            return await self._mutate_locked(ops, retry_held=ranges is EVERYTHING)
 
     async def _old_pages(self, spans: list[mutation.Span]) -> tuple[dict[int, bytes], set[int]]:
         """Stored content of the pages written only in part (unless an earlier operation of the
@@ -281,10 +300,10 @@ class Export:
                     old[page] = one[0]
         return old, bad
 
-    async def _mutate_locked(self, ops: Sequence[Mutation]) -> list[int]:
+    async def _mutate_locked(self, ops: Sequence[Mutation], retry_held: bool = False) -> list[int]:
         if self._check_fenced():
             return [const.EIO] * len(ops)
-        errors = await self._mutate_pages(ops)
+        errors = await self._mutate_pages(ops, retry_held)
         if self._dirty and not await self.persist_manifest():
             errors = [e or const.EIO for e in errors]
         # One fenced answer anywhere in the batch fails all of it (the holders that kept a page
@@ -294,21 +313,27 @@ class Export:
     def _note_changed(self, pages: Sequence[int]) -> None:
         """Blocks whose written-or-not changed: their manifest pages are to be stored."""
         if self.manifest_area is not None and len(pages):
-            self._dirty.update(manifest.pages_of(pages))
+            self._mark(manifest.pages_of(pages))
 
     async def persist_manifest(self) -> bool:
         """Store the changed manifest pages; False if any could not be stored."""
         if self.manifest_area is None or not self._dirty:
             return True
-        numbers = sorted(self._dirty)
-        pages = [manifest.encode(self._map, n) for n in numbers]
-        try:
-            kept = await self.fs.store_many(self.manifest_area, numbers, pages)
-        except RamsterError:
-            kept = [False] * len(numbers)
-        for number, ok in zip(numbers, kept, strict=True):
-            if ok:
-                self._dirty.discard(number)
+        async with self._manifest_lock:
+            # Who waited here may find its changes stored by the one before: nothing to do.
+            if not self._dirty:
+                return True
+            taken = dict(self._dirty)
+            numbers = sorted(taken)
+            pages = [manifest.encode(self._map, n) for n in numbers]
+            try:
+                kept = await self.fs.store_many(self.manifest_area, numbers, pages)
+            except RamsterError:
+                kept = [False] * len(numbers)
+            for number, ok in zip(numbers, kept, strict=True):
+                # A page changed again meanwhile stays to be stored (by whoever changed it).
+                if ok and self._dirty.get(number) == taken[number]:
+                    del self._dirty[number]
         if all(kept):
             return True
         self._manifest_failures += 1
@@ -343,10 +368,10 @@ class Export:
         present = set(self._map.present(pages))
         return [i for i in range(len(pages)) if i not in present]
 
-    async def _mutate_pages(self, ops: Sequence[Mutation]) -> list[int]:
+    async def _mutate_pages(self, ops: Sequence[Mutation], retry_held: bool) -> list[int]:
         ps = self.page_size
         zero = self._zero
-        if self._held:
+        if self._held and retry_held:  # only under a barrier: no other store of them is on
             await self._retry_held()
         spans = mutation.spans(ops, ps)
         aligned = mutation.aligned(spans, ps)
@@ -477,7 +502,7 @@ class Export:
         ps = self.page_size
         first = -(-offset // ps)
         end = (offset + length) // ps
-        async with self._lock:
+        async with self._ranges.hold([pages_of(offset, length, ps)]):
             if self._check_fenced():
                 return const.EIO
             error = await self._invalidate_range(first, end)
@@ -492,7 +517,7 @@ class Export:
         end = offset + length
         first_full = -(-offset // ps)
         end_full = end // ps
-        async with self._lock:
+        async with self._ranges.hold([pages_of(offset, length, ps)]):
             if self._check_fenced():
                 return const.EIO
             edges: list[Mutation] = []
@@ -530,7 +555,7 @@ class Export:
 
     async def flush(self) -> int:
         """Every write answered before is stored; this waits for writes still being stored."""
-        async with self._lock:
+        async with self._ranges.hold(EVERYTHING):
             if self._check_fenced():
                 return const.EIO
             return const.EIO if not await self.persist_manifest() or self._check_fenced() else 0

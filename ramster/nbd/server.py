@@ -2,8 +2,9 @@
 
 One NbdServer owns a TaskGroup; every accepted connection is one task in it. A connection reads
 through an asyncio.Protocol (bytes go to the sans-IO Handshake, then to the RequestDecoder) and
-one worker task answers what was read, in batches: consecutive READs become one load_many,
-consecutive WRITEs (with the short TRIMs and WRITE_ZEROES among them) one store_many. Reading
+answers what was read in batches, several at once (each a task of the connection's TaskGroup):
+consecutive READs become one load_many, consecutive WRITEs (with the short TRIMs and
+WRITE_ZEROES among them) one store_many. Reading
 pauses while a connection has `max_inflight` requests or `max_queued_bytes` of payload read and
 not answered, or while its replies are not being read.
 """
@@ -414,26 +415,35 @@ class _Connection(asyncio.Protocol):
         return False
 
     async def _answer(self) -> None:
+        """Take batches of requests as they come and run them at once, each a task of this
+        connection's TaskGroup (which waits for all of them before the connection closes): a
+        batch waiting on its holders does not hold up the requests that came after it (the
+        export orders mutations of one page; NBD orders nothing else in flight)."""
         queue = self._queue
-        while True:
-            self._pump()
-            if not queue:
-                if self._no_more_requests or self._no_more_input:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            await self._gather()
-            batch = list(queue)
-            queue.clear()
-            self._executing = len(batch)
-            try:
-                await self._execute(batch)
-            finally:
-                self._executing = 0
-                self._payload_bytes -= sum(len(r.payload) for r in batch)
-            if not self._writable.is_set():
-                await self._writable.wait()
+        async with asyncio.TaskGroup() as batches:
+            while True:
+                self._pump()
+                if not queue:
+                    if self._no_more_requests or self._no_more_input:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._gather()
+                batch = list(queue)
+                queue.clear()
+                self._executing += len(batch)
+                batches.create_task(self._run_batch(batch))
+                if not self._writable.is_set():
+                    await self._writable.wait()
+
+    async def _run_batch(self, batch: list[Request]) -> None:
+        try:
+            await self._execute(batch)
+        finally:
+            self._executing -= len(batch)
+            self._payload_bytes -= sum(len(r.payload) for r in batch)
+            self._pump()  # room for more: decode what is buffered, read again
 
     def _error_reply(self, request: Request, error: int) -> None:
         """Count an error reply; log the first of each kind on this connection."""

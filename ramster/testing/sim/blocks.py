@@ -53,6 +53,8 @@ class BlockState:
     """Its newest known content was acknowledged (not zeros from a trim or a start)."""
     impaired_at_ack: frozenset[str] = frozenset()
     crashes_at_ack: int = 0
+    pending: list[bytes] = field(default_factory=list)
+    """Contents of writes of it still in flight (several may be: one server orders them)."""
     history: list[bytes] = field(default_factory=list)
     """Every content ever written to it (a forced takeover may bring any of them back)."""
 
@@ -83,14 +85,19 @@ class ExportModel:
         """A write (or, with zeros, a trim or zeroing) of block is on its way."""
         st = self.state[block]
         st.possible.add(data)
+        st.pending.append(data)
         if data != ZERO:
             st.history.append(data)
 
     def done(self, block: int, data: bytes, ok: bool, impaired: set[str], crashes: int) -> None:
         """It was answered: acknowledged, or failed (old, new, zeros or unreadable)."""
         st = self.state[block]
+        if data in st.pending:
+            st.pending.remove(data)
         if ok:
-            st.possible = {data}
+            # Writes of the block still in flight came after this one (its server runs those of
+            # one block in the order they came): they may land on top of it.
+            st.possible = {data, *st.pending}
             st.unsure = False
             st.acked = data != ZERO
             st.impaired_at_ack = frozenset(impaired)
