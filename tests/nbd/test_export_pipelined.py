@@ -5,19 +5,17 @@ even when its page is stored by several writes at once."""
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 
-from ramster.frontswap.remote import RemoteTier, SpillConfig
-from ramster.nbd import const, manifest
-from ramster.nbd.config import REPLICATED, ExportSpec
-from ramster.nbd.export import OPEN_AREAS, Export
+from ramster.frontswap.remote import RemoteTier
+from ramster.nbd import manifest
+from ramster.nbd.export import Export
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA
-from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
 from ramster.rpc.pages import PageBatch
-from tests.nbd.test_export_safety import BASE, INC, OWNER, PS, Holders
+from tests.nbd import test_export_safety as safety
+from tests.nbd.test_export_safety import PS, Holders
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,8 +23,8 @@ pytestmark = pytest.mark.asyncio
 class GatedHolders(Holders):
     """Puts of the gated (area, offset) keys wait until their gate opens."""
 
-    def __init__(self, lents: dict[str, LentPool]) -> None:
-        super().__init__(OWNER, INC, lents)
+    def __init__(self, owner: str, incarnation: str, lents: dict[str, LentPool]) -> None:
+        super().__init__(owner, incarnation, lents)
         self.gates: dict[tuple[int, int], asyncio.Event] = {}
         self.puts: list[tuple[int, int]] = []
 
@@ -40,27 +38,8 @@ class GatedHolders(Holders):
 
 
 async def _export() -> tuple[Export, RemoteTier, GatedHolders]:
-    lents = {f"h{i}": LentPool(PoolConfig(budget_bytes=16 << 20)) for i in (1, 2)}
-    via = GatedHolders(lents)
-    tier = RemoteTier(
-        PoolConfig(budget_bytes=8 << 20),
-        via,
-        SpillConfig(replicas=2),
-        max_areas=2,
-        rng=random.Random(5),
-        replicated=True,
-        version_base=BASE,
-    )
-    export = Export(
-        tier.frontswap,
-        ExportSpec("x", 1 << 20, 0, REPLICATED),
-        const.MAX_PAYLOAD,
-        area=DATA_AREA,
-        manifest_area=MANIFEST_AREA,
-        opener=OPEN_AREAS,
-        fenced=lambda: tier.fenced,
-    )
-    await export.open_areas()
+    export, tier, _, via = await safety._export(GatedHolders)
+    assert isinstance(via, GatedHolders)
     return export, tier, via
 
 

@@ -39,9 +39,12 @@ class Holders(InProcessHolders):
             raise ExportFenced(str(exc)) from None
 
 
-def _cluster(n: int = 2) -> tuple[RemoteTier, dict[str, LentPool], Holders]:
+def _cluster(
+    n: int = 2,
+    holders: type[Holders] = Holders,
+) -> tuple[RemoteTier, dict[str, LentPool], Holders]:
     lents = {f"h{i}": LentPool(PoolConfig(budget_bytes=16 << 20)) for i in range(1, n + 1)}
-    via = Holders(OWNER, INC, lents)
+    via = holders(OWNER, INC, lents)
     fs = RemoteTier(
         PoolConfig(budget_bytes=8 << 20),
         via,
@@ -54,8 +57,10 @@ def _cluster(n: int = 2) -> tuple[RemoteTier, dict[str, LentPool], Holders]:
     return fs, lents, via
 
 
-async def _export() -> tuple[Export, RemoteTier, dict[str, LentPool], Holders]:
-    fs, lents, via = _cluster()
+async def _export(
+    holders: type[Holders] = Holders,
+) -> tuple[Export, RemoteTier, dict[str, LentPool], Holders]:
+    fs, lents, via = _cluster(holders=holders)
     export = Export(
         fs.frontswap,
         ExportSpec("x", 1 << 20, 0, REPLICATED),
