@@ -150,6 +150,34 @@ class PoolStore:
         return self.pool.drop_area(area, record_remote=False)
 
 
+class ReadsThrough:
+    """A store that does only its own puts: its reads and drops are those of `reads`."""
+
+    reads: AreaStore
+
+    async def get(self, area: int, offs: I64, exclusive: bool) -> list[bytes | None]:
+        """The pages, as `reads` has them."""
+        return await self.reads.get(area, offs, exclusive)
+
+    async def get_versioned(
+        self, area: int, offs: I64
+    ) -> tuple[list[bytes | None], list[int | None]]:
+        """The pages with their versions, as `reads` has them."""
+        return await self.reads.get_versioned(area, offs)
+
+    async def get_stored(self, area: int, offs: I64) -> list[tuple[int, Buffer] | None]:
+        """Stored forms, as `reads` has them."""
+        return await self.reads.get_stored(area, offs)
+
+    async def drop(self, area: int, offs: I64) -> None:
+        """Forget the keys in `reads`."""
+        await self.reads.drop(area, offs)
+
+    async def drop_area(self, area: int, max_version: int) -> int:
+        """Forget the area in `reads`."""
+        return await self.reads.drop_area(area, max_version)
+
+
 class Chain:
     """Two stores as one: `fast` first, `slow` for what `fast` refuses or does not have.
 

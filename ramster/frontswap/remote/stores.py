@@ -21,7 +21,7 @@ from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
 from ramster.frontswap.remote.holders import Tier, run_all
 from ramster.frontswap.remote.spill import Spiller
-from ramster.frontswap.store import Alive, Chain, Incoming, PoolStore, Versions
+from ramster.frontswap.store import Alive, Chain, Incoming, PoolStore, ReadsThrough, Versions
 from ramster.types import Buffer
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ Placed = list[tuple[tuple[str, ...], list[int], list[int]]]
 """(holders that kept, keys, versions) of each group a replicated store placed."""
 
 
-class Reclaiming:
+class Reclaiming(ReadsThrough):
     """The local pool with direct reclaim: a store it refuses waits while cold pages move out
     to holders, then tries again (unless the area was invalidated meanwhile).
 
@@ -48,7 +48,7 @@ class Reclaiming:
         self._spiller = spiller
         self._drops = drops
         self._ephemeral = ephemeral
-        self.local = PoolStore(tier.pool)
+        self.reads = PoolStore(tier.pool)
 
     async def put(
         self, area: int, offs: I64, pages: Incoming, versions: Sequence[int], alive: Alive
@@ -76,28 +76,6 @@ class Reclaiming:
         finally:
             # The old copies of overwritten keys, even when the call was cancelled.
             self._drops.collect()
-
-    async def get(self, area: int, offs: I64, exclusive: bool) -> list[bytes | None]:
-        """Pages in the pool."""
-        return await self.local.get(area, offs, exclusive)
-
-    async def get_versioned(
-        self, area: int, offs: I64
-    ) -> tuple[list[bytes | None], list[int | None]]:
-        """Pages in the pool and their versions."""
-        return await self.local.get_versioned(area, offs)
-
-    async def get_stored(self, area: int, offs: I64) -> list[tuple[int, Buffer] | None]:
-        """Stored forms in the pool."""
-        return await self.local.get_stored(area, offs)
-
-    async def drop(self, area: int, offs: I64) -> None:
-        """Forget keys (their remote records too: `Spilled.drop` sends those drops)."""
-        await self.local.drop(area, offs)
-
-    async def drop_area(self, area: int, max_version: int) -> int:
-        """Forget the area in the pool (remote records too, without per-page drops)."""
-        return await self.local.drop_area(area, max_version)
 
 
 class Spilled:
@@ -279,7 +257,7 @@ class Spilled:
         return 0
 
 
-class WriteThrough:
+class WriteThrough(ReadsThrough):
     """A replicated area: every store goes to R holders (at least min_replicas) before it is
     acknowledged; the pool keeps only the index (an export that must outlive this process)."""
 
@@ -406,25 +384,3 @@ class WriteThrough:
             recorded += sum(ok)
             self._versions.seen(int(np.max(versions)))
         return recorded
-
-    async def get(self, area: int, offs: I64, exclusive: bool) -> list[bytes | None]:
-        """Pages from the cache or their holders (exclusive: freed once all are read)."""
-        return await self.reads.get(area, offs, exclusive)
-
-    async def get_versioned(
-        self, area: int, offs: I64
-    ) -> tuple[list[bytes | None], list[int | None]]:
-        """Pages with their versions."""
-        return await self.reads.get_versioned(area, offs)
-
-    async def get_stored(self, area: int, offs: I64) -> list[tuple[int, Buffer] | None]:
-        """Stored forms from the holders."""
-        return await self.reads.get_stored(area, offs)
-
-    async def drop(self, area: int, offs: I64) -> None:
-        """Forget keys: the pool's records, the cache, and (queued) the holders' copies."""
-        await self.reads.drop(area, offs)
-
-    async def drop_area(self, area: int, max_version: int) -> int:
-        """Forget the area here and on every holder."""
-        return await self.reads.drop_area(area, max_version)
