@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -21,7 +21,7 @@ from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.nbd.export import OPEN_AREAS, Export
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Rebuilder
 from ramster.pagestore import PoolConfig
-from ramster.pagestore.lent import LentPool
+from ramster.pagestore.lent import LentPool, PageColumns
 from ramster.rpc.pages import PageBatch
 from tests.nbd.test_export_safety import Holders
 
@@ -195,3 +195,45 @@ async def test_a_takeover_serves_the_good_copies_only_it_holds_when_no_holder_ha
     new.hold(rb2.kept_here.get(DATA_AREA, {}))
     assert X in [int(b) for b in written] and X not in [int(b) for b in lost]
     assert await new.read_many([(X * PS, PS)]) == [[b"only" * 1024]]
+
+
+async def test_a_failed_first_write_after_a_trim_never_brings_back_the_old_bytes() -> None:
+    """Seen in the simulation (seed 86, overlapping mutations): X was written, then trimmed (the
+    trim's drop missed a holder: a stray pre-trim copy stays). The next write of X is a first
+    write again: it marks X in the manifest. When its manifest page was stored beside its data,
+    a data store refused everywhere left X marked over the stray copy (the page unmarking it
+    again could not be stored before the server went away), and the next server served the
+    pre-trim bytes. The data goes first now: a refused write never marks its block."""
+    lents = {h: LentPool(PoolConfig(budget_bytes=16 << 20)) for h in ("h1", "h2")}
+    export, _ = await _created(lents)
+    assert await export.write_many([(X * PS, b"old!" * 1024)]) == [0]
+    stray = {h: pool.get(OWNER, "t1@n0", [DATA_AREA], [X])[0] for h, pool in lents.items()}
+    assert await export.trim(X * PS, PS) == 0
+    h, item = next((h, s) for h, s in stray.items() if s is not None)
+    batch = PageBatch([DATA_AREA], [X], [item[0]], [item[1]], [item[2]])
+    assert lents[h].put(OWNER, "t1@n0", batch) == [True]  # the trim's drop missed h
+
+    # From now on every data put is refused (full), and of the manifest puts only the first
+    # is taken (the server goes away before it can unmark X again).
+    manifest_puts = 0
+    for lent in lents.values():
+        original = lent.put
+
+        def put(owner: str, inc: str, b: PageColumns, *args: Any, _put: Any = original,
+                **kw: Any) -> list[bool]:  # fmt: skip
+            nonlocal manifest_puts
+            if DATA_AREA in b.areas:
+                return [False] * len(b.offsets)
+            manifest_puts += 1
+            if manifest_puts > len(lents):
+                return [False] * len(b.offsets)
+            return list(_put(owner, inc, b, *args, **kw))
+
+        lent.put = put  # type: ignore[method-assign,assignment]
+    assert await export.write_many([(X * PS, b"new!" * 1024)]) != [0]
+    for lent in lents.values():
+        del lent.put
+
+    export2, _ = await _take_over(lents, "n1", 2)
+    got = await export2.read_many([(X * PS, PS)])
+    assert got in ([const.EIO], [[bytes(PS)]]), "a trimmed block serves its pre-trim bytes"
