@@ -342,20 +342,24 @@ class Export:
         return False
 
     async def _store_new(self, stores: list[int], contents: list[bytes]) -> list[bool]:
-        """Store pages; blocks written for the first time are then recorded in the manifest
-        (both must hold before the writes are acknowledged)."""
-        fresh = self._missing(stores)
+        """Store pages; blocks written for the first time are recorded in the manifest at the
+        same time (both must hold before the writes are acknowledged)."""
+        fresh = [stores[i] for i in self._missing(stores)]
         self._map.add(stores)  # before the store: the map stays a superset of the area
         if self.manifest_area is None or not fresh:
             return await self.fs.store_many(self.area, stores, contents)
-        # The data first, then the manifest marking it: a write that fails never leaves its block
-        # marked over an older copy a trim's drop has not reached yet (a new server would serve
-        # those stale bytes); a block stored and not marked is newer than its manifest page,
-        # which a rebuild reads as an I/O error, never as old bytes.
-        kept = await self.fs.store_many(self.area, stores, contents)
-        marked = [stores[i] for i in fresh if kept[i]]
-        self._note_changed(marked)
-        if marked and not await self.persist_manifest():
+        self._note_changed(fresh)
+        data = asyncio.ensure_future(self.fs.store_many(self.area, stores, contents))
+        meta = asyncio.ensure_future(self.persist_manifest())
+        try:
+            await asyncio.wait((data, meta))
+        except BaseException:
+            data.cancel()
+            meta.cancel()
+            await asyncio.gather(data, meta, return_exceptions=True)
+            raise
+        kept = data.result()
+        if not meta.result():
             raise RamsterError("the manifest could not be stored")
         return kept
 
