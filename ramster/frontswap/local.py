@@ -265,7 +265,9 @@ class LocalFrontswap:
                 offs,
                 lambda i, j: self._put_encoded_chunked(area, offs[i:j], payloads[i:j], sums[i:j]),
             )
-        return await self._in_runs(offs, lambda i, j: self._put(area, offs[i:j], pgs[i:j]))
+        return await self._in_runs(
+            offs, lambda i, j: self._put_with(area, offs[i:j], RawPages(pgs[i:j]))
+        )
 
     async def store_encoded_many(
         self,
@@ -359,12 +361,6 @@ class LocalFrontswap:
                     break
             ok += await self._put_encoded(area, offs[i:j], payloads[i:j], sums[i:j])
         return ok
-
-    async def _put(
-        self, area: int, offs: npt.NDArray[np.int64], pages: list[bytes | bytearray]
-    ) -> list[bool]:
-        """Store distinct keys (validated)."""
-        return await self._put_with(area, offs, RawPages(pages))
 
     async def _put_with(
         self, area: int, offs: npt.NDArray[np.int64], pages: Incoming

@@ -273,14 +273,18 @@ class Export:
         """Apply WRITE, ZERO and TRIM operations in order, as if one after another, in one
         load, one store and one invalidate of the pool; an error per operation."""
         ps = self.page_size
-        ranges: Ranges = EVERYTHING
-        if not self._held:  # held pages are retried by a barrier: one store of each at a time
-            ranges = [
+        # Held pages are retried under a barrier only: one store of each key at a time.
+        barrier = bool(self._held)
+        ranges: Ranges = (
+            EVERYTHING
+            if barrier
+            else [
                 pages_of(offset, len(arg) if isinstance(arg, bytes) else arg, ps)
                 for _, offset, arg in ops
             ]
+        )
         async with self._ranges.hold(ranges):
-            return await self._mutate_locked(ops, retry_held=ranges is EVERYTHING)
+            return await self._mutate_locked(ops, retry_held=barrier)
 
     async def _old_pages(self, spans: list[mutation.Span]) -> tuple[dict[int, bytes], set[int]]:
         """Stored content of the pages written only in part (unless an earlier operation of the

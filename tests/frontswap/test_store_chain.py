@@ -74,13 +74,21 @@ async def test_an_exclusive_load_whose_remote_read_fails_frees_nothing() -> None
     assert await fs.frontswap.load_many(0, keys) == [pages[k] for k in keys]
 
 
-async def test_an_exclusive_load_cancelled_mid_read_frees_nothing() -> None:
-    fs, holders, pages, remote, local = await spilled_tier()
-    keys = [local[0], remote[0]]
+async def _exclusive_load_waiting(
+    fs: RemoteTier, holders: GatedGets, keys: list[int]
+) -> asyncio.Future[list[bytes | None]]:
+    """An exclusive load of the keys, held at the gate inside its remote read."""
     holders.gate.clear()
     holders.entered.clear()
     task = asyncio.ensure_future(fs.frontswap.load_many(0, keys, exclusive=True))
     await holders.entered.wait()
+    return task
+
+
+async def test_an_exclusive_load_cancelled_mid_read_frees_nothing() -> None:
+    fs, holders, pages, remote, local = await spilled_tier()
+    keys = [local[0], remote[0]]
+    task = await _exclusive_load_waiting(fs, holders, keys)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -91,10 +99,7 @@ async def test_an_exclusive_load_cancelled_mid_read_frees_nothing() -> None:
 async def test_a_key_stored_again_during_an_exclusive_load_keeps_its_new_copy() -> None:
     fs, holders, pages, remote, local = await spilled_tier()
     keys = [local[0], remote[0]]
-    holders.gate.clear()
-    holders.entered.clear()
-    task = asyncio.ensure_future(fs.frontswap.load_many(0, keys, exclusive=True))
-    await holders.entered.wait()
+    task = await _exclusive_load_waiting(fs, holders, keys)
     new = bytes([7]) * 4096
     assert await fs.frontswap.store_many(0, keys, [new, new]) == [True, True]
     holders.gate.set()
