@@ -426,7 +426,7 @@ class Export:
                 if refused:
                     self._refused += len(refused)
                     failed.update(dict.fromkeys(refused, const.ENOSPC))
-                    await self._restore(refused, old)
+                    await self._restore(refused, old, set(fresh))
         if zeros:
             self._zero_pages += len(zeros)
             mapped = [zeros[i] for i in self._map.present(zeros)]
@@ -435,15 +435,18 @@ class Export:
         self._read_errors += len(skipped)
         return mutation.errors_of(spans, skipped, failed, ps)
 
-    async def _restore(self, refused: list[int], old: dict[int, bytes]) -> None:
+    async def _restore(self, refused: list[int], old: dict[int, bytes], fresh: set[int]) -> None:
         """Put back the old content of refused pages that were only partly overwritten.
 
         A refused store drops the old copy (the contract's rule against stale data); for a
         sub-page write that would lose bytes the failed request never covered. What the pool
-        will not take back either is held here (up to HELD_PAGES) until it does."""
+        will not take back either is held here (up to HELD_PAGES) until it does. A page whose
+        old bytes are gone reads as an I/O error until it is written again, never as zeros
+        (invariant 11); one that held zeros (never written, or trimmed) is zeros again."""
         zero = self._zero
         back = [p for p in refused if old.get(p, zero) != zero]
-        gone = [p for p in refused if old.get(p, zero) == zero]
+        gone = [p for p in refused if p in fresh or (p in old and old[p] == zero)]
+        unreadable = [p for p in refused if p not in fresh and p not in old]
         if back:
             try:
                 kept = await self.fs.store_many(self.area, back, [old[p] for p in back])
@@ -461,16 +464,21 @@ class Export:
                 self._restore_failures += len(lost)
                 log.error(
                     "nbd export %s: %d pages lost the bytes around a refused sub-page write "
-                    "(first: page %d)",
+                    "(first: page %d); they read as I/O errors until written again",
                     self.spec.name,
                     len(lost),
                     lost[0],
                 )
-                gone += lost
-        for page in gone:
+                unreadable += lost
+        for page in gone + unreadable:
             self._held.pop(page, None)
         self._map.discard(gone)
         self._note_changed(gone)
+        if unreadable:
+            # Still marked written (in the manifest too): a restart finds them without a copy.
+            if self._lost is None:
+                self._lost = PageMap()
+            self._lost.add(unreadable)
 
     async def _retry_held(self) -> None:
         """Offer held pages to the pool again; those it takes are no longer held."""

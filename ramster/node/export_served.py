@@ -120,14 +120,18 @@ class TermTie(ExportTaken):
 
 def fenced_here(served: Served, lent: LentPool, me: str) -> str | None:
     """Why the export is fenced (a holder said so, or this node's own lent pool took a newer
-    claim: a takeover or a delete claims its term on every member, this server among them),
-    or None. Without the second, a read that needs no holder call (a block the new server
-    wrote, unwritten here) would serve the stale index until the next keepalive."""
+    claim or a deletion: a takeover or a delete claims its term on every member, this server
+    among them), or None. Without the second, a read that needs no holder call (a block the
+    new server wrote, unwritten here) would serve the stale index until the next keepalive."""
     tier = served.tier
     if tier.fenced is None and served.term:
-        claim = lent.claim(export_owner(served.spec.name), 0, me, 0)[1]
+        owner = export_owner(served.spec.name)
+        claim = lent.claim(owner, 0, me, 0)[1]
+        deleted = lent.terms.deleted_term(owner)
         if claim.term > served.term:
             tier.fence(me, f"this node knows term {claim.term} by {claim.node or '?'}")
+        elif deleted >= served.term:
+            tier.fence(me, f"deleted under term {deleted}")
     return tier.fenced
 
 

@@ -116,7 +116,9 @@ class PoolCore:
         )
 
     def _meta_bytes(self) -> int:
-        return self._cap * SLOT_BYTES + 4 * len(self._free_slots) + self._index.nbytes
+        # Each slot's free-list entry (4 bytes) is counted whether the slot is free or not:
+        # a drop moves a slot onto the free list, and must never push the pool past its budget.
+        return self._cap * (SLOT_BYTES + 4) + self._index.nbytes
 
     @property
     def full(self) -> bool:
@@ -148,7 +150,7 @@ class PoolCore:
         missing = n - len(take)
         if missing:
             if self._hw + missing > self._cap:
-                # A new slot may end up on the free list (4 more bytes) if its page is refused.
+                # A slot costs its fields and its free-list entry (see _meta_bytes).
                 room = max(0, headroom) // (SLOT_BYTES + 4)
                 # Grow by a quarter at least (amortised copies), never past the budget.
                 step = max(self._hw + missing - self._cap, INITIAL_SLOTS, self._cap // 4)

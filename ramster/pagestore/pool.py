@@ -87,8 +87,7 @@ class PagePool(RemoteEntries, ColdOrder, EphemeralPages):
             return None
         index_growth = self._growth(area, offs)
         slots = self._take_slots(n, budget - self.used_bytes - index_growth)
-        # Unused slots go back on the free list (4 bytes each): count them as if they had.
-        return _Put(slots, self._meta_bytes() + index_growth + 4 * len(slots))
+        return _Put(slots, self._meta_bytes() + index_growth)
 
     def _finish_put(
         self, area: int, offs: Keys, versions: Sequence[int], put: _Put, poor: int

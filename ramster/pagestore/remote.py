@@ -72,7 +72,7 @@ class RemoteEntries(PoolCore):
         budget = self.config.budget_bytes
         index_growth = self._growth(area, offs)
         slots = self._take_slots(len(offs), budget - self.used_bytes - index_growth)
-        base = self._meta_bytes() + index_growth + 4 * len(slots)
+        base = self._meta_bytes() + index_growth
         if base + self._alloc.resident_bytes > budget:
             self._free_slots.extend(slots)
             slots = []

@@ -238,6 +238,49 @@ def test_a_refused_write_gets_enospc_and_harms_nothing_else() -> None:
     run(go())
 
 
+def test_a_refused_overwrite_reads_as_an_error_until_written_again_never_as_zeros() -> None:
+    """A refused whole-page overwrite drops the old copy (the contract's rule against stale
+    data): the block's bytes are unknown, so it reads as EIO (invariant 11), not zeros; a first
+    write that is refused reads as zeros (its old bytes were zeros); a new write or a trim ends
+    the error (CI found zeros here: a write refused in a partition)."""
+
+    async def go() -> None:
+        fs = LocalFrontswap(PoolConfig(budget_bytes=1 << 20))
+        export = export_on(fs, size=4 << 20)
+        await export.open()
+        rng = np.random.default_rng(8)
+        pages = [rng.bytes(4096) for _ in range(400)]
+        codes = []
+        for i, page in enumerate(pages):
+            codes += await export.write_many([(i * 4096, page)])
+        ok = [i for i, c in enumerate(codes) if c == 0]
+        never = [i for i, c in enumerate(codes) if c == const.ENOSPC]
+        assert ok and never
+        # Full: an overwrite of a stored block is refused.
+        target = ok[0]
+        assert await export.write_many([(target * 4096, rng.bytes(4096))]) == [const.ENOSPC]
+        assert await export.read_many([(target * 4096, 4096)]) == [const.EIO]
+        assert export.statistics().pages_lost == 1
+        # Its neighbours still read; a refused first write reads as zeros.
+        got = await export.read_many([((target + 1) * 4096, 4096), (never[0] * 4096, 4096)])
+        assert [b"".join(g) for g in got if not isinstance(g, int)] == [
+            pages[target + 1],
+            bytes(4096),
+        ]
+        # Room again (a trim of the rest): a new write ends the error.
+        assert await export.trim((target + 1) * 4096, 200 * 4096) == 0
+        assert await export.write_many([(target * 4096, pages[target])]) == [0]
+        assert await export.read_many([(target * 4096, 4096)]) == [[pages[target]]]
+        assert export.statistics().pages_lost == 0
+        # Refused again, then trimmed: zeros, with no error.
+        await export.write_many([(i * 4096, p) for i, p in enumerate(pages)])
+        assert await export.write_many([(target * 4096, rng.bytes(4096))]) == [const.ENOSPC]
+        assert await export.trim(target * 4096, 4096) == 0
+        assert await export.read_many([(target * 4096, 4096)]) == [[bytes(4096)]]
+
+    run(go())
+
+
 def test_a_corrupt_page_fails_only_the_requests_that_need_it() -> None:
     async def go() -> None:
         fs = LocalFrontswap(PoolConfig(budget_bytes=8 << 20))

@@ -118,3 +118,21 @@ def test_a_free_object_in_a_held_slab_is_no_room_when_the_index_must_grow() -> N
         pool.drop_many(0, [0])  # a free object in a slab held; below the budget again
         pool.put_stored_many(0, [1 << 20], [payload], [2], [0])  # a new leaf
         assert pool.used_bytes <= budget, f"{size}-byte pages: {pool.used_bytes} of {budget}"
+
+
+def test_a_drop_never_pushes_a_full_pool_past_its_budget() -> None:
+    """Found by the simulation (a lent pool 4 bytes over): dropping a page puts its slot on the
+    free list while its slab page stays resident; the budget counts each slot's free-list entry
+    up front, so used bytes never grow on a drop."""
+    budget = 64 << 10
+    pool = PagePool(PoolConfig(budget_bytes=budget))
+    n = 0
+    # Pages that compress to about half: two share a slab page, which stays resident while
+    # its neighbour lives.
+    while pool.put_many(0, [n], [os.urandom(2000) * 2 + bytes(96)], [1])[0]:
+        n += 1
+    assert n > 8
+    for i in range(0, n, 2):  # every other page: the slabs stay resident
+        before = pool.used_bytes
+        pool.drop_many(0, [i])
+        assert pool.used_bytes <= before <= budget

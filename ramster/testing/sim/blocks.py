@@ -2,11 +2,12 @@
 
 Per block, the set of contents a read may return (as `model.py`'s KeyState does for pages):
 while a write is in flight its old or new bytes; after an acknowledged write exactly those;
-after a failed one (EIO, ENOSPC, a server that crashed under it) old or new bytes or zeros (a
-refused store drops the old copy and unmarks the block) or EIO. Zeros are possible only where
-the model says so (never written, trimmed, zeroed, or a failed write): a written block that
-reads as zeros is always a violation. EIO is always allowed while faults last (a holder may be
-unreachable); after healing it is allowed only where the loss is excusable (see `excusable`).
+after a failed one (EIO, ENOSPC, a server that crashed under it) old or new bytes or EIO (a
+refused store drops the old copy: the block is unreadable until written again). Zeros are
+possible only where the model says so (never written, trimmed, zeroed): a written block that
+reads as zeros is always a violation, also after a failed write. EIO is always allowed while
+faults last (a holder may be unreachable); after healing it is allowed only where the loss is
+excusable (see `excusable`).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class ExportModel:
             st.history.append(data)
 
     def done(self, block: int, data: bytes, ok: bool, impaired: set[str], crashes: int) -> None:
-        """It was answered: acknowledged, or failed (old, new, zeros or unreadable)."""
+        """It was answered: acknowledged, or failed (old, new or unreadable)."""
         st = self.state[block]
         if data in st.pending:
             st.pending.remove(data)
@@ -103,7 +104,7 @@ class ExportModel:
             st.impaired_at_ack = frozenset(impaired)
             st.crashes_at_ack = crashes
         else:
-            st.possible |= {data, ZERO}
+            st.possible.add(data)
             st.unsure = True
 
     def forced_takeover(self) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ramster.cluster.exports import export_owner
 from ramster.errors import RamsterError
 from ramster.nbd import const
 from ramster.node.export_rebuild import DATA_AREA
@@ -103,6 +104,9 @@ class ExportSim:
         self.model = ExportModel(NAME, self.blocks, REPLICAS)
         self.life = 0
         self.deleted = False
+        self.deleted_term = 0
+        """The term the export was deleted under: a server of it or an older one (cut off from
+        the deletion, it has not heard yet) serves the deleted life, not the new one."""
         self.drained = False
         self.busy: dict[int, list[tuple[str, int]]] = {}
         """Blocks with operations in flight, and the (node, term) of each: operations of one
@@ -258,6 +262,11 @@ class ExportSim:
 
     def _spawn(self, node: SimNode, served: Served, kind: str, blocks: list[int]) -> None:
         key = next(self.ids)
+        if served.term <= self.deleted_term:
+            # The deleted life (its server missed the deletion): what it reads is not the new
+            # life's; what it writes must not be acknowledged (`_acked` checks that).
+            self._stale_life(node, served, kind, blocks)
+            return
         op = Op(node.name, self.life, blocks, server=(node.name, served.term))
         if kind == "write":
             for b in blocks:
@@ -272,6 +281,39 @@ class ExportSim:
             self.busy.setdefault(b, []).append(op.server)
         self.inflight[key] = op
         self.sim.spawn(node, self._run(key, op, served, kind))
+
+    def _stale_life(self, node: SimNode, served: Served, kind: str, blocks: list[int]) -> None:
+        """An operation through a server of the deleted life, not checked: what it reads is
+        not the new life's, and what it writes (versions below the deletion's floor) the new
+        life never sees. Without a lease (issue 25) a server cut off from the deletion may
+        still be answered by holders cut off with it."""
+
+        async def run() -> None:
+            try:
+                errors = await attempt()
+            except RamsterError as exc:
+                errors = [const.EIO]
+                self.sim.note(f"export {kind} on {node.name} (deleted life) raised {exc!r}")
+            self.sim.note(f"export {kind} {blocks} on {node.name} t{served.term} (deleted life)"
+                          f" -> {errors}")  # fmt: skip
+
+        async def attempt() -> list[int]:
+            export = served.export
+            if kind == "write":
+                datas = [content(NAME, b, 0, self.compressible) for b in blocks]
+                writes = [(b * BLOCK, d) for b, d in zip(blocks, datas, strict=True)]
+                errors = await export.write_many(writes)
+            elif kind in ("trim", "zeroes"):
+                call = export.trim if kind == "trim" else export.write_zeroes
+                errors = [await call(blocks[0] * BLOCK, len(blocks) * BLOCK)]
+            elif kind == "read":
+                got = await export.read_many([(b * BLOCK, BLOCK) for b in blocks])
+                errors = [r if isinstance(r, int) else 0 for r in got]
+            else:
+                errors = [await export.flush()]
+            return errors
+
+        self.sim.spawn(node, run())
 
     def check(self) -> None:
         """After every step: note when the cluster was last impaired."""
@@ -438,9 +480,14 @@ class ExportSim:
             self.sim.note(f"operator {what}: {result}")
             if deleting:
                 # A new life: whatever serves the name from now on starts blank.
+                self.deleted_term = via.node.lent.terms.deleted_term(export_owner(NAME))
                 self.life += 1
                 self.model = ExportModel(NAME, self.blocks, REPLICAS, self.model)
                 self.busy.clear()
+                if any(s.term > self.deleted_term for s in self.serving):
+                    # A forced move raced the deletion and serves a newer term: what it wrote
+                    # before the deletion ended was of the new life too (and is in `earlier`).
+                    self.model.forced_takeover()
 
         self.sim.spawn(via, run())
 
