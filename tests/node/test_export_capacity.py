@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ramster.admin.openapi import SERVED_EXPORT
 from ramster.nbd import const
 from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.node.config import NodeConfig
@@ -50,6 +51,10 @@ async def test_an_export_larger_than_its_holders_can_keep_is_served_with_a_warni
             with caplog.at_level(logging.WARNING):
                 await export.open()
         served = {e["name"]: e for e in s.exports_view()["served"]}  # GET /v1/exports
+        types = {"integer": int, "string": str, "boolean": bool}
+        for e in served.values():  # as the OpenAPI document says
+            for key, schema in SERVED_EXPORT["properties"].items():
+                assert isinstance(e[key], types[schema["type"]]), (key, e[key])
         # Two holders lending 4 MiB each, R=2: 4 MiB (the server's own pool holds no copy).
         assert served["small"]["replicas"] == 2
         assert served["small"]["capacity_bytes"] == 4 * MiB and served["small"]["fits"]
