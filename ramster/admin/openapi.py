@@ -146,6 +146,34 @@ AREAS = _obj(
         }
     }
 )
+SERVED_EXPORT = _obj(
+    {
+        "name": STR,
+        "server": STR,
+        "term": INT,
+        "durability": STR,
+        "size": INT,
+        "replicas": INT,
+        "capacity_bytes": {
+            "type": "integer",
+            "description": "what the cluster can hold for it now: the lent budgets of the live "
+            "nodes that may take its copies (not its server) over R (over fewer copies when "
+            "fewer nodes lend); writes past it get ENOSPC",
+        },
+        "fits": {"type": "boolean", "description": "size <= capacity_bytes"},
+        "state": STR,
+        "pages": INT,
+        "pages_lost": INT,
+        "under_replicated": INT,
+    }
+)
+EXPORTS = _obj(
+    {
+        "served": {"type": "array", "items": SERVED_EXPORT},
+        "held": {"type": "array", "items": {"type": "object"}},
+        "servers": {"type": "object", "additionalProperties": _obj({"server": STR, "term": INT})},
+    }
+)
 EVENT = _obj({"id": INT, "time": NUM, "kind": STR, "node": STR, "detail": STR})
 EVENTS = _obj({"events": {"type": "array", "items": EVENT}})
 
@@ -253,7 +281,7 @@ def spec() -> Schema:
             "/v1/exports": _get(
                 "NBD exports: those served here, those held here, and every server the "
                 "heartbeats name",
-                {"type": "object"},
+                EXPORTS,
             ),
             "/v1/exports/{name}/move": {
                 "post": {

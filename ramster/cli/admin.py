@@ -167,35 +167,55 @@ def events(target: Target, follow: bool, limit: int, as_json: bool) -> int:
     return _run(go())
 
 
+def _capacity(e: dict[str, Any]) -> str:
+    if "capacity_bytes" not in e:
+        return "-"
+    return human_bytes(e["capacity_bytes"]) + ("" if e.get("fits", True) else " !")
+
+
+def exports_table(view: dict[str, Any]) -> str:
+    """`/v1/exports` as the table `export list` prints, with a note under it for each export
+    that cannot fit in what the cluster can hold for it (marked `!`)."""
+    served = {e["name"]: e for e in view["served"]}
+    held = {e["name"]: e for e in view["held"]}
+    names = sorted(set(view["servers"]) | set(held))
+    if not names:
+        return "no exports"
+    lines = [
+        f"{'EXPORT':<16} {'SERVER':<12} {'TERM':>5} {'DURABILITY':<11} {'STATE':<10} "
+        f"{'SIZE':>10} {'CAPACITY':>12} {'PAGES':>9} {'UNDER-REPL':>10} {'LOST':>6} "
+        f"{'HELD HERE':>9}"
+    ]
+    notes = []
+    for name in names:
+        e = served.get(name, {})
+        heard = view["servers"].get(name, {})
+        server = heard.get("server") or held.get(name, {}).get("server") or "-"
+        term = heard.get("term") or held.get(name, {}).get("term") or 0
+        size = human_bytes(e["size"]) if "size" in e else "-"
+        lines.append(
+            f"{name:<16} {server:<12} {term:>5} {e.get('durability', '-'):<11} "
+            f"{e.get('state', 'serving' if heard else '-'):<10} "
+            f"{size:>10} {_capacity(e):>12} "
+            f"{e.get('pages', '-'):>9} {e.get('under_replicated', '-'):>10} "
+            f"{e.get('pages_lost', '-'):>6} {held.get(name, {}).get('pages_here', 0):>9}"
+        )
+        if e.get("fits") is False:
+            room = human_bytes(e["capacity_bytes"])
+            notes.append(
+                f"! {name}: {size} does not fit in the {room} the cluster can hold for it "
+                f"(live holders' lent budgets over R={e.get('replicas', '?')}): writes past "
+                "that get ENOSPC"
+            )
+    return "\n".join(lines + notes)
+
+
 def export_list(target: Target, as_json: bool) -> int:
     """Every export the node knows: served here, heard of from the members, held here."""
 
     async def go() -> int:
         view = await call(target, "GET", "/v1/exports")
-        if as_json:
-            print(json.dumps(view))
-            return OK
-        served = {e["name"]: e for e in view["served"]}
-        held = {e["name"]: e for e in view["held"]}
-        names = sorted(set(view["servers"]) | set(held))
-        if not names:
-            print("no exports")
-            return OK
-        print(
-            f"{'EXPORT':<16} {'SERVER':<12} {'TERM':>5} {'DURABILITY':<11} {'STATE':<10} "
-            f"{'PAGES':>9} {'UNDER-REPL':>10} {'LOST':>6} {'HELD HERE':>9}"
-        )
-        for name in names:
-            e = served.get(name, {})
-            heard = view["servers"].get(name, {})
-            server = heard.get("server") or held.get(name, {}).get("server") or "-"
-            term = heard.get("term") or held.get(name, {}).get("term") or 0
-            print(
-                f"{name:<16} {server:<12} {term:>5} {e.get('durability', '-'):<11} "
-                f"{e.get('state', '-' if name not in heard else 'serving'):<10} "
-                f"{e.get('pages', '-'):>9} {e.get('under_replicated', '-'):>10} "
-                f"{e.get('pages_lost', '-'):>6} {held.get(name, {}).get('pages_here', 0):>9}"
-            )
+        print(json.dumps(view) if as_json else exports_table(view))
         return OK
 
     return _run(go())

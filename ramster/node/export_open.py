@@ -38,6 +38,7 @@ from ramster.node.export_served import (
     Attempt,
     Served,
     TermTie,
+    capacity_of,
     deleted_floor,
     fenced_here,
     required_nodes,
@@ -155,6 +156,10 @@ class ExportOpener:
             f"term {served.term}, {rebuilt.pages} pages, {len(lost)} lost{unheard}",
             logging.WARNING if len(lost) or attempt.missing else logging.INFO,
         )
+        room = capacity_of(served)
+        if not room.fits:
+            # Served all the same: a refusal is for an operator to ask for (issue 24).
+            self._event("export-oversized", name, room.warning(), logging.WARNING)
         self.keeper.tend(served)
 
     def fenced(self, served: Served) -> str | None:

@@ -10,6 +10,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any, Protocol
 
 from ramster.cluster.calls import ClaimAnswer
+from ramster.cluster.capacity import HolderRoom, copies_per_block, replicated_capacity
 from ramster.cluster.exports import ExportHolders, export_owner
 from ramster.cluster.peers import Peers
 from ramster.errors import ExportTaken, RamsterError
@@ -149,15 +150,72 @@ class Attempt:
     every member heard): only then is it started blank."""
 
 
+def holder_rooms(peers: Peers) -> list[HolderRoom]:
+    """What each live peer that may take copies lends, as its heartbeats last said."""
+    live = {c.node for c in peers.candidates()}
+    budgets: dict[str, int] = {}
+    for p in peers.peers():
+        if p.node_id in live and p.alias_of is None:
+            budgets[p.node_id] = p.lent_budget
+    return [HolderRoom(node, budget) for node, budget in sorted(budgets.items())]
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What the cluster can hold for one export now."""
+
+    size: int
+    capacity: int
+    replicas: int
+    copies: int
+
+    @property
+    def fits(self) -> bool:
+        """Whether every block of the export fits."""
+        return self.size <= self.capacity
+
+    def warning(self) -> str:
+        """Why the export does not fit, for operators."""
+        basis = f"the live holders' lent budgets over R={self.replicas}"
+        if self.copies < self.replicas:
+            basis += f", {self.copies} copies a block with fewer holders"
+        if not self.copies:
+            basis = f"no live holder lends any, R={self.replicas}"
+        return (
+            f"size {_mib(self.size)} exceeds what the cluster can hold for it: "
+            f"{_mib(self.capacity)} ({basis}); writes past that get ENOSPC"
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def capacity_of(served: Served) -> Capacity:
+    """The export's size against what its live holders' budgets can keep of it."""
+    rooms = holder_rooms(served.holders.peers)
+    replicas = served.tier.spill_config.replicas
+    return Capacity(
+        served.spec.size,
+        replicated_capacity(rooms, replicas),
+        replicas,
+        copies_per_block(rooms, replicas),
+    )
+
+
 def describe(served: Served, me: str, gone: set[str], leaving: set[str]) -> dict[str, Any]:
     """One export served here, as plain data."""
     stats = served.export.statistics()
+    room = capacity_of(served)
     return {
         "name": served.spec.name,
         "server": me,
         "term": served.term,
         "durability": served.spec.durability,
         "size": served.spec.size,
+        "replicas": room.replicas,
+        "capacity_bytes": room.capacity,
+        "fits": room.fits,
         "state": served.state,
         "waiting_for": sorted(served.waiting),
         "pages": stats.pages_mapped,

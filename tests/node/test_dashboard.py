@@ -86,7 +86,8 @@ async def test_the_dashboard_shows_the_exports_and_their_rebuild(
     chromium = need_tool("chromium", "apt-get install chromium")
     c = cluster_factory(3, local_budget="4MiB", lent_budget="16MiB")
     port = free_port()
-    c.nodes[0].args += [f"--nbd=127.0.0.1:{port}", "--export=swap0:16MiB", "--no-swap-safety"]
+    c.nodes[0].args += [f"--nbd=127.0.0.1:{port}", "--export=swap0:16MiB", "--export=big:64MiB"]
+    c.nodes[0].args += ["--no-swap-safety"]
     await c.start_all()
     await c.wait_ready()
     row = "document.querySelector('#exports tr[data-export=\"swap0\"]')"
@@ -95,4 +96,12 @@ async def test_the_dashboard_shows_the_exports_and_their_rebuild(
         await page.wait_for(f"{row} !== null && {row}.textContent.includes('serving')")
         text = await page.evaluate(f"{row}.textContent")
         assert "n0" in text and "replicated" in text and "pages" in text, text
+        # Two holders lending 16 MiB each, R=2: the export just fits.
+        assert "16.0 MiB / 16.0 MiB" in text and "does not fit" not in text, text
+        big = "document.querySelector('#exports tr[data-export=\"big\"]')"
+        await page.wait_for(f"{big} !== null && {big}.textContent.includes('does not fit')")
+        assert "64.0 MiB / 16.0 MiB" in await page.evaluate(f"{big}.textContent")
+        await page.wait_for(
+            "document.querySelector('#events li[data-kind=\"export-oversized\"]') !== null"
+        )
         await page.screenshot(ARTIFACTS / "dashboard-exports.png")

@@ -132,6 +132,18 @@ function renderRates() {
   box.replaceChildren(legend, svg);
 }
 
+function capacityCell(e) {
+  // Its size against what the cluster can hold for it (the live holders' budgets over R).
+  if (e.capacity_bytes === undefined) return el("td", { class: "num" }, "");
+  const text = `${bytes(e.size)} / ${bytes(e.capacity_bytes)}`;
+  if (e.fits) return el("td", { class: "num" }, text);
+  return el("td", {
+    class: "num oversized",
+    title: `does not fit: the live holders' lent budgets over R=${e.replicas} hold ` +
+      `${bytes(e.capacity_bytes)} of it; writes past that get ENOSPC`,
+  }, `${text} ⚠ does not fit`);
+}
+
 async function pollExports() {
   // What this node serves in full; the others as the heartbeats name them (server, term).
   const r = await fetch("/v1/exports", { cache: "no-store", headers: AUTH });
@@ -146,6 +158,7 @@ async function pollExports() {
     return el("tr", { "data-export": name },
       el("td", {}, name), el("td", {}, who.server), el("td", { class: "num" }, String(who.term)),
       el("td", {}, e.durability ?? ""), el("td", {}, e.state ?? "serving"),
+      capacityCell(e),
       el("td", { class: "num" }, e.pages === undefined ? "" : e.pages.toLocaleString()),
       el("td", { class: "num" }, e.under_replicated === undefined ? "" : e.under_replicated.toLocaleString()),
       el("td", { class: "num" }, e.pages_lost === undefined ? "" : e.pages_lost.toLocaleString()),
