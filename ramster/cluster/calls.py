@@ -38,6 +38,20 @@ ADOPT_TIMEOUT = 120.0
 """Seconds an export.adopt may take: the target rebuilds the export before it answers."""
 
 
+class Kept(list[bool]):
+    """A holder's answer to a put or a copy onto it: True for each page kept, and which
+    incarnation of the holder answered (the identity its connection's handshake proved; a
+    restarted holder answers as its new one). A copy lives where that incarnation lives."""
+
+    incarnation: str | None = None
+
+
+def _kept(flags: list[bool], incarnation: str | None) -> Kept:
+    kept = Kept(flags)
+    kept.incarnation = incarnation
+    return kept
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimAnswer:
     """A holder's answer to hold.claim: whether the claim was taken, and the newest claim."""
@@ -87,11 +101,12 @@ class HolderCalls:
         if not forwarded:
             flags.append(self._next_seq())
         params: list[object] = [*owner, *flags, batch.to_wire()]
-        result = await self._client(node).call(
+        result, who = await self._client(node).call_answered(
             HOLD_PUT_COPY if forwarded else HOLD_PUT, params, timeout=self.timeout
         )
         self._spent(node, sum(len(p) for p in batch.payloads))
-        return flags_from_wire(result, len(batch.offsets))
+        kept = flags_from_wire(result, len(batch.offsets))
+        return _kept(kept, who.incarnation if who is not None else None)
 
     async def copy(
         self,
@@ -105,7 +120,8 @@ class HolderCalls:
         """hold.copy on source: it verifies its copies and puts them on target. The target is
         told first, by the owner itself (hold.expect), exactly which copies to take."""
         wire = keys.to_wire()
-        await self._client(target).call(
+        # The orders live in the target's process: only the incarnation told can keep copies.
+        _, who = await self._client(target).call_answered(
             HOLD_EXPECT, [*owner, wire, versions, checksums, self._next_seq()], timeout=self.timeout
         )
         result = await self._client(source).call(
@@ -116,7 +132,8 @@ class HolderCalls:
         if type(result) is not list or len(result) != 2 or type(result[1]) is not int:
             raise ProtocolError("hold.copy must answer [flags, bytes]")
         self._spent(target, result[1])
-        return flags_from_wire(result[0], len(keys)), result[1]
+        kept = flags_from_wire(result[0], len(keys))
+        return _kept(kept, who.incarnation if who is not None else None), result[1]
 
     async def get(self, owner: Owner, node: str, keys: Keys) -> list[Stored | None]:
         """hold.get on node, answers in the order of the keys."""

@@ -107,6 +107,18 @@ class RpcClient:
         timeout bounds the whole call (waiting for a slot, connecting, the answer) and turns
         into PeerTimeout; by default it is config.call_timeout.
         """
+        result, _ = await self.call_answered(method, params, timeout=timeout)
+        return result
+
+    async def call_answered(
+        self,
+        method: str,
+        params: list[object],
+        *,
+        timeout: float | _Default | None = DEFAULT,  # noqa: ASYNC109 - the per-call deadline
+    ) -> tuple[object, Identity | None]:
+        """`call`, and who answered it: the identity the answering connection's handshake
+        proved (a peer that restarted answers on a new connection as its new incarnation)."""
         limit = self.config.call_timeout if isinstance(timeout, _Default) else timeout
         if self._closed:
             raise PeerLost("the client is closed")
@@ -126,7 +138,7 @@ class RpcClient:
             raise PeerTimeout(f"{method} to {self.address}: no answer within {limit} s") from exc
         if response.error is not None:
             raise error_from_wire(response.error)
-        return response.result
+        return response.result, conn.remote
 
     def notify(self, method: str, params: list[object]) -> None:
         """Send a one-way message on an open connection; PeerLost when there is none."""

@@ -8,11 +8,24 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from ramster.cluster.calls import Kept
 from ramster.errors import ExportFenced, PagesReclaimed, RamsterError
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.holders import Tier
 from ramster.rpc.pages import PageBatch
 from ramster.types import Buffer
+
+
+def renewed(t: Tier, node: str, kept: list[bool], epochs: dict[str, int]) -> bool:
+    """What `node` kept lives on (the incarnation that answered is the current one, or it did
+    not say): an answer that names it renews the node's epoch in `epochs`, since a burial
+    caused by this very answer (its old incarnation's) does not touch what it kept."""
+    incarnation = kept.incarnation if isinstance(kept, Kept) else None
+    if not t.answered(node, incarnation):
+        return False
+    if incarnation is not None:
+        epochs[node] = t.sets.epoch(node)
+    return True
 
 
 class Copier:
@@ -33,6 +46,7 @@ class Copier:
         ephemeral: bool = False,
         *,
         requeue: bool = True,
+        epochs: dict[str, int] | None = None,
     ) -> list[tuple[str, ...]]:
         """Send one batch to every node at once; per page, the nodes that kept it (in order).
 
@@ -42,15 +56,20 @@ class Copier:
         these nodes are withdrawn first: a late one must not take a copy put now; with
         `requeue`, those of a node that then kept nothing come back (`DropQueue.not_kept`; a
         caller that placed the pages there some other way too does that itself).
+        `epochs` (the caller's, shared): each node's burial count when the caller began; an
+        answer from a node's current incarnation renews it there.
         """
         t = self._t
         batch = PageBatch([area] * len(offsets), offsets, versions, sums, payloads)
-        epochs = {n: t.sets.epoch(n) for n in nodes}
+        epochs = epochs if epochs is not None else {}
+        for node in nodes:
+            epochs.setdefault(node, t.sets.epoch(node))
         await self._drops.before_put(nodes, area, offsets, versions)
 
         async def one(node: str) -> list[bool]:
             try:
-                return await t.holders.put(node, batch, ephemeral)
+                kept = await t.holders.put(node, batch, ephemeral)
+                return list(kept) if renewed(t, node, kept, epochs) else [False] * len(offsets)
             except PagesReclaimed as exc:
                 t.reclaimed(node, exc.epoch)
                 return [False] * len(offsets)
@@ -69,8 +88,8 @@ class Copier:
                 return [False] * len(offsets)
 
         results = await self._gather_hedged(nodes, one, area, offsets, versions)
-        # A holder that restarted meanwhile may have answered as its old incarnation: what it
-        # kept may be gone.
+        # A holder that restarted meanwhile may have answered as its old incarnation (one that
+        # did not say which it is): what it kept may be gone.
         fresh = t.sets.unburied(nodes, epochs)
         for node in nodes:
             if node in results and node not in fresh:

@@ -15,6 +15,7 @@ from ramster.cluster.placement import Candidate
 from ramster.frontswap.remote.config import SpillConfig
 from ramster.pagestore import PagePool
 from ramster.pagestore.lent import Stored
+from ramster.pagestore.owners import incarnation_order
 from ramster.rpc.pages import Keys, PageBatch
 from ramster.telemetry.ratelimit import LogLimiter
 
@@ -73,7 +74,7 @@ class Holders(Protocol):
 
     async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
         """Ask `node` to keep pages (of an ephemeral area: evictable there); True for each page
-        it kept."""
+        it kept. A `cluster.calls.Kept` answer also names the incarnation that kept them."""
         ...
 
     async def get(self, node: str, keys: Keys) -> Sequence[Stored | None]:
@@ -84,7 +85,8 @@ class Holders(Protocol):
         self, source: str, target: str, keys: Keys, versions: list[int], checksums: list[int]
     ) -> tuple[list[bool], int]:
         """Have `source` verify its copies (version and checksum) and put them on `target`:
-        True for each page the target kept, and the bytes sent."""
+        True for each page the target kept (a `Kept` names the target's incarnation), and the
+        bytes sent."""
         ...
 
     async def drop(self, node: str, keys: Keys, versions: list[int]) -> None:
@@ -187,6 +189,9 @@ class Tier:
     """Holders left out of a batch as stragglers, not chosen again until then (monotonic)."""
     fenced: str | None = None
     """Why a holder refused this owner as stale (another server took the export over)."""
+    incarnations: dict[str, str] = field(default_factory=dict)
+    """The incarnation of each holder that this owner's copies there belong to, once one
+    answered a put or copy (one entry per holder, as many as there are peers)."""
     _warned_at: float = -NO_HOLDER_WARN_EVERY
     _reclaims: int = 0
     _reclaim_epochs: dict[str, int] = field(default_factory=dict)
@@ -249,9 +254,37 @@ class Tier:
         self.counters["holders_reclaimed"] += 1
         log.error("holder %s reclaimed this node's pages: its copies count as lost", node)
 
-    def restarted(self, node: str, old_incarnation: str) -> None:
-        """A holder came back as a new incarnation: its old one's copies count as lost."""
-        self.sets.bury(node, old_incarnation)
+    def answered(self, node: str, incarnation: str | None) -> bool:
+        """A holder answered a put or copy as `incarnation` (None: not known). False if that is
+        older than the incarnation this owner's copies there belong to (what it kept lives in
+        a process that is gone). A newer one buries the old one first: its copies are gone,
+        and what this answer kept is recorded on the new one, which a late word of the
+        restart (`restarted`) must then leave alone."""
+        if incarnation is None:
+            return True
+        known = self.incarnations.get(node)
+        if known == incarnation:
+            return True
+        if known is not None:
+            if incarnation_order(incarnation) < incarnation_order(known):
+                return False
+            self._bury(node, known)
+        self.incarnations[node] = incarnation
+        return True
+
+    def restarted(self, node: str, old_incarnation: str) -> bool:
+        """A holder came back as a new incarnation: its old one's copies count as lost. False
+        (nothing changes) if this owner's copies there are of a newer incarnation already:
+        the new one answered first, and the old one was buried then."""
+        known = self.incarnations.get(node)
+        if known is not None and known != old_incarnation:
+            return False
+        self._bury(node, old_incarnation)
+        return True
+
+    def _bury(self, node: str, incarnation: str) -> None:
+        self.sets.bury(node, incarnation)
+        self.incarnations.pop(node, None)
         self._reclaim_epochs.pop(node, None)  # a new incarnation counts its reclaims anew
 
 

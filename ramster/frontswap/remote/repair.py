@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from ramster.cluster.placement import choose_holders
 from ramster.errors import RamsterError
-from ramster.frontswap.remote.copies import Copier
+from ramster.frontswap.remote.copies import Copier, renewed
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
 from ramster.frontswap.remote.holders import Tier, run_all
@@ -178,7 +178,7 @@ class Repairer:
         epochs = {n: t.sets.epoch(n) for n in [*staying, *new]}
         await self._drops.before_put(new, area, offsets, versions)
         try:
-            kept_by, sent = await self._copy(readable, new, area, offs, versions, sums)
+            kept_by, sent = await self._copy(readable, new, area, offs, versions, sums, epochs)
         except BaseException:
             self._drops.enqueue(new, area, offsets, versions)  # copies that may have landed
             raise
@@ -226,10 +226,11 @@ class Repairer:
         offs: npt.NDArray[np.int64],
         versions: list[int],
         sums: list[int],
+        epochs: dict[str, int],
     ) -> tuple[list[tuple[str, ...]], int]:
         """Put verified copies of the pages on the new holders: holder to holder where it can,
         through this owner for the rest; per page, the new holders that kept it, and the bytes
-        sent."""
+        sent. An answer from a holder's current incarnation renews its entry in `epochs`."""
         t = self._t
         c = t.counters
         offsets = offs.tolist()
@@ -237,7 +238,9 @@ class Repairer:
         kept_by: list[tuple[str, ...]] = [() for _ in range(n)]
         sent = 0
         if t.config.direct_copy:
-            kept_by, sent = await self._copy_direct(readable[0], new, area, offsets, versions, sums)
+            kept_by, sent = await self._copy_direct(
+                readable[0], new, area, offsets, versions, sums, epochs
+            )
         relay = [i for i, kept in enumerate(kept_by) if len(kept) < len(new)]
         if not relay:
             return kept_by, sent
@@ -279,6 +282,7 @@ class Repairer:
                 [sums[i] for i, _ in items],
                 [p for _, p in items],  # views into the holder's reply: no copy
                 requeue=False,
+                epochs=epochs,
             )
             for (i, payload), kept in zip(items, got, strict=True):
                 kept_by[i] = tuple(nd for nd in new if nd in kept or nd in kept_by[i])
@@ -293,6 +297,7 @@ class Repairer:
         offsets: list[int],
         versions: list[int],
         sums: list[int],
+        epochs: dict[str, int],
     ) -> tuple[list[tuple[str, ...]], int]:
         """Holder-to-holder copies onto every target; per page, the targets that kept it, and
         the bytes sent."""
@@ -301,7 +306,10 @@ class Repairer:
 
         async def one(node: str) -> tuple[list[bool], int]:
             try:
-                return await t.holders.copy(source, node, keys, versions, sums)
+                kept, sent = await t.holders.copy(source, node, keys, versions, sums)
+                if not renewed(t, node, kept, epochs):
+                    return [False] * len(offsets), sent
+                return list(kept), sent
             except RamsterError as exc:
                 # It may have landed all the same: dropped again unless relayed (and kept) later.
                 self._drops.enqueue([node], area, offsets, versions)

@@ -189,7 +189,8 @@ class RemoteTier:
         # (a no-op where absent; a later put of a key there withdraws its drop first). For the
         # same reason the drops queued for it stay: a stray may have reached the new one too.
         landed = self.pool.remote_in_sets(self._tier.sets.touching({node}))
-        self._tier.restarted(node, old_incarnation)
+        if not self._tier.restarted(node, old_incarnation):
+            return  # its new incarnation answered first: what is recorded there lives there
         by_area: dict[int, tuple[list[int], list[int]]] = {}
         for area, offset, version, _, _ in landed:
             keys = by_area.setdefault(area, ([], []))

@@ -1,0 +1,134 @@
+"""A holder's restart heard late must not take what its new incarnation holds (simulation, seed
+93 in an earlier tree): the owner put pages on the restarted holder's new incarnation, and only
+then heard from the failure detector that the old one was gone. Burying the node then counted
+the new copies as lost and queued their drops; with the other holder dead too, pages were lost
+that two live copies had held. Now each put's answer says which incarnation kept the pages
+(`cluster.calls.Kept`): the first answer from a new one buries the old one at once, and the
+late word of the restart is no news."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ramster.cluster.calls import Kept
+from ramster.frontswap.remote import RemoteTier, SpillConfig
+from ramster.pagestore import PoolConfig
+from ramster.pagestore.lent import LentPool
+from ramster.rpc.pages import Keys, PageBatch
+from ramster.testing import corpus
+from ramster.testing.inproc import InProcessHolders
+
+pytestmark = pytest.mark.asyncio
+INC = "00000001-owner"
+OLD, NEW = "0000000000000001-b", "0000000000000002-b"
+LOCAL = 1 << 20
+LENT = 16 << 20
+
+
+class Restarting(InProcessHolders):
+    """In-process holders whose answers name the incarnation that gave them."""
+
+    def __init__(self, lents: dict[str, LentPool]) -> None:
+        super().__init__("owner", INC, lents)
+        self.incarnation_of = {n: "0000000000000001-" + n.lower() for n in lents}
+
+    def restart(self, node: str, incarnation: str) -> None:
+        """The holder's process is replaced: an empty lent pool, a new incarnation."""
+        self.lents[node] = LentPool(PoolConfig(budget_bytes=LENT))
+        self.incarnation_of[node] = incarnation
+
+    def _named(self, node: str, flags: list[bool]) -> Kept:
+        kept = Kept(flags)
+        kept.incarnation = self.incarnation_of[node]
+        return kept
+
+    async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
+        return self._named(node, await super().put(node, batch, ephemeral))
+
+    async def copy(
+        self, source: str, target: str, keys: Keys, versions: list[int], checksums: list[int]
+    ) -> tuple[list[bool], int]:
+        flags, sent = await super().copy(source, target, keys, versions, checksums)
+        return self._named(target, flags), sent
+
+
+async def _spilled(fs: RemoteTier, first: int, count: int, seed: int) -> list[bytes]:
+    pages = corpus.pages(count, seed=seed)
+    for i in range(0, count, 64):
+        keys = list(range(first + i, first + i + 64))
+        assert all(await fs.frontswap.store_many(0, keys, pages[i : i + 64]))
+        await fs.spill_once()
+    return pages
+
+
+def _tier(holders: Restarting) -> RemoteTier:
+    return RemoteTier(
+        PoolConfig(budget_bytes=LOCAL),
+        holders,
+        SpillConfig(replicas=2, batch_pages=64),
+        rng=random.Random(3),
+    )
+
+
+async def test_a_late_restart_notice_leaves_the_new_incarnations_copies() -> None:
+    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B")}
+    holders = Restarting(lents)
+    holders.incarnation_of["B"] = OLD
+    fs = _tier(holders)
+    await fs.frontswap.init(0)
+    n = 2 * LOCAL // 4096
+    await _spilled(fs, 0, n, seed=1)
+    # B restarts; the owner spills more before its failure detector says so.
+    holders.restart("B", NEW)
+    later = await _spilled(fs, n, n, seed=2)
+    # remote_entries names positions in the list asked about.
+    remote = [n + int(e[0]) for e in fs.pool.remote_entries(0, list(range(n, 2 * n)))]
+    assert remote
+    held = holders.lents["B"].get("owner", INC, [0] * len(remote), remote)
+    on_b = sum(g is not None for g in held)
+    assert on_b == len(remote), "the new incarnation holds the later copies"
+    # The failure detector's word comes now: the old incarnation is gone (no news).
+    fs.holder_restarted("B", OLD)
+    assert await fs.settle_drops(2.0)
+    # A dies: every later page still loads, from B's new incarnation.
+    holders.down.add("A")
+    got = await fs.frontswap.load_many(0, remote)
+    assert got == [later[i - n] for i in remote]
+
+
+async def test_the_first_answer_of_a_new_incarnation_buries_the_old_one() -> None:
+    """The earlier copies on B's old incarnation count as lost from its first new answer on
+    (repair gives them new copies), not only once the failure detector says so."""
+    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B", "C")}
+    holders = Restarting(lents)
+    holders.incarnation_of["B"] = OLD
+    holders.down.add("C")
+    fs = _tier(holders)
+    await fs.frontswap.init(0)
+    n = 2 * LOCAL // 4096
+    await _spilled(fs, 0, n, seed=1)
+    assert fs.under_replicated(set()) == 0
+    holders.restart("B", NEW)
+    await _spilled(fs, n, n, seed=2)
+    assert fs.under_replicated(set()) > 0, "the old incarnation's copies still count"
+    holders.down.discard("C")
+    assert await fs.repair(set()) > 0
+    assert fs.under_replicated(set()) == 0
+
+
+async def test_an_answer_from_an_older_incarnation_keeps_nothing() -> None:
+    """A process that answers as B's older incarnation once its newer one answered (a paused
+    one come back, say) lives on borrowed time: what it keeps is not recorded there."""
+    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B")}
+    holders = Restarting(lents)
+    holders.incarnation_of["B"] = NEW
+    fs = _tier(holders)
+    await fs.frontswap.init(0)
+    n = 2 * LOCAL // 4096
+    await _spilled(fs, 0, n, seed=1)
+    holders.incarnation_of["B"] = OLD
+    await _spilled(fs, n, n, seed=2)
+    sets = {fs.holder_set(int(e[3])) for e in fs.pool.remote_entries(0, list(range(n, 2 * n)))}
+    assert sets and all("B" not in s for s in sets), sets
