@@ -35,20 +35,18 @@ def aligned(batch: Sequence[Span], ps: int) -> bool:
 
 
 def partial_pages(batch: Sequence[Span], ps: int) -> list[int]:
-    """The pages written only in part whose stored content is needed (unless an earlier
-    operation of the batch produces them), in order."""
-    seen: set[int] = set()
+    """The pages written only in part, whose stored content is needed, in order. Also those an
+    earlier operation of the batch produces: that one may be skipped (a page it writes in part
+    failed to load), and then this one merges into the stored bytes, not into zeros."""
     need: dict[int, None] = {}
     for offset, length, _ in batch:
         if not length:
             continue
         end = offset + length
-        first, last = offset // ps, (end - 1) // ps
-        if offset % ps and first not in seen:
-            need[first] = None
-        if end % ps and last not in seen:
-            need[last] = None
-        seen.update(range(first, last + 1))
+        if offset % ps:
+            need[offset // ps] = None
+        if end % ps:
+            need[(end - 1) // ps] = None
     return list(need)
 
 

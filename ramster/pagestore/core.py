@@ -123,7 +123,16 @@ class PoolCore:
     @property
     def full(self) -> bool:
         """True while the pool refuses stores (budget hit, not yet below the threshold)."""
+        # Checked here too, not only by a put: a holder that drained below the threshold must
+        # say it has room again, or no owner chooses it and no put ever comes to clear it.
+        self._end_full_below_threshold()
         return self._full
+
+    def _end_full_below_threshold(self) -> None:
+        """The hysteresis: a full pool accepts again once below the accept threshold."""
+        if self._full and self.used_bytes <= self.config.accept_bytes:
+            self._full = False
+            log.info("pool below accept threshold again: accepting stores")
 
     @property
     def used_bytes(self) -> int:

@@ -51,29 +51,30 @@ class RadixIndex:
     def growth_bytes(self, area: int, offsets: I64) -> int:
         """Exactly how many bytes `assign(area, offsets, ...)` would add to `nbytes`."""
         tops = np.unique((area << 32) | (offsets >> LEAF_BITS)).tolist()
-        new = sum(1 for t in tops if t not in self._rows)
-        if not new:
-            return 0
-        short = new - len(self._free_rows) - (len(self._leaves) - self._used_rows)
-        arrays = 0
-        if short > 0:
-            grow = max(16, len(self._leaves) // 4, short)
-            arrays = grow * ROW_BYTES
-        return arrays + new * DICT_ENTRY_BYTES
+        return self._growth_for(sum(1 for t in tops if t not in self._rows))
 
     def growth_bytes_small(self, area: int, offsets: list[int]) -> int:
         """`growth_bytes` for a few keys as plain ints."""
         base = area << 32
         rows = self._rows
-        new = len({t for o in offsets if (t := base | o >> LEAF_BITS) not in rows})
+        return self._growth_for(
+            len({t for o in offsets if (t := base | o >> LEAF_BITS) not in rows})
+        )
+
+    def _growth_for(self, new: int) -> int:
+        """Bytes `new` more rows add: the row arrays grow as `_row` grows them, a step of
+        max(16, a quarter) at a time, until the rows fit."""
         if not new:
             return 0
         short = new - len(self._free_rows) - (len(self._leaves) - self._used_rows)
-        arrays = 0
-        if short > 0:
-            grow = max(16, len(self._leaves) // 4, short)
-            arrays = grow * ROW_BYTES
-        return arrays + new * DICT_ENTRY_BYTES
+        rows = len(self._leaves)
+        grown = 0
+        while short > 0:
+            step = max(16, rows // 4)
+            rows += step
+            grown += step
+            short -= step
+        return grown * ROW_BYTES + new * DICT_ENTRY_BYTES
 
     def has_area(self, area: int) -> bool:
         """True if any key of the area is present."""

@@ -69,9 +69,7 @@ class PagePool(RemoteEntries, ColdOrder, EphemeralPages):
         self._tick_once()
         cfg = self.config
         budget = cfg.budget_bytes
-        if self._full and self.used_bytes <= cfg.accept_bytes:
-            self._full = False
-            log.info("pool below accept threshold again: accepting stores")
+        self._end_full_below_threshold()
         fragmented = self._alloc.fragmented_bytes()
         worth = fragmented >= max(256 << 10, budget // 20)
         if not worth:
@@ -462,7 +460,7 @@ class PagePool(RemoteEntries, ColdOrder, EphemeralPages):
             checksum_failures=c["checksum_failures"],
             compactions=c["compactions"],
             pages_compacted=c["pages_compacted"],
-            full=self._full,
+            full=self.full,
             evicts=c["evicts"],
             ephemeral_pages=self._eph_pages,
             ephemeral_bytes=self._eph_bytes,

@@ -281,6 +281,42 @@ def test_a_refused_overwrite_reads_as_an_error_until_written_again_never_as_zero
     run(go())
 
 
+def test_a_skipped_operation_never_leaves_a_later_one_merging_into_zeros() -> None:
+    """Review finding: an operation that covers a page whole and is skipped (a page it writes
+    in part fails to load) made a later sub-page write of that page merge into zeros, which
+    was acknowledged: the page's other bytes read as zeros. Both ways to an unreadable page:
+    a refused overwrite (EIO until written again) and a corrupt copy."""
+    from ramster.nbd.export import WRITE
+
+    async def go(refused: bool) -> None:
+        fs = LocalFrontswap(PoolConfig(budget_bytes=(1 << 20) if refused else (8 << 20)))
+        export = export_on(fs, size=4 << 20)
+        await export.open()
+        rng = np.random.default_rng(11)
+        pages = [rng.bytes(4096) for _ in range(400 if refused else 10)]
+        codes = []
+        for i, page in enumerate(pages):
+            codes += await export.write_many([(i * 4096, page)])
+        assert codes[6] == codes[7] == codes[8] == 0
+        if refused:
+            assert await export.write_many([(6 * 4096, rng.bytes(4096))]) == [const.ENOSPC]
+            assert await export.trim(20 * 4096, 300 * 4096) == 0  # room again
+        else:
+            fs.pool.corrupt_for_test(export.area, 6)
+        # page 6 in part (unreadable: skipped), 7 whole, 8 in part; then 7 in part.
+        ops: list[Mutation] = [
+            (WRITE, 6 * 4096 + 100, b"x" * 8192),
+            (WRITE, 7 * 4096 + 50, b"y" * 10),
+        ]
+        assert await export.mutate(ops) == [const.EIO, 0]
+        (chunks,) = await export.read_many([(7 * 4096, 4096)])
+        assert not isinstance(chunks, int)
+        assert b"".join(chunks) == pages[7][:50] + b"y" * 10 + pages[7][60:]
+
+    run(go(refused=True))
+    run(go(refused=False))
+
+
 def test_a_corrupt_page_fails_only_the_requests_that_need_it() -> None:
     async def go() -> None:
         fs = LocalFrontswap(PoolConfig(budget_bytes=8 << 20))

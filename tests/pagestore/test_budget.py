@@ -136,3 +136,46 @@ def test_a_drop_never_pushes_a_full_pool_past_its_budget() -> None:
         before = pool.used_bytes
         pool.drop_many(0, [i])
         assert pool.used_bytes <= before <= budget
+
+
+def test_a_drained_lent_pool_says_it_has_room_again() -> None:
+    """Review finding: `full` cleared only inside a put, and owners choose holders by their
+    free bytes (0 while full), so a lent pool that once hit its budget never got a put again."""
+    from ramster.pagestore import checksum, encode
+    from ramster.pagestore.lent import LentPool
+    from ramster.rpc.pages import PageBatch
+
+    lent = LentPool(PoolConfig(budget_bytes=1 << 20))
+    k = 0
+    while True:
+        pages = [os.urandom(4096) for _ in range(16)]
+        sums = [checksum(p) for p in pages]
+        payloads = [encode(p, PoolConfig()) for p in pages]
+        batch = PageBatch([0] * 16, list(range(k, k + 16)), [1] * 16, sums, payloads)
+        k += 16
+        if not all(lent.put("o", "i1", batch)):
+            break
+    assert lent.free_bytes() == 0
+    lent.drop_area("o", "i1", 0)
+    for _ in range(100):
+        lent.reclaim_step()
+    assert lent.free_bytes() > 0 and not lent.pool.full
+
+
+def test_a_batch_in_many_new_index_leaves_stays_within_the_budget() -> None:
+    """Review finding: the index's growth estimate took one step where `_row` takes several
+    (a quarter more rows at a time), so a batch of keys in many new leaves went over."""
+    import numpy as np
+
+    from ramster.pagestore.index import LEAF_SIZE
+
+    for nkeys in (60, 100, 300, 500):
+        offs = np.arange(nkeys, dtype=np.int64) * LEAF_SIZE
+        for budget in range(20_000, 400_000, 7_000):
+            for remote in (False, True):
+                pool = PagePool(PoolConfig(budget_bytes=budget, accept_threshold_percent=100))
+                if remote:
+                    pool.put_remote(0, offs, [1] * nkeys, [0] * nkeys, 7)
+                else:
+                    pool.put_many(0, offs, [bytes(4096)] * nkeys, [1] * nkeys)
+                assert pool.used_bytes <= budget, (nkeys, budget, remote)
