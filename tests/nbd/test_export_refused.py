@@ -165,4 +165,4 @@ async def test_a_refused_overwrite_never_brings_back_an_older_copy_after_a_takeo
         lents[h].drop_area("junk", "j1", 0)
     export2 = await _take_over(lents, "n1", 2)
     (got,) = await export2.read_many([(X * PS, PS)])
-    assert got == const.EIO or b"".join(got) in (v2, v3), "bytes older than the last ack"
+    assert isinstance(got, int) or b"".join(got) in (v2, v3), "bytes older than the last ack"
