@@ -11,7 +11,9 @@ it is stored elsewhere, and only what was stored elsewhere is dropped here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,20 +21,30 @@ import numpy as np
 import numpy.typing as npt
 
 from ramster.cluster.peers import Peers
-from ramster.errors import RamsterError
+from ramster.errors import ExportTaken, RamsterError
 from ramster.frontswap.remote import RemoteTier
 from ramster.frontswap.remote.rebuild import Inventory, Rebuilt, merge
 from ramster.nbd import manifest
 from ramster.nbd.export import HELD_PAGES, Export
 from ramster.pagestore.codec import checksum, expand
 from ramster.pagestore.lent import LentPool
-from ramster.pagestore.owners import INVENTORY_LIMIT
+from ramster.pagestore.owners import INVENTORY_LIMIT, Fenced
 
 log = logging.getLogger(__name__)
 
 DATA_AREA, MANIFEST_AREA = 0, 1
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+
+
+@contextlib.contextmanager
+def _taken_meanwhile() -> Iterator[None]:
+    """This node's own lent pool refusing the term being rebuilt: another server took a newer
+    one meanwhile (a move). An ExportTaken, as a holder's refusal would be, never a crash."""
+    try:
+        yield
+    except Fenced as exc:
+        raise ExportTaken(str(exc)) from None
 
 
 @dataclass(slots=True)
@@ -122,7 +134,10 @@ class Rebuilder:
         parts: list[Inventory] = []
         start = 0
         while True:
-            part = self.lent.inventory(self.owner, self.incarnation, area, start, INVENTORY_LIMIT)
+            with _taken_meanwhile():
+                part = self.lent.inventory(
+                    self.owner, self.incarnation, area, start, INVENTORY_LIMIT
+                )
             start = _next(parts, part)
             if start < 0:
                 return _joined(parts)
@@ -234,9 +249,14 @@ class Rebuilder:
                 self.tier.queue_drops(node, area, offs.tolist(), [int(v) for v in vers])
         own = stale.get(self.peers.me)
         if own is not None and len(own[0]):
-            self.lent.drop(
-                self.owner, self.incarnation, [area] * len(own[0]), own[0].tolist(), own[1].tolist()
-            )
+            with _taken_meanwhile():
+                self.lent.drop(
+                    self.owner,
+                    self.incarnation,
+                    [area] * len(own[0]),
+                    own[0].tolist(),
+                    own[1].tolist(),
+                )
 
     async def rehome(self, area: int, groups: list[Any]) -> list[int]:
         """Copies this node holds of the export it now serves (a server never holds its own
@@ -254,7 +274,8 @@ class Rebuilder:
                 part = [int(o) for o in offs[i : i + 1024]]
                 want_v = [int(v) for v in vers[i : i + 1024]]
                 want_s = [int(s) for s in sums[i : i + 1024]]
-                held = self.lent.get(self.owner, self.incarnation, [area] * len(part), part)
+                with _taken_meanwhile():
+                    held = self.lent.get(self.owner, self.incarnation, [area] * len(part), part)
                 keys: list[int] = []
                 pages: list[bytes] = []
                 bad: list[int] = []
@@ -294,13 +315,14 @@ class Rebuilder:
                         len(keys) - len(stored),
                     )
                 if stored:
-                    self.lent.drop(
-                        self.owner,
-                        self.incarnation,
-                        [area] * len(stored),
-                        [part[j] for j in stored],
-                        [want_v[j] for j in stored],
-                    )
+                    with _taken_meanwhile():
+                        self.lent.drop(
+                            self.owner,
+                            self.incarnation,
+                            [area] * len(stored),
+                            [part[j] for j in stored],
+                            [want_v[j] for j in stored],
+                        )
                     for node in others:
                         self.tier.queue_drops(
                             node, area, [part[j] for j in stored], [want_v[j] for j in stored]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ramster.cluster.peers import Peers
-from ramster.errors import ExportPending, ExportTaken
+from ramster.errors import ExportPending, ExportTaken, RamsterError
 from ramster.frontswap.local import LocalFrontswap
 from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.nbd.export import Export
@@ -106,7 +106,8 @@ class ExportService:
         export = self.build(spec, self.nbd.config.max_payload)
         try:
             await self.nbd.add_export(export)
-        except ExportTaken as exc:
+        except RamsterError as exc:
+            # Moved away or deleted meanwhile, or its holders refuse: never the node's end.
             log.warning("export %s: not resumed: %s", name, exc)
         else:
             log.info("export %s: resumed here (this node served it when it stopped)", name)

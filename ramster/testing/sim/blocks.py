@@ -128,17 +128,24 @@ class ExportModel:
         return len(lost) >= self.replicas
 
     def check_read(
-        self, block: int, got: bytes | int, strict: str | None, crashed: list[str]
+        self,
+        block: int,
+        got: bytes | int,
+        strict: str | None,
+        crashed: list[str],
+        at_start: frozenset[bytes] = frozenset(),
     ) -> str | None:
         """A read's outcome against the model: None if possible, else what is wrong. `strict`
-        (when EIO must be excused: "after healing", ...) or None (EIO is fine)."""
+        (when EIO must be excused: "after healing", ...) or None (EIO is fine). `at_start`:
+        what the block could read as when the read began (a write acknowledged while the read
+        ran does not order it: NBD requests in flight at once may see old or new bytes)."""
         st = self.state[block]
         where = f"export {self.name} block {block}"
         if isinstance(got, int):
             if strict and not self.excusable(block, crashed):
                 return f"{where}: acknowledged block unreadable {strict} (error {got})"
             return None
-        if got in st.possible:
+        if got in st.possible or got in at_start:
             return None
         known = sorted(describe(p) for p in st.possible)
         what = describe(got)

@@ -68,6 +68,8 @@ class Op:
     datas: list[bytes] = field(default_factory=list)
     server: tuple[str, int] = ("", 0)
     """(node, term) that runs it."""
+    at_start: list[frozenset[bytes]] = field(default_factory=list)
+    """A read's: what each block could read as when it began."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,8 @@ class ExportSim:
         if kind != "read":
             for b, data in zip(blocks, op.datas, strict=True):
                 self.model.begin(b, data)
+        else:
+            op.at_start = [frozenset(self.model.state[b].possible) for b in blocks]
         for b in blocks:
             self.busy.setdefault(b, []).append(op.server)
         self.inflight[key] = op
@@ -360,8 +364,8 @@ class ExportSim:
         if kind != "read" and not any(errors):
             self._acked(op.node, served, term, started, what, len(op.blocks))
         if got and op.life == self.life:
-            for b, one in zip(op.blocks, got, strict=True):
-                problem = self.model.check_read(b, one, self._quiet(started), self.crashed)
+            for b, one, before in zip(op.blocks, got, op.at_start, strict=True):
+                problem = self.model.check_read(b, one, self._quiet(started), self.crashed, before)
                 if problem and isinstance(one, int) and self._held_by_server(node, served, b):
                     problem += HELD_HERE
                 if problem:
