@@ -48,6 +48,8 @@ class Transition:
     new: State
     incarnation: str
     reason: str
+    successor: str = ""
+    """For a restart: the incarnation that took the old one's place."""
 
 
 @dataclass(slots=True)
@@ -78,7 +80,9 @@ class Membership:
             # A restart: the old incarnation is dead whatever the timers say. Said even when
             # silence had made it dead already: whoever kept copies there must learn that they
             # are gone, not take the new incarnation for the old one come back.
-            out.append(Transition(node, m.state, State.DEAD, m.incarnation, "restarted"))
+            out.append(
+                Transition(node, m.state, State.DEAD, m.incarnation, "restarted", incarnation)
+            )
             if m.state is not State.DEAD:
                 m.deaths.append(now)
             m.incarnation = incarnation

@@ -44,8 +44,8 @@ MAX_DIALS = 4
 class PeerEvents(Protocol):
     """What this node does when its peers change (`Peers` calls it from its heartbeats)."""
 
-    def peer_restarted(self, node: str, old_incarnation: str) -> None:
-        """A peer restarted: the copies its old incarnation held are gone."""
+    def peer_restarted(self, node: str, old_incarnation: str, new: str) -> None:
+        """A peer restarted as `new`: the copies its old incarnation held are gone."""
 
     def peer_changed(self, transition: Transition) -> None:
         """A peer's state changed (for the event log)."""
@@ -232,7 +232,7 @@ class Peers(SpeaksFor):
             if t.new is State.DEAD:
                 log.warning("peer %s at %s is dead (%s)", t.node, address, t.reason)
                 if t.reason == "restarted":
-                    self._events.peer_restarted(t.node, t.incarnation)
+                    self._events.peer_restarted(t.node, t.incarnation, t.successor)
             elif t.new is State.SUSPECT:
                 log.info("peer %s at %s is suspect (silent)", t.node, address)
             else:

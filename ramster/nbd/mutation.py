@@ -63,7 +63,9 @@ def final_pages(
     for i, (offset, length, data) in enumerate(batch):
         if not length:
             continue
-        if bad and ({offset // ps, (offset + length - 1) // ps} & bad):
+        if bad and any(p in bad and p not in final for p in _edges(offset, length, ps)):
+            # A page it writes in part failed to load, and no operation before it in the
+            # batch produced that page: its bytes around the write are unknown.
             skipped.append(i)
             continue
         if whole and data is not None and length == ps:
@@ -86,6 +88,12 @@ def final_pages(
             final[page] = content
             pos += take
     return final, skipped, merges
+
+
+def _edges(offset: int, length: int, ps: int) -> list[int]:
+    """The pages a span writes only in part (its first and last, when not whole)."""
+    end = offset + length
+    return ([offset // ps] if offset % ps else []) + ([(end - 1) // ps] if end % ps else [])
 
 
 def errors_of(

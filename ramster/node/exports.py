@@ -216,10 +216,10 @@ class ExportService:
         """Stop serving an export here (fenced, moved or deleted): connections are closed."""
         self.keeper.retire(name, why)
 
-    def holder_restarted(self, node: str, old_incarnation: str) -> None:
+    def holder_restarted(self, node: str, old_incarnation: str, new: str) -> None:
         """A holder restarted: its copies of every export are gone."""
         for served in self.served.values():
-            served.tier.holder_restarted(node, old_incarnation)
+            served.tier.holder_restarted(node, old_incarnation, new)
 
     def describe(self) -> list[dict[str, Any]]:
         """The exports served here, as plain data."""

@@ -345,10 +345,11 @@ class Node:
         if self._runner is not None:
             self._runner.cancel()
 
-    def peer_restarted(self, node: str, old_incarnation: str) -> None:
-        """A peer restarted: its copies of this node's pages and of its exports are gone."""
-        self.tier.holder_restarted(node, old_incarnation)
-        self.exports.holder_restarted(node, old_incarnation)
+    def peer_restarted(self, node: str, old_incarnation: str, new: str) -> None:
+        """A peer restarted as `new`: its copies of this node's pages and of its exports are
+        gone (but those its new incarnation holds)."""
+        self.tier.holder_restarted(node, old_incarnation, new)
+        self.exports.holder_restarted(node, old_incarnation, new)
 
     def holder_reclaimed(self, node: str, epoch: int) -> None:
         """A holder reclaimed this node's pages: its copies are gone."""

@@ -123,13 +123,12 @@ class PoolCore:
     @property
     def full(self) -> bool:
         """True while the pool refuses stores (budget hit, not yet below the threshold)."""
-        # Checked here too, not only by a put: a holder that drained below the threshold must
-        # say it has room again, or no owner chooses it and no put ever comes to clear it.
-        self._end_full_below_threshold()
         return self._full
 
     def _end_full_below_threshold(self) -> None:
-        """The hysteresis: a full pool accepts again once below the accept threshold."""
+        """The hysteresis: a full pool accepts again once below the accept threshold. Checked
+        by every put and every free: a holder that drained must say it has room again, or no
+        owner chooses it and no put ever comes to clear it."""
         if self._full and self.used_bytes <= self.config.accept_bytes:
             self._full = False
             log.info("pool below accept threshold again: accepting stores")
@@ -322,6 +321,7 @@ class PoolCore:
         m["kind"][slots] = EMPTY
         self._index.remove(area, offs)
         self._free_slots.extend(slots.tolist())
+        self._end_full_below_threshold()
 
     def _free_small(
         self, area: int, offs: list[int], slots: list[int], record_remote: bool = True
@@ -357,6 +357,7 @@ class PoolCore:
             self._eph_bytes -= compr - self._compr
         self._index.remove_small(area, offs)
         self._free_slots.extend(slots)
+        self._end_full_below_threshold()
 
     def _less_in_area(self, area: int, n: int) -> None:
         left = self._area_pages.get(area, 0) - n

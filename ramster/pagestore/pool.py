@@ -460,7 +460,7 @@ class PagePool(RemoteEntries, ColdOrder, EphemeralPages):
             checksum_failures=c["checksum_failures"],
             compactions=c["compactions"],
             pages_compacted=c["pages_compacted"],
-            full=self.full,
+            full=self._full,
             evicts=c["evicts"],
             ephemeral_pages=self._eph_pages,
             ephemeral_bytes=self._eph_bytes,

@@ -9,6 +9,7 @@ late word of the restart is no news."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -22,7 +23,7 @@ from ramster.testing.inproc import InProcessHolders
 
 pytestmark = pytest.mark.asyncio
 INC = "00000001-owner"
-OLD, NEW = "0000000000000001-b", "0000000000000002-b"
+OLD, NEW, NEWER = "0000000000000001-b", "0000000000000002-b", "0000000000000003-b"
 LOCAL = 1 << 20
 LENT = 16 << 20
 
@@ -90,7 +91,7 @@ async def test_a_late_restart_notice_leaves_the_new_incarnations_copies() -> Non
     on_b = sum(g is not None for g in held)
     assert on_b == len(remote), "the new incarnation holds the later copies"
     # The failure detector's word comes now: the old incarnation is gone (no news).
-    fs.holder_restarted("B", OLD)
+    fs.holder_restarted("B", OLD, NEW)
     assert await fs.settle_drops(2.0)
     # A dies: every later page still loads, from B's new incarnation.
     holders.down.add("A")
@@ -132,3 +133,98 @@ async def test_an_answer_from_an_older_incarnation_keeps_nothing() -> None:
     await _spilled(fs, n, n, seed=2)
     sets = {fs.holder_set(int(e[3])) for e in fs.pool.remote_entries(0, list(range(n, 2 * n)))}
     assert sets and all("B" not in s for s in sets), sets
+
+
+# -- the second review's attacks ---------------------------------------------------------------
+
+
+class Hooked(Restarting):
+    """`hook` runs once a put on B was processed, before the owner reads its answer (an answer
+    in flight), after `skip` such puts."""
+
+    def __init__(self, lents: dict[str, LentPool]) -> None:
+        super().__init__(lents)
+        self.hook: Callable[[], None] | None = None
+        self.skip = 0
+        self.count = 0
+
+    async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
+        kept = await super().put(node, batch, ephemeral)
+        if node == "B":
+            self.count += 1
+            if self.hook is not None:
+                if self.skip > 0:
+                    self.skip -= 1
+                else:
+                    hook, self.hook = self.hook, None
+                    hook()
+        return kept
+
+
+def _phantoms(fs: RemoteTier, holders: Restarting, count: int) -> int:
+    """Pages recorded on B (by its live name) that B does not hold at that version."""
+    entries = fs.pool.remote_entries(0, list(range(count)))
+    on = [(int(e[0]), int(e[1])) for e in entries if "B" in fs.holder_set(int(e[3]))]
+    held = holders.lents["B"].get("owner", INC, [0] * len(on), [o for o, _ in on])
+    return sum(1 for (_, v), h in zip(on, held, strict=True) if h is None or h[0] != v)
+
+
+async def _all_load_once_a_dies(fs: RemoteTier, holders: Restarting, pages: list[bytes]) -> None:
+    """Repair what the owner knows to be short, then A dies: every page still loads."""
+    for _ in range(5):
+        if not fs.under_replicated(set()):
+            break
+        await fs.repair(set())
+    await fs.settle_drops(2.0)
+    holders.down.add("A")
+    assert await fs.frontswap.load_many(0, list(range(len(pages)))) == pages
+
+
+async def test_a_restart_heard_with_its_successor_buries_an_incarnation_it_never_named() -> None:
+    """B was OLD to the failure detector; it restarted as NEW, which took this owner's copies,
+    then as NEWER before a heartbeat saw NEW: the detector says (OLD, NEWER), and NEW's copies,
+    gone too, are buried."""
+    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B")}
+    holders = Restarting(lents)
+    holders.incarnation_of["B"] = OLD
+    fs = _tier(holders)
+    await fs.frontswap.init(0)
+    n = 2 * LOCAL // 4096
+    first = await _spilled(fs, 0, n, seed=1)
+    holders.restart("B", NEW)
+    later = await _spilled(fs, n, n, seed=2)
+    holders.restart("B", NEWER)
+    fs.holder_restarted("B", OLD, NEWER)
+    assert _phantoms(fs, holders, 2 * n) == 0
+    await _all_load_once_a_dies(fs, holders, first + later)
+
+
+@pytest.mark.parametrize("news", ["restart", "reclaim"])
+async def test_news_heard_while_an_answer_is_in_flight_still_counts(news: str) -> None:
+    """B keeps a batch; before the owner reads the answer, B's copies go (its process is
+    replaced, or it reclaims this owner's pages) and the owner hears so: the batch must not be
+    recorded on B."""
+    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B")}
+    holders = Hooked(lents)
+    holders.incarnation_of["B"] = OLD
+    fs = _tier(holders)
+    await fs.frontswap.init(0)
+    n = 2 * LOCAL // 4096
+    first = await _spilled(fs, 0, n, seed=1)
+
+    fired: list[str] = []
+
+    def gone() -> None:
+        fired.append(news)
+        if news == "restart":
+            holders.restart("B", NEW)
+            fs.holder_restarted("B", OLD, NEW)
+        else:
+            holders.lents["B"] = LentPool(PoolConfig(budget_bytes=LENT))
+            fs.holder_reclaimed("B", 1)
+
+    holders.hook = gone
+    later = await _spilled(fs, n, n, seed=2)
+    assert fired == [news]  # the news came with an answer in flight
+    assert _phantoms(fs, holders, 2 * n) == 0
+    await _all_load_once_a_dies(fs, holders, first + later)

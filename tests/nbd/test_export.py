@@ -316,6 +316,26 @@ def test_a_skipped_operation_never_leaves_a_later_one_merging_into_zeros() -> No
     run(go(refused=True))
     run(go(refused=False))
 
+    async def whole_then_part() -> None:
+        # The way to repair an unreadable page is to overwrite it whole: a part written after
+        # that in the same batch merges into the new bytes (second review).
+        fs = LocalFrontswap(PoolConfig(budget_bytes=8 << 20))
+        export = export_on(fs, size=4 << 20)
+        await export.open()
+        rng = np.random.default_rng(12)
+        assert await export.write_many([(i * 4096, rng.bytes(4096)) for i in range(10)]) == [0] * 10
+        fs.pool.corrupt_for_test(export.area, 6)
+        new = rng.bytes(4096)
+        assert await export.mutate([(WRITE, 6 * 4096, new), (WRITE, 6 * 4096 + 50, b"y" * 10)]) == [
+            0,
+            0,
+        ]
+        (chunks,) = await export.read_many([(6 * 4096, 4096)])
+        assert not isinstance(chunks, int)
+        assert b"".join(chunks) == new[:50] + b"y" * 10 + new[60:]
+
+    run(whole_then_part())
+
 
 def test_a_corrupt_page_fails_only_the_requests_that_need_it() -> None:
     async def go() -> None:

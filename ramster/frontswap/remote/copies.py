@@ -11,19 +11,24 @@ from typing import Any
 from ramster.cluster.calls import Kept
 from ramster.errors import ExportFenced, PagesReclaimed, RamsterError
 from ramster.frontswap.remote.drops import DropQueue
-from ramster.frontswap.remote.holders import Tier
+from ramster.frontswap.remote.holders import RECLAIMED, Tier
 from ramster.rpc.pages import PageBatch
 from ramster.types import Buffer
 
 
 def renewed(t: Tier, node: str, kept: list[bool], epochs: dict[str, int]) -> bool:
     """What `node` kept lives on (the incarnation that answered is the current one, or it did
-    not say): an answer that names it renews the node's epoch in `epochs`, since a burial
-    caused by this very answer (its old incarnation's) does not touch what it kept."""
+    not say); burials since `epochs` was taken of the node's other incarnations (this very
+    answer buries the old one) do not touch what it kept, and are taken into it."""
     incarnation = kept.incarnation if isinstance(kept, Kept) else None
     if not t.answered(node, incarnation):
         return False
-    if incarnation is not None:
+    if incarnation is None or node not in epochs:
+        return True
+    # Burials of the node's other (older) incarnations since the call began leave what this
+    # one kept alone; a reclaim (this owner's pages there, whoever holds them) does not.
+    since = t.sets.buried_since(node, epochs[node])
+    if since is not None and not any(b == incarnation or b.startswith(RECLAIMED) for b in since):
         epochs[node] = t.sets.epoch(node)
     return True
 

@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+DEAD_KEPT = 8
+"""Gone incarnations remembered per holder (an answer late from one of them keeps nothing)."""
+BURIALS_KEPT = 8
+"""Burials remembered per holder by what they buried (see `HolderSets.buried_since`)."""
+RECLAIMED = "reclaimed"
+"""What a reclaim buries a holder as (`reclaimed<N>`): this owner's pages there, whatever
+incarnation holds them."""
 NO_HOLDER_WARN_EVERY = 30.0
 """Seconds between warnings that no R holders can be found (one line, not a flood)."""
 
@@ -112,6 +119,8 @@ class HolderSets:
         self.ephemeral: set[int] = set()
         """Numbers of the sets of ephemeral pages."""
         self._burials: dict[str, int] = {}
+        self._buried_as: dict[str, list[str]] = {}
+        """Per node, what its last BURIALS_KEPT burials buried (see `buried_since`)."""
 
     def __getitem__(self, ident: int) -> tuple[str, ...]:
         return self._sets[ident]
@@ -160,11 +169,23 @@ class HolderSets:
         """The nodes not buried since their epochs were taken."""
         return {n for n in nodes if self._burials.get(n, 0) == epochs.get(n, 0)}
 
+    def buried_since(self, node: str, epoch: int) -> list[str] | None:
+        """What `node` was buried as (its old incarnations, `reclaimedN` for a reclaim) after
+        its epoch was `epoch`, oldest first; None if that is too long ago to say."""
+        now = self._burials.get(node, 0)
+        names = self._buried_as.get(node, [])
+        if now - epoch > len(names):
+            return None
+        return names[len(names) - (now - epoch) :] if now > epoch else []
+
     def bury(self, node: str, old_incarnation: str) -> None:
         """Rename `node` in every set: its old incarnation's copies are gone."""
         tomb = f"{node}~{old_incarnation}"
         self.tombstones.add(tomb)
         self._burials[node] = self._burials.get(node, 0) + 1
+        names = self._buried_as.setdefault(node, [])
+        names.append(old_incarnation)
+        del names[:-BURIALS_KEPT]
         for i, nodes in enumerate(self._sets):
             if node in nodes:
                 renamed = tuple(tomb if n == node else n for n in nodes)
@@ -192,6 +213,9 @@ class Tier:
     incarnations: dict[str, str] = field(default_factory=dict)
     """The incarnation of each holder that this owner's copies there belong to, once one
     answered a put or copy (one entry per holder, as many as there are peers)."""
+    _dead: dict[str, list[str]] = field(default_factory=dict)
+    """Per holder, its last DEAD_KEPT incarnations known to be gone: their answers keep
+    nothing."""
     _warned_at: float = -NO_HOLDER_WARN_EVERY
     _reclaims: int = 0
     _reclaim_epochs: dict[str, int] = field(default_factory=dict)
@@ -250,37 +274,56 @@ class Tier:
         self._reclaims += 1
         # Its queued drops stay: copies it took in late (requests it read after the reclaim)
         # are still there to be dropped.
-        self.sets.bury(node, f"reclaimed{self._reclaims}")
+        self.sets.bury(node, f"{RECLAIMED}{self._reclaims}")
         self.counters["holders_reclaimed"] += 1
         log.error("holder %s reclaimed this node's pages: its copies count as lost", node)
 
     def answered(self, node: str, incarnation: str | None) -> bool:
-        """A holder answered a put or copy as `incarnation` (None: not known). False if that is
-        older than the incarnation this owner's copies there belong to (what it kept lives in
-        a process that is gone). A newer one buries the old one first: its copies are gone,
-        and what this answer kept is recorded on the new one, which a late word of the
-        restart (`restarted`) must then leave alone."""
+        """A holder answered a put or copy as `incarnation` (None: not known). False if that
+        one is dead (a restart was heard of) or older than the one this owner's copies there
+        belong to: what it kept lives in a process that is gone. A newer one buries the old
+        one first (its copies are gone), and what this answer kept is recorded on the new one,
+        which a late word of the restart (`restarted`) then leaves alone."""
         if incarnation is None:
             return True
+        if incarnation in self._dead.get(node, ()):
+            return False
         known = self.incarnations.get(node)
         if known == incarnation:
             return True
         if known is not None:
             if incarnation_order(incarnation) < incarnation_order(known):
+                self._died(node, incarnation)
                 return False
+            self._died(node, known)
             self._bury(node, known)
         self.incarnations[node] = incarnation
         return True
 
-    def restarted(self, node: str, old_incarnation: str) -> bool:
-        """A holder came back as a new incarnation: its old one's copies count as lost. False
-        (nothing changes) if this owner's copies there are of a newer incarnation already:
-        the new one answered first, and the old one was buried then."""
+    def restarted(self, node: str, old: str, new: str | None = None) -> bool:
+        """A holder came back as incarnation `new` (None: not said): `old` is dead, and so are
+        the copies of this owner there, unless they belong to `new` already (it answered first,
+        and the old one was buried then): False, nothing changes. Copies recorded on another
+        incarnation than both (one that answered, then died before a heartbeat saw it) are
+        buried too."""
+        self._died(node, old)
         known = self.incarnations.get(node)
-        if known is not None and known != old_incarnation:
+        if known is not None and known == new:
             return False
-        self._bury(node, old_incarnation)
+        if known is not None and known != old:
+            if new is None:
+                return False  # an older word than what answered: nothing known to be lost
+            self._died(node, known)
+            self._bury(node, known)
+            return True
+        self._bury(node, old)
         return True
+
+    def _died(self, node: str, incarnation: str) -> None:
+        dead = self._dead.setdefault(node, [])
+        if incarnation not in dead:
+            dead.append(incarnation)
+            del dead[:-DEAD_KEPT]
 
     def _bury(self, node: str, incarnation: str) -> None:
         self.sets.bury(node, incarnation)

@@ -182,14 +182,15 @@ class RemoteTier:
         """Pages this owner keeps on each holder (what the coordinator aggregates)."""
         return self._repairer.inventory()
 
-    def holder_restarted(self, node: str, old_incarnation: str) -> None:
-        """A holder came back as a new incarnation: the copies its old one held are gone."""
+    def holder_restarted(self, node: str, old_incarnation: str, new: str | None = None) -> None:
+        """A holder came back as incarnation `new` (None: not said): the copies its old one
+        held are gone."""
         # A repair or move may have put copies on the new incarnation before this owner heard
         # of the restart; burying the node makes those copies unreferenced: queue their drops
         # (a no-op where absent; a later put of a key there withdraws its drop first). For the
         # same reason the drops queued for it stay: a stray may have reached the new one too.
         landed = self.pool.remote_in_sets(self._tier.sets.touching({node}))
-        if not self._tier.restarted(node, old_incarnation):
+        if not self._tier.restarted(node, old_incarnation, new):
             return  # its new incarnation answered first: what is recorded there lives there
         by_area: dict[int, tuple[list[int], list[int]]] = {}
         for area, offset, version, _, _ in landed:
