@@ -170,6 +170,8 @@ class Repairer:
                 len(pages) * t.page_size // 2,  # an estimate: the copies are not read yet
                 t.rng,
                 exclude=frozenset(old) | frozenset(away),
+                # As many new copies as there is room for: one now beats none until two fit.
+                minimum=1,
             )
         )
         if not new:

@@ -169,8 +169,11 @@ class ExportSim:
             seq: int | None = None,
         ) -> list[bool]:
             served = made.exports.served.get(NAME)
+            suspect: dict[int, str] = {}
             if owner == OWNER and versions is not None and served and served.state == "rebuilding":
-                for area, offset, version in zip(areas, offsets, versions, strict=True):
+                for i, (area, offset, version) in enumerate(
+                    zip(areas, offsets, versions, strict=True)
+                ):
                     if lent._area_id(owner, inc, area, create=False) is None:
                         continue
                     mine = _version(lent, area, offset)
@@ -183,11 +186,14 @@ class ExportSim:
                         for n in nodes
                         if n is not node and n.node is not None and n.up
                     ):
-                        self.sim.failures.append(
+                        suspect[i] = (
                             f"invariant 4 on {node.name}: rebuilding {NAME} it dropped its copy "
                             f"of area {area} block {offset} v{version:#x}, held nowhere else"
                         )
-            return original(owner, inc, areas, offsets, versions, seq)
+            # Only what the lent pool really drops counts (a fenced server's drop is refused).
+            dropped = original(owner, inc, areas, offsets, versions, seq)
+            self.sim.failures.extend(why for i, why in suspect.items() if dropped[i])
+            return dropped
 
         lent.drop = drop  # type: ignore[method-assign]
 
