@@ -147,9 +147,14 @@ class Export:
     def restore_index(self, written: Sequence[int] | np.ndarray, lost: np.ndarray) -> None:
         """After a rebuild: the blocks written, and those of them with no copy left."""
         self._map.add(np.asarray(written, dtype=np.int64))
-        if len(lost):
-            self._lost = PageMap()
-            self._lost.add(lost)
+        self._mark_lost(lost)
+
+    def _mark_lost(self, pages: Sequence[int] | np.ndarray) -> None:
+        """Written pages with no copy left: they read as I/O errors until written again."""
+        if len(pages):
+            if self._lost is None:
+                self._lost = PageMap()
+            self._lost.add(np.asarray(pages, dtype=np.int64))
 
     def hold(self, pages: dict[int, bytes]) -> None:
         """Pages whose only good copies this server keeps: served, stored once there is room."""
@@ -474,11 +479,8 @@ class Export:
             self._held.pop(page, None)
         self._map.discard(gone)
         self._note_changed(gone)
-        if unreadable:
-            # Still marked written (in the manifest too): a restart finds them without a copy.
-            if self._lost is None:
-                self._lost = PageMap()
-            self._lost.add(unreadable)
+        # Still marked written (in the manifest too): a restart finds them without a copy.
+        self._mark_lost(unreadable)
 
     async def _retry_held(self) -> None:
         """Offer held pages to the pool again; those it takes are no longer held."""

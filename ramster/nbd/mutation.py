@@ -40,13 +40,8 @@ def partial_pages(batch: Sequence[Span], ps: int) -> list[int]:
     failed to load), and then this one merges into the stored bytes, not into zeros."""
     need: dict[int, None] = {}
     for offset, length, _ in batch:
-        if not length:
-            continue
-        end = offset + length
-        if offset % ps:
-            need[offset // ps] = None
-        if end % ps:
-            need[(end - 1) // ps] = None
+        if length:
+            need.update(dict.fromkeys(_edges(offset, length, ps)))
     return list(need)
 
 

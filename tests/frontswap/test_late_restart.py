@@ -64,28 +64,35 @@ async def _spilled(fs: RemoteTier, first: int, count: int, seed: int) -> list[by
     return pages
 
 
-def _tier(holders: Restarting) -> RemoteTier:
-    return RemoteTier(
+N = 2 * LOCAL // 4096
+"""Pages stored by each `_spilled` call: twice the local pool, so that half spill."""
+
+
+def _lents(*nodes: str) -> dict[str, LentPool]:
+    return {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in nodes}
+
+
+async def _owner(holders: Restarting, b: str) -> tuple[RemoteTier, list[bytes]]:
+    """An owner whose first N pages are stored (half spilled) while B runs as `b`."""
+    holders.incarnation_of["B"] = b
+    fs = RemoteTier(
         PoolConfig(budget_bytes=LOCAL),
         holders,
         SpillConfig(replicas=2, batch_pages=64),
         rng=random.Random(3),
     )
+    await fs.frontswap.init(0)
+    return fs, await _spilled(fs, 0, N, seed=1)
 
 
 async def test_a_late_restart_notice_leaves_the_new_incarnations_copies() -> None:
-    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B")}
-    holders = Restarting(lents)
-    holders.incarnation_of["B"] = OLD
-    fs = _tier(holders)
-    await fs.frontswap.init(0)
-    n = 2 * LOCAL // 4096
-    await _spilled(fs, 0, n, seed=1)
+    holders = Restarting(_lents("A", "B"))
+    fs, _ = await _owner(holders, OLD)
     # B restarts; the owner spills more before its failure detector says so.
     holders.restart("B", NEW)
-    later = await _spilled(fs, n, n, seed=2)
+    later = await _spilled(fs, N, N, seed=2)
     # remote_entries names positions in the list asked about.
-    remote = [n + int(e[0]) for e in fs.pool.remote_entries(0, list(range(n, 2 * n)))]
+    remote = [N + int(e[0]) for e in fs.pool.remote_entries(0, list(range(N, 2 * N)))]
     assert remote
     held = holders.lents["B"].get("owner", INC, [0] * len(remote), remote)
     on_b = sum(g is not None for g in held)
@@ -96,23 +103,18 @@ async def test_a_late_restart_notice_leaves_the_new_incarnations_copies() -> Non
     # A dies: every later page still loads, from B's new incarnation.
     holders.down.add("A")
     got = await fs.frontswap.load_many(0, remote)
-    assert got == [later[i - n] for i in remote]
+    assert got == [later[i - N] for i in remote]
 
 
 async def test_the_first_answer_of_a_new_incarnation_buries_the_old_one() -> None:
     """The earlier copies on B's old incarnation count as lost from its first new answer on
     (repair gives them new copies), not only once the failure detector says so."""
-    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B", "C")}
-    holders = Restarting(lents)
-    holders.incarnation_of["B"] = OLD
+    holders = Restarting(_lents("A", "B", "C"))
     holders.down.add("C")
-    fs = _tier(holders)
-    await fs.frontswap.init(0)
-    n = 2 * LOCAL // 4096
-    await _spilled(fs, 0, n, seed=1)
+    fs, _ = await _owner(holders, OLD)
     assert fs.under_replicated(set()) == 0
     holders.restart("B", NEW)
-    await _spilled(fs, n, n, seed=2)
+    await _spilled(fs, N, N, seed=2)
     assert fs.under_replicated(set()) > 0, "the old incarnation's copies still count"
     holders.down.discard("C")
     assert await fs.repair(set()) > 0
@@ -122,16 +124,11 @@ async def test_the_first_answer_of_a_new_incarnation_buries_the_old_one() -> Non
 async def test_an_answer_from_an_older_incarnation_keeps_nothing() -> None:
     """A process that answers as B's older incarnation once its newer one answered (a paused
     one come back, say) lives on borrowed time: what it keeps is not recorded there."""
-    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B")}
-    holders = Restarting(lents)
-    holders.incarnation_of["B"] = NEW
-    fs = _tier(holders)
-    await fs.frontswap.init(0)
-    n = 2 * LOCAL // 4096
-    await _spilled(fs, 0, n, seed=1)
+    holders = Restarting(_lents("A", "B"))
+    fs, _ = await _owner(holders, NEW)
     holders.incarnation_of["B"] = OLD
-    await _spilled(fs, n, n, seed=2)
-    sets = {fs.holder_set(int(e[3])) for e in fs.pool.remote_entries(0, list(range(n, 2 * n)))}
+    await _spilled(fs, N, N, seed=2)
+    sets = {fs.holder_set(int(e[3])) for e in fs.pool.remote_entries(0, list(range(N, 2 * N)))}
     assert sets and all("B" not in s for s in sets), sets
 
 
@@ -139,25 +136,18 @@ async def test_an_answer_from_an_older_incarnation_keeps_nothing() -> None:
 
 
 class Hooked(Restarting):
-    """`hook` runs once a put on B was processed, before the owner reads its answer (an answer
-    in flight), after `skip` such puts."""
+    """`hook` runs once, when a put on B was processed and before the owner reads its answer
+    (an answer in flight)."""
 
     def __init__(self, lents: dict[str, LentPool]) -> None:
         super().__init__(lents)
         self.hook: Callable[[], None] | None = None
-        self.skip = 0
-        self.count = 0
 
     async def put(self, node: str, batch: PageBatch, ephemeral: bool = False) -> list[bool]:
         kept = await super().put(node, batch, ephemeral)
-        if node == "B":
-            self.count += 1
-            if self.hook is not None:
-                if self.skip > 0:
-                    self.skip -= 1
-                else:
-                    hook, self.hook = self.hook, None
-                    hook()
+        if node == "B" and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
         return kept
 
 
@@ -184,18 +174,13 @@ async def test_a_restart_heard_with_its_successor_buries_an_incarnation_it_never
     """B was OLD to the failure detector; it restarted as NEW, which took this owner's copies,
     then as NEWER before a heartbeat saw NEW: the detector says (OLD, NEWER), and NEW's copies,
     gone too, are buried."""
-    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B")}
-    holders = Restarting(lents)
-    holders.incarnation_of["B"] = OLD
-    fs = _tier(holders)
-    await fs.frontswap.init(0)
-    n = 2 * LOCAL // 4096
-    first = await _spilled(fs, 0, n, seed=1)
+    holders = Restarting(_lents("A", "B"))
+    fs, first = await _owner(holders, OLD)
     holders.restart("B", NEW)
-    later = await _spilled(fs, n, n, seed=2)
+    later = await _spilled(fs, N, N, seed=2)
     holders.restart("B", NEWER)
     fs.holder_restarted("B", OLD, NEWER)
-    assert _phantoms(fs, holders, 2 * n) == 0
+    assert _phantoms(fs, holders, 2 * N) == 0
     await _all_load_once_a_dies(fs, holders, first + later)
 
 
@@ -204,14 +189,8 @@ async def test_news_heard_while_an_answer_is_in_flight_still_counts(news: str) -
     """B keeps a batch; before the owner reads the answer, B's copies go (its process is
     replaced, or it reclaims this owner's pages) and the owner hears so: the batch must not be
     recorded on B."""
-    lents = {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in ("A", "B")}
-    holders = Hooked(lents)
-    holders.incarnation_of["B"] = OLD
-    fs = _tier(holders)
-    await fs.frontswap.init(0)
-    n = 2 * LOCAL // 4096
-    first = await _spilled(fs, 0, n, seed=1)
-
+    holders = Hooked(_lents("A", "B"))
+    fs, first = await _owner(holders, OLD)
     fired: list[str] = []
 
     def gone() -> None:
@@ -224,7 +203,7 @@ async def test_news_heard_while_an_answer_is_in_flight_still_counts(news: str) -
             fs.holder_reclaimed("B", 1)
 
     holders.hook = gone
-    later = await _spilled(fs, n, n, seed=2)
+    later = await _spilled(fs, N, N, seed=2)
     assert fired == [news]  # the news came with an answer in flight
-    assert _phantoms(fs, holders, 2 * n) == 0
+    assert _phantoms(fs, holders, 2 * N) == 0
     await _all_load_once_a_dies(fs, holders, first + later)

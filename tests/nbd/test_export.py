@@ -286,7 +286,6 @@ def test_a_skipped_operation_never_leaves_a_later_one_merging_into_zeros() -> No
     in part fails to load) made a later sub-page write of that page merge into zeros, which
     was acknowledged: the page's other bytes read as zeros. Both ways to an unreadable page:
     a refused overwrite (EIO until written again) and a corrupt copy."""
-    from ramster.nbd.export import WRITE
 
     async def go(refused: bool) -> None:
         fs = LocalFrontswap(PoolConfig(budget_bytes=(1 << 20) if refused else (8 << 20)))

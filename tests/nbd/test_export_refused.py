@@ -17,83 +17,19 @@ In-process holders, real lent pools, no sockets."""
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
-from typing import cast
 
 import pytest
 
-from ramster.cluster.peers import Peers
-from ramster.frontswap.remote import RemoteTier, SpillConfig
 from ramster.nbd import const
-from ramster.nbd.config import REPLICATED, ExportSpec
-from ramster.nbd.export import OPEN_AREAS, Export
-from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Rebuilder
+from ramster.node.export_rebuild import DATA_AREA
 from ramster.pagestore import PoolConfig, checksum, encode
 from ramster.pagestore.lent import LentPool
 from ramster.rpc.pages import PageBatch
 from tests.nbd.test_export_safety import Holders
+from tests.nbd.test_export_uncertain import OWNER, PS, X, _created, _take_over
 
 pytestmark = pytest.mark.asyncio
-OWNER, PS = "export:x", 4096
-SIZE = 64 * PS
-X = 5
 INC1 = "t1@n0"
-
-
-def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, RemoteTier, Holders]:
-    via = Holders(OWNER, inc, lents)
-    fs = RemoteTier(
-        PoolConfig(budget_bytes=8 << 20),
-        via,
-        SpillConfig(replicas=2),
-        max_areas=2,
-        rng=random.Random(5),
-        replicated=True,
-        version_base=term << 40,
-        cache_bytes=0,
-    )
-    export = Export(
-        fs.frontswap,
-        ExportSpec("x", SIZE, 0, REPLICATED),
-        const.MAX_PAYLOAD,
-        area=DATA_AREA,
-        manifest_area=MANIFEST_AREA,
-        opener=OPEN_AREAS,
-        fenced=lambda: fs.fenced,
-    )
-    return export, fs, via
-
-
-async def _created(lents: dict[str, LentPool]) -> tuple[Export, RemoteTier, Holders]:
-    export, fs, via = _server(lents, INC1, 1)
-    await export.open_areas()
-    for lent in lents.values():
-        assert lent.claim(OWNER, 1, "n0", SIZE)[0]
-    rb = Rebuilder(cast(Peers, SimpleNamespace(me="n0")), LentPool(PoolConfig()), PS, "x", SIZE,
-                   fs, OWNER, INC1)  # fmt: skip
-    assert await rb.new_manifest(1) == []
-    return export, fs, via
-
-
-async def _take_over(lents: dict[str, LentPool], me: str, term: int) -> Export:
-    inc = f"t{term}@{me}"
-    for lent in lents.values():
-        assert lent.claim(OWNER, term, me, SIZE)[0]
-    export, fs, _ = _server(lents, inc, term)
-    await export.open_areas()
-
-    async def inventory(node: str, identity: object, area: int, start: int, limit: int) -> object:
-        return lents[node].inventory(OWNER, inc, area, start, limit)
-
-    peers = cast(Peers, SimpleNamespace(me=me, calls=SimpleNamespace(inventory=inventory)))
-    rb = Rebuilder(peers, LentPool(PoolConfig()), PS, "x", SIZE, fs, OWNER, inc)
-    heard = await rb.inventories(sorted(lents))
-    _, written, lost, unstored = await rb.rebuild(heard, new=False)
-    export.restore_index(written, lost)
-    export.mark_manifest(unstored)
-    await rb.settle_uncertain(export)
-    await fs.settle_drops(1.0)
-    return export
 
 
 def _fill(lent: LentPool) -> None:
@@ -116,7 +52,7 @@ def _holding(lents: dict[str, LentPool], block: int) -> list[str]:
 
 async def test_a_refused_overwrite_with_no_older_copy_stays_an_error_after_a_takeover() -> None:
     lents = {h: LentPool(PoolConfig(budget_bytes=1 << 20)) for h in ("h1", "h2")}
-    export, fs, _ = await _created(lents)
+    export, fs = await _created(lents)
     assert await export.write_many([(X * PS, b"v1!!" * 1024)]) == [0]
     assert await export.write_many([(X * PS, b"v2!!" * 1024)]) == [0]
     assert await export.write_many([((X + 1) * PS, b"n1!!" * 1024)]) == [0]
@@ -129,12 +65,12 @@ async def test_a_refused_overwrite_with_no_older_copy_stays_an_error_after_a_tak
         lent.drop_area("junk", "j1", 0)
         for _ in range(50):
             lent.reclaim_step()
-    export2 = await _take_over(lents, "n1", 2)
+    export2, _ = await _take_over(lents, "n1", 2)
     assert await export2.read_many([(X * PS, PS)]) == [const.EIO]
     assert await export2.read_many([((X + 1) * PS, PS)]) == [[b"n1!!" * 1024]]
     # Written again: the error ends, and the new bytes survive the next takeover.
     assert await export2.write_many([(X * PS, b"v4!!" * 1024)]) == [0]
-    export3 = await _take_over(lents, "n2", 3)
+    export3, _ = await _take_over(lents, "n2", 3)
     assert await export3.read_many([(X * PS, PS)]) == [[b"v4!!" * 1024]]
 
 
@@ -145,7 +81,8 @@ async def test_a_refused_overwrite_with_no_older_copy_stays_an_error_after_a_tak
 )
 async def test_a_refused_overwrite_never_brings_back_an_older_copy_after_a_takeover() -> None:
     lents = {h: LentPool(PoolConfig(budget_bytes=1 << 20)) for h in ("h1", "h2", "h3")}
-    export, _, via = await _created(lents)
+    via = Holders(OWNER, INC1, lents)
+    export, _ = await _created(lents, via)
     v1, v2, v3 = b"v1!!" * 1024, b"v2!!" * 1024, b"v3!!" * 1024
     assert await export.write_many([(X * PS, v1)]) == [0]
     first = _holding(lents, X)
@@ -163,6 +100,6 @@ async def test_a_refused_overwrite_never_brings_back_an_older_copy_after_a_takeo
     via.down.clear()
     for h in others:
         lents[h].drop_area("junk", "j1", 0)
-    export2 = await _take_over(lents, "n1", 2)
+    export2, _ = await _take_over(lents, "n1", 2)
     (got,) = await export2.read_many([(X * PS, PS)])
     assert isinstance(got, int) or b"".join(got) in (v2, v3), "bytes older than the last ack"

@@ -31,11 +31,13 @@ SIZE = 64 * PS
 X = 5  # the block
 
 
-def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, RemoteTier]:
-    via = Holders(OWNER, inc, lents)
+def _server(
+    lents: dict[str, LentPool], inc: str, term: int, via: Holders | None = None
+) -> tuple[Export, RemoteTier]:
+    """A server of term `term` over in-process holders (`via`, to cut some off)."""
     fs = RemoteTier(
         PoolConfig(budget_bytes=8 << 20),
-        via,
+        via or Holders(OWNER, inc, lents),
         SpillConfig(replicas=2),
         max_areas=2,
         rng=random.Random(5),
@@ -55,9 +57,11 @@ def _server(lents: dict[str, LentPool], inc: str, term: int) -> tuple[Export, Re
     return export, fs
 
 
-async def _created(lents: dict[str, LentPool]) -> tuple[Export, RemoteTier]:
+async def _created(
+    lents: dict[str, LentPool], via: Holders | None = None
+) -> tuple[Export, RemoteTier]:
     """Term 1 on n0: a new export, its blank manifest stored on the holders."""
-    export, fs = _server(lents, "t1@n0", 1)
+    export, fs = _server(lents, "t1@n0", 1, via)
     await export.open_areas()
     for lent in lents.values():
         assert lent.claim(OWNER, 1, "n0", SIZE)[0]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import gc
 import os
 
+import numpy as np
 import psutil
 
-from ramster.pagestore import PagePool, PoolConfig
+from ramster.pagestore import PagePool, PoolConfig, checksum, encode
+from ramster.pagestore.index import LEAF_SIZE
+from ramster.pagestore.lent import LentPool
+from ramster.rpc.pages import PageBatch
 from ramster.testing import corpus
 
 
@@ -141,10 +145,6 @@ def test_a_drop_never_pushes_a_full_pool_past_its_budget() -> None:
 def test_a_drained_lent_pool_says_it_has_room_again() -> None:
     """Review finding: `full` cleared only inside a put, and owners choose holders by their
     free bytes (0 while full), so a lent pool that once hit its budget never got a put again."""
-    from ramster.pagestore import checksum, encode
-    from ramster.pagestore.lent import LentPool
-    from ramster.rpc.pages import PageBatch
-
     lent = LentPool(PoolConfig(budget_bytes=1 << 20))
     k = 0
     while True:
@@ -165,9 +165,6 @@ def test_a_drained_lent_pool_says_it_has_room_again() -> None:
 def test_a_batch_in_many_new_index_leaves_stays_within_the_budget() -> None:
     """Review finding: the index's growth estimate took one step where `_row` takes several
     (a quarter more rows at a time), so a batch of keys in many new leaves went over."""
-    import numpy as np
-
-    from ramster.pagestore.index import LEAF_SIZE
 
     for nkeys in (60, 100, 300, 500):
         offs = np.arange(nkeys, dtype=np.int64) * LEAF_SIZE

@@ -29,12 +29,30 @@ from typing import TYPE_CHECKING, Any
 from ramster.cluster.exports import export_owner
 from ramster.errors import RamsterError
 from ramster.nbd import const
+from ramster.nbd.export import Export
 from ramster.node.export_rebuild import DATA_AREA
 from ramster.node.export_served import Served
 from ramster.node.run import _start_nbd
 from ramster.pagestore.lent import LentPool
 from ramster.testing.sim.blocks import BLOCK, ZERO, ExportModel, content
 from ramster.testing.sim.cluster import SimNode, host_of
+
+
+async def _apply(
+    export: Export, kind: str, blocks: list[int], datas: list[bytes]
+) -> tuple[list[int], list[bytes | int]]:
+    """Run one operation on the export: an error per block (one for a flush), and what a
+    read got per block (bytes or an error)."""
+    if kind == "write":
+        writes = [(b * BLOCK, d) for b, d in zip(blocks, datas, strict=True)]
+        return await export.write_many(writes), []
+    if kind == "read":
+        results = await export.read_many([(b * BLOCK, BLOCK) for b in blocks])
+        return [0] * len(blocks), [r if isinstance(r, int) else b"".join(r) for r in results]
+    if kind == "flush":
+        return [await export.flush()], []
+    call = export.trim if kind == "trim" else export.write_zeroes
+    return [await call(blocks[0] * BLOCK, len(blocks) * BLOCK)] * len(blocks), []
 
 
 def _version(lent: LentPool, area: int, offset: int) -> int | None:
@@ -271,8 +289,7 @@ class ExportSim:
     def _spawn(self, node: SimNode, served: Served, kind: str, blocks: list[int]) -> None:
         key = next(self.ids)
         if served.term <= self.deleted_term:
-            # The deleted life (its server missed the deletion): what it reads is not the new
-            # life's; what it writes must not be acknowledged (`_acked` checks that).
+            # The deleted life (its server missed the deletion): not the new life's.
             self._stale_life(node, served, kind, blocks)
             return
         op = Op(node.name, self.life, blocks, server=(node.name, served.term))
@@ -297,31 +314,16 @@ class ExportSim:
         not the new life's, and what it writes (versions below the deletion's floor) the new
         life never sees. Without a lease (issue 25) a server cut off from the deletion may
         still be answered by holders cut off with it."""
+        datas = [content(NAME, b, 0, self.compressible) for b in blocks]
 
         async def run() -> None:
             try:
-                errors = await attempt()
+                errors, _ = await _apply(served.export, kind, blocks, datas)
             except RamsterError as exc:
                 errors = [const.EIO]
                 self.sim.note(f"export {kind} on {node.name} (deleted life) raised {exc!r}")
             self.sim.note(f"export {kind} {blocks} on {node.name} t{served.term} (deleted life)"
                           f" -> {errors}")  # fmt: skip
-
-        async def attempt() -> list[int]:
-            export = served.export
-            if kind == "write":
-                datas = [content(NAME, b, 0, self.compressible) for b in blocks]
-                writes = [(b * BLOCK, d) for b, d in zip(blocks, datas, strict=True)]
-                errors = await export.write_many(writes)
-            elif kind in ("trim", "zeroes"):
-                call = export.trim if kind == "trim" else export.write_zeroes
-                errors = [await call(blocks[0] * BLOCK, len(blocks) * BLOCK)]
-            elif kind == "read":
-                got = await export.read_many([(b * BLOCK, BLOCK) for b in blocks])
-                errors = [r if isinstance(r, int) else 0 for r in got]
-            else:
-                errors = [await export.flush()]
-            return errors
 
         self.sim.spawn(node, run())
 
@@ -341,25 +343,12 @@ class ExportSim:
 
     async def _run(self, key: int, op: Op, served: Served, kind: str) -> None:
         node = next(n for n in self.sim.cluster.nodes if n.name == op.node)
-        export, term = served.export, served.term
+        term = served.term
         started = self.sim.loop.time()
-        first = op.blocks[0] * BLOCK if op.blocks else 0
         errors: list[int]
         got: list[bytes | int] = []
         try:
-            if kind == "write":
-                errors = await export.write_many(
-                    [(b * BLOCK, d) for b, d in zip(op.blocks, op.datas, strict=True)]
-                )
-            elif kind == "read":
-                results = await export.read_many([(b * BLOCK, BLOCK) for b in op.blocks])
-                got = [r if isinstance(r, int) else b"".join(r) for r in results]
-                errors = [0] * len(op.blocks)
-            elif kind == "flush":
-                errors = [await export.flush()]
-            else:
-                call = export.trim if kind == "trim" else export.write_zeroes
-                errors = [await call(first, len(op.blocks) * BLOCK)] * len(op.blocks)
+            errors, got = await _apply(served.export, kind, op.blocks, op.datas)
         except RamsterError as exc:
             self.sim.note(f"export {kind} on {op.node} raised {exc!r}")
             errors = [const.EIO] * max(len(op.blocks), 1)
