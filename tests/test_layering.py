@@ -8,6 +8,7 @@ Every import counts: at module level, inside functions and under TYPE_CHECKING.
 from __future__ import annotations
 
 import ast
+import gc
 from collections import defaultdict
 from pathlib import Path
 
@@ -54,11 +55,24 @@ def _part(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
 
+def _parse(path: Path) -> ast.Module:
+    """The file's syntax tree, parsed with the cyclic collector held off."""
+    # CPython 3.11.7's AST constructor fails ("AST constructor recursion depth mismatch",
+    # gh-106905) when a collection during the parse runs a finalizer that warns, and earlier
+    # tests leave such garbage (coroutines of processes a simulation crashed): collect it first.
+    gc.collect()
+    gc.disable()
+    try:
+        return ast.parse(path.read_text(), str(path))
+    finally:
+        gc.enable()
+
+
 def _imports(module: str, path: Path) -> list[tuple[str, int]]:
     """(imported module, line) for every import in the file, wherever it stands."""
     is_package = path.name == "__init__.py"
     found: list[tuple[str, int]] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import hashlib
 import logging
@@ -490,6 +491,15 @@ class Simulation:
         self.check_always()
 
 
+def _close_coroutines(loop: SimLoop) -> None:
+    """Close what the run's tasks left: a crashed process's never resume, and one that never
+    started would warn ("never awaited") whenever a later collection finds it."""
+    for task in asyncio.all_tasks(loop):
+        coro = task.get_coro()
+        with contextlib.suppress(BaseException):
+            coro.close()
+
+
 def run_seed(
     seed: int,
     steps: int,
@@ -523,11 +533,22 @@ def run_seed(
                 if n.up:
                     sim.cluster.crash(n)
             loop.close()
-            sim.cluster.nodes.clear()
-            sim.tasks.clear()
-            sim.net.transports.clear()
-            sim.net.listeners.clear()
+            outcome = Outcome(
+                seed,
+                steps,
+                failure,
+                sim.step,
+                sim.digest.hexdigest()[:16],
+                tuple(sim.trace),
+                loop.time(),
+                exports,
+            )
             loop.network = None
+            _close_coroutines(loop)
+            # Drop every reference to the run before collecting: what a crashed process left
+            # (tasks that never ran, in cycles) must go now, while its warnings are ignored,
+            # not in some later test's collection.
+            del sim, loop
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # crashed nodes' coroutines
                 gc.collect()
@@ -535,13 +556,4 @@ def run_seed(
             sys.unraisablehook = hook
             logging.getLogger("ramster").setLevel(quiet[0])
             logging.getLogger("asyncio").setLevel(quiet[1])
-    return Outcome(
-        seed,
-        steps,
-        failure,
-        sim.step,
-        sim.digest.hexdigest()[:16],
-        tuple(sim.trace),
-        loop.time(),
-        exports,
-    )
+    return outcome
