@@ -129,6 +129,13 @@ class ExportPending(ExportTaken):
     code = 30
 
 
+class ExportDoesNotFit(ExportTaken):
+    """A new export was refused because what the cluster can hold for it now (its live
+    holders' budgets over R) is smaller than its size, and the operator asked for a refusal
+    (the node's `refuse_oversized_exports`, or the export's `must-fit`). Nothing was created:
+    no record, no term, no holder told. Advisory: capacity may change a moment later."""
+
+
 class Forbidden(RemoteError, PermissionError):
     """The authenticated peer may not make this call: its role does not allow the method, or
     the call names an identity other than the one its session proved."""

@@ -187,6 +187,16 @@ def add_parser(sub: Sub) -> None:
         help="serve NBD on this address (the NBD port is 10809); default: no NBD server",
     )
     options.nbd_exports(nbd, "nbd_exports")
+    nbd.add_argument(
+        "--refuse-oversized-exports",
+        action="store_const",
+        const=True,
+        default=None,
+        help="refuse to create a replicated export larger than what the cluster can hold for it "
+        "(live holders' lent budgets over R, as this node knows them then): it is not served, "
+        "an export-refused event says why (default: created, with an export-oversized warning; "
+        "an export's own :must-fit asks this of it alone)",
+    )
     options.nbd_allow(nbd, "nbd_allow")
     options.no_swap_safety(nbd, "nbd_swap_safety")
 

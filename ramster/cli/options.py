@@ -24,7 +24,9 @@ EXPORT_HELP = (
     "4 KiB with K, M, G, T suffixes (powers of 1024), e.g. swap0:8GiB; AREA picks the frontswap "
     "area (default: 31, 30, ... so that exports stay clear of clients using area 0); a last "
     ":local or :replicated picks the durability (ramster node: replicated by default, acknowledged "
-    "once R other nodes hold each block, so the export survives its node; ramster nbd: local)"
+    "once R other nodes hold each block, so the export survives its node; ramster nbd: local); a "
+    "last :must-fit refuses to create a replicated export larger than what the cluster can hold "
+    "for it (it is not served; created with a warning without it)"
 )
 ALLOW_HELP = (
     "client addresses or networks allowed to connect, comma-separated, repeatable "

@@ -27,6 +27,8 @@ LOCAL, REPLICATED = "local", "replicated"
 DURABILITIES = (LOCAL, REPLICATED)
 """local: a write is acknowledged once in the serving node's pool (lost with that node);
 replicated: once R copies (at least min_replicas) are held by other nodes (survives it)."""
+MUST_FIT = "must-fit"
+"""The last part of an export's text that refuses it at creation unless the cluster can hold it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,9 @@ class ExportSpec:
     size: int
     area: int
     durability: str = LOCAL
+    must_fit: bool = False
+    """Refuse to create it (replicated only) when it is larger than what the cluster can hold
+    for it then (`ExportDoesNotFit`); else it is created and served with a warning."""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -60,6 +65,8 @@ class ExportSpec:
                 f"export {self.name}: area must be within 0..{DEFAULT_MAX_AREAS - 1}, "
                 f"got {self.area}"
             )
+        if self.must_fit and self.durability != REPLICATED:
+            raise ValueError(f"export {self.name}: must-fit is for replicated exports")
 
     def __str__(self) -> str:
         return f"{self.name}:{self.size}:{self.area}:{self.durability}"
@@ -68,12 +75,16 @@ class ExportSpec:
 def parse_exports(
     texts: Iterable[str], durability: str = LOCAL, allowed: Sequence[str] = DURABILITIES
 ) -> tuple[ExportSpec, ...]:
-    """Specs from 'NAME:SIZE[:AREA][:local|replicated]' texts (durability by default as given);
-    areas not given are taken from the top (31, 30, ...) so that exports do not share an area
-    with clients that store pages in area 0."""
-    parsed: list[tuple[str, int, int | None, str]] = []
+    """Specs from 'NAME:SIZE[:AREA][:local|replicated][:must-fit]' texts (durability by default
+    as given; must-fit: refused at creation unless the cluster can hold it); areas not given are
+    taken from the top (31, 30, ...) so that exports do not share an area with clients that
+    store pages in area 0."""
+    parsed: list[tuple[str, int, int | None, str, bool]] = []
     for text in texts:
         parts = str(text).strip().split(":")
+        must_fit = len(parts) > 2 and parts[-1] == MUST_FIT
+        if must_fit:
+            parts.pop()
         chosen = durability
         if len(parts) > 2 and parts[-1] in DURABILITIES:
             chosen = parts.pop()
@@ -81,7 +92,7 @@ def parse_exports(
             raise ValueError(f"export {parts[0]!r}: {chosen} durability needs a cluster node")
         if len(parts) not in (2, 3):
             raise ValueError(
-                f"not an export: {text!r} (expected NAME:SIZE[:AREA][:local|replicated])"
+                f"not an export: {text!r} (expected NAME:SIZE[:AREA][:local|replicated][:must-fit])"
             )
         try:
             size = parse_size(parts[1])
@@ -96,13 +107,13 @@ def parse_exports(
                     f"export {parts[0]!r}: {parts[2]!r} is no area number nor durability "
                     "(local or replicated)"
                 ) from None
-        parsed.append((parts[0], size, area, chosen))
-    taken = {a for _, _, a, _ in parsed if a is not None}
+        parsed.append((parts[0], size, area, chosen, must_fit))
+    taken = {a for _, _, a, _, _ in parsed if a is not None}
     free = (a for a in range(DEFAULT_MAX_AREAS - 1, -1, -1) if a not in taken)
     specs = []
-    for name, size, given, chosen in parsed:
+    for name, size, given, chosen, fit in parsed:
         area = next(free, -1) if given is None else given
-        specs.append(ExportSpec(name, size, area, chosen))
+        specs.append(ExportSpec(name, size, area, chosen, fit))
     return tuple(specs)
 
 

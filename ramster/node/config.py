@@ -95,14 +95,20 @@ class NodeConfig:
     nbd: str | None = None
     """Serve NBD exports of this node's frontswap on this address (host:port); None: no NBD."""
     nbd_exports: tuple[str, ...] = ()
-    """NBD exports, NAME:SIZE[:AREA][:local|replicated] each (sizes in bytes or with K, M, G,
-    T suffixes; replicated by default: the export survives this node)."""
+    """NBD exports, NAME:SIZE[:AREA][:local|replicated][:must-fit] each (sizes in bytes or with
+    K, M, G, T suffixes; replicated by default: the export survives this node; must-fit: refused
+    at creation unless the cluster can hold it)."""
     export_cache: int = 64 << 20
     """Bytes of hot pages each replicated export keeps on its serving node too (compressed; 0:
     none): reads of them need no holder. Its index costs about 64 bytes a block besides."""
     export_grace: float = 3600.0
     """Seconds a holder keeps the pages of an export whose server it does not hear from (0:
     until `ramster export delete`); a node's own pages use owner_grace."""
+    refuse_oversized_exports: bool = False
+    """Refuse to create a replicated export larger than what the cluster can hold for it (its
+    live holders' lent budgets over R, as this node knows them when it would create it):
+    nothing is created, an export-refused event says why. False: created and served with an
+    export-oversized warning. An export's own `must-fit` asks the same of it alone."""
     nbd_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     """Client addresses or networks allowed to use the NBD exports."""
     nbd_swap_safety: bool = True
@@ -239,7 +245,14 @@ KINDS: dict[str, Kind] = {
     "admin_listen": Kind.OPTIONAL,
     **dict.fromkeys(("peers", "nbd_exports", "nbd_allow"), Kind.LIST),
     **dict.fromkeys(
-        ("nbd_swap_safety", "encrypt", "test_hooks", "admin_read_token", "tls_client_auth"),
+        (
+            "nbd_swap_safety",
+            "encrypt",
+            "test_hooks",
+            "admin_read_token",
+            "tls_client_auth",
+            "refuse_oversized_exports",
+        ),
         Kind.BOOL,
     ),
 }

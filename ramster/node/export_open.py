@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from ramster.cluster.exports import export_owner
 from ramster.cluster.peers import Peers
-from ramster.errors import ExportTaken
+from ramster.errors import ExportDoesNotFit, ExportTaken
 from ramster.node.config import NodeConfig
 from ramster.node.export_claims import ExportClaims
 from ramster.node.export_keeper import ExportKeeper
@@ -215,6 +215,8 @@ class ExportOpener:
         missing = required - set(asked)
         if missing and not served.force:
             return Attempt(missing=missing)  # refused (a move) or waited for: no term taken
+        if not served.takeover and max(newest_term, mine) == 0:
+            self._refuse_oversized(served)  # never claimed anywhere: it would be created now
         # The term is on disk before any holder hears it: a restarted server never reuses it
         # (and so never a version: versions of term T start at T << TERM_SHIFT).
         term = max(newest_term, mine) + 1
@@ -258,6 +260,20 @@ class ExportOpener:
             and not missing
         )
         return Attempt(ready=True, missing=missing, heard=heard, new=new)
+
+    def _refuse_oversized(self, served: Served) -> None:
+        """ExportDoesNotFit (and an export-refused event) when a new export cannot fit in what
+        the cluster can hold for it now and the export or the node asks for a refusal: before
+        any term is taken or recorded, so that nothing is created. Advisory: holders may come,
+        go or change their budgets a moment later."""
+        if not (served.spec.must_fit or self.config.refuse_oversized_exports):
+            return
+        room = capacity_of(served)
+        if room.fits:
+            return
+        why = room.refusal(served.spec.name)
+        self._event("export-refused", served.spec.name, why, logging.WARNING)
+        raise ExportDoesNotFit(why)
 
     def _discovering(self) -> bool:
         """Members are found by mDNS, and the node started too recently to know them all."""

@@ -168,6 +168,10 @@ class Capacity:
     capacity: int
     replicas: int
     copies: int
+    ram: int = 0
+    """What the live holders lend in RAM, all together."""
+    disk: int = 0
+    """What they lend on disk, all together."""
 
     @property
     def fits(self) -> bool:
@@ -186,6 +190,17 @@ class Capacity:
             f"{_mib(self.capacity)} ({basis}); writes past that get ENOSPC"
         )
 
+    def refusal(self, name: str) -> str:
+        """Why a new export was refused, for operators: its size, what the cluster can hold for
+        it at R and what the holders lend, and how to create it anyway."""
+        return (
+            f"export {name}: {_mib(self.size)} does not fit: the cluster can hold "
+            f"{_mib(self.capacity)} for it at {self.replicas} replicas (live holders lend "
+            f"{_mib(self.ram)} of RAM, {_mib(self.disk)} of disk); not created. Create it "
+            "without must-fit and without refuse_oversized_exports to serve it anyway (writes "
+            "past the capacity get ENOSPC), or give the holders more room"
+        )
+
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
@@ -200,6 +215,8 @@ def capacity_of(served: Served) -> Capacity:
         replicated_capacity(rooms, replicas),
         replicas,
         copies_per_block(rooms, replicas),
+        ram=sum(r.ram_bytes for r in rooms),
+        disk=sum(r.disk_bytes for r in rooms),
     )
 
 

@@ -98,3 +98,39 @@ def test_node_config_nbd_fields_from_flags_env_and_file(tmp_path: Path) -> None:
 def test_bad_node_nbd_settings(flags: dict[str, object], env: dict[str, str], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         load_config(flags, env=env)
+
+
+def test_an_export_may_ask_to_be_refused_unless_it_fits() -> None:
+    specs = parse_exports(["a:1G:must-fit", "b:1G:7:replicated:must-fit", "c:1G"], "replicated")
+    assert specs == (
+        ExportSpec("a", 1 << 30, 31, "replicated", must_fit=True),
+        ExportSpec("b", 1 << 30, 7, "replicated", must_fit=True),
+        ExportSpec("c", 1 << 30, 30, "replicated"),
+    )
+    with pytest.raises(ValueError, match="must-fit is for replicated exports"):
+        parse_exports(["a:1G:must-fit"])  # `ramster nbd`'s exports are local
+    with pytest.raises(ValueError, match="must-fit is for replicated exports"):
+        parse_exports(["a:1G:local:must-fit"], "replicated")
+    with pytest.raises(ValueError, match="not a size: 'must-fit'"):
+        parse_exports(["a:must-fit"], "replicated")
+
+
+def test_the_node_refuses_oversized_exports_from_a_flag_a_variable_or_the_file(
+    tmp_path: Path,
+) -> None:
+    from ramster.cli.main import build_parser
+    from ramster.cli.options import given
+
+    assert load_config({}, env={}).refuse_oversized_exports is False
+    args = build_parser().parse_args(["node", "--refuse-oversized-exports"])
+    assert load_config(given(args), env={}).refuse_oversized_exports is True
+    assert build_parser().parse_args(["node"]).refuse_oversized_exports is None  # not given
+    env = {"RAMSTER_REFUSE_OVERSIZED_EXPORTS": "yes"}
+    assert load_config({}, env=env).refuse_oversized_exports is True
+    toml = tmp_path / "node.toml"
+    toml.write_text("[node]\nrefuse_oversized_exports = true\n")
+    assert load_config({}, env={}, file=toml).refuse_oversized_exports is True
+    env = {"RAMSTER_REFUSE_OVERSIZED_EXPORTS": "no"}
+    assert load_config({}, env=env, file=toml).refuse_oversized_exports is False
+    with pytest.raises(ValueError, match="yes/no"):
+        load_config({}, env={"RAMSTER_REFUSE_OVERSIZED_EXPORTS": "maybe"})
