@@ -93,7 +93,13 @@ async def test_a_corrupt_or_stale_copy_is_skipped_and_counted() -> None:
     # Both copies bad: a clear error, never the bad bytes.
     second = holders.lents[fs.holder_set(set_id)[1]]
     second.pool.corrupt_for_test(second._ids[("owner", INC, 0)], index)
-    with pytest.raises(PageUnavailable):
+    with pytest.raises(PageUnavailable) as raised:
+        await fs.frontswap.load(0, index)
+    # The error says what each holder gave: a stale copy, nothing, or no answer.
+    for node in fs.holder_set(set_id):
+        assert f"{node} (0 not held, 1 stale or corrupt)" in str(raised.value)
+    holders.down.add(fs.holder_set(set_id)[0])
+    with pytest.raises(PageUnavailable, match=r"\(unreachable: "):
         await fs.frontswap.load(0, index)
 
 

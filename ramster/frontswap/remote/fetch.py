@@ -111,6 +111,7 @@ class Fetcher:
         out: dict[int, Buffer] = {}
         left = wanted
         keyed = offs.tolist()  # plain ints: a numpy scalar costs ~100 ns per access
+        tried: list[str] = []  # per holder asked, why it gave no good copy of what was left
         for node in nodes:
             if not left:
                 break
@@ -121,8 +122,10 @@ class Fetcher:
                 self.latency_us.append((time.perf_counter() - started) * 1e6)
             except PagesReclaimed as exc:
                 t.reclaimed(node, exc.epoch)
+                tried.append(f"{node} (reclaimed them)")
                 continue
             except RamsterError as exc:
+                tried.append(f"{node} (unreachable: {type(exc).__name__})")
                 c["remote_unreachable"] += 1
                 t.log.info(
                     ("unreachable", node),
@@ -133,6 +136,7 @@ class Fetcher:
                 )
                 continue
             still = []
+            bad = 0
             for (i, version, sum_), item in zip(left, got, strict=True):
                 if item is not None and item[0] == version:
                     if not verify:
@@ -143,6 +147,7 @@ class Fetcher:
                         out[i] = item[2] if want_stored else page
                         continue
                 if item is not None:
+                    bad += 1
                     c["remote_bad_copies"] += 1
                     t.log.warning(
                         ("bad copy", node),
@@ -152,6 +157,8 @@ class Fetcher:
                         int(offs[i]),
                     )
                 still.append((i, version, sum_))
+            if still:
+                tried.append(f"{node} ({len(still) - bad} not held, {bad} stale or corrupt)")
             left = still
         c["remote_loads"] += len(out)
         if left and not partial:
@@ -159,7 +166,7 @@ class Fetcher:
             i = left[0][0]
             raise PageUnavailable(
                 f"{len(left)} page(s) of area {area} (first offset {int(offs[i])}) have no good "
-                f"copy on their holders {', '.join(nodes)}",
+                f"copy on their holders: {', '.join(tried) or 'none asked'}",
                 area=area,
                 offset=int(offs[i]),
             )
