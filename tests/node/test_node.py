@@ -230,6 +230,16 @@ async def test_a_holder_restarted_quickly_counts_as_lost_and_is_repaired(
         assert all(await store_all(client, pages))
         c.kill(1)
         c.start(1)  # back before anyone could call it dead: its lent pool is empty now
+        await c.wait_ready([1])
+        new = (await c.stats(1))["incarnation"]
+
+        def heard(st: dict[str, Any]) -> bool:
+            return any(p["node"] == "n1" and p["incarnation"] == new for p in st["peers"])
+
+        # The owner must have heard of the restart before the counters mean anything: on a busy
+        # machine a straggler's repair can make them hold while n1 is still starting, and then
+        # killing n2 loses two holders of some pages at once (beyond R=2's promise).
+        assert heard(await c.wait_stats(0, heard))
         st = await c.wait_stats(
             0, lambda st: st["remote"]["repaired_pages"] > 0 and st["under_replicated_pages"] == 0
         )
