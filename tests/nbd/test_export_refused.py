@@ -103,3 +103,36 @@ async def test_a_refused_overwrite_never_brings_back_an_older_copy_after_a_takeo
     export2, _ = await _take_over(lents, "n1", 2)
     (got,) = await export2.read_many([(X * PS, PS)])
     assert isinstance(got, int) or b"".join(got) in (v2, v3), "bytes older than the last ack"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 24, simulation seed 77): a holder drops its copy of a page before it "
+    "tries the newer one (pagestore `_begin_put`), so a manifest update refused for room "
+    "leaves no manifest page anywhere; the fix is a manifest stored in two slots, a failed "
+    "update never overwriting the last good one",
+)
+async def test_a_refused_manifest_update_keeps_the_manifest_a_takeover_needs() -> None:
+    """Simulation seed 77: a refused update of the manifest dropped its last stored state on
+    every holder, and a takeover, finding none, served a trimmed block's old copy (its drop
+    had waited on a cut-off holder and went with the server)."""
+    lents = {h: LentPool(PoolConfig(budget_bytes=1 << 20)) for h in ("h1", "h2", "h3")}
+    via = Holders(OWNER, INC1, lents)
+    export, fs = await _created(lents, via)
+    old = b"old!" * 1024
+    assert await export.write_many([(X * PS, old)]) == [0]
+    cut = _holding(lents, X)[0]
+    via.down.add(cut)  # the trim's drop of its copy is only queued
+    assert await export.trim(X * PS, PS) == 0
+    await fs.settle_drops(0.5)  # delivered to the others
+    via.down.clear()
+    for lent in lents.values():
+        _fill(lent)
+    # A first write elsewhere needs a manifest update, which no holder has room for.
+    assert await export.write_many([((X + 1) * PS, b"new!" * 1024)]) != [0]
+    # The server dies with its queued drop; the holders have room again.
+    for lent in lents.values():
+        lent.drop_area("junk", "j1", 0)
+    assert _holding(lents, X) == [cut]  # the trimmed block's old copy, left behind
+    export2, _ = await _take_over(lents, "n1", 2)
+    assert await export2.read_many([(X * PS, PS)]) == [[bytes(PS)]]
