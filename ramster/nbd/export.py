@@ -22,6 +22,7 @@ from ramster.frontswap.contract import Frontswap
 from ramster.nbd import const, manifest, mutation
 from ramster.nbd.config import ExportSpec
 from ramster.nbd.handshake import ExportInfo
+from ramster.nbd.manifest_store import ManifestStore, worth_logging
 from ramster.nbd.mutation import TRIM, WRITE, ZERO, Mutation
 from ramster.nbd.pagemap import PageMap
 from ramster.nbd.ranges import EVERYTHING, RangeLocks, Ranges, pages_of
@@ -117,8 +118,6 @@ class Export:
         self._map = PageMap()
         self._held: dict[int, bytes] = {}
         self._ranges = RangeLocks()
-        self._manifest_lock = asyncio.Lock()
-        """One store of manifest pages at a time: a later one carries every change since."""
         self._stored = 0
         self._zero_pages = 0
         self._rmw = 0
@@ -128,10 +127,12 @@ class Export:
         self._load_failures = 0
         self._restore_failures = 0
         self._lost: PageMap | None = None
-        self._dirty: dict[int, int] = {}
-        """Manifest pages changed and not yet stored, with the sequence of their last change."""
-        self._changes = 0
-        self._manifest_failures = 0
+        self.manifest: ManifestStore | None = (
+            None
+            if manifest_area is None
+            else ManifestStore(spec.name, manifest_area, self.fs.store_many)
+        )
+        """The manifest's pages to store, and in which slots (replicated exports)."""
         self._opener = opener
 
     async def open(self) -> None:
@@ -144,10 +145,18 @@ class Export:
         if self.manifest_area is not None:
             await self.fs.init(self.manifest_area)
 
-    def restore_index(self, written: Sequence[int] | np.ndarray, lost: np.ndarray) -> None:
-        """After a rebuild: the blocks written, and those of them with no copy left."""
+    def restore_index(
+        self,
+        written: Sequence[int] | np.ndarray,
+        lost: np.ndarray,
+        manifest_slots: dict[int, int] | None = None,
+    ) -> None:
+        """After a rebuild: the blocks written, those of them with no copy left, and the slot
+        of each manifest page's state (`ManifestStore.stored_in`)."""
         self._map.add(np.asarray(written, dtype=np.int64))
         self._mark_lost(lost)
+        if self.manifest is not None and manifest_slots:
+            self.manifest.stored_in(manifest_slots)
 
     def _mark_lost(self, pages: Sequence[int] | np.ndarray) -> None:
         """Written pages with no copy left: they read as I/O errors until written again."""
@@ -160,14 +169,10 @@ class Export:
         """Pages whose only good copies this server keeps: served, stored once there is room."""
         self._held.update(pages)
 
-    def mark_manifest(self, numbers: Sequence[int]) -> None:
+    def mark_manifest(self, numbers: Iterable[int]) -> None:
         """Manifest pages to store before the next write is answered."""
-        self._mark(numbers)
-
-    def _mark(self, numbers: Iterable[int]) -> None:
-        for number in numbers:
-            self._changes += 1
-            self._dirty[number] = self._changes
+        if self.manifest is not None:
+            self.manifest.mark(numbers)
 
     def fence(self, why: str) -> None:
         """Serve nothing more: another server took the export over."""
@@ -230,7 +235,7 @@ class Export:
             got = await self.fs.load_many(self.area, [pages[i] for i in where])
         except RamsterError as exc:
             self._load_failures += 1
-            if _worth_logging(self._load_failures):
+            if worth_logging(self._load_failures):
                 log.warning(
                     "nbd export %s: load of %d pages failed (%d times so far): %s",
                     self.spec.name,
@@ -313,7 +318,7 @@ class Export:
         if self._check_fenced():
             return [const.EIO] * len(ops)
         errors = await self._mutate_pages(ops, retry_held)
-        if self._dirty and not await self.persist_manifest():
+        if not await self.persist_manifest():
             errors = [e or const.EIO for e in errors]
         # One fenced answer anywhere in the batch fails all of it (the holders that kept a page
         # have not heard the new term yet, and prove nothing).
@@ -321,34 +326,12 @@ class Export:
 
     def _note_changed(self, pages: Sequence[int]) -> None:
         """Blocks whose written-or-not changed: their manifest pages are to be stored."""
-        if self.manifest_area is not None and len(pages):
-            self._mark(manifest.pages_of(pages))
+        if len(pages):
+            self.mark_manifest(manifest.pages_of(pages))
 
     async def persist_manifest(self) -> bool:
         """Store the changed manifest pages; False if any could not be stored."""
-        if self.manifest_area is None or not self._dirty:
-            return True
-        async with self._manifest_lock:
-            # Who waited here may find its changes stored by the one before: nothing to do.
-            if not self._dirty:
-                return True
-            taken = dict(self._dirty)
-            numbers = sorted(taken)
-            pages = [manifest.encode(self._map, n) for n in numbers]
-            try:
-                kept = await self.fs.store_many(self.manifest_area, numbers, pages)
-            except RamsterError:
-                kept = [False] * len(numbers)
-            for number, ok in zip(numbers, kept, strict=True):
-                # A page changed again meanwhile stays to be stored (by whoever changed it).
-                if ok and self._dirty.get(number) == taken[number]:
-                    del self._dirty[number]
-        if all(kept):
-            return True
-        self._manifest_failures += 1
-        if _worth_logging(self._manifest_failures):
-            log.error("nbd export %s: manifest pages not stored: writes get EIO", self.spec.name)
-        return False
+        return self.manifest is None or await self.manifest.persist(self._map)
 
     async def _store_new(self, stores: list[int], contents: list[bytes]) -> list[bool]:
         """Store pages; blocks written for the first time are recorded in the manifest at the
@@ -592,9 +575,5 @@ class Export:
             durability=self.spec.durability,
             pages_lost=0 if self._lost is None else len(self._lost),
             fenced=self.fenced,
-            manifest_failures=self._manifest_failures,
+            manifest_failures=0 if self.manifest is None else self.manifest.failures,
         )
-
-
-def _worth_logging(count: int) -> bool:
-    return count & (count - 1) == 0  # the 1st, 2nd, 4th...: a client retrying cannot flood

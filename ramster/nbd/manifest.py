@@ -1,5 +1,6 @@
 """Which blocks of a replicated export were written: its page map as bitmap pages, stored in the
-export's own manifest area like any page (R copies, versioned, newest wins at a rebuild).
+export's own manifest area like any page (R copies, versioned, newest wins at a rebuild), each
+page in one of two slots (`slot_key`; `manifest_store` writes them).
 
 A restarted server trusts the manifest over the holders' inventories: a block whose bit is set
 and that no holder has is lost (read as an I/O error), a copy whose bit is clear is stale (a
@@ -43,3 +44,27 @@ def decode(number: int, data: bytes) -> I64:
         raise ValueError(f"a manifest page is {PAGE_BYTES} bytes, got {len(data)}")
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
     return np.flatnonzero(bits).astype(np.int64) + (number << PAGE_BITS)
+
+
+SLOT_STRIDE = 1 << 31
+"""Key distance between a page's two slots (far above any page number, and 2 * SLOT_STRIDE - 1
+a valid offset): page n is kept at key n (slot 0, where a manifest from before slots has it)
+or n + SLOT_STRIDE (slot 1)."""
+
+
+def slot_key(number: int, slot: int) -> int:
+    """The key of manifest page `number` in `slot` (0 or 1)."""
+    return number + slot * SLOT_STRIDE
+
+
+def newest_slots(keys: I64, versions: npt.NDArray[np.uint64]) -> tuple[I64, I64, I64]:
+    """Per page among the keys of both slots, sorted by page: (page numbers, the key of its
+    newest copy, that copy's index into `keys`). Keys of no slot are ignored."""
+    keys = np.asarray(keys, dtype=np.int64)
+    valid = np.flatnonzero((keys >= 0) & (keys < 2 * SLOT_STRIDE))
+    numbers = keys[valid] % SLOT_STRIDE
+    order = valid[np.lexsort((versions[valid], numbers))]  # by page, then version
+    by_page = keys[order] % SLOT_STRIDE
+    last = np.r_[by_page[1:] != by_page[:-1], True] if len(order) else np.zeros(0, dtype=bool)
+    pick = order[last]
+    return (keys[pick] % SLOT_STRIDE).astype(np.int64), keys[pick], pick.astype(np.int64)

@@ -119,7 +119,7 @@ class ExportOpener:
             self.records.update(name, served.spec.size, created=True)
         rebuilt, written, lost, unstored = await rebuilder.rebuild(attempt.heard, attempt.new)
         self.records.update(name, served.spec.size, created=True)
-        served.export.restore_index(written, lost)
+        served.export.restore_index(written, lost, rebuilder.manifest_slots)
         served.export.hold(rebuilder.kept_here.get(DATA_AREA, {}))
         # What could not be stored (no peer yet) is stored before the first write's answer.
         served.export.mark_manifest(unstored)

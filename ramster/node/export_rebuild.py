@@ -96,6 +96,8 @@ class Rebuilder:
     """area -> {key: page}: good copies held here that rehome could store nowhere else."""
     uncertain_copies: dict[str, tuple[I64, U64]] = field(default_factory=dict)
     """Their copies, to drop once their manifest pages mark them (`settle_uncertain`)."""
+    manifest_slots: dict[int, int] = field(default_factory=dict)
+    """page -> the slot of its newest state (`ManifestStore.stored_in`)."""
 
     async def inventories(self, nodes: list[str]) -> Heard:
         """Both areas' inventories of every node named (and this node's own lent pool)."""
@@ -150,19 +152,24 @@ class Rebuilder:
         tier.adopt(MANIFEST_AREA, [g for g in meta.groups if me not in g[0]])
         self._drop_stale(MANIFEST_AREA, meta)
         await self.rehome(MANIFEST_AREA, [g for g in meta.groups if me in g[0]])
-        numbers = sorted(int(o) for g in meta.groups for o in g[1])
+        # Each page's newest slot is its state (an older one only outlived a failed update).
+        meta, keys = _newest_slots(meta)
+        numbers = [int(n) for g in meta.groups for n in g[1]]
+        self.manifest_slots = {
+            n: int(k) // manifest.SLOT_STRIDE for n, k in zip(numbers, keys, strict=True)
+        }
         written: list[np.ndarray] = []
         unreadable: list[int] = []
         for i in range(0, len(numbers), 256):
-            chunk = numbers[i : i + 256]
+            chunk, chunk_keys = numbers[i : i + 256], [int(k) for k in keys[i : i + 256]]
             try:
-                pages = await fs.load_many(MANIFEST_AREA, chunk)
+                pages = await fs.load_many(MANIFEST_AREA, chunk_keys)
             except RamsterError as exc:
                 log.error("export %s: manifest pages unreadable: %s", self.name, exc)  # noqa: TRY400
                 pages = [None] * len(chunk)
             own = self.kept_here.get(MANIFEST_AREA, {})
-            for number, loaded in zip(chunk, pages, strict=True):
-                page = loaded if loaded is not None else own.get(number)
+            for number, key, loaded in zip(chunk, chunk_keys, pages, strict=True):
+                page = loaded if loaded is not None else own.get(key)
                 if page is None:
                     unreadable.append(number)
                 else:
@@ -179,7 +186,9 @@ class Rebuilder:
             # copies everywhere, and its range is as unknown as an unreadable one's.
             unreadable += sorted(set(range(total)) - set(numbers))
         # Pages read from here alone (no holder had room for them) are stored again when it can.
-        unstored += sorted(self.kept_here.get(MANIFEST_AREA, {}))
+        unstored += sorted(
+            {k % manifest.SLOT_STRIDE for k in self.kept_here.get(MANIFEST_AREA, {})}
+        )
         wanted = np.concatenate(written) if written else np.zeros(0, dtype=np.int64)
         if unreadable:
             # Which blocks those pages marked is unknown: every copy found in their ranges is
@@ -368,6 +377,18 @@ def _joined(parts: list[Inventory]) -> Inventory:
         np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]),
     )
+
+
+def _newest_slots(meta: Rebuilt) -> tuple[Rebuilt, I64]:
+    """The manifest as pages: one group (its holders do not matter here) of each page's
+    number and newest version, sorted by page; and the key of that newest copy."""
+    if not meta.groups:
+        return Rebuilt(), np.zeros(0, dtype=np.int64)
+    keys = np.concatenate([g[1] for g in meta.groups]).astype(np.int64)
+    versions = np.concatenate([g[2] for g in meta.groups]).astype(np.uint64)
+    sums = np.concatenate([g[3] for g in meta.groups]).astype(np.uint64)
+    numbers, chosen, at = manifest.newest_slots(keys, versions)
+    return Rebuilt([((), numbers, versions[at], sums[at])]), chosen
 
 
 def newer_than_manifest(data: Rebuilt, meta: Rebuilt, marked: I64) -> I64:

@@ -79,14 +79,16 @@ async def test_first_writes_sharing_a_manifest_page_are_all_marked() -> None:
     holders while the second write marks the page again: the second must not be answered on
     the strength of a manifest page stored without it."""
     export, tier, via = await _export()
-    via.gates[(MANIFEST_AREA, 0)] = asyncio.Event()
+    slot = manifest.slot_key(0, 1)  # a new export's blank page is in slot 0: updates go to 1
+    via.gates[(MANIFEST_AREA, slot)] = asyncio.Event()
     first = asyncio.create_task(export.write_many([(0, b"a" * PS)]))
     await asyncio.sleep(0.01)
     second = asyncio.create_task(export.write_many([(PS, b"b" * PS)]))
     await asyncio.sleep(0.01)
     assert not first.done() and not second.done()
-    via.gates[(MANIFEST_AREA, 0)].set()
+    via.gates[(MANIFEST_AREA, slot)].set()
     assert await first == [0] and await second == [0]
+    # The second update went to the other slot, 0 (the first's stands in slot 1).
     page = (await tier.frontswap.load_many(MANIFEST_AREA, [0]))[0]
     assert page is not None
     assert sorted(manifest.decode(0, page).tolist()) == [0, 1]

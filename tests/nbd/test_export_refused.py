@@ -105,17 +105,12 @@ async def test_a_refused_overwrite_never_brings_back_an_older_copy_after_a_takeo
     assert isinstance(got, int) or b"".join(got) in (v2, v3), "bytes older than the last ack"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 24, simulation seed 77): a holder drops its copy of a page before it "
-    "tries the newer one (pagestore `_begin_put`), so a manifest update refused for room "
-    "leaves no manifest page anywhere; the fix is a manifest stored in two slots, a failed "
-    "update never overwriting the last good one",
-)
 async def test_a_refused_manifest_update_keeps_the_manifest_a_takeover_needs() -> None:
     """Simulation seed 77: a refused update of the manifest dropped its last stored state on
-    every holder, and a takeover, finding none, served a trimmed block's old copy (its drop
-    had waited on a cut-off holder and went with the server)."""
+    every holder (a holder drops its copy before it tries the newer one), and a takeover,
+    finding none, served a trimmed block's old copy (its drop had waited on a cut-off holder
+    and went with the server). Each page now has two slots, and an update goes to the one
+    that does not hold the last stored state."""
     lents = {h: LentPool(PoolConfig(budget_bytes=1 << 20)) for h in ("h1", "h2", "h3")}
     via = Holders(OWNER, INC1, lents)
     export, fs = await _created(lents, via)

@@ -16,7 +16,7 @@ import pytest
 
 from ramster.cluster.peers import Peers
 from ramster.frontswap.remote import RemoteTier, SpillConfig
-from ramster.nbd import const
+from ramster.nbd import const, manifest
 from ramster.nbd.config import REPLICATED, ExportSpec
 from ramster.nbd.export import OPEN_AREAS, Export
 from ramster.node.export_rebuild import DATA_AREA, MANIFEST_AREA, Rebuilder
@@ -87,7 +87,7 @@ async def _take_over(lents: dict[str, LentPool], me: str, term: int) -> tuple[Ex
     rb = Rebuilder(peers, LentPool(PoolConfig()), PS, "x", SIZE, fs, OWNER, inc)
     heard = await rb.inventories(sorted(lents))
     _, written, lost, unstored = await rb.rebuild(heard, new=False)
-    export.restore_index(written, lost)
+    export.restore_index(written, lost, rb.manifest_slots)
     export.mark_manifest(unstored)
     await rb.settle_uncertain(export)
     assert await fs.settle_drops()  # what the server's drop queue does once it serves
@@ -104,7 +104,8 @@ async def test_an_uncertain_block_written_again_survives_the_next_restart() -> N
     # blank page 0 of new_manifest again, as a holder that missed the update would), the
     # block's copy survives.
     for h, lent in lents.items():
-        lent.drop(OWNER, "t1@n0", [MANIFEST_AREA], [0])
+        # Both slots: the update went to slot 1 (manifest_store), slot 0 keeps the blank.
+        lent.drop(OWNER, "t1@n0", [MANIFEST_AREA] * 2, [0, manifest.slot_key(0, 1)])
         held = blank[h]
         assert held is not None
         v, s, payload = held
@@ -148,7 +149,8 @@ async def test_an_uncertain_trimmed_block_never_serves_its_old_bytes() -> None:
         OWNER, "t1@n0", PageBatch([DATA_AREA], [X], [item[0]], [item[1]], [item[2]])
     ) == [True]
     for h, lent in lents.items():
-        lent.drop(OWNER, "t1@n0", [MANIFEST_AREA], [0])
+        # Both slots: the update went to slot 1 (manifest_store), slot 0 keeps the blank.
+        lent.drop(OWNER, "t1@n0", [MANIFEST_AREA] * 2, [0, manifest.slot_key(0, 1)])
         held = blank[h]
         assert held is not None
         v, s, payload = held

@@ -359,8 +359,12 @@ class ExportSim:
         if kind != "read" and not any(errors):
             self._acked(op.node, served, term, started, what, len(op.blocks))
         if got and op.life == self.life:
+            # A server that learnt it was moved away answers EIO (its client must go to the
+            # new one): no error of the block's.
+            moved = served.export.fenced is not None or served.tier.fenced is not None
+            strict = None if moved else self._quiet(started)
             for b, one, before in zip(op.blocks, got, op.at_start, strict=True):
-                problem = self.model.check_read(b, one, self._quiet(started), self.crashed, before)
+                problem = self.model.check_read(b, one, strict, self.crashed, before)
                 if problem and isinstance(one, int) and self._held_by_server(node, served, b):
                     problem += HELD_HERE
                 if problem:
