@@ -148,11 +148,18 @@ class Rebuilder:
         """(data index, blocks written, blocks lost, manifest pages still to store) from what
         was heard; `new` only for an export known never to have been created."""
         tier, fs, me = self.tier, self.tier.frontswap, self.peers.me
-        meta = merge(heard.meta)
+        # Each page's newest slot is its state; copies of the other slot go (an older state,
+        # which only outlived a failed update). Kept, a rehome's new versions could put it
+        # above the newest (they follow no order between slots).
+        meta, older = _newest_slot_only(merge(heard.meta))
         tier.adopt(MANIFEST_AREA, [g for g in meta.groups if me not in g[0]])
         self._drop_stale(MANIFEST_AREA, meta)
-        await self.rehome(MANIFEST_AREA, [g for g in meta.groups if me in g[0]])
-        # Each page's newest slot is its state (an older one only outlived a failed update).
+        unplaced = await self.rehome(MANIFEST_AREA, [g for g in meta.groups if me in g[0]])
+        # After the rehome (copy before drop), but a page whose newest copy only this node has
+        # (not stored elsewhere: kept here, or unreadable) keeps its older one here too.
+        alone = [*unplaced, *self.kept_here.get(MANIFEST_AREA, {})]
+        kept = {k % manifest.SLOT_STRIDE for k in alone}
+        self._drop_copies(MANIFEST_AREA, _without_pages(older, me, kept))
         meta, keys = _newest_slots(meta)
         numbers = [int(n) for g in meta.groups for n in g[1]]
         self.manifest_slots = {
@@ -377,6 +384,40 @@ def _joined(parts: list[Inventory]) -> Inventory:
         np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]),
     )
+
+
+def _newest_slot_only(meta: Rebuilt) -> tuple[Rebuilt, dict[str, tuple[I64, U64]]]:
+    """The manifest's groups with only each page's newest slot, and the copies of the other
+    slot by holder (to drop)."""
+    if not meta.groups:
+        return meta, {}
+    keys = np.concatenate([g[1] for g in meta.groups]).astype(np.int64)
+    versions = np.concatenate([g[2] for g in meta.groups]).astype(np.uint64)
+    _, chosen, _ = manifest.newest_slots(keys, versions)
+    kept: list[tuple[tuple[str, ...], I64, U64, U64]] = []
+    older: dict[str, tuple[I64, U64]] = {}
+    for holders, offs, vers, sums in meta.groups:
+        mine = np.isin(offs, chosen)
+        if mine.any():
+            kept.append((holders, offs[mine], vers[mine], sums[mine]))
+        for node in holders:
+            was = older.get(node, (np.zeros(0, np.int64), np.zeros(0, np.uint64)))
+            older[node] = (
+                np.concatenate([was[0], offs[~mine]]).astype(np.int64),
+                np.concatenate([was[1], vers[~mine]]).astype(np.uint64),
+            )
+    return Rebuilt(kept, meta.stale, meta.lost), older
+
+
+def _without_pages(
+    copies: dict[str, tuple[I64, U64]], node: str, pages: set[int]
+) -> dict[str, tuple[I64, U64]]:
+    """The copies, but node's of the manifest pages named (either slot)."""
+    if node not in copies or not pages:
+        return copies
+    offs, vers = copies[node]
+    keep = ~np.isin(offs % manifest.SLOT_STRIDE, np.asarray(sorted(pages), dtype=np.int64))
+    return {**copies, node: (offs[keep], vers[keep])}
 
 
 def _newest_slots(meta: Rebuilt) -> tuple[Rebuilt, I64]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ramster.cluster.exports import export_owner
 from ramster.errors import RamsterError
-from ramster.nbd import const
+from ramster.nbd import const, manifest
 from ramster.nbd.export import Export
 from ramster.node.export_rebuild import DATA_AREA
 from ramster.node.export_served import Served
@@ -53,6 +53,12 @@ async def _apply(
         return [await export.flush()], []
     call = export.trim if kind == "trim" else export.write_zeroes
     return [await call(blocks[0] * BLOCK, len(blocks) * BLOCK)] * len(blocks), []
+
+
+def _slots_of(key: int) -> tuple[int, int]:
+    """Both keys of the manifest page that `key` is a slot of."""
+    page = key % manifest.SLOT_STRIDE
+    return manifest.slot_key(page, 0), manifest.slot_key(page, 1)
 
 
 def _version(lent: LentPool, area: int, offset: int) -> int | None:
@@ -199,9 +205,13 @@ class ExportSim:
                         continue  # nothing of that version here to drop
                     if area == DATA_AREA and not self._needed(offset):
                         continue  # trimmed, or its write failed: garbage, rightly dropped
+                    # A manifest page is either of its slots: an older slot's copy may go
+                    # once the page is held elsewhere as new or newer.
+                    keys = (offset,) if area == DATA_AREA else _slots_of(offset)
                     if not any(
-                        (v := _version(n.node.lent, area, offset)) is not None and v >= version
+                        (v := _version(n.node.lent, area, key)) is not None and v >= version
                         for n in nodes
+                        for key in keys
                         if n is not node and n.node is not None and n.up
                     ):
                         suspect[i] = (
