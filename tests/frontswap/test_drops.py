@@ -17,6 +17,7 @@ from ramster.pagestore.lent import LentPool
 from ramster.rpc.pages import Keys, PageBatch
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
+from ramster.types import Incarnation, NodeId
 
 INC = "00000001-test"
 
@@ -97,7 +98,9 @@ async def test_drops_queued_for_a_holder_that_restarted_still_reach_it() -> None
         "owner", INC, PageBatch([0], [7], [3], [checksum(page)], [encode(page, PoolConfig())])
     ) == [True]
     tier.queue_drops("n4", 0, [7], [3])  # a copy that did not count
-    tier.holder_restarted("n4", "old-incarnation")  # heard late: the copy is on the new one
+    tier.holder_restarted(
+        NodeId("n4"), Incarnation("old-incarnation")
+    )  # heard late: the copy is on the new one
     assert await tier.settle_drops(5.0)
     assert lents["n4"].get("owner", INC, [0], [7]) == [None], "the stray copy stayed on n4"
 

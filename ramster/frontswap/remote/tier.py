@@ -33,6 +33,7 @@ from ramster.frontswap.remote.spill import Spiller
 from ramster.frontswap.remote.stores import Reclaiming, Spilled, WriteThrough
 from ramster.frontswap.store import Chain, Stores, Versions
 from ramster.pagestore import PagePool, PoolConfig
+from ramster.types import Incarnation, NodeId
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,9 @@ class RemoteTier:
         """Pages this owner keeps on each holder (what the coordinator aggregates)."""
         return self._repairer.inventory()
 
-    def holder_restarted(self, node: str, old_incarnation: str, new: str | None = None) -> None:
+    def holder_restarted(
+        self, node: NodeId, old_incarnation: Incarnation, new: Incarnation | None = None
+    ) -> None:
         """A holder came back as incarnation `new` (None: not said): the copies its old one
         held are gone."""
         # A repair or move may have put copies on the new incarnation before this owner heard
