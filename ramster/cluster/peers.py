@@ -51,7 +51,7 @@ class PeerEvents(Protocol):
     def peer_changed(self, transition: Transition) -> None:
         """A peer's state changed (for the event log)."""
 
-    def holder_reclaimed(self, node: str, epoch: int) -> None:
+    def holder_reclaimed(self, node: NodeId, epoch: int) -> None:
         """A holder says it reclaimed this node's pages (a long silence): its copies are gone."""
 
     def duplicate(self, reason: str) -> None:
@@ -121,7 +121,7 @@ class Peers(SpeaksFor):
         self.dialling = 0
         self.most_dialling = 0
         """The most discovered addresses ever dialled at once (at most max_dials)."""
-        self._ever: set[str] = set()
+        self._ever: set[NodeId] = set()
         self.membership = Membership(
             MembershipConfig(suspect_after=dead_after / 2, dead_after=dead_after)
         )
@@ -432,7 +432,7 @@ class Peers(SpeaksFor):
         """Peers seen alive once and dead now (silent for longer than dead_after)."""
         return set[str](self.membership.members(State.DEAD)) - {self.me}
 
-    def all_holders(self) -> list[str]:
+    def all_holders(self) -> list[NodeId]:
         """Every peer ever seen alive."""
         return sorted(self._ever)
 

@@ -352,7 +352,7 @@ class Node:
         self.tier.holder_restarted(node, old_incarnation, new)
         self.exports.holder_restarted(node, old_incarnation, new)
 
-    def holder_reclaimed(self, node: str, epoch: int) -> None:
+    def holder_reclaimed(self, node: NodeId, epoch: int) -> None:
         """A holder reclaimed this node's pages: its copies are gone."""
         self.tier.holder_reclaimed(node, epoch)
 

@@ -206,7 +206,7 @@ async def test_news_heard_while_an_answer_is_in_flight_still_counts(news: str) -
             fs.holder_restarted(B, OLD, NEW)
         else:
             holders.lents["B"] = LentPool(PoolConfig(budget_bytes=LENT))
-            fs.holder_reclaimed("B", 1)
+            fs.holder_reclaimed(B, 1)
 
     holders.hook = gone
     later = await _spilled(fs, N, N, seed=2)

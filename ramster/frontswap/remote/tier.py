@@ -149,7 +149,8 @@ class RemoteTier:
 
     def queue_drops(self, node: str, area: int, offsets: list[int], versions: list[int]) -> None:
         """Copies on a holder to be dropped (versioned), in the background."""
-        self._drops.enqueue([node], area, offsets, versions)
+        # A holder named by an export's rebuild (its inventories are keyed by name yet).
+        self._drops.enqueue([NodeId(node)], area, offsets, versions)
 
     # -- the background work and the cluster's view --------------------------------------------
 
@@ -204,7 +205,7 @@ class RemoteTier:
             self._drops.enqueue([node], area, offsets, versions)
         log.warning("holder %s restarted: its copies count as lost", node)
 
-    def holder_reclaimed(self, node: str, epoch: int) -> None:
+    def holder_reclaimed(self, node: NodeId, epoch: int) -> None:
         """A holder reclaimed this owner's pages: its copies count as lost (see Tier)."""
         self._tier.reclaimed(node, epoch)
 
