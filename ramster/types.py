@@ -16,3 +16,10 @@ Version = NewType("Version", int)
 
 NodeId = NewType("NodeId", str)
 """Stable identity of a node (kept in its state directory)."""
+
+Incarnation = NewType("Incarnation", str)
+"""One run of a node (a new one at every start); ordered by `pagestore.owners.incarnation_order`."""
+
+Tombstone = NewType("Tombstone", str)
+"""`node~incarnation`: where a holder's gone incarnation stood in the holder sets an owner keeps
+(its copies are gone); neither a NodeId nor an Incarnation."""

@@ -28,6 +28,7 @@ from ramster.protocol import (
 )
 from ramster.rpc import Keys, PageBatch, RpcClient
 from ramster.rpc.pages import flags_from_wire
+from ramster.types import Incarnation
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -43,10 +44,10 @@ class Kept(list[bool]):
     incarnation of the holder answered (the identity its connection's handshake proved; a
     restarted holder answers as its new one). A copy lives where that incarnation lives."""
 
-    incarnation: str | None = None
+    incarnation: Incarnation | None = None
 
 
-def _kept(flags: list[bool], incarnation: str | None) -> Kept:
+def _kept(flags: list[bool], incarnation: Incarnation | None) -> Kept:
     kept = Kept(flags)
     kept.incarnation = incarnation
     return kept

@@ -10,6 +10,7 @@ from ramster.cluster.calls import SpeaksFor
 from ramster.cluster.peers import Peers
 from ramster.cluster.placement import Candidate
 from ramster.pagestore.owners import EXPORT_PREFIX, export_incarnation
+from ramster.types import NodeId
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class ExportHolders(SpeaksFor):
                 return [c for c in live if c.node in self.may_hold]
         return live
 
-    def all_holders(self) -> list[str]:
+    def all_holders(self) -> list[NodeId]:
         """Every peer that may hold the export's pages."""
         return self.peers.all_holders()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ramster.types import Incarnation, NodeId
+
 
 class State(enum.Enum):
     """What a member is believed to be."""
@@ -43,19 +45,19 @@ class MembershipConfig:
 class Transition:
     """A member changed state (old is None for a member seen for the first time)."""
 
-    node: str
+    node: NodeId
     old: State | None
     new: State
-    incarnation: str
+    incarnation: Incarnation
     reason: str
-    successor: str = ""
+    successor: Incarnation = Incarnation("")
     """For a restart: the incarnation that took the old one's place."""
 
 
 @dataclass(slots=True)
 class _Member:
     state: State
-    incarnation: str
+    incarnation: Incarnation
     last_ok: float
     streak: int = 0
     deaths: list[float] = field(default_factory=list)
@@ -66,9 +68,9 @@ class Membership:
 
     def __init__(self, config: MembershipConfig | None = None) -> None:
         self.config = config or MembershipConfig()
-        self._members: dict[str, _Member] = {}
+        self._members: dict[NodeId, _Member] = {}
 
-    def heartbeat_ok(self, node: str, incarnation: str, now: float) -> list[Transition]:
+    def heartbeat_ok(self, node: NodeId, incarnation: Incarnation, now: float) -> list[Transition]:
         """A member answered a heartbeat."""
         cfg = self.config
         m = self._members.get(node)
@@ -119,16 +121,16 @@ class Membership:
                 out.append(Transition(node, State.SUSPECT, State.DEAD, m.incarnation, "silent"))
         return out
 
-    def state(self, node: str) -> State | None:
+    def state(self, node: NodeId) -> State | None:
         """A member's state, None if never seen."""
         m = self._members.get(node)
         return None if m is None else m.state
 
-    def incarnation(self, node: str) -> str | None:
+    def incarnation(self, node: NodeId) -> Incarnation | None:
         """A member's current incarnation."""
         m = self._members.get(node)
         return None if m is None else m.incarnation
 
-    def members(self, state: State | None = None) -> list[str]:
+    def members(self, state: State | None = None) -> list[NodeId]:
         """Members, optionally only those in one state, sorted by id."""
         return sorted(n for n, m in self._members.items() if state is None or m.state is state)

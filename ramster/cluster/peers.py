@@ -32,6 +32,7 @@ from ramster.protocol import (
 from ramster.rpc import Identity, PageBatch, RpcClient, RpcConfig, Secret
 from ramster.settings import parse_address
 from ramster.telemetry.ratelimit import LogLimiter
+from ramster.types import Incarnation, NodeId
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,13 @@ MAX_DIALS = 4
 class PeerEvents(Protocol):
     """What this node does when its peers change (`Peers` calls it from its heartbeats)."""
 
-    def peer_restarted(self, node: str, old_incarnation: str, new: str) -> None:
+    def peer_restarted(self, node: NodeId, old_incarnation: Incarnation, new: Incarnation) -> None:
         """A peer restarted as `new`: the copies its old incarnation held are gone."""
 
     def peer_changed(self, transition: Transition) -> None:
         """A peer's state changed (for the event log)."""
 
-    def holder_reclaimed(self, node: str, epoch: int) -> None:
+    def holder_reclaimed(self, node: NodeId, epoch: int) -> None:
         """A holder says it reclaimed this node's pages (a long silence): its copies are gone."""
 
     def duplicate(self, reason: str) -> None:
@@ -63,14 +64,14 @@ class Peer:
 
     address: str
     client: RpcClient
-    node_id: str | None = None
-    incarnation: str | None = None
+    node_id: NodeId | None = None
+    incarnation: Incarnation | None = None
     lent_free: int = 0
     lent_budget: int = 0
     alive: bool = False
     last_ok: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
-    epoch: tuple[str, int] | None = None
+    epoch: tuple[Incarnation, int] | None = None
     """(its incarnation, how many times it reclaimed this node's pages) as last heard."""
     refused_since: float | None = None
     """When this peer began refusing this node as a duplicate of a live node id."""
@@ -120,7 +121,7 @@ class Peers(SpeaksFor):
         self.dialling = 0
         self.most_dialling = 0
         """The most discovered addresses ever dialled at once (at most max_dials)."""
-        self._ever: set[str] = set()
+        self._ever: set[NodeId] = set()
         self.membership = Membership(
             MembershipConfig(suspect_after=dead_after / 2, dead_after=dead_after)
         )
@@ -273,7 +274,7 @@ class Peers(SpeaksFor):
             return False
         peer.refused_since = None
         now = time.monotonic()
-        node_id, incarnation = info["node"], info["incarnation"]
+        node_id, incarnation = NodeId(info["node"]), Incarnation(info["incarnation"])
         if node_id == self.me:
             if peer.node_id is None:
                 log.info("peer %s is this node itself; ignoring it", peer.address)
@@ -319,7 +320,7 @@ class Peers(SpeaksFor):
         self._apply(self.membership.heartbeat_ok(node_id, incarnation, now))
         return True
 
-    def _note_epoch(self, peer: Peer, node: str, incarnation: str, epoch: int) -> None:
+    def _note_epoch(self, peer: Peer, node: NodeId, incarnation: Incarnation, epoch: int) -> None:
         """A holder's count of reclaims of this node's pages rose: its copies are gone."""
         seen = peer.epoch
         peer.epoch = (incarnation, epoch)
@@ -408,11 +409,15 @@ class Peers(SpeaksFor):
 
     def alive(self) -> set[str]:
         """Peers alive now."""
-        return set(self.membership.members(State.ALIVE)) - {self.me}
+        return set[str](self.membership.members(State.ALIVE)) - {self.me}
 
     def present(self) -> set[str]:
         """Peers not (yet) declared dead: alive or only suspect."""
-        return set(self.membership.members()) - set(self.membership.members(State.DEAD)) - {self.me}
+        return (
+            set[str](self.membership.members())
+            - set(self.membership.members(State.DEAD))
+            - {self.me}
+        )
 
     def leaving(self) -> set[str]:
         """Live peers that are draining."""
@@ -425,15 +430,15 @@ class Peers(SpeaksFor):
 
     def gone(self) -> set[str]:
         """Peers seen alive once and dead now (silent for longer than dead_after)."""
-        return set(self.membership.members(State.DEAD)) - {self.me}
+        return set[str](self.membership.members(State.DEAD)) - {self.me}
 
-    def all_holders(self) -> list[str]:
+    def all_holders(self) -> list[NodeId]:
         """Every peer ever seen alive."""
         return sorted(self._ever)
 
     def state_of(self, node: str) -> str:
         """alive, suspect, dead, or unknown (never seen)."""
-        state = self.membership.state(node)
+        state = self.membership.state(NodeId(node))  # never seen (a tombstone): unknown
         return "unknown" if state is None else state.value
 
     @property

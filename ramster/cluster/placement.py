@@ -6,12 +6,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ramster.types import NodeId
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A peer that could hold pages, as the owner last heard of it."""
 
-    node: str
+    node: NodeId
     free_bytes: int
     """Lent capacity the peer reports as free, in bytes."""
 
@@ -33,7 +35,7 @@ def choose_holders(
     rng: random.Random,
     exclude: frozenset[str] = frozenset(),
     minimum: int | None = None,
-) -> list[str]:
+) -> list[NodeId]:
     """`replicas` distinct holders with room for `need_bytes`; fewer (down to `minimum`,
     default `replicas`) when fewer have room, or [] below that (degraded placement).
 
@@ -49,7 +51,7 @@ def choose_holders(
     pool = [c for c in candidates if c.free_bytes >= need_bytes and c.node not in exclude]
     if len(pool) < least:
         return []
-    chosen: list[str] = []
+    chosen: list[NodeId] = []
     for _ in range(min(replicas, len(pool))):
         first = _weighted_pick(pool, rng)
         second = _weighted_pick(pool, rng)

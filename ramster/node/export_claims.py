@@ -104,7 +104,7 @@ class ExportClaims:
         owner = export_owner(name)
         # This node's own lent pool too: it may hold copies of a server before it.
         dropped = self.lent.delete_export(owner, term, self.peers.me)
-        missed = set(self.peers.membership.members()) - {self.peers.me}
+        missed = set[str](self.peers.membership.members()) - {self.peers.me}
         for node in sorted(self.peers.alive()):
             try:
                 dropped += await self.peers.calls.delete_export(node, owner, term)

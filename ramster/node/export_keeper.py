@@ -14,7 +14,13 @@ from ramster.errors import RamsterError
 from ramster.nbd.server import NbdServer
 from ramster.node.config import NodeConfig
 from ramster.node.export_records import ExportRecords
-from ramster.node.export_served import KEEPALIVE_EVERY, REPAIR_EVERY, Served, claim_answers
+from ramster.node.export_served import (
+    KEEPALIVE_EVERY,
+    REPAIR_EVERY,
+    ExportState,
+    Served,
+    claim_answers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ class ExportKeeper:
         service's, while it runs)."""
         self._tg = tg
         for served in self.served.values():
-            if served.state == "serving" and served.task is None:
+            if served.state is ExportState.SERVING and served.task is None:
                 served.task = tg.create_task(self._tend(served))
 
     def tend(self, served: Served) -> None:
@@ -115,7 +121,7 @@ class ExportKeeper:
         served = self.served.get(name)
         if served is None:
             return
-        served.state = "fenced" if why != "deleted" else "deleted"
+        served.state = ExportState.DELETED if why == "deleted" else ExportState.FENCED
         served.export.fence(why)
         try:
             self.records.update(name, served.spec.size, serving=False)

@@ -36,6 +36,7 @@ from ramster.node.export_served import (
     HEAR_RETRY,
     UNHEARD_LOG_EVERY,
     Attempt,
+    ExportState,
     Served,
     TermTie,
     capacity_of,
@@ -88,7 +89,7 @@ class ExportOpener:
     async def _open(self, served: Served) -> None:
         started = time.monotonic()
         name = served.spec.name
-        served.state = "hearing"
+        served.state = ExportState.HEARING
         waited_since = time.monotonic()
         told = 0.0
         while True:
@@ -110,7 +111,7 @@ class ExportOpener:
                 log.warning("export %s: not served yet (%.0f s): %s", name, now - waited_since, why)
             await asyncio.sleep(HEAR_RETRY)
         rebuilder = self._rebuilder(served)
-        served.state = "rebuilding"
+        served.state = ExportState.REBUILDING
         log.info("export %s: term %d, rebuilding from the holders", name, served.term)
         await served.export.open_areas()
         t0 = time.monotonic()
@@ -135,7 +136,7 @@ class ExportOpener:
             unheard=float(len(attempt.missing)),
             seconds=time.monotonic() - started,
         )
-        served.state = "serving"
+        served.state = ExportState.SERVING
         log.info(
             "export %s: serving (term %d): %d pages rebuilt in %.2f s (%.0f pages/s), %d lost, "
             "%d stale copies to drop",

@@ -4,6 +4,7 @@ constants of serving one, and how one is shown (`describe`); the service is `nod
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import InitVar, dataclass, field
@@ -60,6 +61,20 @@ INDEX_BYTES_PER_PAGE = 64
 """The export's own pool keeps only the index: about this much per block, plus slack."""
 
 
+class ExportState(enum.StrEnum):
+    """Where a replicated export served here stands; its value is what stats and logs show."""
+
+    STARTING = "starting"
+    HEARING = "hearing"
+    """Hearing the nodes that may hold newer copies, taking the next term."""
+    REBUILDING = "rebuilding"
+    """Rebuilding the index from the holders."""
+    SERVING = "serving"
+    FENCED = "fenced"
+    """Another server took it over (or it was moved): not served here any more."""
+    DELETED = "deleted"
+
+
 class ServedHooks(Protocol):
     """What a replicated export served here asks of the node's exports."""
 
@@ -83,8 +98,7 @@ class Served:
     max_payload: InitVar[int]
     export: Export = field(init=False)
     term: int = 0
-    state: str = "starting"
-    """starting, hearing, rebuilding, serving, fenced or deleted."""
+    state: ExportState = ExportState.STARTING
     rebuild: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     takeover: bool = False

@@ -31,6 +31,7 @@ from ramster.node.export_records import ExportRecords
 from ramster.node.export_served import Served, describe
 from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import MAX_EXPORT_TERM, TERM_SHIFT
+from ramster.types import Incarnation, NodeId
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,9 @@ class ExportService:
         """Stop serving an export here (fenced, moved or deleted): connections are closed."""
         self.keeper.retire(name, why)
 
-    def holder_restarted(self, node: str, old_incarnation: str, new: str) -> None:
+    def holder_restarted(
+        self, node: NodeId, old_incarnation: Incarnation, new: Incarnation
+    ) -> None:
         """A holder restarted: its copies of every export are gone."""
         for served in self.served.values():
             served.tier.holder_restarted(node, old_incarnation, new)

@@ -18,7 +18,7 @@ async def elect_forever(
     while True:
         await asyncio.sleep(min(0.1, heartbeat))
         alive = peers.alive()
-        views = {
+        views: dict[str, View] = {
             p.node_id: View(str(p.info["coordinator"]), int(p.info["term"]))
             for p in peers.peers()
             if p.node_id in alive and "coordinator" in p.info and "term" in p.info

@@ -43,6 +43,7 @@ from ramster.pagestore.lent import LentPool
 from ramster.pagestore.owners import incarnation_order
 from ramster.rpc import Identity, RpcServer, Secret
 from ramster.telemetry.events import EventLog
+from ramster.types import Incarnation, NodeId
 
 if TYPE_CHECKING:
     from ramster.admin.server import AdminServer
@@ -345,13 +346,13 @@ class Node:
         if self._runner is not None:
             self._runner.cancel()
 
-    def peer_restarted(self, node: str, old_incarnation: str, new: str) -> None:
+    def peer_restarted(self, node: NodeId, old_incarnation: Incarnation, new: Incarnation) -> None:
         """A peer restarted as `new`: its copies of this node's pages and of its exports are
         gone (but those its new incarnation holds)."""
         self.tier.holder_restarted(node, old_incarnation, new)
         self.exports.holder_restarted(node, old_incarnation, new)
 
-    def holder_reclaimed(self, node: str, epoch: int) -> None:
+    def holder_reclaimed(self, node: NodeId, epoch: int) -> None:
         """A holder reclaimed this node's pages: its copies are gone."""
         self.tier.holder_reclaimed(node, epoch)
 
@@ -374,7 +375,9 @@ class Node:
         A suspect member is still one: its copies are repaired only once it is dead.
         """
         present = self.peers.present()
-        reports = {p.node_id: p.info for p in self.peers.peers() if p.node_id in present}
+        reports: dict[str | None, dict[str, Any]] = {
+            p.node_id: p.info for p in self.peers.peers() if p.node_id in present
+        }
         reports[self.node_id] = self.hello_info()
         return {n: r for n, r in reports.items() if n}
 

@@ -46,6 +46,7 @@ from ramster.rpc.const import (
     PROTOCOL_VERSION,
 )
 from ramster.rpc.session import Identity, Opener, Role, Sealer
+from ramster.types import Incarnation, NodeId
 
 SECRET_ENV = "RAMSTER_CLUSTER_SECRET"
 """Environment variable holding the cluster secret when no secret file is given."""
@@ -192,7 +193,7 @@ def _peer_identity(role: object, node: object, incarnation: object) -> Identity:
         node_id, inc = _text(node, "hello"), _text(incarnation, "hello")
         if not node_id or not inc:
             raise ProtocolError("a node must name its id and incarnation")
-        return Identity(Role.NODE, node_id, inc)
+        return Identity(Role.NODE, NodeId(node_id), Incarnation(inc))
     if role == Role.CLIENT.value:
         if node != "" or incarnation != "":
             raise ProtocolError("a client names no node")
@@ -251,7 +252,11 @@ class ClientHandshake:
         server_nonce = _nonce(nonce, "challenge")
         if server_nonce == self._nonce:
             raise AuthError("bad server nonce")
-        server = Identity(Role.NODE, _text(node, "challenge"), _text(incarnation, "challenge"))
+        server = Identity(
+            Role.NODE,
+            NodeId(_text(node, "challenge")),
+            Incarnation(_text(incarnation, "challenge")),
+        )
         transcript = _Transcript(
             PROTOCOL_VERSION,
             cluster,

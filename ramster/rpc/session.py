@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ramster.errors import IntegrityError
 from ramster.rpc.const import KEY_BYTES, MAX_IDENTITY_BYTES, MAX_SEALED_FRAMES, TAG_BYTES
-from ramster.types import Buffer
+from ramster.types import Buffer, Incarnation, NodeId
 
 _NONCE = struct.Struct(">4xQ")
 """12-byte nonce: four zero bytes, then the 64-bit frame counter of one direction."""
@@ -51,8 +51,8 @@ class Identity:
     """Who one end of a session says it is; the handshake proves it knows the secret for it."""
 
     role: Role
-    node_id: str = ""
-    incarnation: str = ""
+    node_id: NodeId = NodeId("")
+    incarnation: Incarnation = Incarnation("")
 
     def __post_init__(self) -> None:
         for name in ("node_id", "incarnation"):
@@ -67,7 +67,7 @@ class Identity:
         """A node's identity."""
         if not node_id or not incarnation:
             raise ValueError("a node identity needs a node id and an incarnation")
-        return cls(Role.NODE, node_id, incarnation)
+        return cls(Role.NODE, NodeId(node_id), Incarnation(incarnation))
 
     @classmethod
     def client(cls) -> Identity:

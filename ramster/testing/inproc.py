@@ -11,6 +11,7 @@ from ramster.errors import PeerLost
 from ramster.pagestore.lent import LentPool, Stored
 from ramster.pagestore.verify import copyable, spread
 from ramster.rpc.pages import Keys, PageBatch
+from ramster.types import NodeId
 
 
 class InProcessHolders:
@@ -35,12 +36,14 @@ class InProcessHolders:
     def candidates(self) -> list[Candidate]:
         """Live peers with their free lent bytes."""
         return [
-            Candidate(n, lent.free_bytes()) for n, lent in self.lents.items() if n not in self.down
+            Candidate(NodeId(n), lent.free_bytes())
+            for n, lent in self.lents.items()
+            if n not in self.down
         ]
 
-    def all_holders(self) -> list[str]:
+    def all_holders(self) -> list[NodeId]:
         """Every peer."""
-        return list(self.lents)
+        return [NodeId(n) for n in self.lents]
 
     def state_of(self, node: str) -> str:
         """dead while down, else alive (unknown for a name that is no holder)."""

@@ -17,8 +17,10 @@ from ramster.pagestore.lent import LentPool
 from ramster.rpc.pages import Keys, PageBatch
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
+from ramster.types import Incarnation, NodeId
 
 INC = "00000001-test"
+PEER1 = NodeId("peer1")
 
 
 class GatedHolders(InProcessHolders):
@@ -44,7 +46,7 @@ def _setup() -> tuple[DropQueue, GatedHolders, bytes]:
 
 
 def _put(holders: GatedHolders, page: bytes) -> None:
-    ok = holders.lents["peer1"].put(
+    ok = holders.lents[PEER1].put(
         "owner",
         INC,
         PageBatch([0], [7], [3], [checksum(page)], [encode(page, PoolConfig())]),
@@ -54,7 +56,7 @@ def _put(holders: GatedHolders, page: bytes) -> None:
 
 
 def _held(holders: GatedHolders) -> bool:
-    return holders.lents["peer1"].get("owner", INC, [0], [7]) != [None]
+    return holders.lents[PEER1].get("owner", INC, [0], [7]) != [None]
 
 
 async def _second_round(drops: DropQueue) -> None:
@@ -65,12 +67,12 @@ async def _second_round(drops: DropQueue) -> None:
 async def test_a_copy_put_while_its_drop_is_on_the_way_stays() -> None:
     drops, holders, page = _setup()
     _put(holders, page)
-    drops.enqueue(["peer1"], 0, [7], [3])  # a stray of version 3
+    drops.enqueue([PEER1], 0, [7], [3])  # a stray of version 3
     sending = asyncio.ensure_future(drops.deliver())
     await holders.entered.wait()
     await _second_round(drops)
     # The same version is about to be copied there again (a repair): wait for the drop.
-    waiting = asyncio.ensure_future(drops.before_put(["peer1"], 0, [7], [3]))
+    waiting = asyncio.ensure_future(drops.before_put([PEER1], 0, [7], [3]))
     await asyncio.sleep(0.05)
     assert not waiting.done(), "before_put did not wait for the drop on its way"
     holders.gate.set()
@@ -97,7 +99,8 @@ async def test_drops_queued_for_a_holder_that_restarted_still_reach_it() -> None
         "owner", INC, PageBatch([0], [7], [3], [checksum(page)], [encode(page, PoolConfig())])
     ) == [True]
     tier.queue_drops("n4", 0, [7], [3])  # a copy that did not count
-    tier.holder_restarted("n4", "old-incarnation")  # heard late: the copy is on the new one
+    # Heard late: the copy is on the new one.
+    tier.holder_restarted(NodeId("n4"), Incarnation("old-incarnation"))
     assert await tier.settle_drops(5.0)
     assert lents["n4"].get("owner", INC, [0], [7]) == [None], "the stray copy stayed on n4"
 
@@ -108,11 +111,11 @@ async def test_a_put_of_an_older_version_leaves_a_newer_versions_drop_queued() -
     # the holder of v56 (refused there: newest wins), and took the queued drop of v56 out of
     # the queue with it: v56 stayed on that holder, referenced by no one.
     drops, _, _ = _setup()
-    drops.enqueue(["peer1"], 0, [7], [56])
-    await drops.before_put(["peer1"], 0, [7], [27])
+    drops.enqueue([PEER1], 0, [7], [56])
+    await drops.before_put([PEER1], 0, [7], [27])
     assert drops.pending() == 1
     # A put of that very version takes the drop out (it would remove the new copy).
-    await drops.before_put(["peer1"], 0, [7], [56])
+    await drops.before_put([PEER1], 0, [7], [56])
     assert drops.pending() == 0
 
 
@@ -132,7 +135,7 @@ async def test_a_withdrawn_drop_comes_back_when_the_copy_is_not_kept() -> None:
     assert lents["n0"].put("owner", INC, PageBatch([0], [7], [3], [total], [stored])) == [True]
     tier.queue_drops("n0", 0, [7], [3])  # the straggler's copy: a stray
     # The owner records the page on n4 alone, which has lost it meanwhile.
-    tier.pool.put_remote(0, [7], [3], [total], tier._tier.sets.intern(("n4",)))
+    tier.pool.put_remote(0, [7], [3], [total], tier._tier.sets.intern((NodeId("n4"),)))
     assert await tier.repair(set()) == 0  # nowhere to read it from
     assert await tier.settle_drops(5.0)
     assert lents["n0"].get("owner", INC, [0], [7]) == [None], "the stray copy stayed on n0"

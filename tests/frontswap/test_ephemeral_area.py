@@ -15,6 +15,7 @@ from ramster.pagestore.lent import LentPool
 from ramster.rpc.pages import PageBatch
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
+from ramster.types import Incarnation, NodeId
 
 PAGES = corpus.pages(16, seed=3)
 HOLDERS = ("h1", "h2", "h3")
@@ -187,7 +188,7 @@ async def test_a_lost_holder_costs_misses_and_no_repair() -> None:
     # A restarted holder: its copies are gone, loads miss, nothing comes back wrong.
     holders.down.clear()
     lents["h2"] = LentPool(PoolConfig(budget_bytes=4 << 20))
-    fs.holder_restarted("h2", "old")
+    fs.holder_restarted(NodeId("h2"), Incarnation("old"))
     got = await fs.frontswap.load_many(1, keys)
     assert all(p is None or p == page(k) for k, p in zip(keys, got, strict=True))
 

@@ -33,6 +33,7 @@ from ramster.pagestore.lent import LentPool
 from ramster.rpc.pages import PageBatch
 from ramster.testing import corpus
 from ramster.testing.faults import Faults, FaultyHolders
+from ramster.types import Incarnation, NodeId
 
 OWNERS = ("o1", "o2")
 HOLDERS = ("h1", "h2", "h3")
@@ -272,7 +273,7 @@ class EphemeralUnderPressure(RuleBasedStateMachine):
         self.restarts += 1
         TOTALS.restarts += 1
         for fs in self.owners.values():
-            fs.holder_restarted(h, f"old{self.restarts}")
+            fs.holder_restarted(NodeId(h), Incarnation(f"old{self.restarts}"))
 
     @invariant()
     def count(self) -> None:

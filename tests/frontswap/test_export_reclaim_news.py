@@ -18,6 +18,7 @@ from ramster.pagestore.owners import Fenced, Reclaimed, export_incarnation
 from ramster.rpc.pages import Keys, PageBatch
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
+from ramster.types import NodeId
 
 OWNER = "export:disk"
 INC = export_incarnation(1, "srv")
@@ -76,7 +77,7 @@ async def test_a_reclaim_told_to_a_drop_reaches_the_server() -> None:
         PagePool(PoolConfig(budget_bytes=1 << 20)), holders, SpillConfig(), random.Random(1)
     )
     drops = DropQueue(tier)
-    drops.enqueue(["peer1"], 0, [9], [1])  # any queued drop: a stray's, an older version's
+    drops.enqueue([NodeId("peer1")], 0, [9], [1])  # any queued drop: a stray's, an older version's
     await drops.deliver()
     # The holder has now spent its news: the next put is taken silently.
     p = pages[3]

@@ -20,10 +20,16 @@ from ramster.pagestore.lent import LentPool
 from ramster.rpc.pages import Keys, PageBatch
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
+from ramster.types import Incarnation, NodeId
 
 pytestmark = pytest.mark.asyncio
 INC = "00000001-owner"
-OLD, NEW, NEWER = "0000000000000001-b", "0000000000000002-b", "0000000000000003-b"
+OLD, NEW, NEWER = (
+    Incarnation("0000000000000001-b"),
+    Incarnation("0000000000000002-b"),
+    Incarnation("0000000000000003-b"),
+)
+B = NodeId("B")
 LOCAL = 1 << 20
 LENT = 16 << 20
 
@@ -33,9 +39,9 @@ class Restarting(InProcessHolders):
 
     def __init__(self, lents: dict[str, LentPool]) -> None:
         super().__init__("owner", INC, lents)
-        self.incarnation_of = {n: "0000000000000001-" + n.lower() for n in lents}
+        self.incarnation_of = {n: Incarnation("0000000000000001-" + n.lower()) for n in lents}
 
-    def restart(self, node: str, incarnation: str) -> None:
+    def restart(self, node: str, incarnation: Incarnation) -> None:
         """The holder's process is replaced: an empty lent pool, a new incarnation."""
         self.lents[node] = LentPool(PoolConfig(budget_bytes=LENT))
         self.incarnation_of[node] = incarnation
@@ -72,7 +78,7 @@ def _lents(*nodes: str) -> dict[str, LentPool]:
     return {n: LentPool(PoolConfig(budget_bytes=LENT)) for n in nodes}
 
 
-async def _owner(holders: Restarting, b: str) -> tuple[RemoteTier, list[bytes]]:
+async def _owner(holders: Restarting, b: Incarnation) -> tuple[RemoteTier, list[bytes]]:
     """An owner whose first N pages are stored (half spilled) while B runs as `b`."""
     holders.incarnation_of["B"] = b
     fs = RemoteTier(
@@ -98,7 +104,7 @@ async def test_a_late_restart_notice_leaves_the_new_incarnations_copies() -> Non
     on_b = sum(g is not None for g in held)
     assert on_b == len(remote), "the new incarnation holds the later copies"
     # The failure detector's word comes now: the old incarnation is gone (no news).
-    fs.holder_restarted("B", OLD, NEW)
+    fs.holder_restarted(B, OLD, NEW)
     assert await fs.settle_drops(2.0)
     # A dies: every later page still loads, from B's new incarnation.
     holders.down.add("A")
@@ -179,7 +185,7 @@ async def test_a_restart_heard_with_its_successor_buries_an_incarnation_it_never
     holders.restart("B", NEW)
     later = await _spilled(fs, N, N, seed=2)
     holders.restart("B", NEWER)
-    fs.holder_restarted("B", OLD, NEWER)
+    fs.holder_restarted(B, OLD, NEWER)
     assert _phantoms(fs, holders, 2 * N) == 0
     await _all_load_once_a_dies(fs, holders, first + later)
 
@@ -197,10 +203,10 @@ async def test_news_heard_while_an_answer_is_in_flight_still_counts(news: str) -
         fired.append(news)
         if news == "restart":
             holders.restart("B", NEW)
-            fs.holder_restarted("B", OLD, NEW)
+            fs.holder_restarted(B, OLD, NEW)
         else:
             holders.lents["B"] = LentPool(PoolConfig(budget_bytes=LENT))
-            fs.holder_reclaimed("B", 1)
+            fs.holder_reclaimed(B, 1)
 
     holders.hook = gone
     later = await _spilled(fs, N, N, seed=2)

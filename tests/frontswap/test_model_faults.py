@@ -29,6 +29,7 @@ from ramster.pagestore import PoolConfig
 from ramster.pagestore.lent import LentPool
 from ramster.testing import corpus
 from ramster.testing.faults import Faults, FaultyHolders
+from ramster.types import Incarnation, NodeId
 
 OWNERS = ("o1", "o2")
 HOLDERS = ("h1", "h2", "h3", "h4")
@@ -238,7 +239,7 @@ class RemoteTierUnderFaults(RuleBasedStateMachine):
         self.lents[h] = LentPool(PoolConfig(budget_bytes=self.lents[h].pool.config.budget_bytes))
         self.restarts += 1
         for fs in self.owners.values():
-            fs.holder_restarted(h, f"old{self.restarts}")
+            fs.holder_restarted(NodeId(h), Incarnation(f"old{self.restarts}"))
 
     async def _repair_fully(self, fs: RemoteTier) -> None:
         gone = set(self.faults.down)

@@ -20,6 +20,7 @@ from ramster.pagestore.lent import LentPool, Stored
 from ramster.rpc.pages import Keys
 from ramster.testing import corpus
 from ramster.testing.inproc import InProcessHolders
+from ramster.types import Incarnation, NodeId
 
 pytestmark = pytest.mark.asyncio
 INC = "00000001-test"
@@ -198,7 +199,7 @@ async def test_drops_kept_across_a_restart_never_take_a_copy_repair_put_there() 
     holders.down.discard("peer2")
     # peer1 restarts: a new, empty incarnation; the owner hears of it.
     lents["peer1"] = LentPool(PoolConfig(budget_bytes=LENT))
-    fs.holder_restarted("peer1", "old")
+    fs.holder_restarted(NodeId("peer1"), Incarnation("old"))
     holders.down.add("peer2")  # only peer1's new incarnation can take the repair
     holders.down.discard("peer1")
     assert await fs.repair(set()) > 0

@@ -18,6 +18,7 @@ from ramster.rpc.auth import (
 )
 from ramster.rpc.const import PROTOCOL_VERSION, TAG_BYTES
 from ramster.rpc.session import Identity, Role
+from ramster.types import NodeId
 
 SECRET = Secret(b"s" * 32)
 OTHER = Secret(b"o" * 32)
@@ -283,7 +284,7 @@ def test_identities_are_checked() -> None:
     with pytest.raises(ValueError, match="node id"):
         Identity.node("", "1")
     with pytest.raises(ValueError, match="no node"):
-        Identity(Role.CLIENT, "a")
+        Identity(Role.CLIENT, NodeId("a"))
     with pytest.raises(ValueError, match="bytes"):
         Identity.node("é" * 100, "1")
 

@@ -11,12 +11,12 @@ from typing import Any
 from ramster.cluster.calls import Kept
 from ramster.errors import ExportFenced, PagesReclaimed, RamsterError
 from ramster.frontswap.remote.drops import DropQueue
-from ramster.frontswap.remote.holders import RECLAIMED, Tier
+from ramster.frontswap.remote.holders import RECLAIMED, SetMember, Tier
 from ramster.rpc.pages import PageBatch
-from ramster.types import Buffer
+from ramster.types import Buffer, NodeId
 
 
-def renewed(t: Tier, node: str, kept: list[bool], epochs: dict[str, int]) -> bool:
+def renewed(t: Tier, node: NodeId, kept: list[bool], epochs: dict[SetMember, int]) -> bool:
     """What `node` kept lives on (the incarnation that answered is the current one, or it did
     not say); burials since `epochs` was taken of the node's other incarnations (this very
     answer buries the old one) do not touch what it kept, and are taken into it."""
@@ -42,7 +42,7 @@ class Copier:
 
     async def put(
         self,
-        nodes: Sequence[str],
+        nodes: Sequence[NodeId],
         area: int,
         offsets: list[int],
         versions: list[int],
@@ -51,8 +51,8 @@ class Copier:
         ephemeral: bool = False,
         *,
         requeue: bool = True,
-        epochs: dict[str, int] | None = None,
-    ) -> list[tuple[str, ...]]:
+        epochs: dict[SetMember, int] | None = None,
+    ) -> list[tuple[NodeId, ...]]:
         """Send one batch to every node at once; per page, the nodes that kept it (in order).
 
         A node whose call failed may have kept the pages all the same (its answer was lost),
@@ -71,7 +71,7 @@ class Copier:
             epochs.setdefault(node, t.sets.epoch(node))
         await self._drops.before_put(nodes, area, offsets, versions)
 
-        async def one(node: str) -> list[bool]:
+        async def one(node: NodeId) -> list[bool]:
             try:
                 kept = await t.holders.put(node, batch, ephemeral)
                 return list(kept) if renewed(t, node, kept, epochs) else [False] * len(offsets)
@@ -111,19 +111,19 @@ class Copier:
 
     async def _gather_hedged(
         self,
-        nodes: Sequence[str],
-        one: Callable[[str], Coroutine[Any, Any, list[bool]]],
+        nodes: Sequence[NodeId],
+        one: Callable[[NodeId], Coroutine[Any, Any, list[bool]]],
         area: int,
         offsets: list[int],
         versions: list[int],
-    ) -> dict[str, list[bool]]:
+    ) -> dict[NodeId, list[bool]]:
         """Every node's answer, but for stragglers: once min_replicas have answered, the rest
         get three times as long again (between straggler_min and straggler_timeout). A paused
         holder must not hold up a writer when it is not needed for the answer: a straggler's
         copies are queued to be dropped, and it gets no new copies for straggler_pause."""
         t = self._t
         tasks = {asyncio.ensure_future(one(n)): n for n in nodes}
-        results: dict[str, list[bool]] = {}
+        results: dict[NodeId, list[bool]] = {}
         pending = set(tasks)
         loop = asyncio.get_running_loop()
         started = loop.time()

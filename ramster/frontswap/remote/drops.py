@@ -26,9 +26,10 @@ import numpy as np
 import numpy.typing as npt
 
 from ramster.errors import PagesReclaimed, RamsterError
-from ramster.frontswap.remote.holders import Tier, run_all
+from ramster.frontswap.remote.holders import SetMember, Tier, run_all
 from ramster.rpc.pages import Keys
 from ramster.telemetry.ratelimit import LogLimiter
+from ramster.types import NodeId
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,11 @@ class DropQueue:
 
     def __init__(self, tier: Tier) -> None:
         self._t = tier
-        self._q: dict[str, _Queue] = {}
+        self._q: dict[NodeId, _Queue] = {}
         self._wake = asyncio.Event()
         self._log = LogLimiter(log)
 
-    def _queue(self, node: str) -> _Queue:
+    def _queue(self, node: NodeId) -> _Queue:
         q = self._q.get(node)
         if q is None:
             q = self._q[node] = _Queue()
@@ -102,14 +103,15 @@ class DropQueue:
     # -- queueing (synchronous: callers never wait) ------------------------------------------------
 
     def enqueue(
-        self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
+        self, nodes: Sequence[SetMember], area: int, offsets: list[int], versions: list[int]
     ) -> None:
         """Have each node forget its copies of the keys, no newer than the versions."""
         if not offsets:
             return
-        for node in nodes:
-            if node in self._t.sets.tombstones:
-                continue  # that incarnation's copies are gone already
+        for member in nodes:
+            node = self._t.sets.holder(member)
+            if node is None:
+                continue  # a tombstone: that incarnation's copies are gone already
             q = self._queue(node)
             offs, vers = q.pages.setdefault(area, (array("Q"), array("Q")))
             offs.extend(offsets)
@@ -130,11 +132,11 @@ class DropQueue:
 
     def not_kept(
         self,
-        nodes: Sequence[str],
+        nodes: Sequence[NodeId],
         area: int,
         offsets: list[int],
         versions: list[int],
-        kept_by: Sequence[tuple[str, ...]],
+        kept_by: Sequence[tuple[SetMember, ...]],
     ) -> None:
         """After a put or copy onto `nodes` that some did not keep: such a node may still hold
         an earlier stray copy of the page whose drop `before_put` withdrew (a straggler's,
@@ -166,7 +168,7 @@ class DropQueue:
         drops = self._t.pool.drain_remote_drops()
         if not drops:
             return
-        per_node: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+        per_node: dict[tuple[SetMember, int], tuple[list[int], list[int]]] = {}
         sets = self._t.sets
         for set_id, area, offset, version in drops:
             for node in sets[set_id]:
@@ -184,14 +186,14 @@ class DropQueue:
             q.pages.pop(area, None)  # the area drop covers them
         self._wake.set()
 
-    def _discard_if_idle(self, node: str, q: _Queue) -> None:
+    def _discard_if_idle(self, node: NodeId, q: _Queue) -> None:
         """Remove an emptied queue, unless its sender holds it (a batch may be on its way,
         and `before_put` must still find it there)."""
         if not q.lock.locked():
             del self._q[node]
 
     async def before_put(
-        self, nodes: Sequence[str], area: int, offsets: list[int], versions: list[int]
+        self, nodes: Sequence[NodeId], area: int, offsets: list[int], versions: list[int]
     ) -> None:
         """Pages about to be copied onto `nodes` must not be forgotten there by a drop queued
         earlier of their version (a drop of an older version cannot touch them): take such
@@ -266,7 +268,7 @@ class DropQueue:
         results = await run_all(self._send(node, q) for node, q in todo)
         return sum(results)
 
-    async def _send(self, node: str, q: _Queue) -> int:
+    async def _send(self, node: NodeId, q: _Queue) -> int:
         t = self._t
         sent = 0
         async with q.lock:

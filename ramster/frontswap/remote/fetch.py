@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from ramster.errors import PagesReclaimed, PageUnavailable, RamsterError
-from ramster.frontswap.remote.holders import Tier, run_all
+from ramster.frontswap.remote.holders import SetMember, Tier, run_all
 from ramster.pagestore import checksum, expand
 from ramster.rpc.pages import Keys
-from ramster.types import Buffer
+from ramster.types import Buffer, NodeId
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ Wanted = tuple[int, int, int]
 """(index, version, checksum) of a page to fetch."""
 
 
-def _rotated(nodes: tuple[str, ...], first: int) -> tuple[str, ...]:
+def _rotated(nodes: tuple[SetMember, ...], first: int) -> tuple[SetMember, ...]:
     return nodes[first:] + nodes[:first]
 
 
@@ -85,19 +86,19 @@ class Fetcher:
             out.update(part)
         return out
 
-    def order(self, nodes: tuple[str, ...]) -> tuple[str, ...]:
+    def order(self, nodes: Sequence[SetMember]) -> tuple[NodeId, ...]:
         """The holders to ask, live ones first (stable: the spread by offset stays); never
         a tombstone (an incarnation whose copies are gone)."""
         state = self._t.holders.state_of
-        tombs = self._t.sets.tombstones
-        alive = [n for n in nodes if n not in tombs]
+        holder = self._t.sets.holder
+        alive = [h for h in map(holder, nodes) if h is not None]
         return tuple(sorted(alive, key=lambda n: RANK.get(state(n), 1)))
 
     async def fetch_group(
         self,
         area: int,
         offs: I64,
-        nodes: tuple[str, ...],
+        nodes: tuple[NodeId, ...],
         wanted: list[Wanted],
         verify: bool,
         want_stored: bool = False,

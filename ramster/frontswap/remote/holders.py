@@ -8,8 +8,9 @@ import logging
 import random
 import time
 from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from ramster.cluster.placement import Candidate
 from ramster.frontswap.remote.config import SpillConfig
@@ -18,18 +19,23 @@ from ramster.pagestore.lent import Stored
 from ramster.pagestore.owners import incarnation_order
 from ramster.rpc.pages import Keys, PageBatch
 from ramster.telemetry.ratelimit import LogLimiter
+from ramster.types import Incarnation, NodeId, Tombstone
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SetMember: TypeAlias = NodeId | Tombstone
+"""A holder set's member: a holder, or a tombstone where an incarnation of it that is gone
+held the page (see `HolderSets`)."""
 
 DEAD_KEPT = 8
 """Gone incarnations remembered per holder (an answer late from one of them keeps nothing)."""
 BURIALS_KEPT = 8
 """Burials remembered per holder by what they buried (see `HolderSets.buried_since`)."""
 RECLAIMED = "reclaimed"
-"""What a reclaim buries a holder as (`reclaimed<N>`): this owner's pages there, whatever
-incarnation holds them."""
+"""What a reclaim buries a holder as (`reclaimed<N>`, in place of an incarnation): this owner's
+pages there, whatever incarnation holds them."""
 NO_HOLDER_WARN_EVERY = 30.0
 """Seconds between warnings that no R holders can be found (one line, not a flood)."""
 
@@ -71,7 +77,7 @@ class Holders(Protocol):
         """Live peers with the lent capacity they last reported."""
         ...
 
-    def all_holders(self) -> list[str]:
+    def all_holders(self) -> list[NodeId]:
         """Every peer that may hold pages of this node."""
         ...
 
@@ -113,22 +119,23 @@ class HolderSets:
     """
 
     def __init__(self) -> None:
-        self._sets: list[tuple[str, ...]] = []
-        self._ids: dict[tuple[tuple[str, ...], bool], int] = {}
-        self.tombstones: set[str] = set()
+        self._sets: list[tuple[SetMember, ...]] = []
+        self._ids: dict[tuple[tuple[SetMember, ...], bool], int] = {}
+        self.tombstones: set[Tombstone] = set()
         self.ephemeral: set[int] = set()
         """Numbers of the sets of ephemeral pages."""
-        self._burials: dict[str, int] = {}
-        self._buried_as: dict[str, list[str]] = {}
+        self._burials: dict[SetMember, int] = {}
+        """Burials per holder (only NodeIds are buried: a tombstone's count stays 0)."""
+        self._buried_as: dict[NodeId, list[Incarnation]] = {}
         """Per node, what its last BURIALS_KEPT burials buried (see `buried_since`)."""
 
-    def __getitem__(self, ident: int) -> tuple[str, ...]:
+    def __getitem__(self, ident: int) -> tuple[SetMember, ...]:
         return self._sets[ident]
 
     def __len__(self) -> int:
         return len(self._sets)
 
-    def intern(self, nodes: Sequence[str], ephemeral: bool = False) -> int:
+    def intern(self, nodes: Sequence[SetMember], ephemeral: bool = False) -> int:
         """The number of a set of nodes (in their order), made on first use."""
         key = (tuple(nodes), ephemeral)
         ident = self._ids.get(key)
@@ -140,16 +147,16 @@ class HolderSets:
                 self.ephemeral.add(ident)
         return ident
 
-    def touching(self, nodes: set[str]) -> list[int]:
+    def touching(self, nodes: AbstractSet[str]) -> list[int]:
         """The sets (of persistent pages) with any of the nodes in them."""
         eph = self.ephemeral
         return [
             i
             for i, members in enumerate(self._sets)
-            if i not in eph and nodes.intersection(members)
+            if i not in eph and not nodes.isdisjoint(members)
         ]
 
-    def short(self, replicas: int, away: set[str]) -> list[int]:
+    def short(self, replicas: int, away: AbstractSet[str]) -> list[int]:
         """The sets (of persistent pages) with fewer than `replicas` members that are not away
         (nor tombstones)."""
         gone = away | self.tombstones
@@ -160,16 +167,20 @@ class HolderSets:
             if i not in eph and sum(1 for n in members if n not in gone) < replicas
         ]
 
-    def epoch(self, node: str) -> int:
+    def holder(self, member: SetMember) -> NodeId | None:
+        """The holder a set member names; None for a tombstone."""
+        return None if member in self.tombstones else NodeId(member)
+
+    def epoch(self, node: SetMember) -> int:
         """How many times `node` was buried: a call that spans a burial must not record the
         node as holding what it answered for (its old incarnation answered)."""
         return self._burials.get(node, 0)
 
-    def unburied(self, nodes: Sequence[str], epochs: dict[str, int]) -> set[str]:
+    def unburied(self, nodes: Sequence[SetMember], epochs: dict[SetMember, int]) -> set[SetMember]:
         """The nodes not buried since their epochs were taken."""
         return {n for n in nodes if self._burials.get(n, 0) == epochs.get(n, 0)}
 
-    def buried_since(self, node: str, epoch: int) -> list[str] | None:
+    def buried_since(self, node: NodeId, epoch: int) -> list[Incarnation] | None:
         """What `node` was buried as (its old incarnations, `reclaimedN` for a reclaim) after
         its epoch was `epoch`, oldest first; None if that is too long ago to say."""
         now = self._burials.get(node, 0)
@@ -178,9 +189,9 @@ class HolderSets:
             return None
         return names[len(names) - (now - epoch) :] if now > epoch else []
 
-    def bury(self, node: str, old_incarnation: str) -> None:
+    def bury(self, node: NodeId, old_incarnation: Incarnation) -> None:
         """Rename `node` in every set: its old incarnation's copies are gone."""
-        tomb = f"{node}~{old_incarnation}"
+        tomb = Tombstone(f"{node}~{old_incarnation}")
         self.tombstones.add(tomb)
         self._burials[node] = self._burials.get(node, 0) + 1
         names = self._buried_as.setdefault(node, [])
@@ -188,7 +199,7 @@ class HolderSets:
         del names[:-BURIALS_KEPT]
         for i, nodes in enumerate(self._sets):
             if node in nodes:
-                renamed = tuple(tomb if n == node else n for n in nodes)
+                renamed: tuple[SetMember, ...] = tuple(tomb if n == node else n for n in nodes)
                 eph = i in self.ephemeral
                 del self._ids[(nodes, eph)]
                 self._sets[i] = renamed
@@ -206,19 +217,19 @@ class Tier:
     sets: HolderSets = field(default_factory=HolderSets)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     log: LogLimiter = field(default_factory=lambda: LogLimiter(log))
-    slow_until: dict[str, float] = field(default_factory=dict)
+    slow_until: dict[NodeId, float] = field(default_factory=dict)
     """Holders left out of a batch as stragglers, not chosen again until then (monotonic)."""
     fenced: str | None = None
     """Why a holder refused this owner as stale (another server took the export over)."""
-    incarnations: dict[str, str] = field(default_factory=dict)
+    incarnations: dict[NodeId, Incarnation] = field(default_factory=dict)
     """The incarnation of each holder that this owner's copies there belong to, once one
     answered a put or copy (one entry per holder, as many as there are peers)."""
-    _dead: dict[str, list[str]] = field(default_factory=dict)
+    _dead: dict[NodeId, list[Incarnation]] = field(default_factory=dict)
     """Per holder, its last DEAD_KEPT incarnations known to be gone: their answers keep
     nothing."""
     _warned_at: float = -NO_HOLDER_WARN_EVERY
     _reclaims: int = 0
-    _reclaim_epochs: dict[str, int] = field(default_factory=dict)
+    _reclaim_epochs: dict[NodeId, int] = field(default_factory=dict)
 
     def candidates(self) -> list[Candidate]:
         """Where new copies may go: live holders with room, but not one that just straggled
@@ -261,7 +272,7 @@ class Tier:
             self.fenced = why
             log.error("holder %s fenced this owner: %s", node, why)
 
-    def reclaimed(self, node: str, epoch: int) -> None:
+    def reclaimed(self, node: NodeId, epoch: int) -> None:
         """A holder reclaimed this owner's pages (it did not hear from it for longer than its
         owner grace): the copies there are gone; repair gives those pages new ones.
 
@@ -274,11 +285,11 @@ class Tier:
         self._reclaims += 1
         # Its queued drops stay: copies it took in late (requests it read after the reclaim)
         # are still there to be dropped.
-        self.sets.bury(node, f"{RECLAIMED}{self._reclaims}")
+        self.sets.bury(node, Incarnation(f"{RECLAIMED}{self._reclaims}"))
         self.counters["holders_reclaimed"] += 1
         log.error("holder %s reclaimed this node's pages: its copies count as lost", node)
 
-    def answered(self, node: str, incarnation: str | None) -> bool:
+    def answered(self, node: NodeId, incarnation: Incarnation | None) -> bool:
         """A holder answered a put or copy as `incarnation` (None: not known). False if that
         one is dead (a restart was heard of) or older than the one this owner's copies there
         belong to: what it kept lives in a process that is gone. A newer one buries the old
@@ -300,7 +311,7 @@ class Tier:
         self.incarnations[node] = incarnation
         return True
 
-    def restarted(self, node: str, old: str, new: str | None = None) -> bool:
+    def restarted(self, node: NodeId, old: Incarnation, new: Incarnation | None = None) -> bool:
         """A holder came back as incarnation `new` (None: not said): `old` is dead, and so are
         the copies of this owner there, unless they belong to `new` already (it answered first,
         and the old one was buried then): False, nothing changes. Copies recorded on another
@@ -319,13 +330,13 @@ class Tier:
         self._bury(node, old)
         return True
 
-    def _died(self, node: str, incarnation: str) -> None:
+    def _died(self, node: NodeId, incarnation: Incarnation) -> None:
         dead = self._dead.setdefault(node, [])
         if incarnation not in dead:
             dead.append(incarnation)
             del dead[:-DEAD_KEPT]
 
-    def _bury(self, node: str, incarnation: str) -> None:
+    def _bury(self, node: NodeId, incarnation: Incarnation) -> None:
         self.sets.bury(node, incarnation)
         self.incarnations.pop(node, None)
         self._reclaim_epochs.pop(node, None)  # a new incarnation counts its reclaims anew

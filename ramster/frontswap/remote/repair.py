@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -19,9 +20,9 @@ from ramster.errors import RamsterError
 from ramster.frontswap.remote.copies import Copier, renewed
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
-from ramster.frontswap.remote.holders import Tier, run_all
+from ramster.frontswap.remote.holders import SetMember, Tier, run_all
 from ramster.rpc.pages import Keys
-from ramster.types import Buffer
+from ramster.types import Buffer, NodeId
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class Repairer:
         entries = t.pool.remote_in_sets(sets)[:max_pages] if sets else []
         moved = 0
         for set_id, area, chunk in self._batches(entries):
-            done = await self._batch(set_id, area, chunk, set(), {source}, target)
+            # A live candidate's name (checked above): a holder's id.
+            done = await self._batch(set_id, area, chunk, set(), {source}, NodeId(target))
             if done < 0:
                 return moved
             moved += done
@@ -138,7 +140,7 @@ class Repairer:
         pages: list[tuple[int, int, int]],
         gone: set[str],
         leaving: set[str],
-        target: str | None = None,
+        target: NodeId | None = None,
     ) -> int:
         t = self._t
         c = t.counters
@@ -177,7 +179,7 @@ class Repairer:
         if not new:
             t.warn_no_holders()
             return -1
-        epochs = {n: t.sets.epoch(n) for n in [*staying, *new]}
+        epochs: dict[SetMember, int] = {n: t.sets.epoch(n) for n in [*staying, *new]}
         await self._drops.before_put(new, area, offsets, versions)
         try:
             kept_by, sent = await self._copy(readable, new, area, offs, versions, sums, epochs)
@@ -194,7 +196,7 @@ class Repairer:
         # A new holder that kept nothing may hold a straggler's copy whose drop was withdrawn.
         self._drops.not_kept([n for n in new if n in fresh], area, offsets, versions, kept_by)
         # Per page: its new set is the staying holders and the new ones that kept it.
-        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        groups: dict[tuple[NodeId, ...], list[int]] = defaultdict(list)
         for i, kept in enumerate(kept_by):
             if kept:
                 groups[kept].append(i)
@@ -222,14 +224,14 @@ class Repairer:
 
     async def _copy(
         self,
-        readable: list[str],
-        new: list[str],
+        readable: Sequence[SetMember],
+        new: list[NodeId],
         area: int,
         offs: npt.NDArray[np.int64],
         versions: list[int],
         sums: list[int],
-        epochs: dict[str, int],
-    ) -> tuple[list[tuple[str, ...]], int]:
+        epochs: dict[SetMember, int],
+    ) -> tuple[list[tuple[NodeId, ...]], int]:
         """Put verified copies of the pages on the new holders: holder to holder where it can,
         through this owner for the rest; per page, the new holders that kept it, and the bytes
         sent. An answer from a holder's current incarnation renews its entry in `epochs`."""
@@ -237,7 +239,7 @@ class Repairer:
         c = t.counters
         offsets = offs.tolist()
         n = len(offsets)
-        kept_by: list[tuple[str, ...]] = [() for _ in range(n)]
+        kept_by: list[tuple[NodeId, ...]] = [() for _ in range(n)]
         sent = 0
         if t.config.direct_copy:
             kept_by, sent = await self._copy_direct(
@@ -272,7 +274,7 @@ class Repairer:
         # Each page only to the new holders that missed it: one that kept a direct copy must
         # not be sent it again (a refused or failed duplicate would queue the drop of the copy
         # this batch records there). `_batch` requeues withdrawn drops once all is merged.
-        missed: dict[tuple[str, ...], list[tuple[int, Buffer]]] = defaultdict(list)
+        missed: dict[tuple[NodeId, ...], list[tuple[int, Buffer]]] = defaultdict(list)
         for i, payload in found:
             missed[tuple(nd for nd in new if nd not in kept_by[i])].append((i, payload))
         for nodes, items in missed.items():
@@ -293,20 +295,20 @@ class Repairer:
 
     async def _copy_direct(
         self,
-        source: str,
-        targets: list[str],
+        source: SetMember,
+        targets: list[NodeId],
         area: int,
         offsets: list[int],
         versions: list[int],
         sums: list[int],
-        epochs: dict[str, int],
-    ) -> tuple[list[tuple[str, ...]], int]:
+        epochs: dict[SetMember, int],
+    ) -> tuple[list[tuple[NodeId, ...]], int]:
         """Holder-to-holder copies onto every target; per page, the targets that kept it, and
         the bytes sent."""
         t = self._t
         keys = Keys([area] * len(offsets), offsets)
 
-        async def one(node: str) -> tuple[list[bool], int]:
+        async def one(node: NodeId) -> tuple[list[bool], int]:
             try:
                 kept, sent = await t.holders.copy(source, node, keys, versions, sums)
                 if not renewed(t, node, kept, epochs):

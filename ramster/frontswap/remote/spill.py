@@ -11,6 +11,7 @@ from ramster.frontswap.remote.copies import Copier
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.holders import Tier, run_all
 from ramster.pagestore import ColdPage
+from ramster.types import NodeId
 
 
 class Spiller:
@@ -120,7 +121,7 @@ class Spiller:
             )
             # Copy before drop: only pages enough holders acknowledged lose their local copy,
             # and only if nobody stored them again while they were on the wire.
-            groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+            groups: dict[tuple[NodeId, ...], list[int]] = defaultdict(list)
             for j, kept in enumerate(kept_by):
                 groups[kept].append(j)
             for kept, js in groups.items():

@@ -19,16 +19,16 @@ from ramster.frontswap.remote.cache import ReadCache
 from ramster.frontswap.remote.copies import Copier
 from ramster.frontswap.remote.drops import DropQueue
 from ramster.frontswap.remote.fetch import Fetcher
-from ramster.frontswap.remote.holders import Tier, run_all
+from ramster.frontswap.remote.holders import SetMember, Tier, run_all
 from ramster.frontswap.remote.spill import Spiller
 from ramster.frontswap.store import Alive, Chain, Incoming, PoolStore, ReadsThrough, Versions
-from ramster.types import Buffer
+from ramster.types import Buffer, NodeId
 
 log = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
-Placed = list[tuple[tuple[str, ...], list[int], list[int]]]
+Placed = list[tuple[tuple[NodeId, ...], list[int], list[int]]]
 """(holders that kept, keys, versions) of each group a replicated store placed."""
 
 
@@ -125,7 +125,7 @@ class Spilled:
         sums: list[int],
         versions: list[int],
         alive: Alive,
-        nodes: Sequence[str] | None = None,
+        nodes: Sequence[NodeId] | None = None,
         record: Placed | None = None,
     ) -> list[bool]:
         """Store pages (in stored form) on up to R holders (at least min_replicas of them), or
@@ -148,7 +148,7 @@ class Spilled:
             # Only where the key is still absent: a newer store may have landed meanwhile.
             placed = [i for i in range(n) if len(kept_by[i]) >= cfg.min_replicas]
             current = t.pool.versions(area, [keys[i] for i in placed])
-            groups: dict[tuple[str, ...], list[int]] = {}
+            groups: dict[tuple[NodeId, ...], list[int]] = {}
             for i, v in zip(placed, current, strict=True):
                 if v is None:
                     groups.setdefault(kept_by[i], []).append(i)
@@ -294,7 +294,7 @@ class WriteThrough(ReadsThrough):
             placed: Placed = []
             ok = [False] * n
 
-            async def group(idx: list[int], nodes: tuple[str, ...] | None) -> None:
+            async def group(idx: list[int], nodes: tuple[NodeId, ...] | None) -> None:
                 stored = await self._spilled.store(
                     area,
                     offs[idx],
@@ -331,11 +331,11 @@ class WriteThrough(ReadsThrough):
     ) -> None:
         """Queue the drops of old copies, but not on holders that now keep a newer version of
         the same key (they replaced it in place)."""
-        newer: dict[int, set[str]] = {}
+        newer: dict[int, set[NodeId]] = {}
         for kept, keys, _ in placed:
             for key in keys:
                 newer[key] = set(kept)
-        batches: dict[tuple[tuple[str, ...], int], tuple[list[int], list[int]]] = {}
+        batches: dict[tuple[tuple[SetMember, ...], int], tuple[list[int], list[int]]] = {}
         sets = self._t.sets
         for set_id, drop_area, offset, version in old:
             skip = newer.get(offset, set()) if drop_area == area else set()
@@ -347,7 +347,7 @@ class WriteThrough(ReadsThrough):
         for (nodes, drop_area), (offsets, versions) in batches.items():
             self._drops.enqueue(nodes, drop_area, offsets, versions)
 
-    def _sticky_groups(self, area: int, offs: I64) -> dict[tuple[str, ...] | None, list[int]]:
+    def _sticky_groups(self, area: int, offs: I64) -> dict[tuple[NodeId, ...] | None, list[int]]:
         """Keys grouped by where they go: an overwrite goes to the live holders of the copy it
         replaces (each replaces it in place, so no older copy lingers there), topped up to R
         from the others; new keys to a new choice (None)."""
@@ -355,13 +355,13 @@ class WriteThrough(ReadsThrough):
         candidates = t.candidates()
         live = {c.node for c in candidates}
         replicas = self._replicas_of.get(area, t.config.replicas)
-        chosen: dict[int, tuple[str, ...] | None] = {}
-        groups: dict[tuple[str, ...] | None, list[int]] = {}
+        chosen: dict[int, tuple[NodeId, ...] | None] = {}
+        groups: dict[tuple[NodeId, ...] | None, list[int]] = {}
         where = {i: sid for i, _, _, sid in t.pool.remote_entries(area, offs)}
         for i in range(len(offs)):
             sid = where.get(i)
             if sid is not None and sid not in chosen:
-                keep = tuple(n for n in t.sets[sid] if n in live)
+                keep = tuple(NodeId(n) for n in t.sets[sid] if n in live)  # live: a holder
                 if keep and len(keep) < replicas:
                     others = [c for c in candidates if c.node not in keep]
                     extra = choose_holders(others, replicas - len(keep), 0, t.rng, minimum=1)
@@ -377,7 +377,8 @@ class WriteThrough(ReadsThrough):
         for nodes, offs, versions, sums in groups:
             if not len(offs):
                 continue
-            ident = self._t.sets.intern(tuple(nodes))
+            # Holders named by the rebuild's inventories (keyed by name yet).
+            ident = self._t.sets.intern(tuple(NodeId(n) for n in nodes))
             ok = self._t.pool.put_remote(
                 area, offs, [int(v) for v in versions], [int(s) for s in sums], ident
             )

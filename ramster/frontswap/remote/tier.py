@@ -33,6 +33,7 @@ from ramster.frontswap.remote.spill import Spiller
 from ramster.frontswap.remote.stores import Reclaiming, Spilled, WriteThrough
 from ramster.frontswap.store import Chain, Stores, Versions
 from ramster.pagestore import PagePool, PoolConfig
+from ramster.types import Incarnation, NodeId
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,8 @@ class RemoteTier:
 
     def queue_drops(self, node: str, area: int, offsets: list[int], versions: list[int]) -> None:
         """Copies on a holder to be dropped (versioned), in the background."""
-        self._drops.enqueue([node], area, offsets, versions)
+        # A holder named by an export's rebuild (its inventories are keyed by name yet).
+        self._drops.enqueue([NodeId(node)], area, offsets, versions)
 
     # -- the background work and the cluster's view --------------------------------------------
 
@@ -182,7 +184,9 @@ class RemoteTier:
         """Pages this owner keeps on each holder (what the coordinator aggregates)."""
         return self._repairer.inventory()
 
-    def holder_restarted(self, node: str, old_incarnation: str, new: str | None = None) -> None:
+    def holder_restarted(
+        self, node: NodeId, old_incarnation: Incarnation, new: Incarnation | None = None
+    ) -> None:
         """A holder came back as incarnation `new` (None: not said): the copies its old one
         held are gone."""
         # A repair or move may have put copies on the new incarnation before this owner heard
@@ -201,7 +205,7 @@ class RemoteTier:
             self._drops.enqueue([node], area, offsets, versions)
         log.warning("holder %s restarted: its copies count as lost", node)
 
-    def holder_reclaimed(self, node: str, epoch: int) -> None:
+    def holder_reclaimed(self, node: NodeId, epoch: int) -> None:
         """A holder reclaimed this owner's pages: its copies count as lost (see Tier)."""
         self._tier.reclaimed(node, epoch)
 

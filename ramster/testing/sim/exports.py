@@ -31,7 +31,7 @@ from ramster.errors import RamsterError
 from ramster.nbd import const, manifest
 from ramster.nbd.export import Export
 from ramster.node.export_rebuild import DATA_AREA
-from ramster.node.export_served import Served
+from ramster.node.export_served import ExportState, Served
 from ramster.node.run import _start_nbd
 from ramster.pagestore.lent import LentPool
 from ramster.testing.sim.blocks import BLOCK, ZERO, ExportModel, content
@@ -194,7 +194,12 @@ class ExportSim:
         ) -> list[bool]:
             served = made.exports.served.get(NAME)
             suspect: dict[int, str] = {}
-            if owner == OWNER and versions is not None and served and served.state == "rebuilding":
+            if (
+                owner == OWNER
+                and versions is not None
+                and served
+                and served.state is ExportState.REBUILDING
+            ):
                 for i, (area, offset, version) in enumerate(
                     zip(areas, offsets, versions, strict=True)
                 ):
@@ -253,7 +258,7 @@ class ExportSim:
         for n in self.sim.cluster.nodes:
             if n.up and n.node is not None:
                 served = n.node.exports.served.get(NAME)
-                if served is not None and served.state == "serving":
+                if served is not None and served.state is ExportState.SERVING:
                     out.append((n, served))
         return out
 
@@ -469,7 +474,7 @@ class ExportSim:
     def _write_to(self, where: tuple[SimNode, Served]) -> None:
         """A write of a few blocks not in flight, through a given server (if it runs), mostly
         of blocks not written yet."""
-        if not where[0].serving or where[1].state != "serving":
+        if not where[0].serving or where[1].state is not ExportState.SERVING:
             return
         rng = self.rng
         blank = [b for b, st in enumerate(self.model.state) if st.possible == {ZERO}]
